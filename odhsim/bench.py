@@ -1,0 +1,184 @@
+"""`odhsim bench`: simulator speed and memory on real traces and on a 1 M-request M/M/c, against bare SimPy.
+
+Each case runs in a fresh child process so its peak RSS is its own (ru_maxrss of that process).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = REPO_ROOT.parent / "shared" / "data"
+AZURE_CONV = SHARED / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _scenario_dict(name: str, trace: Path, replicas: int, time_scale: float) -> dict[str, Any]:
+    return {
+        "name": name,
+        "seed": 1,
+        "gpu_pool": [{"gpu": "H100-80GB", "count": 8 * replicas}],
+        "models": [
+            {"name": "llama2-70b", "profile": "llama2-70b", "gpu": "H100-80GB", "tp": 8, "replicas": replicas}
+        ],
+        "gateway": {"router": {"profile": "llm-d-default"}},
+        "workload": {"sources": [{"kind": "trace", "path": str(trace), "time_scale": time_scale}]},
+        "outputs": {"timeseries_bucket_s": 60.0},
+    }
+
+
+def _run_trace_case(name: str, replicas: int, time_scale: float) -> dict[str, Any]:
+    from odhsim.scenario import scenario_from_dict
+    from odhsim.sim.run import simulate
+
+    sc = scenario_from_dict(_scenario_dict(name, AZURE_CONV, replicas, time_scale))
+    t0 = time.perf_counter()
+    res = simulate(sc)
+    wall = time.perf_counter() - t0
+    s = res.summary
+    busy = float(res.timeseries["gpu_busy"].mean())
+    return {
+        "name": name,
+        "requests": s["requests"],
+        "completed": s["completed"],
+        "wall_s": wall,
+        "sim_requests_per_wall_s": s["requests"] / wall,
+        "peak_rss_mb": _peak_rss_mb(),
+        "replicas": replicas,
+        "gpu_busy_mean": busy,
+        "ttft_p50_s": s["ttft_p50_s"],
+        "e2e_p50_s": s["e2e_p50_s"],
+    }
+
+
+MMC_SERVERS = 10
+MMC_UTIL = 0.8
+MMC_MEAN_S = 1.0
+
+
+def _run_mmc_odhsim(n: int) -> dict[str, Any]:
+    from odhsim.scenario import scenario_from_dict
+    from odhsim.sim.run import simulate
+
+    rate = MMC_UTIL * MMC_SERVERS / MMC_MEAN_S
+    sc = scenario_from_dict(
+        {
+            "name": "mmc-1m",
+            "seed": 7,
+            "gpu_pool": [{"gpu": "T4", "count": MMC_SERVERS}],
+            "models": [
+                {
+                    "name": "classifier",
+                    "kind": "fixed",
+                    "gpu": "T4",
+                    "replicas": MMC_SERVERS,
+                    "concurrency": 1,
+                    "service_time": {"dist": "exponential", "mean_s": MMC_MEAN_S},
+                }
+            ],
+            "gateway": {"queue": {"max_in_flight_per_replica": 1}, "router": {"profile": "least-request"}},
+            "workload": {
+                "sources": [
+                    {
+                        "kind": "poisson",
+                        "rate": rate,
+                        "requests": n,
+                        "prompt_tokens": {"dist": "fixed", "value": 1},
+                        "output_tokens": {"dist": "fixed", "value": 1},
+                    }
+                ]
+            },
+            "outputs": {"timeseries_bucket_s": 3600.0},
+        }
+    )
+    t0 = time.perf_counter()
+    res = simulate(sc)
+    wall = time.perf_counter() - t0
+    return {
+        "name": "mmc_1m_odhsim",
+        "requests": res.summary["requests"],
+        "wall_s": wall,
+        "sim_requests_per_wall_s": res.summary["requests"] / wall,
+        "peak_rss_mb": _peak_rss_mb(),
+    }
+
+
+def _run_mmc_bare_simpy(n: int) -> dict[str, Any]:
+    """The textbook SimPy M/M/c: a source process, one process per customer, a Resource with c servers."""
+    import simpy
+
+    rng = np.random.default_rng(7)
+    rate = MMC_UTIL * MMC_SERVERS / MMC_MEAN_S
+    gaps = rng.exponential(1.0 / rate, n).tolist()
+    services = rng.exponential(MMC_MEAN_S, n).tolist()
+    waits = np.zeros(n)
+    env = simpy.Environment()
+    server = simpy.Resource(env, capacity=MMC_SERVERS)
+
+    def customer(i: int):  # type: ignore[no-untyped-def]
+        arrived = env.now
+        with server.request() as slot:
+            yield slot
+            waits[i] = env.now - arrived
+            yield env.timeout(services[i])
+
+    def source():  # type: ignore[no-untyped-def]
+        for i in range(n):
+            yield env.timeout(gaps[i])
+            env.process(customer(i))
+
+    t0 = time.perf_counter()
+    env.process(source())
+    env.run()
+    wall = time.perf_counter() - t0
+    return {
+        "name": "mmc_1m_bare_simpy",
+        "requests": n,
+        "wall_s": wall,
+        "sim_requests_per_wall_s": n / wall,
+        "peak_rss_mb": _peak_rss_mb(),
+        "mean_wait_s": float(waits.mean()),
+    }
+
+
+def _child(fn: Callable[..., dict[str, Any]], args: tuple, queue: mp.Queue) -> None:  # type: ignore[type-arg]
+    queue.put(fn(*args))
+
+
+def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    ctx = mp.get_context("fork")
+    queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
+    proc = ctx.Process(target=_child, args=(fn, args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def run_bench(mmc_requests: int = 1_000_000, trace_replicas: int = 3) -> list[dict[str, Any]]:
+    """The three benchmark cases of the simulator core, each in its own process."""
+    cases: list[dict[str, Any]] = []
+    if AZURE_CONV.exists():
+        cases.append(run_isolated(_run_trace_case, "azure_conv_70b_h100_tp8", trace_replicas, 1.0))
+        cases.append(run_isolated(_run_trace_case, "azure_conv_10x_compressed", trace_replicas * 10, 0.1))
+    ours = run_isolated(_run_mmc_odhsim, mmc_requests)
+    bare = run_isolated(_run_mmc_bare_simpy, mmc_requests)
+    ours["ratio_vs_simpy"] = ours["sim_requests_per_wall_s"] / bare["sim_requests_per_wall_s"]
+    cases += [ours, bare]
+    return cases
+
+
+def write_bench(cases: list[dict[str, Any]], out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(cases, indent=2) + "\n", encoding="utf-8")

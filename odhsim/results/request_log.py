@@ -1,0 +1,116 @@
+"""Columnar per-request results, filled in place as requests finish (no per-row Python objects kept).
+
+Rows are appended a whole arriving chunk at a time; the engine writes a request's outcome into its row when the
+request reaches a final status. Arrays grow by doubling, so memory is about 60 bytes per request.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from odhsim.sim.request import STATUS_UNFINISHED, STATUSES, SimRequest
+from odhsim.workload.schema import PRIORITY_CLASSES, RequestBatch
+
+_COLUMNS: dict[str, tuple[type, object]] = {
+    "model": (np.int32, 0),
+    "priority": (np.int8, 0),
+    "tenant": (np.int32, 0),
+    "arrival_s": (np.float64, np.nan),
+    "prompt_tokens": (np.int64, 0),
+    "output_tokens": (np.int64, 0),
+    "start_s": (np.float64, np.nan),
+    "first_token_s": (np.float64, np.nan),
+    "finish_s": (np.float64, np.nan),
+    "status": (np.int8, STATUSES.index(STATUS_UNFINISHED)),
+    "reason": (np.int16, 0),
+    "replica": (np.int32, -1),
+    "retries": (np.int16, 0),
+    "cache_hit": (np.bool_, False),
+    "cached_tokens": (np.int64, 0),
+}
+
+
+class RequestLog:
+    def __init__(self, capacity: int = 1024) -> None:
+        self.n = 0
+        self._cols = {name: np.full(capacity, fill, dtype) for name, (dtype, fill) in _COLUMNS.items()}
+        self.reasons: list[str] = [""]
+        self._reason_codes: dict[str, int] = {"": 0}
+
+    def _grow(self, need: int) -> None:
+        cap = len(self._cols["arrival_s"])
+        if need <= cap:
+            return
+        new_cap = max(need, cap * 2)
+        for name, (dtype, fill) in _COLUMNS.items():
+            col = np.full(new_cap, fill, dtype)
+            col[: self.n] = self._cols[name][: self.n]
+            self._cols[name] = col
+
+    def append_batch(self, batch: RequestBatch) -> int:
+        """Reserve rows for a chunk of arrivals; returns the first row index."""
+        base = self.n
+        self._grow(base + len(batch))
+        end = base + len(batch)
+        c = self._cols
+        c["model"][base:end] = batch.model
+        c["priority"][base:end] = batch.priority
+        c["tenant"][base:end] = batch.tenant
+        c["arrival_s"][base:end] = batch.arrival_s
+        c["prompt_tokens"][base:end] = batch.prompt_tokens
+        c["output_tokens"][base:end] = batch.output_tokens
+        self.n = end
+        return base
+
+    def reason_code(self, reason: str) -> int:
+        code = self._reason_codes.get(reason)
+        if code is None:
+            code = len(self.reasons)
+            self.reasons.append(reason)
+            self._reason_codes[reason] = code
+        return code
+
+    def finish(self, req: SimRequest, now: float, status: str, reason: str = "") -> None:
+        """Write a request's final outcome into its row."""
+        c = self._cols
+        r = req.row
+        c["start_s"][r] = req.start_s
+        c["first_token_s"][r] = req.first_token_s
+        c["finish_s"][r] = now
+        c["status"][r] = STATUSES.index(status)
+        c["reason"][r] = self.reason_code(reason) if reason else 0
+        c["replica"][r] = req.replica
+        c["retries"][r] = req.retries
+        c["cached_tokens"][r] = req.cached_tokens
+        c["cache_hit"][r] = req.cached_tokens > 0
+
+    def column(self, name: str) -> np.ndarray:
+        return self._cols[name][: self.n]
+
+    def to_frame(self, model_names: list[str], tenant_names: list[str], replica_names: list[str]) -> pd.DataFrame:
+        """The tidy requests table (one row per request)."""
+        c = {k: v[: self.n] for k, v in self._cols.items()}
+        replica = c["replica"]
+        replica_cat = pd.Categorical.from_codes(np.where(replica >= 0, replica, -1), categories=replica_names)
+        status = pd.Categorical.from_codes(c["status"].astype(np.int64), categories=list(STATUSES))
+        return pd.DataFrame(
+            {
+                "request_id": np.arange(self.n, dtype=np.int64),
+                "model": pd.Categorical.from_codes(c["model"], categories=model_names),
+                "priority": pd.Categorical.from_codes(c["priority"].astype(np.int64), categories=list(PRIORITY_CLASSES)),
+                "tenant": pd.Categorical.from_codes(c["tenant"], categories=tenant_names),
+                "arrival_s": c["arrival_s"],
+                "start_s": c["start_s"],
+                "first_token_s": c["first_token_s"],
+                "finish_s": np.where(c["status"] == STATUSES.index(STATUS_UNFINISHED), np.nan, c["finish_s"]),
+                "prompt_tokens": c["prompt_tokens"],
+                "output_tokens": c["output_tokens"],
+                "status": status,
+                "reason": pd.Categorical.from_codes(c["reason"].astype(np.int64), categories=self.reasons),
+                "replica": replica_cat,
+                "retries": c["retries"].astype(np.int64),
+                "cache_hit": c["cache_hit"],
+                "cached_tokens": c["cached_tokens"],
+            }
+        )

@@ -1,0 +1,64 @@
+"""A run's results: four tidy tables and a summary, each row tagged with run_id, seed and scenario."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+TABLES = ("requests", "replicas", "timeseries", "events")
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if hasattr(value, "item"):
+        return _json_safe(value.item())
+    return value
+
+
+@dataclass(frozen=True, eq=False)
+class RunResult:
+    run_id: str
+    seed: int
+    scenario_name: str
+    requests: pd.DataFrame
+    replicas: pd.DataFrame
+    timeseries: pd.DataFrame
+    events: pd.DataFrame
+    summary: dict[str, Any]
+
+    @staticmethod
+    def tag(*, scenario_name: str, run_id: str, seed: int, summary: dict[str, Any], **tables: pd.DataFrame) -> RunResult:
+        """Add run_id, seed and scenario columns so results of sweeps concatenate."""
+        tagged = {}
+        for name, df in tables.items():
+            df = df.copy()
+            df.insert(0, "scenario", pd.Categorical([scenario_name] * len(df)))
+            df.insert(0, "seed", seed)
+            df.insert(0, "run_id", pd.Categorical([run_id] * len(df)))
+            tagged[name] = df
+        return RunResult(run_id=run_id, seed=seed, scenario_name=scenario_name, summary=summary, **tagged)
+
+    def write(self, out_dir: str | Path) -> Path:
+        """Write the four tables as Parquet and the summary as JSON into `out_dir` (created if needed)."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in TABLES:
+            getattr(self, name).to_parquet(out / f"{name}.parquet", index=False)
+        (out / "summary.json").write_text(
+            json.dumps({k: _json_safe(v) for k, v in self.summary.items()}, indent=2) + "\n", encoding="utf-8"
+        )
+        return out
+
+
+def load_results(out_dir: str | Path) -> dict[str, Any]:
+    """Read a results folder back: {'requests': DataFrame, ..., 'summary': dict}."""
+    out = Path(out_dir)
+    loaded: dict[str, Any] = {name: pd.read_parquet(out / f"{name}.parquet") for name in TABLES}
+    loaded["summary"] = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    return loaded

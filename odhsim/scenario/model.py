@@ -1,0 +1,210 @@
+"""The typed scenario: what a user declares (cluster, models, gateway, workload, SLOs), validated and frozen."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from odhsim import catalog
+from odhsim.errors import CatalogError
+from odhsim.workload.config import WorkloadConfig
+from odhsim.workload.schema import PRIORITY_CLASSES
+from policies.routing.config import RouterConfig
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _canonical_gpu(name: str) -> str:
+    try:
+        return catalog.gpu(name).name
+    except CatalogError as err:
+        raise ValueError(str(err)) from None
+
+
+class GpuPool(Frozen):
+    """A set of identical GPUs; `gpus_per_node` bounds tensor parallelism (TP stays inside one node)."""
+
+    gpu: str
+    count: Annotated[int, Field(ge=1)]
+    gpus_per_node: Annotated[int, Field(ge=1)] = 8
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: str) -> str:
+        return _canonical_gpu(v)
+
+
+class EngineLimits(Frozen):
+    """vLLM-like engine limits (names follow vLLM's engine arguments)."""
+
+    max_num_seqs: Annotated[int, Field(ge=1)] = 256
+    max_num_batched_tokens: Annotated[int, Field(ge=16)] = 16384
+    block_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    enable_prefix_caching: bool = True
+
+
+class ServiceTime(Frozen):
+    """Service time of a `fixed` model: exponential (memoryless), deterministic, lognormal or gamma."""
+
+    dist: Literal["exponential", "deterministic", "lognormal", "gamma"] = "exponential"
+    mean_s: Annotated[float, Field(gt=0.0)]
+    cv: Annotated[float, Field(gt=0.0)] = 1.0
+
+
+class ModelDeployment(Frozen):
+    """One served model: an LLM (continuous batching) or a `fixed` model (concurrency slots)."""
+
+    name: str
+    version: str = "v1"
+    kind: Literal["llm", "fixed"] = "llm"
+    profile: str | None = None
+    gpu: str
+    tp: Annotated[int, Field(ge=1, le=64)] = 1
+    replicas: Annotated[int, Field(ge=0)] = 1
+    engine: EngineLimits = EngineLimits()
+    concurrency: Annotated[int, Field(ge=1)] = 1
+    service_time: ServiceTime | None = None
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: str) -> str:
+        return _canonical_gpu(v)
+
+    @field_validator("profile")
+    @classmethod
+    def _known_profile(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        try:
+            return catalog.model(v).name
+        except CatalogError as err:
+            raise ValueError(str(err)) from None
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> ModelDeployment:
+        if self.kind == "llm":
+            if self.profile is None:
+                raise ValueError(f"model '{self.name}': an llm needs `profile` (one of {catalog.model_names()})")
+            if self.service_time is not None:
+                raise ValueError(f"model '{self.name}': `service_time` is for kind 'fixed', not 'llm'")
+            if not catalog.fits(self.profile, self.gpu, self.tp):
+                raise ValueError(
+                    f"model '{self.name}': {self.profile} does not fit {self.tp} x {self.gpu} "
+                    f"({catalog.gpu(self.gpu).memory_gb:g} GB each) with room for a KV cache; raise tp"
+                )
+        elif self.service_time is None:
+            raise ValueError(f"model '{self.name}': a 'fixed' model needs `service_time`")
+        return self
+
+
+class QueueConfig(Frozen):
+    """The gateway's central queue.
+
+    max_in_flight_per_replica: dispatch only to replicas with fewer requests outstanding (the queue then forms at
+    the gateway, as in front of a pool of servers); null sends every request on at once (llm-d's style: queues
+    form inside the model servers).
+    """
+
+    policy: Literal["fcfs"] = "fcfs"
+    max_in_flight_per_replica: Annotated[int, Field(ge=1)] | None = None
+
+
+class GatewayConfig(Frozen):
+    scrape_interval_s: Annotated[float, Field(gt=0.0)] = 0.05
+    queue: QueueConfig = QueueConfig()
+    router: RouterConfig = RouterConfig(profile="llm-d-default")
+
+
+class Slo(Frozen):
+    ttft_s: Annotated[float, Field(gt=0.0)] | None = None
+    e2e_s: Annotated[float, Field(gt=0.0)] | None = None
+
+
+def _default_slos() -> dict[str, Slo]:
+    return {
+        "critical": Slo(ttft_s=1.0, e2e_s=30.0),
+        "high": Slo(ttft_s=3.0, e2e_s=60.0),
+        "normal": Slo(ttft_s=10.0, e2e_s=120.0),
+        "low": Slo(),
+    }
+
+
+class OutputConfig(Frozen):
+    timeseries_bucket_s: Annotated[float, Field(gt=0.0)] = 10.0
+
+
+class Scenario(Frozen):
+    """A whole experiment. `duration_s` ends arrivals (null: the trace's end); requests in flight then drain
+    until `hard_stop_s` after the start (null: until all finish)."""
+
+    name: str
+    description: str = ""
+    seed: int = 0
+    duration_s: Annotated[float, Field(gt=0.0)] | None = None
+    hard_stop_s: Annotated[float, Field(gt=0.0)] | None = None
+    gpu_pool: list[GpuPool]
+    models: Annotated[list[ModelDeployment], Field(min_length=1)]
+    gateway: GatewayConfig = GatewayConfig()
+    workload: WorkloadConfig
+    slos: dict[str, Slo] = Field(default_factory=_default_slos)
+    outputs: OutputConfig = OutputConfig()
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @model_validator(mode="after")
+    def _remember_base_dir(self, info: ValidationInfo) -> Scenario:
+        if info.context and "base_dir" in info.context:
+            self._base_dir = Path(info.context["base_dir"])
+        return self
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the scenario (traces) are resolved against: the scenario file's."""
+        return self._base_dir
+
+    @field_validator("slos")
+    @classmethod
+    def _known_classes(cls, v: dict[str, Slo]) -> dict[str, Slo]:
+        unknown = sorted(set(v) - set(PRIORITY_CLASSES))
+        if unknown:
+            raise ValueError(f"unknown priority class {unknown[0]!r}; known: {', '.join(PRIORITY_CLASSES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _cluster_fits(self) -> Scenario:
+        names = [m.name for m in self.models]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"model name {sorted(dup)[0]!r} is used twice")
+        pools: dict[str, GpuPool] = {}
+        for p in self.gpu_pool:
+            if p.gpu in pools:
+                raise ValueError(f"gpu_pool lists {p.gpu} twice")
+            pools[p.gpu] = p
+        need: dict[str, int] = {}
+        for m in self.models:
+            pool = pools.get(m.gpu)
+            if pool is None:
+                raise ValueError(f"model '{m.name}' wants {m.gpu}, which gpu_pool does not have")
+            if m.tp > pool.gpus_per_node:
+                raise ValueError(
+                    f"model '{m.name}': tp={m.tp} exceeds gpus_per_node={pool.gpus_per_node} for {m.gpu}"
+                )
+            need[m.gpu] = need.get(m.gpu, 0) + m.replicas * m.tp
+        for gpu, n in need.items():
+            if n > pools[gpu].count:
+                raise ValueError(f"the models need {n} x {gpu} GPUs for their replicas; gpu_pool has {pools[gpu].count}")
+        if self.hard_stop_s is not None and self.duration_s is not None and self.hard_stop_s < self.duration_s:
+            raise ValueError("hard_stop_s must not be before duration_s")
+        return self
+
+    def slo_for(self, priority_class: str) -> Slo:
+        return self.slos.get(priority_class, Slo())
+
+    def model_index(self, name: str) -> int:
+        return [m.name for m in self.models].index(name)

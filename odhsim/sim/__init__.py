@@ -1,0 +1,1 @@
+"""The SimPy engine: thin processes and callbacks around the pure policies in `policies/`."""

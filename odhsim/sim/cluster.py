@@ -1,0 +1,82 @@
+"""Builds the simulated cluster (replicas, routers, gateway) from a scenario; no simulation logic here."""
+
+from __future__ import annotations
+
+import numpy as np
+import simpy
+
+from odhsim import catalog
+from odhsim.profiles.latency import latency_model
+from odhsim.results.request_log import RequestLog
+from odhsim.rng import RngStreams
+from odhsim.scenario.model import ModelDeployment, Scenario, ServiceTime
+from odhsim.sim.fixed_replica import FixedReplica
+from odhsim.sim.gateway import Gateway, ModelRoute
+from odhsim.sim.llm_replica import LlmReplica
+from odhsim.sim.replica_base import ReplicaBase
+from policies.routing.config import build_router
+
+
+def replica_name(model: ModelDeployment, i: int) -> str:
+    return f"{model.name}-{model.version}-{i}"
+
+
+def build_cluster(
+    env: simpy.Environment,
+    scenario: Scenario,
+    streams: RngStreams,
+    log: RequestLog,
+    tenant_names: list[str],
+    block_tokens: int,
+) -> Gateway:
+    routes: list[ModelRoute] = []
+    replicas: list[ReplicaBase] = []
+    gateway_ref: list[Gateway] = []
+
+    def on_finish(req, now, status, reason):  # type: ignore[no-untyped-def]
+        gateway_ref[0].finish(req, now, status, reason)
+
+    interval = scenario.gateway.scrape_interval_s
+    for m in scenario.models:
+        mine: list[ReplicaBase] = []
+        for i in range(m.replicas):
+            index, name = len(replicas), replica_name(m, i)
+            replica: ReplicaBase
+            if m.kind == "llm":
+                assert m.profile is not None
+                replica = LlmReplica(
+                    env,
+                    index,
+                    name,
+                    m.name,
+                    interval,
+                    on_finish,
+                    engine=m.engine,
+                    latency=latency_model(m.profile, m.gpu, m.tp),
+                    kv_capacity_tokens=catalog.kv_cache_capacity_tokens(
+                        m.profile, m.gpu, m.tp, gpu_memory_utilization=m.engine.gpu_memory_utilization
+                    ),
+                    prefix_block_tokens=block_tokens,
+                )
+            else:
+                replica = FixedReplica(env, index, name, m.name, interval, on_finish, concurrency=m.concurrency)
+            replicas.append(replica)
+            mine.append(replica)
+        router = build_router(scenario.gateway.router, streams.get(f"router.{m.name}"))
+        routes.append(ModelRoute(m.name, mine, router, scenario.gateway.queue.max_in_flight_per_replica))
+    gateway = Gateway(env, routes, replicas, log, tenant_names, block_tokens)
+    gateway_ref.append(gateway)
+    return gateway
+
+
+def draw_service_times(st: ServiceTime, rng: np.random.Generator, n: int) -> np.ndarray:
+    """Service times of a `fixed` model: mean `mean_s`, coefficient of variation `cv` (exponential: cv = 1)."""
+    if st.dist == "exponential":
+        return rng.exponential(st.mean_s, n)
+    if st.dist == "deterministic":
+        return np.full(n, st.mean_s)
+    if st.dist == "gamma":
+        shape = 1.0 / st.cv**2
+        return rng.gamma(shape, st.mean_s / shape, n)
+    sigma2 = np.log1p(st.cv**2)
+    return rng.lognormal(np.log(st.mean_s) - sigma2 / 2, np.sqrt(sigma2), n)

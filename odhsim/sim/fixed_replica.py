@@ -1,0 +1,65 @@
+"""A replica of a traditional ML model: `concurrency` slots and a local FIFO queue; the service time comes with
+the request (drawn at arrival from the model's own stream, so every policy variant sees the same draws)."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import simpy
+
+from odhsim.sim.replica_base import FinishCallback, ReplicaBase
+from odhsim.sim.request import STATUS_OK, SimRequest
+
+
+class FixedReplica(ReplicaBase):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        name: str,
+        model_name: str,
+        scrape_interval_s: float,
+        on_finish: FinishCallback,
+        concurrency: int,
+    ) -> None:
+        super().__init__(env, index, name, model_name, scrape_interval_s, on_finish)
+        self.concurrency = concurrency
+        self.busy_slots = 0
+        self.queue: deque[SimRequest] = deque()
+
+    def waiting(self) -> int:
+        return len(self.queue)
+
+    def running(self) -> int:
+        return self.busy_slots
+
+    def submit(self, req: SimRequest) -> None:
+        self._before_change()
+        self.in_flight += 1
+        req.replica = self.index
+        if self.busy_slots < self.concurrency:
+            self._start(req)
+        else:
+            self.queue.append(req)
+
+    def _start(self, req: SimRequest) -> None:
+        if self.busy_slots == 0:
+            self._mark_busy()
+        self.busy_slots += 1
+        req.start_s = self.env.now
+        done = self.env.timeout(req.service_s, req)
+        done.callbacks.append(self._done)
+
+    def _done(self, event: simpy.Event) -> None:
+        req: SimRequest = event.value
+        now = self.env.now
+        self._before_change()
+        self.busy_slots -= 1
+        self.in_flight -= 1
+        req.first_token_s = now
+        req.generated = req.output_tokens
+        if self.queue:
+            self._start(self.queue.popleft())
+        elif self.busy_slots == 0:
+            self._mark_idle()
+        self.on_finish(req, now, STATUS_OK, "")

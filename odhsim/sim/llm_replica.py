@@ -1,0 +1,302 @@
+"""A continuous-batching LLM replica, shaped like vLLM's scheduler (prefill-first, recompute preemption).
+
+Cost grows with requests, not tokens: the replica schedules one event per prefill step and one per *span* of
+decode steps during which the running batch does not change. A span ends at the first of: a request finishing,
+the KV cache running out of blocks, or a new arrival (which shortens the span to the end of the step in flight,
+as vLLM would admit it at the next step). Time over a span comes in closed form from the latency model.
+
+Bookkeeping that makes a span O(1) in the batch size:
+- `steps`: decode steps done by this replica. A running request with context c joined at step s keeps
+  `offset = c - s` fixed, so its context at any time is offset + steps, and the batch's total context is
+  sum(offset) + batch * steps.
+- the finish heap orders running requests by the step at which they produce their last token.
+- KV blocks: a request of context c holds ceil(c / block_size) blocks; how many new blocks a span of k steps
+  needs depends only on each request's c mod block_size, so a histogram of `offset mod block_size` suffices.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import OrderedDict, deque
+
+import simpy
+
+from odhsim.profiles.latency import LatencyModel
+from odhsim.sim.replica_base import FinishCallback, ReplicaBase
+from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
+from odhsim.scenario.model import EngineLimits
+
+_IDLE, _PREFILL, _DECODE = 0, 1, 2
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class LlmReplica(ReplicaBase):
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        name: str,
+        model_name: str,
+        scrape_interval_s: float,
+        on_finish: FinishCallback,
+        engine: EngineLimits,
+        latency: LatencyModel,
+        kv_capacity_tokens: int,
+        prefix_block_tokens: int,
+    ) -> None:
+        super().__init__(env, index, name, model_name, scrape_interval_s, on_finish)
+        self.engine = engine
+        self.latency = latency
+        self.bs = engine.block_size
+        self.total_blocks = kv_capacity_tokens // engine.block_size
+        self.watermark_blocks = max(1, int(0.01 * self.total_blocks))  # vLLM keeps 1% free for decode growth
+        self.used_blocks = 0
+        self.waiting_q: deque[SimRequest] = deque()
+        self.running_reqs: dict[int, SimRequest] = {}  # row -> request, in admission order
+        self._finish_heap: list[tuple[int, int, int, SimRequest]] = []  # (finish step, row, epoch, request)
+        self._phase_counts = [0] * self.bs
+        self._offset_sum = 0
+        self.steps = 0
+        self.preemptions = 0
+        self._state = _IDLE
+        self._token = 0  # invalidates a scheduled span end when the span is shortened
+        self._prefill_batch: list[SimRequest] = []
+        self._span: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # start, batch, context, steps
+        # vLLM automatic prefix caching: an LRU of prompt blocks (ids as the trace names them).
+        self.prefix_cache: OrderedDict[int, None] | None = OrderedDict() if engine.enable_prefix_caching else None
+        self.prefix_capacity = max(1, kv_capacity_tokens // max(1, prefix_block_tokens))
+        self.prefix_block_tokens = prefix_block_tokens
+
+    # -- metrics (vLLM names: num_requests_waiting, num_requests_running, kv_cache_usage_perc) ----------------
+    def waiting(self) -> int:
+        return len(self.waiting_q)
+
+    def running(self) -> int:
+        return len(self.running_reqs) + len(self._prefill_batch)
+
+    def kv_usage(self) -> float:
+        return self.used_blocks / self.total_blocks if self.total_blocks else 1.0
+
+    # -- arrivals -------------------------------------------------------------------------------------------
+    def submit(self, req: SimRequest) -> None:
+        self._before_change()
+        self.in_flight += 1
+        req.replica = self.index
+        need = _ceil_div(req.prompt_tokens + 1, self.bs)
+        if need > self.total_blocks:
+            self.in_flight -= 1
+            self.on_finish(req, self.env.now, STATUS_FAILED, "prompt exceeds the replica's KV cache")
+            return
+        self.waiting_q.append(req)
+        if self._state == _IDLE:
+            self._schedule()
+        elif self._state == _DECODE and len(self.running_reqs) < self.engine.max_num_seqs:
+            self._shorten_span()
+
+    def _shorten_span(self) -> None:
+        """A request arrived mid-span: end the span after the decode step now in flight."""
+        start, batch, context, k = self._span
+        done = self.latency.decode_steps_within(batch, context, self.env.now - start)
+        if done + 1 >= k:
+            return
+        self._token += 1
+        end = start + self.latency.decode_span_s(batch, context, done + 1)
+        self._span = (start, batch, context, done + 1)
+        ev = self.env.timeout(max(0.0, end - self.env.now), self._token)
+        ev.callbacks.append(self._on_span_end)
+
+    # -- scheduling -----------------------------------------------------------------------------------------
+    def _schedule(self) -> None:
+        batch, tokens, sum_sq = self._admit()
+        if batch:
+            self._state = _PREFILL
+            self._prefill_batch = batch
+            self._mark_busy()
+            ev = self.env.timeout(self.latency.prefill_s(tokens, sum_sq))
+            ev.callbacks.append(self._on_prefill_end)
+        elif self.running_reqs:
+            self._start_span()
+        else:
+            self._state = _IDLE
+            self._mark_idle()
+
+    def _prefix_hit_tokens(self, req: SimRequest, ctx: int) -> int:
+        cache = self.prefix_cache
+        if cache is None or req.blocks is None or len(req.blocks) == 0:
+            return 0
+        hits = 0
+        for block in req.blocks.tolist():
+            if block not in cache:
+                break
+            cache.move_to_end(block)
+            hits += 1
+        return min(hits * self.prefix_block_tokens, ctx - 1)
+
+    def _remember_prefix(self, req: SimRequest) -> None:
+        cache = self.prefix_cache
+        if cache is None or req.blocks is None:
+            return
+        for block in req.blocks.tolist():
+            cache[block] = None
+            cache.move_to_end(block)
+        while len(cache) > self.prefix_capacity:
+            cache.popitem(last=False)
+
+    def _admit(self) -> tuple[list[SimRequest], int, int]:
+        """Take waiting requests (FCFS) into a prefill step within the engine's token, sequence and KV limits."""
+        batch: list[SimRequest] = []
+        tokens = sum_sq = 0
+        free_seqs = self.engine.max_num_seqs - len(self.running_reqs)
+        budget = self.engine.max_num_batched_tokens
+        while self.waiting_q and len(batch) < free_seqs:
+            req = self.waiting_q[0]
+            ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
+            blocks = _ceil_div(ctx + 1, self.bs)
+            if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and (
+                batch or self.running_reqs
+            ):
+                break
+            cached = self._prefix_hit_tokens(req, ctx)
+            compute = ctx - cached
+            if batch and tokens + compute > budget:
+                break  # a prompt longer than the budget runs alone in its own step (vLLM would chunk it)
+            self.waiting_q.popleft()
+            self.used_blocks += blocks
+            req.ctx = ctx
+            if req.generated == 0:
+                req.cached_tokens = cached
+                req.start_s = self.env.now
+            batch.append(req)
+            tokens += compute
+            sum_sq += compute * compute
+        if batch:
+            self._before_change()
+        return batch, tokens, sum_sq
+
+    def _on_prefill_end(self, _event: simpy.Event) -> None:
+        now = self.env.now
+        self._before_change()
+        batch, self._prefill_batch = self._prefill_batch, []
+        for req in batch:
+            self._remember_prefix(req)
+            req.generated += 1
+            req.ctx += 1
+            if req.first_token_s != req.first_token_s:  # NaN: first time through
+                req.first_token_s = now
+            if req.generated >= req.output_tokens:
+                self._release(req)
+                self.on_finish(req, now, STATUS_OK, "")
+            else:
+                self._join(req)
+        self._schedule()
+
+    # -- the running batch ----------------------------------------------------------------------------------
+    def _join(self, req: SimRequest) -> None:
+        offset = req.ctx - self.steps
+        req.join_step = self.steps
+        req.finish_step = self.steps + (req.output_tokens - req.generated)
+        req.running_epoch += 1
+        self.running_reqs[req.row] = req
+        self._phase_counts[offset % self.bs] += 1
+        self._offset_sum += offset
+        heapq.heappush(self._finish_heap, (req.finish_step, req.row, req.running_epoch, req))
+
+    def _leave(self, req: SimRequest) -> None:
+        """Take a request out of the running batch, bringing its token counts up to date."""
+        del self.running_reqs[req.row]
+        req.running_epoch += 1
+        advanced = self.steps - req.join_step
+        offset = req.ctx - req.join_step
+        self._phase_counts[offset % self.bs] -= 1
+        self._offset_sum -= offset
+        req.generated += advanced
+        req.ctx += advanced
+
+    def _release(self, req: SimRequest) -> None:
+        self.used_blocks -= _ceil_div(req.ctx, self.bs)
+        self.in_flight -= 1
+
+    def _new_blocks(self, k: int) -> int:
+        """KV blocks the running batch needs for k more decode steps."""
+        bs, steps, total = self.bs, self.steps, 0
+        for phase, count in enumerate(self._phase_counts):
+            if count:
+                r = (phase + steps) % bs
+                total += count * (_ceil_div(r + k, bs) - (1 if r else 0))
+        return total
+
+    def _kv_step_limit(self, k: int) -> int:
+        free = self.total_blocks - self.used_blocks
+        if len(self.running_reqs) * _ceil_div(k, self.bs) <= free:
+            return k
+        lo, hi = 0, k  # largest k' in [0, k] with _new_blocks(k') <= free
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._new_blocks(mid) <= free:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _preempt_last(self) -> None:
+        """vLLM's recompute preemption: the most recently admitted request gives back its KV blocks and waits
+        at the head of the queue; its generated tokens are recomputed as part of the prompt."""
+        victim = self.running_reqs[next(reversed(self.running_reqs))]
+        self._leave(victim)
+        self.used_blocks -= _ceil_div(victim.ctx, self.bs)
+        self.waiting_q.appendleft(victim)
+        self.preemptions += 1
+
+    def _start_span(self) -> None:
+        heap = self._finish_heap
+        while heap and (heap[0][3].running_epoch != heap[0][2] or heap[0][1] not in self.running_reqs):
+            heapq.heappop(heap)
+        k = heap[0][0] - self.steps
+        limit = self._kv_step_limit(k)
+        while limit == 0:
+            self._before_change()
+            if len(self.running_reqs) == 1:  # one request alone outgrew the whole KV cache
+                req = self.running_reqs[next(iter(self.running_reqs))]
+                self._leave(req)
+                self._release(req)
+                self.on_finish(req, self.env.now, STATUS_FAILED, "context outgrew the replica's KV cache")
+                self._schedule()
+                return
+            self._preempt_last()
+            if not self.running_reqs:
+                self._schedule()
+                return
+            while heap and (heap[0][3].running_epoch != heap[0][2] or heap[0][1] not in self.running_reqs):
+                heapq.heappop(heap)
+            k = heap[0][0] - self.steps
+            limit = self._kv_step_limit(k)
+        batch = len(self.running_reqs)
+        context = self._offset_sum + batch * self.steps
+        self._state = _DECODE
+        self._mark_busy()
+        self._token += 1
+        self._span = (self.env.now, batch, context, limit)
+        ev = self.env.timeout(self.latency.decode_span_s(batch, context, limit), self._token)
+        ev.callbacks.append(self._on_span_end)
+
+    def _on_span_end(self, event: simpy.Event) -> None:
+        if event.value != self._token:
+            return  # a shortened span's original end
+        now = self.env.now
+        self._before_change()
+        k = self._span[3]
+        self.used_blocks += self._new_blocks(k)
+        self.steps += k
+        heap = self._finish_heap
+        while heap and heap[0][0] <= self.steps:
+            _, row, epoch, req = heapq.heappop(heap)
+            if req.running_epoch != epoch or row not in self.running_reqs:
+                continue
+            self._leave(req)
+            self._release(req)
+            self.on_finish(req, now, STATUS_OK, "")
+        self._schedule()
+

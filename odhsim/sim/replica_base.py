@@ -1,0 +1,101 @@
+"""What every simulated replica shares: identity, busy-time accounting and metrics as the router scrapes them."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import simpy
+
+from odhsim.sim.request import SimRequest
+from policies.routing.types import EndpointState
+
+FinishCallback = Callable[[SimRequest, float, str, str], None]
+"""on_finish(request, now, status, reason): the replica is done with a request (ok or failed)."""
+
+
+class ReplicaBase:
+    """Base of the LLM and fixed replicas.
+
+    Scrape semantics (llm-d reads vLLM's metrics every `scrape_interval_s`): the router sees the metrics as they
+    were at the latest scrape tick. Instead of a scraper process ticking every 50 ms for every replica, a replica
+    keeps the state it had at the start of the current tick: before its first change in a tick it publishes its
+    pre-change metrics, which are exactly what a scrape at that tick would have read. Exact and O(1) per change.
+    """
+
+    def __init__(
+        self,
+        env: simpy.Environment,
+        index: int,
+        name: str,
+        model_name: str,
+        scrape_interval_s: float,
+        on_finish: FinishCallback,
+    ) -> None:
+        self.env = env
+        self.index = index
+        self.name = name
+        self.model_name = model_name
+        self.scrape_interval_s = scrape_interval_s
+        self.on_finish = on_finish
+        self.in_flight = 0
+        self.busy_s = 0.0
+        self._busy_since = math.nan
+        self._published: EndpointState | None = None
+        self._published_tick = -1
+
+    # -- metrics -------------------------------------------------------------------------------------------
+    def waiting(self) -> int:
+        raise NotImplementedError
+
+    def running(self) -> int:
+        raise NotImplementedError
+
+    def kv_usage(self) -> float:
+        return 0.0
+
+    def _tick(self, now: float) -> int:
+        return int(now / self.scrape_interval_s)
+
+    def _before_change(self) -> None:
+        """Call before any change to waiting/running/kv: freezes the metrics of the current scrape tick."""
+        tick = self._tick(self.env.now)
+        if tick != self._published_tick:
+            self._published = self._current_state(tick)
+            self._published_tick = tick
+
+    def _current_state(self, tick: int) -> EndpointState:
+        return EndpointState(
+            name=self.name,
+            model=self.model_name,
+            waiting=self.waiting(),
+            running=self.running(),
+            kv_usage=self.kv_usage(),
+            scraped_at=tick * self.scrape_interval_s,
+        )
+
+    def scraped_state(self) -> EndpointState:
+        """The metrics as of the latest scrape tick (what the router may see now)."""
+        tick = self._tick(self.env.now)
+        if tick != self._published_tick or self._published is None:
+            self._published = self._current_state(tick)
+            self._published_tick = tick
+        return self._published
+
+    # -- busy-time accounting (for gpu_busy) ------------------------------------------------------------------
+    def _mark_busy(self) -> None:
+        if math.isnan(self._busy_since):
+            self._busy_since = self.env.now
+
+    def _mark_idle(self) -> None:
+        if not math.isnan(self._busy_since):
+            self.busy_s += self.env.now - self._busy_since
+            self._busy_since = math.nan
+
+    def busy_time(self) -> float:
+        """Seconds spent computing so far (for the gpu_busy column)."""
+        extra = 0.0 if math.isnan(self._busy_since) else self.env.now - self._busy_since
+        return self.busy_s + extra
+
+    def submit(self, req: SimRequest) -> None:
+        raise NotImplementedError

@@ -1,0 +1,78 @@
+"""The in-flight request: a small slotted object that lives from arrival to its final status, then is dropped."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from policies.routing.types import RouteRequest
+
+STATUS_OK = "ok"
+STATUS_SHED = "shed"
+STATUS_FAILED = "failed"
+STATUS_TIMEOUT = "timeout"
+STATUS_UNFINISHED = "unfinished"
+STATUSES = (STATUS_OK, STATUS_SHED, STATUS_FAILED, STATUS_TIMEOUT, STATUS_UNFINISHED)
+
+
+class SimRequest:
+    """Mutable engine state of one request; `row` indexes its row in the results table."""
+
+    __slots__ = (
+        "arrival_s",
+        "blocks",
+        "cached_tokens",
+        "ctx",
+        "finish_step",
+        "first_token_s",
+        "generated",
+        "join_step",
+        "model",
+        "output_tokens",
+        "priority",
+        "prompt_tokens",
+        "replica",
+        "retries",
+        "route",
+        "row",
+        "running_epoch",
+        "service_s",
+        "session",
+        "start_s",
+        "tenant",
+    )
+
+    def __init__(
+        self,
+        row: int,
+        arrival_s: float,
+        prompt_tokens: int,
+        output_tokens: int,
+        model: int,
+        priority: int,
+        tenant: int,
+        session: int,
+        blocks: np.ndarray | None,
+    ) -> None:
+        self.row = row
+        self.arrival_s = arrival_s
+        self.prompt_tokens = prompt_tokens
+        self.output_tokens = output_tokens
+        self.model = model
+        self.priority = priority
+        self.tenant = tenant
+        self.session = session
+        self.blocks = blocks
+        self.first_token_s = math.nan
+        self.start_s = math.nan  # when service began (admitted to a prefill step, or a slot)
+        self.generated = 0
+        self.ctx = 0
+        self.cached_tokens = 0
+        self.replica = -1
+        self.retries = 0
+        self.finish_step = 0
+        self.join_step = 0
+        self.running_epoch = 0
+        self.service_s = 0.0
+        self.route: RouteRequest | None = None

@@ -1,0 +1,158 @@
+"""Runs one scenario end to end: workload -> gateway -> replicas -> tidy results."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from odhsim.results.request_log import RequestLog
+from odhsim.results.run_result import RunResult
+from odhsim.results.summary import summarize
+from odhsim.rng import RngStreams
+from odhsim.scenario.model import Scenario
+from odhsim.sim.cluster import build_cluster, draw_service_times, replica_name
+from odhsim.sim.gateway import Gateway
+from odhsim.sim.request import SimRequest
+from odhsim.sim.sampler import TimeseriesSampler
+from odhsim.workload.build import build_workload
+from odhsim.workload.schema import RequestBatch
+
+ProgressFn = Callable[[float, float | None, int], None]
+"""progress(simulated_now_s, simulated_horizon_s or None, requests_arrived)."""
+
+
+class _ArrivalState:
+    def __init__(self) -> None:
+        self.done = False
+        self.arrived = 0
+        self.last_arrival_s = 0.0
+
+
+def _arrivals(
+    env: simpy.Environment,
+    batches: Iterable[RequestBatch],
+    gateway: Gateway,
+    log: RequestLog,
+    scenario: Scenario,
+    streams: RngStreams,
+    state: _ArrivalState,
+):  # type: ignore[no-untyped-def]
+    """Feeds requests chunk by chunk; a request becomes a Python object only when it arrives."""
+    duration = scenario.duration_s
+    fixed = [(i, m.service_time, streams.get(f"service.{m.name}")) for i, m in enumerate(scenario.models) if m.kind == "fixed"]
+    for batch in batches:
+        if duration is not None and len(batch) and batch.arrival_s[0] >= duration:
+            break
+        if duration is not None and len(batch) and batch.arrival_s[-1] >= duration:
+            batch = batch.take(batch.arrival_s < duration)
+        n = len(batch)
+        if n == 0:
+            continue
+        base = log.append_batch(batch)
+        service = np.zeros(n)
+        for mi, st, rng in fixed:
+            mask = batch.model == mi
+            service[mask] = draw_service_times(st, rng, int(mask.sum()))
+        arrival, prompt, output = batch.arrival_s.tolist(), batch.prompt_tokens.tolist(), batch.output_tokens.tolist()
+        model, prio, tenant = batch.model.tolist(), batch.priority.tolist(), batch.tenant.tolist()
+        session, svc = batch.session.tolist(), service.tolist()
+        offsets = batch.block_offsets.tolist() if batch.has_blocks else None
+        ids = batch.block_ids
+        for i in range(n):
+            t = arrival[i]
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            blocks = ids[offsets[i] : offsets[i + 1]] if offsets is not None else None
+            req = SimRequest(base + i, t, prompt[i], output[i], model[i], prio[i], tenant[i], session[i], blocks)
+            req.service_s = svc[i]
+            state.arrived += 1
+            state.last_arrival_s = t
+            gateway.arrive(req)
+    state.done = True
+
+
+def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressFn | None = None) -> RunResult:
+    """Run `scenario` (with `seed` overriding the scenario's) and return its tidy results."""
+    seed = scenario.seed if seed is None else int(seed)
+    wall0 = time.perf_counter()
+    streams = RngStreams(seed)
+    model_names = [m.name for m in scenario.models]
+    workload = build_workload(
+        scenario.workload, model_names=model_names, streams=streams, base_dir=scenario.base_dir
+    )
+    env = simpy.Environment()
+    log = RequestLog()
+    gateway = build_cluster(env, scenario, streams, log, workload.tenant_names, workload.block_tokens)
+    arrivals = _ArrivalState()
+    env.process(_arrivals(env, workload.batches(), gateway, log, scenario, streams, arrivals))
+
+    def finished() -> bool:
+        return arrivals.done and gateway.in_flight == 0 and (
+            scenario.duration_s is None or env.now >= scenario.duration_s
+        )
+
+    sampler = TimeseriesSampler(env, scenario, gateway, finished)
+    env.process(sampler.process())
+    horizon = scenario.hard_stop_s or scenario.duration_s
+    step = max(scenario.outputs.timeseries_bucket_s, (horizon or 3600.0) / 200)
+    stop = scenario.hard_stop_s if scenario.hard_stop_s is not None else math.inf
+    while env.peek() < stop:
+        env.run(until=min(env.now + step, stop))
+        if progress is not None:
+            progress(env.now, horizon, arrivals.arrived)
+    hard_stopped = env.peek() < math.inf
+    sampler.sample()
+    end_s = env.now
+    wall_s = time.perf_counter() - wall0
+
+    run_id = f"{scenario.name}-seed{seed}"
+    replica_names = [r.name for r in gateway.replicas]
+    requests = log.to_frame(model_names, workload.tenant_names, replica_names)
+    replicas = pd.DataFrame(
+        [
+            {"time_s": t, "model": m.name, "replica": replica_name(m, i), "state": state}
+            for m in scenario.models
+            for i in range(m.replicas)
+            for t, state in ((0.0, "ready"), (end_s, "stopped"))
+        ],
+        columns=["time_s", "model", "replica", "state"],
+    )
+    events = pd.DataFrame(
+        [
+            {
+                "time_s": 0.0,
+                "kind": "deploy",
+                "model": m.name,
+                "replica": "",
+                "detail": f"{m.replicas} x {m.profile or m.kind} on {m.tp} x {m.gpu}",
+            }
+            for m in scenario.models
+        ]
+        + [{"time_s": end_s, "kind": "hard_stop" if hard_stopped else "end", "model": "", "replica": "", "detail": ""}],
+        columns=["time_s", "kind", "model", "replica", "detail"],
+    )
+    timeseries = pd.DataFrame(sampler.rows)
+    preemptions = sum(getattr(r, "preemptions", 0) for r in gateway.replicas)
+    summary = summarize(
+        requests,
+        timeseries,
+        scenario,
+        end_s=end_s,
+        wall_s=wall_s,
+        extra={"preemptions": preemptions, "hard_stopped": hard_stopped, "seed": seed, "run_id": run_id},
+    )
+    return RunResult.tag(
+        scenario_name=scenario.name,
+        run_id=run_id,
+        seed=seed,
+        requests=requests,
+        replicas=replicas,
+        timeseries=timeseries,
+        events=events,
+        summary=summary,
+    )

@@ -1,0 +1,77 @@
+"""Periodic per-model samples for the timeseries table (one row per time bucket and model)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import simpy
+
+from odhsim import catalog
+from odhsim.scenario.model import Scenario
+from odhsim.sim.gateway import Gateway
+
+
+class TimeseriesSampler:
+    """Every `bucket_s`, records arrivals, queue length, running, ready replicas, KV usage, busy time and cost.
+
+    queue_len counts requests waiting anywhere (gateway queue plus the replicas' own waiting queues); gpu_busy is
+    the fraction of the bucket the model's replicas spent computing; cost accrues for every replica holding GPUs.
+    """
+
+    def __init__(self, env: simpy.Environment, scenario: Scenario, gateway: Gateway, done: Callable[[], bool]) -> None:
+        self.env = env
+        self.scenario = scenario
+        self.gateway = gateway
+        self.done = done
+        self.bucket_s = scenario.outputs.timeseries_bucket_s
+        self.rows: dict[str, list] = {
+            k: []
+            for k in (
+                "time_s", "model", "arrivals", "queue_len", "running", "ready_replicas", "kv_usage",
+                "gpu_busy", "gpus", "gpu_hours", "cost_usd", "energy_kwh",
+            )
+        }  # fmt: skip
+        self._last_arrivals = [0] * len(scenario.models)
+        self._last_busy = [0.0] * len(gateway.replicas)
+        self._last_t = 0.0
+        self._prices = [catalog.gpu(m.gpu).price_per_hour for m in scenario.models]
+        self._power = [(catalog.gpu(m.gpu).idle_power_w, catalog.gpu(m.gpu).tdp_w) for m in scenario.models]
+
+    def process(self):  # type: ignore[no-untyped-def]
+        while True:
+            yield self.env.timeout(self.bucket_s)
+            self.sample()
+            if self.done():
+                return
+
+    def sample(self) -> None:
+        now = self.env.now
+        dt = now - self._last_t
+        if dt <= 0:
+            return
+        rows = self.rows
+        for mi, (m, route) in enumerate(zip(self.scenario.models, self.gateway.routes, strict=True)):
+            reps = route.replicas
+            busy = 0.0
+            for r in reps:
+                b = r.busy_time()
+                busy += b - self._last_busy[r.index]
+                self._last_busy[r.index] = b
+            gpus = len(reps) * m.tp
+            gpu_hours = gpus * dt / 3600.0
+            busy_frac = busy / (len(reps) * dt) if reps else 0.0
+            idle_w, tdp_w = self._power[mi]
+            rows["time_s"].append(now)
+            rows["model"].append(m.name)
+            rows["arrivals"].append(self.gateway.arrivals[mi] - self._last_arrivals[mi])
+            rows["queue_len"].append(route.queue.__len__() + sum(r.waiting() for r in reps))
+            rows["running"].append(sum(r.running() for r in reps))
+            rows["ready_replicas"].append(len(reps))
+            rows["kv_usage"].append(sum(r.kv_usage() for r in reps) / len(reps) if reps else 0.0)
+            rows["gpu_busy"].append(busy_frac)
+            rows["gpus"].append(gpus)
+            rows["gpu_hours"].append(gpu_hours)
+            rows["cost_usd"].append(gpu_hours * self._prices[mi])
+            rows["energy_kwh"].append(gpu_hours * (idle_w + busy_frac * (tdp_w - idle_w)) / 1000.0)
+            self._last_arrivals[mi] = self.gateway.arrivals[mi]
+        self._last_t = now
