@@ -1,0 +1,44 @@
+"""The one place where built-in policies are registered: read this file to see every name a config may use.
+
+Later kinds ("queue", "autoscaler", ...) get their own `_register_*` function here.
+"""
+
+from __future__ import annotations
+
+from policies.registry import Registry
+from policies.routing import filters, pickers, scorers
+
+
+def _register_routing(reg: Registry) -> None:
+    """llm-d's plugin types, spelled as llm-d spells them, plus the classic baselines."""
+    for cls in (filters.LowQueueFilter, filters.FreshMetricsFilter):
+        reg.register("filter", cls.TYPE, cls.from_params, cls.Params)
+    for cls in (
+        scorers.QueueScorer,
+        scorers.RunningRequestsScorer,
+        scorers.KvCacheUtilizationScorer,
+        scorers.LoadAwareScorer,
+        scorers.PrefixCacheScorer,
+        scorers.ActiveRequestScorer,
+        scorers.TokenLoadScorer,
+        scorers.SessionAffinityScorer,
+    ):
+        reg.register("scorer", cls.TYPE, cls.from_params, cls.Params)
+    for cls in (
+        pickers.MaxScorePicker,
+        pickers.RandomPicker,
+        pickers.WeightedRandomPicker,
+        pickers.RoundRobinPicker,
+        pickers.PowerOfTwoPicker,
+    ):
+        reg.register("picker", cls.TYPE, cls.from_params, cls.Params)
+
+
+def build_default_registry() -> Registry:
+    """A fresh registry holding every built-in policy (tests and experiments may extend their own copy)."""
+    reg = Registry()
+    _register_routing(reg)
+    return reg
+
+
+REGISTRY: Registry = build_default_registry()

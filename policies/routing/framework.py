@@ -1,0 +1,140 @@
+"""The endpoint-picker pipeline as llm-d runs it: filters in order, scorers clamped to [0,1], a picker.
+
+Plugins work on plain lists aligned with the candidate list (a score per candidate, a picked index) rather
+than dicts keyed by endpoint, because `pick` runs for every request over a handful of endpoints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+from policies.errors import PolicyConfigError
+from policies.routing.types import EndpointState, RouteRequest, RoutingDecision
+
+
+@runtime_checkable
+class Router(Protocol):
+    """What an engine calls: `pick` per request, `on_dispatch` when it sends it, `on_complete` at the end."""
+
+    def pick(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> RoutingDecision: ...
+
+    def on_dispatch(self, now: float, request: RouteRequest, endpoint: str) -> None: ...
+
+    def on_complete(self, now: float, request: RouteRequest, endpoint: str, latency_s: float, ok: bool) -> None: ...
+
+
+class Filter(Protocol):
+    name: str
+
+    def filter(self, now: float, request: RouteRequest, endpoints: list[EndpointState]) -> list[EndpointState]: ...
+
+
+class Scorer(Protocol):
+    name: str
+
+    def score(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> Sequence[float]: ...
+
+
+class Picker(Protocol):
+    name: str
+
+    def pick(
+        self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState], totals: Sequence[float]
+    ) -> int: ...
+
+
+def plugin_name(plugin: object) -> str:
+    """The configured name of a plugin (falls back to its type, then its class name)."""
+    return getattr(plugin, "name", None) or getattr(plugin, "TYPE", None) or type(plugin).__name__
+
+
+class SchedulerProfile:
+    """Filters -> weighted scorers -> picker; a `Router` forwarding dispatch/completion to stateful plugins.
+
+    Unhealthy endpoints are dropped before the filters. Every score is clamped to [0,1] here (NaN counts as
+    0), so a misbehaving scorer cannot dominate the total; total(e) = sum_i weight_i * score_i(e).
+    """
+
+    __slots__ = ("_complete", "_dispatch", "_pick_reason", "filters", "picker", "scorers")
+
+    def __init__(
+        self,
+        filters: Sequence[Filter],
+        scorers: Sequence[tuple[Scorer, float]],
+        picker: Picker,
+    ) -> None:
+        self.filters: tuple[Filter, ...] = tuple(filters)
+        self.scorers: tuple[tuple[Scorer, float], ...] = tuple((s, float(w)) for s, w in scorers)
+        self.picker = picker
+        for scorer, weight in self.scorers:
+            if not weight >= 0.0:
+                raise PolicyConfigError(f"scorer '{plugin_name(scorer)}': weight must be >= 0, got {weight}")
+        plugins: list[object] = []
+        for plugin in (*self.filters, *(s for s, _ in self.scorers), picker):
+            if not any(plugin is p for p in plugins):
+                plugins.append(plugin)
+        # Plugins reading another plugin's prefix index (token-load's uncached tokens) are wired here.
+        prefix = next((p for p in plugins if hasattr(p, "matched_blocks")), None)
+        for plugin in plugins:
+            bind = getattr(plugin, "bind_prefix", None)
+            if bind is not None and prefix is not None and prefix is not plugin:
+                bind(prefix)
+        # Index owners see a dispatch last, so readers still find the index as it was when the request was scored.
+        ordered = sorted(plugins, key=lambda p: hasattr(p, "matched_blocks"))
+        self._dispatch = tuple(p.on_dispatch for p in ordered if hasattr(p, "on_dispatch"))
+        self._complete = tuple(p.on_complete for p in plugins if hasattr(p, "on_complete"))
+        self._pick_reason = f"picked by {plugin_name(picker)}"
+
+    def pick(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> RoutingDecision:
+        candidates = self._filter(now, request, endpoints)
+        if isinstance(candidates, str):
+            return RoutingDecision(None, candidates)
+        totals = self._weighted_totals(now, request, candidates)
+        index = self.picker.pick(now, request, candidates, totals)
+        return RoutingDecision(candidates[index].name, self._pick_reason)
+
+    def _filter(
+        self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]
+    ) -> list[EndpointState] | str:
+        """The candidates left after health and the filters, or the reason why none is."""
+        candidates = [e for e in endpoints if e.healthy]
+        if not candidates:
+            return "no healthy endpoint"
+        for flt in self.filters:
+            candidates = flt.filter(now, request, candidates)
+            if not candidates:
+                return f"no endpoint passed filter {plugin_name(flt)}"
+        return candidates
+
+    def _weighted_totals(self, now: float, request: RouteRequest, candidates: list[EndpointState]) -> list[float]:
+        n = len(candidates)
+        totals = [0.0] * n
+        for scorer, weight in self.scorers:
+            scores = scorer.score(now, request, candidates)
+            if len(scores) != n:
+                raise RuntimeError(f"scorer '{plugin_name(scorer)}' returned {len(scores)} scores for {n} endpoints")
+            for i in range(n):
+                v = scores[i]
+                if v > 1.0:
+                    v = 1.0
+                elif not v >= 0.0:  # negative or NaN
+                    v = 0.0
+                totals[i] += weight * v
+        return totals
+
+    def on_dispatch(self, now: float, request: RouteRequest, endpoint: str) -> None:
+        for hook in self._dispatch:
+            hook(now, request, endpoint)
+
+    def on_complete(self, now: float, request: RouteRequest, endpoint: str, latency_s: float, ok: bool) -> None:
+        for hook in self._complete:
+            hook(now, request, endpoint, latency_s, ok)
+
+    def totals(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> dict[str, float]:
+        """Clamped weighted totals per candidate (after health and filters), as `pick` sees them; for inspection."""
+        candidates = self._filter(now, request, endpoints)
+        if isinstance(candidates, str):
+            return {}
+        totals = self._weighted_totals(now, request, candidates)
+        return {e.name: t for e, t in zip(candidates, totals, strict=True)}

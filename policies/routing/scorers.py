@@ -1,0 +1,135 @@
+"""llm-d's scorers (POLICY_REFERENCE.md section 1): one score per candidate, meant to lie in [0,1].
+
+Weights are not here: they live in the configuration and the framework applies them after clamping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Annotated
+
+import numpy as np
+from pydantic import Field
+
+from policies.registry import NoParams, PolicyParams
+from policies.routing._base import Plugin
+from policies.routing.inflight_scorers import ActiveRequestScorer, TokenLoadScorer
+from policies.routing.prefix_scorer import PrefixCacheScorer
+from policies.routing.types import NO_SESSION, EndpointState, RouteRequest
+
+
+def _min_max_low_is_best(values: Sequence[float]) -> list[float]:
+    """(max - v) / (max - min) over the candidates; all equal: 1 for everyone."""
+    hi = max(values)
+    lo = min(values)
+    if hi == lo:
+        return [1.0] * len(values)
+    span = float(hi - lo)
+    return [(hi - v) / span for v in values]
+
+
+class QueueScorer(Plugin):
+    """Min-max over waiting requests (vllm:num_requests_waiting): shortest queue scores 1, longest 0."""
+
+    TYPE = "queue-scorer"
+    Params = NoParams
+    __slots__ = ()
+
+    @classmethod
+    def from_params(cls, params: NoParams, rng: np.random.Generator) -> QueueScorer:
+        return cls()
+
+    def score(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> list[float]:
+        return _min_max_low_is_best([e.waiting for e in endpoints])
+
+
+class RunningRequestsScorer(Plugin):
+    """The same min-max over running requests (vllm:num_requests_running)."""
+
+    TYPE = "running-requests-scorer"
+    Params = NoParams
+    __slots__ = ()
+
+    @classmethod
+    def from_params(cls, params: NoParams, rng: np.random.Generator) -> RunningRequestsScorer:
+        return cls()
+
+    def score(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> list[float]:
+        return _min_max_low_is_best([e.running for e in endpoints])
+
+
+class KvCacheUtilizationScorer(Plugin):
+    """1 - kv_usage: prefer the endpoint with the most free KV cache."""
+
+    TYPE = "kv-cache-utilization-scorer"
+    Params = NoParams
+    __slots__ = ()
+
+    @classmethod
+    def from_params(cls, params: NoParams, rng: np.random.Generator) -> KvCacheUtilizationScorer:
+        return cls()
+
+    def score(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> list[float]:
+        return [1.0 - e.kv_usage for e in endpoints]
+
+
+class LoadAwareParams(PolicyParams):
+    threshold: Annotated[int, Field(gt=0)] = 128
+
+
+class LoadAwareScorer(Plugin):
+    """q = 0: 0.5; else 0.5 * (1 - min(q, threshold) / threshold); an empty queue is 'half good' in llm-d."""
+
+    TYPE = "load-aware-scorer"
+    Params = LoadAwareParams
+    __slots__ = ("threshold",)
+
+    def __init__(self, threshold: int = 128) -> None:
+        super().__init__()
+        self.threshold = float(threshold)
+
+    @classmethod
+    def from_params(cls, params: LoadAwareParams, rng: np.random.Generator) -> LoadAwareScorer:
+        return cls(params.threshold)
+
+    def score(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> list[float]:
+        t = self.threshold
+        return [0.5 if e.waiting <= 0 else 0.5 * (1.0 - min(e.waiting, t) / t) for e in endpoints]
+
+
+class SessionAffinityScorer(Plugin):
+    """1 for the endpoint that served the request's session last (recorded at dispatch), else 0."""
+
+    TYPE = "session-affinity-scorer"
+    Params = NoParams
+    __slots__ = ("_last",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[int, str] = {}
+
+    @classmethod
+    def from_params(cls, params: NoParams, rng: np.random.Generator) -> SessionAffinityScorer:
+        return cls()
+
+    def score(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> list[float]:
+        target = self._last.get(request.session) if request.session != NO_SESSION else None
+        if target is None:
+            return [0.0] * len(endpoints)
+        return [1.0 if e.name == target else 0.0 for e in endpoints]
+
+    def on_dispatch(self, now: float, request: RouteRequest, endpoint: str) -> None:
+        if request.session != NO_SESSION:
+            self._last[request.session] = endpoint
+
+
+SCORERS: tuple[type[Plugin], ...] = (
+    QueueScorer,
+    RunningRequestsScorer,
+    KvCacheUtilizationScorer,
+    LoadAwareScorer,
+    PrefixCacheScorer,
+    ActiveRequestScorer,
+    TokenLoadScorer,
+    SessionAffinityScorer,
+)

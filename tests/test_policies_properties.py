@@ -1,0 +1,95 @@
+"""Hypothesis properties of the routing pipeline: scores in [0,1], picks among healthy candidates, seeded picks."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policies.builtin import REGISTRY
+from policies.routing.config import build_router
+from policies.routing.profiles import profile_names
+from policies.routing.types import NO_SESSION, EndpointState, RouteRequest
+
+endpoint_st = st.builds(
+    EndpointState,
+    name=st.sampled_from([f"e{i}" for i in range(16)]),
+    model=st.just("m"),
+    waiting=st.integers(0, 500),
+    running=st.integers(0, 300),
+    kv_usage=st.floats(0.0, 1.0),
+    scraped_at=st.floats(0.0, 10.0),
+    healthy=st.booleans(),
+)
+endpoints_st = st.lists(endpoint_st, min_size=1, max_size=16, unique_by=lambda e: e.name)
+request_st = st.builds(
+    RouteRequest,
+    request_id=st.integers(0, 10**6),
+    model=st.just("m"),
+    prompt_tokens=st.integers(0, 200_000),
+    block_ids=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40).map(lambda b: np.array(b, np.int64)),
+    block_tokens=st.sampled_from([16, 512]),
+    session=st.one_of(st.just(NO_SESSION), st.integers(0, 5)),
+)
+# (time step, request, endpoint index to complete early or -1) sequences
+history_st = st.lists(st.tuples(request_st, st.booleans()), min_size=1, max_size=30)
+
+
+def _drive(router, endpoints, history):
+    """Run a history through a router; returns the picks."""
+    picks = []
+    for t, (request, complete) in enumerate(history):
+        decision = router.pick(float(t), request, endpoints)
+        picks.append(decision.endpoint)
+        if decision.endpoint is not None:
+            router.on_dispatch(float(t), request, decision.endpoint)
+            if complete:
+                router.on_complete(float(t) + 0.5, request, decision.endpoint, 0.5, True)
+    return picks
+
+
+@settings(max_examples=150, deadline=None)
+@given(endpoints=endpoints_st, history=history_st)
+def test_every_scorer_scores_in_unit_interval(endpoints, history) -> None:
+    healthy = [e for e in endpoints if e.healthy] or endpoints
+    for name in REGISTRY.names("scorer"):
+        scorer = REGISTRY.build("scorer", name, {}, np.random.default_rng(0))
+        for t, (request, complete) in enumerate(history):
+            scores = scorer.score(float(t), request, healthy)
+            assert len(scores) == len(healthy)
+            assert all(0.0 <= s <= 1.0 for s in scores), (name, scores)
+            if hasattr(scorer, "on_dispatch"):
+                scorer.on_dispatch(float(t), request, healthy[t % len(healthy)].name)
+            if complete and hasattr(scorer, "on_complete"):
+                scorer.on_complete(float(t), request, healthy[t % len(healthy)].name, 0.1, True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(endpoints=endpoints_st, history=history_st, profile=st.sampled_from(profile_names()))
+def test_pick_is_a_healthy_candidate_and_totals_bounded(endpoints, history, profile) -> None:
+    router = build_router({"profile": profile}, np.random.default_rng(1))
+    healthy = {e.name for e in endpoints if e.healthy}
+    weight_sum = sum(w for _, w in router.scorers)
+    for t, (request, _) in enumerate(history):
+        totals = router.totals(float(t), request, endpoints)
+        assert set(totals) == healthy
+        assert all(-1e-12 <= v <= weight_sum + 1e-9 for v in totals.values())
+        decision = router.pick(float(t), request, endpoints)
+        if healthy:
+            assert decision.endpoint in healthy
+            router.on_dispatch(float(t), request, decision.endpoint)
+        else:
+            assert decision.endpoint is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    endpoints=endpoints_st,
+    history=history_st,
+    profile=st.sampled_from(profile_names()),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_same_seed_same_picks(endpoints, history, profile, seed) -> None:
+    a = _drive(build_router({"profile": profile}, np.random.default_rng(seed)), endpoints, history)
+    b = _drive(build_router({"profile": profile}, np.random.default_rng(seed)), endpoints, history)
+    assert a == b
