@@ -1,6 +1,5 @@
-"""Scenario files: YAML validated into typed, frozen models; errors name the file, line and field path."""
+"""Scenario files: YAML validated into typed, frozen models; errors name the file, line and field path.
 
-from odhsim.scenario.load import load_scenario, parse_overrides, scenario_from_dict
-from odhsim.scenario.model import Scenario
-
-__all__ = ["Scenario", "load_scenario", "parse_overrides", "scenario_from_dict"]
+`odhsim.scenario.load` reads files (`load_scenario`), `odhsim.scenario.model` holds the `Scenario` model and
+`odhsim.scenario.deployment` the pool and model deployments.
+"""

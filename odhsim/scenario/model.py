@@ -2,105 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pathlib import Path
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationInfo, field_validator, model_validator
-
-from odhsim import catalog
-from odhsim.errors import CatalogError
+from odhsim.scenario.deployment import Frozen, GpuPool, ModelDeployment
 from odhsim.workload.config import WorkloadConfig
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.routing.config import RouterConfig
-
-
-class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _canonical_gpu(name: str) -> str:
-    try:
-        return catalog.gpu(name).name
-    except CatalogError as err:
-        raise ValueError(str(err)) from None
-
-
-class GpuPool(Frozen):
-    """A set of identical GPUs; `gpus_per_node` bounds tensor parallelism (TP stays inside one node)."""
-
-    gpu: str
-    count: Annotated[int, Field(ge=1)]
-    gpus_per_node: Annotated[int, Field(ge=1)] = 8
-
-    @field_validator("gpu")
-    @classmethod
-    def _gpu(cls, v: str) -> str:
-        return _canonical_gpu(v)
-
-
-class EngineLimits(Frozen):
-    """vLLM-like engine limits (names follow vLLM's engine arguments)."""
-
-    max_num_seqs: Annotated[int, Field(ge=1)] = 256
-    max_num_batched_tokens: Annotated[int, Field(ge=16)] = 16384
-    block_size: Annotated[int, Field(ge=1, le=1024)] = 16
-    gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
-    enable_prefix_caching: bool = True
-
-
-class ServiceTime(Frozen):
-    """Service time of a `fixed` model: exponential (memoryless), deterministic, lognormal or gamma."""
-
-    dist: Literal["exponential", "deterministic", "lognormal", "gamma"] = "exponential"
-    mean_s: Annotated[float, Field(gt=0.0)]
-    cv: Annotated[float, Field(gt=0.0)] = 1.0
-
-
-class ModelDeployment(Frozen):
-    """One served model: an LLM (continuous batching) or a `fixed` model (concurrency slots)."""
-
-    name: str
-    version: str = "v1"
-    kind: Literal["llm", "fixed"] = "llm"
-    profile: str | None = None
-    gpu: str
-    tp: Annotated[int, Field(ge=1, le=64)] = 1
-    replicas: Annotated[int, Field(ge=0)] = 1
-    engine: EngineLimits = EngineLimits()
-    concurrency: Annotated[int, Field(ge=1)] = 1
-    service_time: ServiceTime | None = None
-
-    @field_validator("gpu")
-    @classmethod
-    def _gpu(cls, v: str) -> str:
-        return _canonical_gpu(v)
-
-    @field_validator("profile")
-    @classmethod
-    def _known_profile(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        try:
-            return catalog.model(v).name
-        except CatalogError as err:
-            raise ValueError(str(err)) from None
-
-    @model_validator(mode="after")
-    def _kind_fields(self) -> ModelDeployment:
-        if self.kind == "llm":
-            if self.profile is None:
-                raise ValueError(f"model '{self.name}': an llm needs `profile` (one of {catalog.model_names()})")
-            if self.service_time is not None:
-                raise ValueError(f"model '{self.name}': `service_time` is for kind 'fixed', not 'llm'")
-            if not catalog.fits(self.profile, self.gpu, self.tp):
-                raise ValueError(
-                    f"model '{self.name}': {self.profile} does not fit {self.tp} x {self.gpu} "
-                    f"({catalog.gpu(self.gpu).memory_gb:g} GB each) with room for a KV cache; raise tp"
-                )
-        elif self.service_time is None:
-            raise ValueError(f"model '{self.name}': a 'fixed' model needs `service_time`")
-        return self
 
 
 class QueueConfig(Frozen):

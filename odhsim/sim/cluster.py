@@ -9,7 +9,8 @@ from odhsim import catalog
 from odhsim.profiles.latency import latency_model
 from odhsim.results.request_log import RequestLog
 from odhsim.rng import RngStreams
-from odhsim.scenario.model import ModelDeployment, Scenario, ServiceTime
+from odhsim.scenario.deployment import ModelDeployment, ServiceTime
+from odhsim.scenario.model import Scenario
 from odhsim.sim.fixed_replica import FixedReplica
 from odhsim.sim.gateway import Gateway, ModelRoute
 from odhsim.sim.llm_replica import LlmReplica

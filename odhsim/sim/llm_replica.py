@@ -24,7 +24,7 @@ import simpy
 from odhsim.profiles.latency import LatencyModel
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
-from odhsim.scenario.model import EngineLimits
+from odhsim.scenario.deployment import EngineLimits
 
 _IDLE, _PREFILL, _DECODE = 0, 1, 2
 

@@ -87,7 +87,8 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     )
     env = simpy.Environment()
     log = RequestLog()
-    gateway = build_cluster(env, scenario, streams, log, workload.tenant_names, workload.block_tokens)
+    tenant_names = list(workload.tenant_names)
+    gateway = build_cluster(env, scenario, streams, log, tenant_names, workload.block_tokens)
     arrivals = _ArrivalState()
     env.process(_arrivals(env, workload.batches(), gateway, log, scenario, streams, arrivals))
 
@@ -101,18 +102,20 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     horizon = scenario.hard_stop_s or scenario.duration_s
     step = max(scenario.outputs.timeseries_bucket_s, (horizon or 3600.0) / 200)
     stop = scenario.hard_stop_s if scenario.hard_stop_s is not None else math.inf
-    while env.peek() < stop:
+    # The sampler ends the run once arrivals are over and nothing is in flight (SimPy's run(until=...) leaves
+    # its own marker event queued, so "no events left" cannot serve as the end condition).
+    while not sampler.stopped and env.now < stop:
         env.run(until=min(env.now + step, stop))
         if progress is not None:
             progress(env.now, horizon, arrivals.arrived)
-    hard_stopped = env.peek() < math.inf
+    hard_stopped = not sampler.stopped
     sampler.sample()
     end_s = env.now
     wall_s = time.perf_counter() - wall0
 
     run_id = f"{scenario.name}-seed{seed}"
     replica_names = [r.name for r in gateway.replicas]
-    requests = log.to_frame(model_names, workload.tenant_names, replica_names)
+    requests = log.to_frame(model_names, tenant_names, replica_names)
     replicas = pd.DataFrame(
         [
             {"time_s": t, "model": m.name, "replica": replica_name(m, i), "state": state}

@@ -34,14 +34,17 @@ class TimeseriesSampler:
         self._last_arrivals = [0] * len(scenario.models)
         self._last_busy = [0.0] * len(gateway.replicas)
         self._last_t = 0.0
-        self._prices = [catalog.gpu(m.gpu).price_per_hour for m in scenario.models]
-        self._power = [(catalog.gpu(m.gpu).idle_power_w, catalog.gpu(m.gpu).tdp_w) for m in scenario.models]
+        self.stopped = False
+        self._prices = [catalog.gpu(m.gpu).price_per_gpu_hour for m in scenario.models]
+        # busy GPUs draw the decode power (decode dominates an LLM replica's busy time), idle ones the idle power
+        self._power = [(catalog.gpu(m.gpu).idle_w, catalog.gpu(m.gpu).decode_w) for m in scenario.models]
 
     def process(self):  # type: ignore[no-untyped-def]
         while True:
             yield self.env.timeout(self.bucket_s)
             self.sample()
             if self.done():
+                self.stopped = True
                 return
 
     def sample(self) -> None:
@@ -60,7 +63,7 @@ class TimeseriesSampler:
             gpus = len(reps) * m.tp
             gpu_hours = gpus * dt / 3600.0
             busy_frac = busy / (len(reps) * dt) if reps else 0.0
-            idle_w, tdp_w = self._power[mi]
+            idle_w, busy_w = self._power[mi]
             rows["time_s"].append(now)
             rows["model"].append(m.name)
             rows["arrivals"].append(self.gateway.arrivals[mi] - self._last_arrivals[mi])
@@ -72,6 +75,6 @@ class TimeseriesSampler:
             rows["gpus"].append(gpus)
             rows["gpu_hours"].append(gpu_hours)
             rows["cost_usd"].append(gpu_hours * self._prices[mi])
-            rows["energy_kwh"].append(gpu_hours * (idle_w + busy_frac * (tdp_w - idle_w)) / 1000.0)
+            rows["energy_kwh"].append(gpu_hours * (idle_w + busy_frac * (busy_w - idle_w)) / 1000.0)
             self._last_arrivals[mi] = self.gateway.arrivals[mi]
         self._last_t = now
