@@ -74,12 +74,14 @@ def print_summary(summary: dict[str, Any], title: str) -> None:
 def run(
     scenario: Annotated[Path | None, typer.Argument(help="Scenario YAML (default: scenarios/default.yaml).")] = None,
     seed: Annotated[int | None, typer.Option(help="Root seed (overrides the scenario's).")] = None,
-    out: Annotated[Path | None, typer.Option(help="Write requests/replicas/timeseries/events.parquet + summary.json here.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write requests/replicas/timeseries/events.parquet + summary.json here.")
+    ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Simulate a scenario and print its summary."""
-    from odhsim.scenario import load_scenario
+    from odhsim.scenario.load import load_scenario
     from odhsim.sim.run import simulate
 
     path = scenario or DEFAULT_SCENARIO
@@ -113,7 +115,7 @@ def validate(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
 ) -> None:
     """Check a scenario file without running it."""
-    from odhsim.scenario import load_scenario
+    from odhsim.scenario.load import load_scenario
 
     sc = load_scenario(scenario, set_)
     replicas = sum(m.replicas for m in sc.models)
@@ -122,3 +124,117 @@ def validate(
 
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
+
+
+def _frame_table(df: Any, title: str) -> Table:
+    table = Table(title=title, header_style="bold")
+    for col in df.columns:
+        table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
+    for row in df.itertuples(index=False):
+        table.add_row(*(_fmt(v) for v in row))
+    return table
+
+
+@traces_app.command("info")
+@user_errors
+def traces_info(
+    path: Annotated[Path, typer.Argument(help="Trace file (Azure 2023/2024 CSV, Mooncake JSONL, plain CSV).")],
+    format: Annotated[str, typer.Option(help="auto | azure2023 | azure2024 | mooncake | csv")] = "auto",
+    skip_bad_rows: Annotated[bool, typer.Option(help="Skip and count malformed rows instead of stopping.")] = False,
+    trace_filter: Annotated[str | None, typer.Option(help="Keep only rows whose `trace` column equals this.")] = None,
+) -> None:
+    """Request count, span, rate and token-length percentiles of a trace (one streaming pass)."""
+    from odhsim.workload.loaders import trace_info
+
+    with console.status(f"reading {path} ..."):
+        info = trace_info(path, format=format, on_error="skip" if skip_bad_rows else "raise", trace_filter=trace_filter)
+    table = Table(title=str(path), header_style="bold")
+    table.add_column("field")
+    table.add_column("value", justify="right")
+    for key, value in info.items():
+        if isinstance(value, dict):
+            value = "  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value[:10])) or "-"
+        table.add_row(key, _fmt(value))
+    console.print(table)
+
+
+@traces_app.command("list")
+@user_errors
+def traces_list() -> None:
+    """The catalogued public traces `odhsim traces fetch` can download."""
+    from odhsim.workload.catalog import describe, load_catalog
+
+    table = Table(title="trace catalogue (traces/catalog.yaml)", header_style="bold")
+    for col in ("name", "format", "license", "url"):
+        table.add_column(col)
+    for entry in load_catalog().values():
+        d = describe(entry)
+        table.add_row(d["name"], str(d.get("format", "")), str(d.get("license", "")), str(d.get("url", "")))
+    console.print(table)
+
+
+@traces_app.command("fetch")
+@user_errors
+def traces_fetch(
+    name: Annotated[str, typer.Argument(help="Catalogue name (see `odhsim traces list`).")],
+    dest: Annotated[Path, typer.Option(help="Folder to download into.")] = Path("data/traces"),
+    force: Annotated[bool, typer.Option(help="Download again even if a verified copy is there.")] = False,
+) -> None:
+    """Download a catalogued public trace and check it against its recorded sha256."""
+    from odhsim.workload.catalog import fetch_trace
+
+    with console.status(f"downloading {name} ..."):
+        path = fetch_trace(name, dest, force=force)
+    console.print(f"{name}: {path}")
+
+
+@profiles_app.command("fit")
+@user_errors
+def profiles_fit(
+    csv: Annotated[Path | None, typer.Option(help="Splitwise perf_model.csv (default: ../shared/data/...).")] = None,
+    write: Annotated[bool, typer.Option(help="Rewrite odhsim/data/latency_coefficients.json from all rows.")] = False,
+) -> None:
+    """Refit the latency profiles and print the error on held-out prompt/batch sizes."""
+    from odhsim.profiles.fit import DEFAULT_PERF_CSV, run_fit
+
+    with console.status("fitting latency profiles ..."):
+        errors, coefficients = run_fit(csv or DEFAULT_PERF_CSV, write=write)
+    shown = errors.rename(
+        columns={
+            "prefill_mdape_pct": "prefill MdAPE %",
+            "decode_mdape_pct": "decode MdAPE %",
+            "prefill_max_ape_pct": "prefill max %",
+            "decode_max_ape_pct": "decode max %",
+        }
+    )[["model", "gpu", "tp", "prefill MdAPE %", "decode MdAPE %", "prefill max %", "decode max %"]]
+    console.print(_frame_table(shown, "error on held-out prompt and batch sizes"))
+    overall = errors[errors["model"] == "ALL"].iloc[0]
+    verdict = "ok" if max(overall["prefill_mdape_pct"], overall["decode_mdape_pct"]) < 10 else "ABOVE TARGET"
+    console.print(
+        f"overall held-out MdAPE: prefill {overall['prefill_mdape_pct']:.2f}%, "
+        f"decode {overall['decode_mdape_pct']:.2f}% (target < 10%: {verdict}); "
+        f"{len(coefficients)} (model, GPU, TP) groups fitted"
+    )
+    if write:
+        console.print("coefficients written to odhsim/data/latency_coefficients.json")
+
+
+@app.command()
+@user_errors
+def bench(
+    out: Annotated[Path | None, typer.Option(help="Also save the cases as a JSON list here.")] = None,
+    mmc_requests: Annotated[int, typer.Option(help="Requests in the M/M/c case.")] = 1_000_000,
+) -> None:
+    """Simulator speed and memory: Azure conversation trace (1x, 10x compressed) and 1 M-request M/M/c vs SimPy."""
+    import pandas as pd
+
+    from odhsim.bench import run_bench, write_bench
+
+    with console.status("running benchmark cases (each in its own process) ..."):
+        cases = run_bench(mmc_requests=mmc_requests)
+    console.print(_frame_table(pd.DataFrame(cases), "odhsim bench"))
+    if out is not None:
+        write_bench(cases, out)
+        console.print(f"saved to {out}")
