@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from odhsim.errors import ScenarioError
 from odhsim.scenario.model import Scenario
 
-_PATH_TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+_PATH_TOKEN = re.compile(r"([A-Za-z0-9_\-]+)|\[(\d+)\]")
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -85,7 +85,8 @@ def parse_path(path: str) -> list[int | str]:
     pos = 0
     for m in _PATH_TOKEN.finditer(path):
         gap = path[pos : m.start()]
-        if gap not in ("", "."):
+        is_name = m.group(1) is not None
+        if gap != ("." if is_name and tokens else ""):
             raise ScenarioError(f"--set: bad field path {path!r}")
         tokens.append(m.group(1) if m.group(1) is not None else int(m.group(2)))
         pos = m.end()

@@ -102,13 +102,13 @@ class Scenario(Frozen):
             if pool is None:
                 raise ValueError(f"model '{m.name}' wants {m.gpu}, which gpu_pool does not have")
             if m.tp > pool.gpus_per_node:
-                raise ValueError(
-                    f"model '{m.name}': tp={m.tp} exceeds gpus_per_node={pool.gpus_per_node} for {m.gpu}"
-                )
+                raise ValueError(f"model '{m.name}': tp={m.tp} exceeds gpus_per_node={pool.gpus_per_node} for {m.gpu}")
             need[m.gpu] = need.get(m.gpu, 0) + m.replicas * m.tp
         for gpu, n in need.items():
             if n > pools[gpu].count:
-                raise ValueError(f"the models need {n} x {gpu} GPUs for their replicas; gpu_pool has {pools[gpu].count}")
+                raise ValueError(
+                    f"the models need {n} x {gpu} GPUs for their replicas; gpu_pool has {pools[gpu].count}"
+                )
         if self.hard_stop_s is not None and self.duration_s is not None and self.hard_stop_s < self.duration_s:
             raise ValueError("hard_stop_s must not be before duration_s")
         return self
