@@ -83,7 +83,7 @@ class RequestLog:
         c["replica"][r] = req.replica
         c["retries"][r] = req.retries
         c["cached_tokens"][r] = req.cached_tokens
-        c["cache_hit"][r] = req.cached_tokens > 0
+        c["cache_hit"][r] = req.cache_hit
 
     def column(self, name: str) -> np.ndarray:
         return self._cols[name][: self.n]
@@ -98,7 +98,9 @@ class RequestLog:
             {
                 "request_id": np.arange(self.n, dtype=np.int64),
                 "model": pd.Categorical.from_codes(c["model"], categories=model_names),
-                "priority": pd.Categorical.from_codes(c["priority"].astype(np.int64), categories=list(PRIORITY_CLASSES)),
+                "priority": pd.Categorical.from_codes(
+                    c["priority"].astype(np.int64), categories=list(PRIORITY_CLASSES)
+                ),
                 "tenant": pd.Categorical.from_codes(c["tenant"], categories=tenant_names),
                 "arrival_s": c["arrival_s"],
                 "start_s": c["start_s"],

@@ -33,7 +33,9 @@ class RunResult:
     summary: dict[str, Any]
 
     @staticmethod
-    def tag(*, scenario_name: str, run_id: str, seed: int, summary: dict[str, Any], **tables: pd.DataFrame) -> RunResult:
+    def tag(
+        *, scenario_name: str, run_id: str, seed: int, summary: dict[str, Any], **tables: pd.DataFrame
+    ) -> RunResult:
         """Add run_id, seed and scenario columns so results of sweeps concatenate."""
         tagged = {}
         for name, df in tables.items():

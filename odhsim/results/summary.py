@@ -15,6 +15,12 @@ def _pct(values: np.ndarray, q: float) -> float:
     return float(np.percentile(values, q)) if len(values) else float("nan")
 
 
+def _token_hit_rate(requests: pd.DataFrame, ok: np.ndarray) -> float:
+    """Share of prompt tokens served from replicas' prefix caches (vLLM's prefix_cache_hits / queries)."""
+    prompt = requests["prompt_tokens"].to_numpy()[ok].sum()
+    return float(requests["cached_tokens"].to_numpy()[ok].sum() / prompt) if prompt else 0.0
+
+
 def latency_columns(requests: pd.DataFrame) -> pd.DataFrame:
     """TTFT, TPOT (time per output token after the first) and end-to-end latency per request, NaN if not ok."""
     ok = (requests["status"] == "ok").to_numpy()
@@ -75,7 +81,8 @@ def summarize(
         "output_tokens_per_s": float(requests["output_tokens"].to_numpy()[ok].sum()) / span,
         "goodput_rps": float(met.sum()) / span,
         "slo_attainment": float(met.mean()) if n else float("nan"),
-        "prefix_cache_hit_rate": float(requests["cache_hit"].to_numpy()[ok].mean()) if ok.any() else 0.0,
+        "prefix_cache_hit_rate": _token_hit_rate(requests, ok),
+        "response_cache_hit_rate": float(requests["cache_hit"].to_numpy().mean()) if n else 0.0,
         "gpu_hours": float(timeseries["gpu_hours"].sum()) if len(timeseries) else 0.0,
         "cost_usd": float(timeseries["cost_usd"].sum()) if len(timeseries) else 0.0,
         "energy_kwh": float(timeseries["energy_kwh"].sum()) if len(timeseries) else 0.0,

@@ -119,4 +119,3 @@ class Gateway:
 
     def queued(self, model: int) -> int:
         return len(self.routes[model].queue)
-

@@ -22,9 +22,9 @@ from collections import OrderedDict, deque
 import simpy
 
 from odhsim.profiles.latency import LatencyModel
+from odhsim.scenario.deployment import EngineLimits
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
-from odhsim.scenario.deployment import EngineLimits
 
 _IDLE, _PREFILL, _DECODE = 0, 1, 2
 
@@ -155,9 +155,7 @@ class LlmReplica(ReplicaBase):
             req = self.waiting_q[0]
             ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
             blocks = _ceil_div(ctx + 1, self.bs)
-            if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and (
-                batch or self.running_reqs
-            ):
+            if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and (batch or self.running_reqs):
                 break
             cached = self._prefix_hit_tokens(req, ctx)
             compute = ctx - cached
@@ -299,4 +297,3 @@ class LlmReplica(ReplicaBase):
             self._release(req)
             self.on_finish(req, now, STATUS_OK, "")
         self._schedule()
-

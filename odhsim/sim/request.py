@@ -22,6 +22,7 @@ class SimRequest:
     __slots__ = (
         "arrival_s",
         "blocks",
+        "cache_hit",
         "cached_tokens",
         "ctx",
         "finish_step",
@@ -68,7 +69,8 @@ class SimRequest:
         self.start_s = math.nan  # when service began (admitted to a prefill step, or a slot)
         self.generated = 0
         self.ctx = 0
-        self.cached_tokens = 0
+        self.cached_tokens = 0  # prompt tokens served from the replica's prefix (KV) cache
+        self.cache_hit = False  # answered from the gateway's response cache
         self.replica = -1
         self.retries = 0
         self.finish_step = 0

@@ -44,7 +44,11 @@ def _arrivals(
 ):  # type: ignore[no-untyped-def]
     """Feeds requests chunk by chunk; a request becomes a Python object only when it arrives."""
     duration = scenario.duration_s
-    fixed = [(i, m.service_time, streams.get(f"service.{m.name}")) for i, m in enumerate(scenario.models) if m.kind == "fixed"]
+    fixed = [
+        (i, m.service_time, streams.get(f"service.{m.name}"))
+        for i, m in enumerate(scenario.models)
+        if m.kind == "fixed"
+    ]
     for batch in batches:
         if duration is not None and len(batch) and batch.arrival_s[0] >= duration:
             break
@@ -82,9 +86,7 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     wall0 = time.perf_counter()
     streams = RngStreams(seed)
     model_names = [m.name for m in scenario.models]
-    workload = build_workload(
-        scenario.workload, model_names=model_names, streams=streams, base_dir=scenario.base_dir
-    )
+    workload = build_workload(scenario.workload, model_names=model_names, streams=streams, base_dir=scenario.base_dir)
     env = simpy.Environment()
     log = RequestLog()
     tenant_names = list(workload.tenant_names)
@@ -93,8 +95,8 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     env.process(_arrivals(env, workload.batches(), gateway, log, scenario, streams, arrivals))
 
     def finished() -> bool:
-        return arrivals.done and gateway.in_flight == 0 and (
-            scenario.duration_s is None or env.now >= scenario.duration_s
+        return (
+            arrivals.done and gateway.in_flight == 0 and (scenario.duration_s is None or env.now >= scenario.duration_s)
         )
 
     sampler = TimeseriesSampler(env, scenario, gateway, finished)
