@@ -29,9 +29,7 @@ def _scenario_dict(name: str, trace: Path, replicas: int, time_scale: float) -> 
         "name": name,
         "seed": 1,
         "gpu_pool": [{"gpu": "H100-80GB", "count": 8 * replicas}],
-        "models": [
-            {"name": "llama2-70b", "profile": "llama2-70b", "gpu": "H100-80GB", "tp": 8, "replicas": replicas}
-        ],
+        "models": [{"name": "llama2-70b", "profile": "llama2-70b", "gpu": "H100-80GB", "tp": 8, "replicas": replicas}],
         "gateway": {"router": {"profile": "llm-d-default"}},
         "workload": {"sources": [{"kind": "trace", "path": str(trace), "time_scale": time_scale}]},
         "outputs": {"timeseries_bucket_s": 60.0},
@@ -39,7 +37,7 @@ def _scenario_dict(name: str, trace: Path, replicas: int, time_scale: float) -> 
 
 
 def _run_trace_case(name: str, replicas: int, time_scale: float) -> dict[str, Any]:
-    from odhsim.scenario import scenario_from_dict
+    from odhsim.scenario.load import scenario_from_dict
     from odhsim.sim.run import simulate
 
     sc = scenario_from_dict(_scenario_dict(name, AZURE_CONV, replicas, time_scale))
@@ -68,7 +66,7 @@ MMC_MEAN_S = 1.0
 
 
 def _run_mmc_odhsim(n: int) -> dict[str, Any]:
-    from odhsim.scenario import scenario_from_dict
+    from odhsim.scenario.load import scenario_from_dict
     from odhsim.sim.run import simulate
 
     rate = MMC_UTIL * MMC_SERVERS / MMC_MEAN_S

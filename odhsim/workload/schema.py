@@ -7,7 +7,7 @@ into a small Python object only when it arrives, and drops it when it finishes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
