@@ -1,0 +1,87 @@
+"""The command line as a user meets it: the default demo, validation, clear errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from odhsim.cli import app
+from tests.conftest import REPO_ROOT, shared_file
+
+runner = CliRunner()
+
+
+def test_default_demo_runs_and_writes_results(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "--quiet", "--out", str(out), "--set", "duration_s=120"])
+    assert result.exit_code == 0, result.output
+    assert "ttft_p50_s" in result.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["requests"] == summary["completed"] + summary["shed"] + summary["failed"] + summary["timeout"]
+    assert summary["requests"] > 300
+    requests = pd.read_parquet(out / "requests.parquet")
+    expected = {
+        "request_id", "model", "priority", "tenant", "arrival_s", "first_token_s", "finish_s", "prompt_tokens",
+        "output_tokens", "status", "replica", "retries", "cache_hit",
+    }  # fmt: skip
+    assert expected <= set(requests.columns)
+    assert len(requests) == summary["requests"]
+    timeseries = pd.read_parquet(out / "timeseries.parquet")
+    ts_cols = {"time_s", "model", "arrivals", "queue_len", "running", "ready_replicas", "kv_usage", "gpu_busy", "cost_usd"}
+    assert ts_cols <= set(timeseries.columns)
+    assert timeseries["arrivals"].sum() == summary["requests"]
+    assert {"time_s", "model", "replica", "state"} <= set(pd.read_parquet(out / "replicas.parquet").columns)
+    assert {"time_s", "kind", "model", "replica", "detail"} <= set(pd.read_parquet(out / "events.parquet").columns)
+    assert summary["cost_usd"] > 0 and summary["gpu_hours"] > 0
+
+
+def test_run_seed_option_changes_results(tmp_path: Path) -> None:
+    a = runner.invoke(app, ["run", "--quiet", "--seed", "1", "--set", "duration_s=60", "--out", str(tmp_path / "a")])
+    b = runner.invoke(app, ["run", "--quiet", "--seed", "2", "--set", "duration_s=60", "--out", str(tmp_path / "b")])
+    assert a.exit_code == b.exit_code == 0
+    sa = json.loads((tmp_path / "a" / "summary.json").read_text())
+    sb = json.loads((tmp_path / "b" / "summary.json").read_text())
+    assert (sa["seed"], sb["seed"]) == (1, 2)
+    assert sa["requests"] != sb["requests"] or sa["ttft_p50_s"] != sb["ttft_p50_s"]
+
+
+def test_validate_ok_and_error_without_traceback(tmp_path: Path) -> None:
+    ok = runner.invoke(app, ["validate", str(REPO_ROOT / "scenarios" / "default.yaml")])
+    assert ok.exit_code == 0 and "ok" in ok.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((REPO_ROOT / "scenarios" / "default.yaml").read_text().replace("gpu: A100-80GB\n", "gpu: A1000\n"))
+    result = runner.invoke(app, ["validate", str(bad)])
+    assert result.exit_code == 2
+    assert "models[0].gpu: unknown GPU type 'A1000'" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_override_is_a_clear_error() -> None:
+    result = runner.invoke(app, ["run", "--quiet", "--set", "models[0].replicas=-3"])
+    assert result.exit_code == 2
+    assert "models[0].replicas" in result.output and "Traceback" not in result.output
+
+
+def test_traces_info_on_the_azure_trace() -> None:
+    path = shared_file("traces", "azure_llm_2023", "AzureLLMInferenceTrace_conv.csv")
+    result = runner.invoke(app, ["traces", "info", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "19366" in result.output.replace(",", "")
+
+
+def test_traces_info_malformed_names_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.csv"
+    bad.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,10,5\n1.0,abc,5\n")
+    result = runner.invoke(app, ["traces", "info", str(bad)])
+    assert result.exit_code == 2
+    assert "bad.csv" in result.output and "line 3" in result.output and "Traceback" not in result.output
+
+
+def test_profiles_fit_prints_held_out_error() -> None:
+    shared_file("profiles", "splitwise", "perf_model.csv")
+    result = runner.invoke(app, ["profiles", "fit"])
+    assert result.exit_code == 0, result.output
+    assert "target < 10%: ok" in result.output
