@@ -61,11 +61,12 @@ class Gateway:
         if not route.replicas:
             self.finish(req, self.env.now, STATUS_FAILED, "model has no replicas")
             return
-        if route.limit is None and not route.queue:
-            self._route(route, req)
-        else:
+        if route.queue:
+            # The head of the queue already found no replica with room, and nothing has freed since (every
+            # finish drains the queue), so the newcomer can only wait behind it.
             route.queue.append(req)
-            self._drain(route)
+        elif not self._route(route, req):
+            route.queue.append(req)
 
     def _route_request(self, route: ModelRoute, req: SimRequest) -> RouteRequest:
         if req.route is None:
@@ -99,12 +100,6 @@ class Gateway:
         route.by_name[decision.endpoint].submit(req)
         return True
 
-    def _drain(self, route: ModelRoute) -> None:
-        while route.queue:
-            if not self._route(route, route.queue[0]):
-                return
-            route.queue.popleft()
-
     def finish(self, req: SimRequest, now: float, status: str, reason: str) -> None:
         """Final status of a request (from a replica or the gateway itself): log it, free the slot, move on."""
         self.in_flight -= 1
@@ -114,8 +109,8 @@ class Gateway:
         if req.replica >= 0 and req.route is not None:
             name = self.replicas[req.replica].name
             route.router.on_complete(now, req.route, name, now - req.arrival_s, status == "ok")
-        if route.queue:
-            self._drain(route)
+        if req.replica >= 0 and route.queue and self._route(route, route.queue[0]):
+            route.queue.popleft()  # one request finished, so at most one slot opened
 
     def queued(self, model: int) -> int:
         return len(self.routes[model].queue)

@@ -41,7 +41,8 @@ class ReplicaBase:
         self.in_flight = 0
         self.busy_s = 0.0
         self._busy_since = math.nan
-        self._published: EndpointState | None = None
+        self._published: EndpointState | None = None  # built lazily from _published_values when read
+        self._published_values: tuple[int, int, float] = (0, 0, 0.0)
         self._published_tick = -1
 
     # -- metrics -------------------------------------------------------------------------------------------
@@ -54,33 +55,28 @@ class ReplicaBase:
     def kv_usage(self) -> float:
         return 0.0
 
-    def _tick(self, now: float) -> int:
-        return int(now / self.scrape_interval_s)
-
     def _before_change(self) -> None:
-        """Call before any change to waiting/running/kv: freezes the metrics of the current scrape tick."""
-        tick = self._tick(self.env.now)
+        """Call before any change to waiting/running/kv: keeps the metrics of the current scrape tick."""
+        tick = int(self.env.now / self.scrape_interval_s)
         if tick != self._published_tick:
-            self._published = self._current_state(tick)
+            self._published = None
+            self._published_values = (self.waiting(), self.running(), self.kv_usage())
             self._published_tick = tick
-
-    def _current_state(self, tick: int) -> EndpointState:
-        return EndpointState(
-            name=self.name,
-            model=self.model_name,
-            waiting=self.waiting(),
-            running=self.running(),
-            kv_usage=self.kv_usage(),
-            scraped_at=tick * self.scrape_interval_s,
-        )
 
     def scraped_state(self) -> EndpointState:
         """The metrics as of the latest scrape tick (what the router may see now)."""
-        tick = self._tick(self.env.now)
-        if tick != self._published_tick or self._published is None:
-            self._published = self._current_state(tick)
+        tick = int(self.env.now / self.scrape_interval_s)
+        if tick != self._published_tick:  # no change since the tick began: the current state is the scrape
+            self._published_values = (self.waiting(), self.running(), self.kv_usage())
             self._published_tick = tick
-        return self._published
+            self._published = None
+        state = self._published
+        if state is None:
+            waiting, running, kv = self._published_values
+            state = self._published = EndpointState(
+                self.name, self.model_name, waiting, running, kv, tick * self.scrape_interval_s
+            )
+        return state
 
     # -- busy-time accounting (for gpu_busy) ------------------------------------------------------------------
     def _mark_busy(self) -> None:
