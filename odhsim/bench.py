@@ -65,6 +65,7 @@ def _run_trace_case(name: str, replicas: int, time_scale: float) -> dict[str, An
 MMC_SERVERS = 10
 MMC_UTIL = 0.8
 MMC_MEAN_S = 1.0
+MMC_ROUTER = "round-robin"  # with one slot per server, any free server is an M/M/c dispatch
 
 
 def _run_mmc_odhsim(n: int) -> dict[str, Any]:
@@ -87,7 +88,7 @@ def _run_mmc_odhsim(n: int) -> dict[str, Any]:
                     "service_time": {"dist": "exponential", "mean_s": MMC_MEAN_S},
                 }
             ],
-            "gateway": {"queue": {"max_in_flight_per_replica": 1}, "router": {"profile": "least-request"}},
+            "gateway": {"queue": {"max_in_flight_per_replica": 1}, "router": {"profile": MMC_ROUTER}},
             "workload": {
                 "sources": [
                     {

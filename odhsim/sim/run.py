@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 
-import numpy as np
 import pandas as pd
 import simpy
 
@@ -15,69 +14,13 @@ from odhsim.results.run_result import RunResult
 from odhsim.results.summary import summarize
 from odhsim.rng import RngStreams
 from odhsim.scenario.model import Scenario
-from odhsim.sim.cluster import build_cluster, draw_service_times, replica_name
-from odhsim.sim.gateway import Gateway
-from odhsim.sim.request import SimRequest
+from odhsim.sim.arrivals import ArrivalFeeder
+from odhsim.sim.cluster import build_cluster, replica_name
 from odhsim.sim.sampler import TimeseriesSampler
 from odhsim.workload.build import build_workload
-from odhsim.workload.schema import RequestBatch
 
 ProgressFn = Callable[[float, float | None, int], None]
 """progress(simulated_now_s, simulated_horizon_s or None, requests_arrived)."""
-
-
-class _ArrivalState:
-    def __init__(self) -> None:
-        self.done = False
-        self.arrived = 0
-        self.last_arrival_s = 0.0
-
-
-def _arrivals(
-    env: simpy.Environment,
-    batches: Iterable[RequestBatch],
-    gateway: Gateway,
-    log: RequestLog,
-    scenario: Scenario,
-    streams: RngStreams,
-    state: _ArrivalState,
-):  # type: ignore[no-untyped-def]
-    """Feeds requests chunk by chunk; a request becomes a Python object only when it arrives."""
-    duration = scenario.duration_s
-    fixed = [
-        (i, m.service_time, streams.get(f"service.{m.name}"))
-        for i, m in enumerate(scenario.models)
-        if m.kind == "fixed"
-    ]
-    for batch in batches:
-        if duration is not None and len(batch) and batch.arrival_s[0] >= duration:
-            break
-        if duration is not None and len(batch) and batch.arrival_s[-1] >= duration:
-            batch = batch.take(batch.arrival_s < duration)
-        n = len(batch)
-        if n == 0:
-            continue
-        base = log.append_batch(batch)
-        service = np.zeros(n)
-        for mi, st, rng in fixed:
-            mask = batch.model == mi
-            service[mask] = draw_service_times(st, rng, int(mask.sum()))
-        arrival, prompt, output = batch.arrival_s.tolist(), batch.prompt_tokens.tolist(), batch.output_tokens.tolist()
-        model, prio, tenant = batch.model.tolist(), batch.priority.tolist(), batch.tenant.tolist()
-        session, svc = batch.session.tolist(), service.tolist()
-        offsets = batch.block_offsets.tolist() if batch.has_blocks else None
-        ids = batch.block_ids
-        for i in range(n):
-            t = arrival[i]
-            if t > env.now:
-                yield env.timeout(t - env.now)
-            blocks = ids[offsets[i] : offsets[i + 1]] if offsets is not None else None
-            req = SimRequest(base + i, t, prompt[i], output[i], model[i], prio[i], tenant[i], session[i], blocks)
-            req.service_s = svc[i]
-            state.arrived += 1
-            state.last_arrival_s = t
-            gateway.arrive(req)
-    state.done = True
 
 
 def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressFn | None = None) -> RunResult:
@@ -91,8 +34,7 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     log = RequestLog()
     tenant_names = list(workload.tenant_names)
     gateway = build_cluster(env, scenario, streams, log, tenant_names, workload.block_tokens)
-    arrivals = _ArrivalState()
-    env.process(_arrivals(env, workload.batches(), gateway, log, scenario, streams, arrivals))
+    arrivals = ArrivalFeeder(env, workload.batches(), gateway, log, scenario, streams)
 
     def finished() -> bool:
         return (

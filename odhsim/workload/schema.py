@@ -92,9 +92,7 @@ class RequestBatch:
             ),
             tenant=np.zeros(n, np.int32) if tenant is None else np.asarray(tenant, np.int32),
             session=np.full(n, NO_SESSION, np.int64) if session is None else np.asarray(session, np.int64),
-            block_offsets=(
-                np.zeros(n + 1, np.int64) if block_offsets is None else np.asarray(block_offsets, np.int64)
-            ),
+            block_offsets=(np.zeros(n + 1, np.int64) if block_offsets is None else np.asarray(block_offsets, np.int64)),
             block_ids=np.zeros(0, np.int64) if block_ids is None else np.asarray(block_ids, np.int64),
             source=source,
         )
@@ -150,5 +148,3 @@ def concat(batches: Iterable[RequestBatch]) -> RequestBatch:
         block_ids=np.concatenate([b.block_ids for b in parts]) if base else np.zeros(0, np.int64),
         source=parts[0].source,
     )
-
-
