@@ -87,6 +87,12 @@ def _weights(weights: Mapping[str, float] | None, names: Sequence[str], where: s
     return np.array([weights.get(n, 0.0) for n in names])
 
 
+def _pick(src: Any, cfg: WorkloadConfig, field: str, names: Sequence[str], where: str) -> np.ndarray | None:
+    """The source's own weights for `field` if it has them, else the workload-wide ones."""
+    own = getattr(src, field)
+    return _weights(own or getattr(cfg, field), names, f"{where}.{field}" if own else f"workload.{field}")
+
+
 def _tenants(cfg: WorkloadConfig, given: Sequence[str] | None) -> list[str]:
     mentioned = [t for w in (cfg.tenants, *(s.tenants for s in cfg.sources)) for t in (w or {})]
     if given is not None:
@@ -161,19 +167,21 @@ def build_workload(
     for i, src in enumerate(cfg.sources):
         name, where = src.name or f"source{i}", f"workload.sources[{i}]"
         prefix = f"workload.{name}"
+
         spec = AttributeSpec(
-            model_weights=_weights(src.models or cfg.models, models, f"{where}.models"),
-            priority_weights=_weights(src.priorities or cfg.priorities, PRIORITY_CLASSES, f"{where}.priorities"),
-            tenant_weights=_weights(src.tenants or cfg.tenants, tenants, f"{where}.tenants"),
+            model_weights=_pick(src, cfg, "models", models, where),
+            priority_weights=_pick(src, cfg, "priorities", PRIORITY_CLASSES, where),
+            tenant_weights=_pick(src, cfg, "tenants", tenants, where),
             continue_prob=cfg.sessions.continue_prob,
             recent_sessions=cfg.sessions.recent,
             system_blocks=cfg.prefix.system_blocks if cfg.prefix else None,
             block_tokens=block_tokens,
             keep=readers[i].provides if i in readers else frozenset(),
         )
-        base = _trace_plan(src, readers[i], streams, prefix) if i in readers else None
-        if base is None:
-            base = _synthetic_plan(src, streams, prefix, chunk_rows, lengths, where)  # type: ignore[arg-type]
+        if isinstance(src, TraceSource):
+            base = _trace_plan(src, readers[i], streams, prefix)
+        else:
+            base = _synthetic_plan(src, streams, prefix, chunk_rows, lengths, where)
         plans.append(_labelled(base, spec, streams, prefix, i, remap_blocks and i in readers))
         names.append(name)
     return Workload(

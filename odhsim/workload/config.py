@@ -190,3 +190,11 @@ class WorkloadConfig(_Model):
     sessions: SessionConfig = SessionConfig()
     prefix: PrefixConfig | None = None
     max_requests: PositiveInt | None = None
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> WorkloadConfig:
+        names = [s.name for s in self.sources if s.name is not None]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"source names must be unique (they name the random streams): {dup}")
+        return self

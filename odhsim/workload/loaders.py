@@ -14,6 +14,7 @@ import gzip
 import re
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,6 +45,16 @@ OnError = Literal["raise", "skip"]
 __all__ = ["MOONCAKE_BLOCK_TOKENS", "TraceReader", "TraceStats", "open_trace", "summarize", "trace_info"]
 _ATTRS = ("model", "priority", "tenant", "session")
 _BAD_LINE = re.compile(r"line (\d+)")
+
+
+@dataclass
+class _Pass:
+    """State of one pass over a file, so two passes over one reader cannot disturb each other."""
+
+    stats: TraceStats = field(default_factory=TraceStats)
+    first: Any = None
+    last: tuple[Any, int] | None = None
+    traces: set[str] = field(default_factory=set)
 
 
 class TraceReader:
@@ -89,13 +100,11 @@ class TraceReader:
         return self.stats.skipped_lines
 
     def batches(self) -> Iterator[RequestBatch]:
-        self.stats = TraceStats()
-        self._first: Any = None
-        self._last: tuple[Any, int] | None = None
-        self._traces: set[str] = set()
-        yield from (self._json_chunks() if self.format == "mooncake" else self._csv_chunks())
-        if self.trace_filter is not None and self.stats.rows == 0:
-            raise TraceError(f"{self.path}: no rows with trace == {self.trace_filter!r}; found {sorted(self._traces)}")
+        st = _Pass()
+        self.stats = st.stats
+        yield from (self._json_chunks(st) if self.format == "mooncake" else self._csv_chunks(st))
+        if self.trace_filter is not None and st.stats.rows == 0:
+            raise TraceError(f"{self.path}: no rows with trace == {self.trace_filter!r}; found {sorted(st.traces)}")
 
     def token_columns(self) -> tuple[np.ndarray, np.ndarray]:
         """All prompt and output token counts (one pass), e.g. to resample lengths from."""
@@ -106,7 +115,7 @@ class TraceReader:
         )
 
     # --- CSV ------------------------------------------------------------------------------------------------
-    def _csv_chunks(self) -> Iterator[RequestBatch]:
+    def _csv_chunks(self, st: _Pass) -> Iterator[RequestBatch]:
         azure = self.format != "csv"
         need = AZURE_COLUMNS if azure else PLAIN_COLUMNS
         missing = [c for c in need if c not in self._header]
@@ -140,7 +149,7 @@ class TraceReader:
                     raise TraceError(f"{self.path}{where}: malformed CSV ({str(e).strip()})") from None
                 new_bad = [int(n) for w in caught for n in re.findall(r"Skipping line (\d+)", str(w.message))]
                 if new_bad:
-                    self.stats.skip(new_bad)
+                    st.stats.skip(new_bad)
                     bad_lines.extend(new_bad)
                 rows = np.arange(rows_seen, rows_seen + len(df), dtype=np.int64) + 2
                 rows_seen += len(df)
@@ -148,15 +157,15 @@ class TraceReader:
                 lines = rows + np.searchsorted(shift, rows, side="right")
                 blank = df.isna().all(axis=1).to_numpy()
                 if "trace" in df:
-                    self._traces.update(df["trace"].dropna().unique()[:20].tolist())
+                    st.traces.update(df["trace"].dropna().unique()[:20].tolist())
                     if self.trace_filter is not None:
                         blank = blank | (df["trace"] != self.trace_filter).to_numpy()
                 if blank.any():
                     df, lines = df[~blank], lines[~blank]
                 if len(df):
-                    yield self._csv_batch(df, lines, azure)
+                    yield self._csv_batch(st, df, lines, azure)
 
-    def _csv_batch(self, df: pd.DataFrame, lines: np.ndarray, azure: bool) -> RequestBatch:
+    def _csv_batch(self, st: _Pass, df: pd.DataFrame, lines: np.ndarray, azure: bool) -> RequestBatch:
         chk = Checker(lines)
         if azure:
             raw = df["TIMESTAMP"]
@@ -179,10 +188,10 @@ class TraceReader:
             s = df["session"]
             extra["session"] = int_column(chk, s.fillna(0), "session")
             extra["session"][s.isna().to_numpy()] = NO_SESSION  # a blank session cell means "no session"
-        return self._finish(key, per_second, lines, chk, **extra)
+        return self._finish(st, key, per_second, lines, chk, **extra)
 
     # --- Mooncake JSON lines --------------------------------------------------------------------------------
-    def _json_chunks(self) -> Iterator[RequestBatch]:
+    def _json_chunks(self, st: _Pass) -> Iterator[RequestBatch]:
         opener: Any = gzip.open if self.path.name.endswith(".gz") else open
         cols: tuple[list[Any], ...] = ([], [], [], [], [])  # timestamp, input, output, hash_ids, line
         with opener(self.path, "rt", encoding="utf-8", errors="replace") as f:
@@ -194,27 +203,27 @@ class TraceReader:
                 except ValueError as e:
                     if self.on_error == "raise":
                         raise TraceError(f"{self.path} line {lineno}: {e}") from None
-                    self.stats.skip([lineno])
+                    st.stats.skip([lineno])
                     continue
                 for c, v in zip(cols, (*row, lineno), strict=True):
                     c.append(v)
                 if len(cols[0]) >= self.chunk_rows:
-                    yield self._json_batch(cols)
+                    yield self._json_batch(st, cols)
                     cols = ([], [], [], [], [])
         if cols[0]:
-            yield self._json_batch(cols)
+            yield self._json_batch(st, cols)
 
-    def _json_batch(self, cols: tuple[list[Any], ...]) -> RequestBatch:
+    def _json_batch(self, st: _Pass, cols: tuple[list[Any], ...]) -> RequestBatch:
         ts, inp, out, hashes, lines = cols
         offsets = np.zeros(len(ts) + 1, np.int64)
         np.cumsum([len(h) for h in hashes], out=offsets[1:])
         ids = np.fromiter((x for h in hashes for x in h), np.int64, count=int(offsets[-1]))
         kw = {"prompt_tokens": inp, "output_tokens": out, "block_offsets": offsets, "block_ids": ids}
-        return self._finish(np.asarray(ts, np.float64), 1e3, np.asarray(lines, np.int64), None, **kw)
+        return self._finish(st, np.asarray(ts, np.float64), 1e3, np.asarray(lines, np.int64), None, **kw)
 
     # --- common ---------------------------------------------------------------------------------------------
     def _finish(
-        self, key: np.ndarray, per_second: float, lines: np.ndarray, chk: Checker | None, **columns: Any
+        self, st: _Pass, key: np.ndarray, per_second: float, lines: np.ndarray, chk: Checker | None, **columns: Any
     ) -> RequestBatch:
         """Drop or report bad rows, check time order, re-base to the first request, clamp zero tokens."""
         chk = chk or Checker(lines)
@@ -222,31 +231,31 @@ class TraceReader:
             raise TraceError(f"{self.path} line {chk.first[0]}: {chk.first[1]}")
         batch = RequestBatch.from_columns(np.zeros(len(key)), source=self.path.name, **columns)
         if chk.bad.any():
-            self.stats.skip(lines[chk.bad])
+            st.stats.skip(lines[chk.bad])
             good = ~chk.bad
             batch, key, lines = batch.take(good), key[good], lines[good]
         if len(key) == 0:
             return batch
         prev_key = np.empty_like(key)
         prev_key[1:] = key[:-1]
-        prev_key[0] = key[0] if self._last is None else self._last[0]
+        prev_key[0] = key[0] if st.last is None else st.last[0]
         back = key < prev_key
         if back.any():
             i = int(np.argmax(back))
-            prev_line = int(lines[i - 1]) if i else self._last[1]  # type: ignore[index]
+            prev_line = int(lines[i - 1]) if i else st.last[1]  # type: ignore[index]
             hint = (
-                f"; the file mixes traces {sorted(self._traces)}: pass trace_filter"
-                if len(self._traces) > 1 and self.trace_filter is None
+                f"; the file mixes traces {sorted(st.traces)}: pass trace_filter"
+                if len(st.traces) > 1 and self.trace_filter is None
                 else "; sort the trace by time first"
             )
             raise TraceError(f"{self.path} line {lines[i]}: arrival time is earlier than line {prev_line}'s{hint}")
-        if self._first is None:
-            self._first = key[0]
-        self._last = (key[-1], int(lines[-1]))
-        arrival = (key - self._first).astype(np.float64) / per_second
+        if st.first is None:
+            st.first = key[0]
+        st.last = (key[-1], int(lines[-1]))
+        arrival = (key - st.first).astype(np.float64) / per_second
         zero = (batch.prompt_tokens == 0) | (batch.output_tokens == 0)
-        self.stats.clamped += int(zero.sum())
-        self.stats.rows += len(key)
+        st.stats.clamped += int(zero.sum())
+        st.stats.rows += len(key)
         return batch.with_columns(
             arrival_s=arrival,
             prompt_tokens=np.maximum(batch.prompt_tokens, 1),
