@@ -30,7 +30,17 @@ def test_default_demo_runs_and_writes_results(tmp_path: Path) -> None:
     assert expected <= set(requests.columns)
     assert len(requests) == summary["requests"]
     timeseries = pd.read_parquet(out / "timeseries.parquet")
-    ts_cols = {"time_s", "model", "arrivals", "queue_len", "running", "ready_replicas", "kv_usage", "gpu_busy", "cost_usd"}
+    ts_cols = {
+        "time_s",
+        "model",
+        "arrivals",
+        "queue_len",
+        "running",
+        "ready_replicas",
+        "kv_usage",
+        "gpu_busy",
+        "cost_usd",
+    }
     assert ts_cols <= set(timeseries.columns)
     assert timeseries["arrivals"].sum() == summary["requests"]
     assert {"time_s", "model", "replica", "state"} <= set(pd.read_parquet(out / "replicas.parquet").columns)
