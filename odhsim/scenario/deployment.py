@@ -42,6 +42,9 @@ class EngineLimits(Frozen):
     block_size: Annotated[int, Field(ge=1, le=1024)] = 16
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     enable_prefix_caching: bool = True
+    max_model_len: Annotated[int, Field(ge=16)] | None = None
+    """Longest context a request may have (vLLM's max_model_len); default: the model's own maximum. The KV
+    cache must hold at least one sequence of this length, and longer prompts are refused."""
 
 
 class ServiceTime(Frozen):
@@ -88,10 +91,18 @@ class ModelDeployment(Frozen):
                 raise ValueError(f"model '{self.name}': an llm needs `profile` (one of {catalog.model_names()})")
             if self.service_time is not None:
                 raise ValueError(f"model '{self.name}': `service_time` is for kind 'fixed', not 'llm'")
-            if not catalog.fits(self.profile, self.gpu, self.tp):
+            spec = catalog.model(self.profile)
+            if self.engine.max_model_len is not None and self.engine.max_model_len > spec.max_context:
+                raise ValueError(
+                    f"model '{self.name}': engine.max_model_len {self.engine.max_model_len} exceeds "
+                    f"{spec.name}'s context of {spec.max_context}"
+                )
+            need = self.engine.max_model_len or spec.max_context
+            if not catalog.fits(self.profile, self.gpu, self.tp, self.engine.gpu_memory_utilization, need):
                 raise ValueError(
                     f"model '{self.name}': {self.profile} does not fit {self.tp} x {self.gpu} "
-                    f"({catalog.gpu(self.gpu).memory_gb:g} GB each) with room for a KV cache; raise tp"
+                    f"({catalog.gpu(self.gpu).memory_gb:g} GB each) with room for a KV cache of {need} tokens; "
+                    "raise tp or lower engine.max_model_len"
                 )
         elif self.service_time is None:
             raise ValueError(f"model '{self.name}': a 'fixed' model needs `service_time`")

@@ -58,6 +58,7 @@ def build_cluster(
                         m.profile, m.gpu, m.tp, gpu_memory_utilization=m.engine.gpu_memory_utilization
                     ),
                     prefix_block_tokens=block_tokens,
+                    max_model_len=m.engine.max_model_len or catalog.model(m.profile).max_context,
                 )
             else:
                 replica = FixedReplica(env, index, name, m.name, interval, on_finish, concurrency=m.concurrency)

@@ -23,7 +23,7 @@ _NO_BLOCKS = np.zeros(0, dtype=np.int64)
 class ModelRoute:
     """Everything the gateway keeps for one model: its queue, replicas and router."""
 
-    __slots__ = ("by_name", "limit", "name", "queue", "replicas", "router")
+    __slots__ = ("by_name", "limit", "name", "pumping", "queue", "replicas", "router")
 
     def __init__(self, name: str, replicas: list[ReplicaBase], router: Router, limit: int | None) -> None:
         self.name = name
@@ -32,6 +32,7 @@ class ModelRoute:
         self.router = router
         self.limit = limit
         self.queue: deque[SimRequest] = deque()
+        self.pumping = False
 
 
 class Gateway:
@@ -61,7 +62,7 @@ class Gateway:
         if not route.replicas:
             self.finish(req, self.env.now, STATUS_FAILED, "model has no replicas")
             return
-        if route.queue:
+        if route.queue or route.pumping:
             # The head of the queue already found no replica with room, and nothing has freed since (every
             # finish drains the queue), so the newcomer can only wait behind it.
             route.queue.append(req)
@@ -109,8 +110,20 @@ class Gateway:
         if req.replica >= 0 and req.route is not None:
             name = self.replicas[req.replica].name
             route.router.on_complete(now, req.route, name, now - req.arrival_s, status == "ok")
-        if req.replica >= 0 and route.queue and self._route(route, route.queue[0]):
-            route.queue.popleft()  # one request finished, so at most one slot opened
+        if req.replica >= 0 and route.queue:
+            self._pump(route)
+
+    def _pump(self, route: ModelRoute) -> None:
+        """Dispatch queued requests while a replica has room. Not re-entrant: a replica that refuses a request
+        synchronously calls `finish` from inside `_route`; that inner call leaves the draining to this loop."""
+        if route.pumping:
+            return
+        route.pumping = True
+        try:
+            while route.queue and self._route(route, route.queue[0]):
+                route.queue.popleft()
+        finally:
+            route.pumping = False
 
     def queued(self, model: int) -> int:
         return len(self.routes[model].queue)

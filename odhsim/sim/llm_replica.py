@@ -46,6 +46,7 @@ class LlmReplica(ReplicaBase):
         latency: LatencyModel,
         kv_capacity_tokens: int,
         prefix_block_tokens: int,
+        max_model_len: int | None = None,
     ) -> None:
         super().__init__(env, index, name, model_name, scrape_interval_s, on_finish)
         self.engine = engine
@@ -54,6 +55,7 @@ class LlmReplica(ReplicaBase):
         self.total_blocks = kv_capacity_tokens // engine.block_size
         self.watermark_blocks = max(1, int(0.01 * self.total_blocks))  # vLLM keeps 1% free for decode growth
         self.used_blocks = 0
+        self.max_model_len = max_model_len
         self.waiting_q: deque[SimRequest] = deque()
         self.running_reqs: dict[int, SimRequest] = {}  # row -> request, in admission order
         self._finish_heap: list[tuple[int, int, int, SimRequest]] = []  # (finish step, row, epoch, request)
@@ -85,8 +87,11 @@ class LlmReplica(ReplicaBase):
         self._before_change()
         self.in_flight += 1
         req.replica = self.index
-        need = _ceil_div(req.prompt_tokens + 1, self.bs)
-        if need > self.total_blocks:
+        if self.max_model_len is not None and req.prompt_tokens >= self.max_model_len:
+            self.in_flight -= 1
+            self.on_finish(req, self.env.now, STATUS_FAILED, "prompt longer than the engine's max_model_len")
+            return
+        if _ceil_div(req.prompt_tokens + 1, self.bs) > self.total_blocks:
             self.in_flight -= 1
             self.on_finish(req, self.env.now, STATUS_FAILED, "prompt exceeds the replica's KV cache")
             return
