@@ -42,6 +42,10 @@ class EngineLimits(Frozen):
     block_size: Annotated[int, Field(ge=1, le=1024)] = 16
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     enable_prefix_caching: bool = True
+    kv_offload_gb: Annotated[float, Field(ge=0.0)] = 0.0
+    """Host memory per replica for offloaded prefix KV blocks (vLLM KV offloading / LMCache); 0 = GPU only."""
+    kv_offload_bandwidth_gb_s: Annotated[float, Field(gt=0.0)] = 25.0
+    """Host-to-GPU copy bandwidth for offloaded blocks (PCIe Gen4/Gen5 x16, effective)."""
     max_model_len: Annotated[int, Field(ge=16)] | None = None
     """Longest context a request may have (vLLM's max_model_len); default: the model's own maximum. The KV
     cache must hold at least one sequence of this length, and longer prompts are refused."""

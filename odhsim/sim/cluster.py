@@ -59,6 +59,7 @@ def build_cluster(
                     ),
                     prefix_block_tokens=block_tokens,
                     max_model_len=m.engine.max_model_len or catalog.model(m.profile).max_context,
+                    kv_bytes_per_token=catalog.model(m.profile).kv_bytes_per_token,
                 )
             else:
                 replica = FixedReplica(env, index, name, m.name, interval, on_finish, concurrency=m.concurrency)

@@ -17,12 +17,13 @@ Bookkeeping that makes a span O(1) in the batch size:
 from __future__ import annotations
 
 import heapq
-from collections import OrderedDict, deque
+from collections import deque
 
 import simpy
 
 from odhsim.profiles.latency import LatencyModel
 from odhsim.scenario.deployment import EngineLimits
+from odhsim.sim.prefix_cache import PrefixCache
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
 
@@ -47,6 +48,7 @@ class LlmReplica(ReplicaBase):
         kv_capacity_tokens: int,
         prefix_block_tokens: int,
         max_model_len: int | None = None,
+        kv_bytes_per_token: int = 0,
     ) -> None:
         super().__init__(env, index, name, model_name, scrape_interval_s, on_finish)
         self.engine = engine
@@ -67,10 +69,18 @@ class LlmReplica(ReplicaBase):
         self._token = 0  # invalidates a scheduled span end when the span is shortened
         self._prefill_batch: list[SimRequest] = []
         self._span: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # start, batch, context, steps
-        # vLLM automatic prefix caching: an LRU of prompt blocks (ids as the trace names them).
-        self.prefix_cache: OrderedDict[int, None] | None = OrderedDict() if engine.enable_prefix_caching else None
-        self.prefix_capacity = max(1, kv_capacity_tokens // max(1, prefix_block_tokens))
         self.prefix_block_tokens = prefix_block_tokens
+        self.prefix_cache: PrefixCache | None = None
+        self._offload_s_per_token = 0.0
+        if engine.enable_prefix_caching:
+            bytes_per_token = kv_bytes_per_token or 1
+            cpu_tokens = int(engine.kv_offload_gb * 2**30 / bytes_per_token)
+            self.prefix_cache = PrefixCache(
+                kv_capacity_tokens // max(1, prefix_block_tokens), cpu_tokens // max(1, prefix_block_tokens),
+                prefix_block_tokens,
+            )  # fmt: skip
+            # each of the TP GPUs copies its shard of a token's KV over its own link
+            self._offload_s_per_token = bytes_per_token / (engine.kv_offload_bandwidth_gb_s * 1e9 * latency.tp)
 
     # -- metrics (vLLM names: num_requests_waiting, num_requests_running, kv_cache_usage_perc) ----------------
     def waiting(self) -> int:
@@ -115,12 +125,13 @@ class LlmReplica(ReplicaBase):
 
     # -- scheduling -----------------------------------------------------------------------------------------
     def _schedule(self) -> None:
-        batch, tokens, sum_sq = self._admit()
+        batch, tokens, sum_sq, host_tokens = self._admit()
         if batch:
             self._state = _PREFILL
             self._prefill_batch = batch
             self._mark_busy()
-            ev = self.env.timeout(self.latency.prefill_s(tokens, sum_sq))
+            load_s = host_tokens * self._offload_s_per_token  # copy host-tier KV back before the step
+            ev = self.env.timeout(self.latency.prefill_s(tokens, sum_sq) + load_s)
             ev.callbacks.append(self._on_prefill_end)
         elif self.running_reqs:
             self._start_span()
@@ -128,32 +139,20 @@ class LlmReplica(ReplicaBase):
             self._state = _IDLE
             self._mark_idle()
 
-    def _prefix_hit_tokens(self, req: SimRequest, ctx: int) -> int:
+    def _prefix_hit(self, req: SimRequest, ctx: int) -> tuple[int, int]:
+        """(prompt tokens served from the prefix cache, of which copied back from host memory)."""
         cache = self.prefix_cache
         if cache is None or req.blocks is None or len(req.blocks) == 0:
-            return 0
-        hits = 0
-        for block in req.blocks.tolist():
-            if block not in cache:
-                break
-            cache.move_to_end(block)
-            hits += 1
-        return min(hits * self.prefix_block_tokens, ctx - 1)
+            return 0, 0
+        on_gpu, on_cpu = cache.lookup(req.blocks)
+        bt = self.prefix_block_tokens
+        hit = min((on_gpu + on_cpu) * bt, ctx - 1)
+        return hit, max(0, hit - on_gpu * bt)
 
-    def _remember_prefix(self, req: SimRequest) -> None:
-        cache = self.prefix_cache
-        if cache is None or req.blocks is None:
-            return
-        for block in req.blocks.tolist():
-            cache[block] = None
-            cache.move_to_end(block)
-        while len(cache) > self.prefix_capacity:
-            cache.popitem(last=False)
-
-    def _admit(self) -> tuple[list[SimRequest], int, int]:
+    def _admit(self) -> tuple[list[SimRequest], int, int, int]:
         """Take waiting requests (FCFS) into a prefill step within the engine's token, sequence and KV limits."""
         batch: list[SimRequest] = []
-        tokens = sum_sq = 0
+        tokens = sum_sq = host_tokens = 0
         free_seqs = self.engine.max_num_seqs - len(self.running_reqs)
         budget = self.engine.max_num_batched_tokens
         while self.waiting_q and len(batch) < free_seqs:
@@ -162,7 +161,7 @@ class LlmReplica(ReplicaBase):
             blocks = _ceil_div(ctx + 1, self.bs)
             if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and (batch or self.running_reqs):
                 break
-            cached = self._prefix_hit_tokens(req, ctx)
+            cached, from_host = self._prefix_hit(req, ctx)
             compute = ctx - cached
             if batch and tokens + compute > budget:
                 break  # a prompt longer than the budget runs alone in its own step (vLLM would chunk it)
@@ -175,16 +174,19 @@ class LlmReplica(ReplicaBase):
             batch.append(req)
             tokens += compute
             sum_sq += compute * compute
+            host_tokens += from_host
         if batch:
             self._before_change()
-        return batch, tokens, sum_sq
+        return batch, tokens, sum_sq, host_tokens
 
     def _on_prefill_end(self, _event: simpy.Event) -> None:
         now = self.env.now
         self._before_change()
         batch, self._prefill_batch = self._prefill_batch, []
+        cache = self.prefix_cache
         for req in batch:
-            self._remember_prefix(req)
+            if cache is not None and req.blocks is not None:
+                cache.insert(req.blocks)
             req.generated += 1
             req.ctx += 1
             if req.first_token_s != req.first_token_s:  # NaN: first time through
