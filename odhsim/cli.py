@@ -243,3 +243,36 @@ def bench(
     if out is not None:
         write_bench(cases, out)
         console.print(f"saved to {out}")
+
+
+@app.command()
+@user_errors
+def compare(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML every variant runs.")],
+    policy: Annotated[
+        list[str],
+        typer.Option("--policy", help="NAME=PROFILE (a routing profile name or a YAML file with a gateway section)."),
+    ],
+    seeds: Annotated[int, typer.Option(help="Seeds per variant (the same seeds for every variant).")] = 5,
+    out: Annotated[
+        Path | None, typer.Option(help="Keep each run, comparison.csv, runs.csv and comparison.png.")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field: path=value.")] = None,
+) -> None:
+    """A/B comparison: every variant on the same workloads (common random numbers), paired statistics vs the first."""
+    from odhsim.analysis import comparison_table, parse_variants, run_comparison
+
+    variants = parse_variants(policy)
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+        TimeElapsedColumn(), console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("comparing", total=len(variants) * seeds)
+
+        def progress(variant: str, seed: int, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"{variant} seed {seed}")
+
+        result = run_comparison(scenario, variants, seeds=seeds, overrides=set_, out_dir=out, progress=progress)
+    console.print(comparison_table(result))
+    if out is not None:
+        console.print(f"comparison written to {out}/ (comparison.csv, runs.csv, comparison.png, <variant>/seed<N>/)")

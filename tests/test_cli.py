@@ -95,3 +95,18 @@ def test_profiles_fit_prints_held_out_error() -> None:
     result = runner.invoke(app, ["profiles", "fit"])
     assert result.exit_code == 0, result.output
     assert "target < 10%: ok" in result.output
+
+
+def test_compare_command_writes_the_comparison(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    args = ["compare", str(REPO_ROOT / "scenarios" / "default.yaml"), "--policy", "rr=round-robin"]
+    args += ["--policy", "llmd=llm-d-default", "--seeds", "2", "--out", str(out)]
+    args += ["--set", "duration_s=60", "--set", "workload.sources[0].duration_s=60"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    table = pd.read_csv(out / "comparison.csv")
+    assert list(table.columns[:7]) == ["metric", "variant", "value", "diff", "ci_low", "ci_high", "p_value"]
+    assert set(table["variant"]) == {"rr", "llmd"}
+    assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    bad = runner.invoke(app, ["compare", str(REPO_ROOT / "scenarios" / "default.yaml"), "--policy", "x=nope"])
+    assert bad.exit_code == 2 and "nope" in bad.output and "Traceback" not in bad.output

@@ -1,0 +1,213 @@
+"""Run variants of a scenario on common seeds and compare each against the first (the baseline).
+
+Every variant runs on the same seeds, and the engine draws arrivals and token lengths from per-component random
+streams, so a seed gives every variant the same traffic. The natural test is then paired: per seed, variant minus
+baseline, which cancels the (large) seed-to-seed variation of the workload itself.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from odhsim.analysis.variants import Variant, variant_scenario
+from odhsim.errors import ScenarioError
+from odhsim.results.run_result import RunResult
+from odhsim.scenario.load import load_scenario
+from odhsim.sim.run import simulate
+
+PRIMARY_METRICS = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s", "goodput_rps", "slo_attainment", "cost_usd")
+EXTRA_METRICS = ("throughput_rps", "prefix_cache_hit_rate")
+METRICS = PRIMARY_METRICS + EXTRA_METRICS
+TABLE_COLUMNS = ("metric", "variant", "value", "diff", "ci_low", "ci_high", "p_value")
+CONFIDENCE = 0.95
+ALPHA = 0.05
+
+CompareProgress = Callable[[str, int, int, int], None]
+"""progress(variant, seed, runs_done, runs_total), called after each run finishes."""
+
+
+class PairedStats(NamedTuple):
+    diff: float
+    ci_low: float
+    ci_high: float
+    p_value: float
+    n: int
+
+
+def _finite(values: np.ndarray) -> np.ndarray:
+    return values[np.isfinite(values)]
+
+
+def paired_stats(baseline: Sequence[float], other: Sequence[float], confidence: float = CONFIDENCE) -> PairedStats:
+    """Mean paired difference (other - baseline), its t confidence interval and the paired t-test's p-value.
+
+    Seeds where either side is NaN (e.g. a percentile of no completed requests) are dropped pairwise.
+    n < 2: the interval and p-value are NaN (one difference says nothing about its spread).
+    All differences equal: scipy returns NaN; we report the degenerate answer instead, CI = (d, d) and
+    p = 1.0 when d == 0 (no difference at all) or p = 0.0 when d != 0 (the same nonzero shift on every seed).
+    """
+    b = np.asarray(baseline, dtype=float)
+    o = np.asarray(other, dtype=float)
+    if b.shape != o.shape:
+        raise ValueError(f"paired samples differ in length: {b.shape} vs {o.shape}")
+    keep = np.isfinite(b) & np.isfinite(o)
+    d = o[keep] - b[keep]
+    n = len(d)
+    if n == 0:
+        return PairedStats(math.nan, math.nan, math.nan, math.nan, 0)
+    mean = float(d.mean())
+    if n == 1:
+        return PairedStats(mean, math.nan, math.nan, math.nan, 1)
+    if np.all(d == d[0]):
+        return PairedStats(mean, mean, mean, 1.0 if mean == 0 else 0.0, n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # near-constant differences: scipy warns, p stays usable
+        p = float(stats.ttest_rel(o[keep], b[keep]).pvalue)
+    return PairedStats(mean, mean - half, mean + half, p, n)
+
+
+def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
+    """(mean, t half-width of its confidence interval) over the finite values; half-width NaN below 2 values."""
+    v = _finite(np.asarray(values, dtype=float))
+    if len(v) == 0:
+        return math.nan, math.nan
+    if len(v) == 1:
+        return float(v[0]), math.nan
+    return float(v.mean()), float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
+
+
+@dataclass(eq=False)
+class Comparison:
+    """The outcome: `runs` (tidy: variant, seed, metric, value), `table` (one row per metric x variant)."""
+
+    baseline: str
+    variants: list[str]
+    seeds: list[int]
+    runs: pd.DataFrame
+    table: pd.DataFrame
+    results: dict[tuple[str, int], RunResult] = field(default_factory=dict)
+    """(variant, seed) -> RunResult; filled when results were written (out_dir) or kept (keep_results)."""
+    out_dir: Path | None = None
+
+
+def _seed_list(base_seed: int, seeds: int | Sequence[int]) -> list[int]:
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise ScenarioError(f"--seeds must be at least 1, got {seeds}")
+        return [base_seed + i for i in range(seeds)]
+    out = [int(s) for s in seeds]
+    if not out:
+        raise ScenarioError("give at least one seed")
+    if len(set(out)) != len(out):
+        raise ScenarioError(f"seeds must be distinct, got {out}")
+    return out
+
+
+def comparison_frame(runs: pd.DataFrame, variants: Sequence[str], seeds: Sequence[int]) -> pd.DataFrame:
+    """The statistics table from tidy runs: per metric and variant, mean value and paired stats vs variants[0]."""
+    values = {key: float(v) for key, v in runs.set_index(["metric", "variant", "seed"])["value"].items()}
+    baseline = variants[0]
+    rows = []
+    for metric in dict.fromkeys(runs["metric"]):
+        per_seed = {n: np.array([values.get((metric, n, s), math.nan) for s in seeds]) for n in variants}
+        base = per_seed[baseline]
+        for name in variants:
+            vals = per_seed[name]
+            value = float(_finite(vals).mean()) if np.isfinite(vals).any() else math.nan
+            if name == baseline:
+                s = PairedStats(0.0, 0.0, 0.0, math.nan, int(np.isfinite(base).sum()))
+            else:
+                s = paired_stats(base, vals)
+            rows.append(
+                {
+                    "metric": metric,
+                    "variant": name,
+                    "value": value,
+                    "diff": s.diff,
+                    "ci_low": s.ci_low,
+                    "ci_high": s.ci_high,
+                    "p_value": s.p_value,
+                    "significant": bool(s.p_value < ALPHA),
+                    "n_seeds": s.n,
+                }
+            )
+    return pd.DataFrame(rows, columns=[*TABLE_COLUMNS, "significant", "n_seeds"])
+
+
+def run_comparison(
+    scenario_path: str | Path,
+    variants: Sequence[Variant],
+    *,
+    seeds: int | Sequence[int] = 5,
+    overrides: list[str] | None = None,
+    out_dir: str | Path | None = None,
+    progress: CompareProgress | None = None,
+    keep_results: bool = False,
+) -> Comparison:
+    """Run every variant on every seed (int n: the scenario's seed + 0..n-1) and compare against variants[0].
+
+    All variant scenarios are built before anything runs, so a bad variant fails fast. With `out_dir`, each run
+    goes to `out_dir/<variant>/seed<seed>/`, plus comparison.csv, runs.csv and comparison.png.
+    """
+    if not variants:
+        raise ScenarioError("give at least one variant; the first is the baseline")
+    names = [v.name for v in variants]
+    if len(set(names)) != len(names):
+        raise ScenarioError(f"variant names must be unique, got {names}")
+    base = load_scenario(scenario_path, overrides)
+    seed_list = _seed_list(base.seed, seeds)
+    scenarios = {v.name: variant_scenario(scenario_path, overrides, v) for v in variants}
+    out = Path(out_dir) if out_dir is not None else None
+    keep = keep_results or out is not None
+    results: dict[tuple[str, int], RunResult] = {}
+    records: dict[str, list[dict[str, object]]] = {name: [] for name in names}
+    total, done = len(variants) * len(seed_list), 0
+    for seed in seed_list:
+        for name, sc in scenarios.items():
+            result = simulate(sc, seed=seed)
+            records[name] += [
+                {"variant": name, "seed": seed, "metric": m, "value": _as_float(result.summary[m])} for m in METRICS
+            ]
+            if out is not None:
+                result.write(out / name / f"seed{seed}")
+            if keep:
+                results[(name, seed)] = result
+            done += 1
+            if progress is not None:
+                progress(name, seed, done, total)
+    # Variant-major rows (baseline first), seeds in the order given.
+    runs = pd.DataFrame([r for name in names for r in records[name]], columns=["variant", "seed", "metric", "value"])
+    table = comparison_frame(runs, names, seed_list)
+    comparison = Comparison(names[0], names, seed_list, runs, table, results, out)
+    if out is not None:
+        write_comparison(comparison, out)
+    return comparison
+
+
+def _as_float(value: object) -> float:
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def write_comparison(comparison: Comparison, out_dir: str | Path) -> Path:
+    """comparison.csv (the seven statistics columns first), runs.csv and comparison.png into `out_dir`."""
+    from odhsim.analysis.plot import plot_comparison
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    comparison.table.to_csv(out / "comparison.csv", index=False)
+    comparison.runs.to_csv(out / "runs.csv", index=False)
+    plot_comparison(comparison, out / "comparison.png")
+    return out
