@@ -88,7 +88,7 @@ def _run_mmc_odhsim(n: int) -> dict[str, Any]:
                     "service_time": {"dist": "exponential", "mean_s": MMC_MEAN_S},
                 }
             ],
-            "gateway": {"queue": {"max_in_flight_per_replica": 1}, "router": {"profile": MMC_ROUTER}},
+            "gateway": {"max_in_flight_per_replica": 1, "router": {"profile": MMC_ROUTER}},
             "workload": {
                 "sources": [
                     {

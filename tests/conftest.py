@@ -44,7 +44,7 @@ def fixed_model_scenario(
                 "service_time": {"dist": "exponential", "mean_s": mean_s},
             }
         ],
-        "gateway": {"queue": {"max_in_flight_per_replica": limit}, "router": {"profile": profile}},
+        "gateway": {"max_in_flight_per_replica": limit, "router": {"profile": profile}},
         "workload": {
             "sources": [
                 {

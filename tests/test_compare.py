@@ -129,10 +129,10 @@ def test_parse_variant_file_with_and_without_gateway_key(tmp_path: Path) -> None
     wrapped = tmp_path / "wrapped.yaml"
     wrapped.write_text("gateway:\n  router: {profile: least-request}\n", encoding="utf-8")
     bare = tmp_path / "bare.yaml"
-    bare.write_text("queue: {max_in_flight_per_replica: 2}\nrouter: {profile: random}\n", encoding="utf-8")
+    bare.write_text("max_in_flight_per_replica: 2\nrouter: {profile: random}\n", encoding="utf-8")
     assert parse_variant(f"w={wrapped}").gateway_overrides == {"router": {"profile": "least-request"}}
     assert parse_variant(f"b={bare}").gateway_overrides == {
-        "queue": {"max_in_flight_per_replica": 2},
+        "max_in_flight_per_replica": 2,
         "router": {"profile": "random"},
     }
 
@@ -140,15 +140,15 @@ def test_parse_variant_file_with_and_without_gateway_key(tmp_path: Path) -> None
 def test_variant_file_merges_over_scenario_gateway(tmp_path: Path) -> None:
     only_router = tmp_path / "router.yaml"
     only_router.write_text("router: {profile: power-of-two}\n", encoding="utf-8")
-    sc = variant_scenario(DEFAULT, ["gateway.queue.max_in_flight_per_replica=3"], parse_variant(f"p2={only_router}"))
+    sc = variant_scenario(DEFAULT, ["gateway.max_in_flight_per_replica=3"], parse_variant(f"p2={only_router}"))
     assert sc.gateway.router.profile == "power-of-two"
-    assert sc.gateway.queue.max_in_flight_per_replica == 3  # the scenario's queue settings are kept
+    assert sc.gateway.max_in_flight_per_replica == 3  # the scenario's dispatch limit is kept
     assert sc.gateway.scrape_interval_s == 0.05
     assert sc.name == "default[p2]"
     queue = tmp_path / "queue.yaml"
-    queue.write_text("gateway: {queue: {policy: fcfs}}\n", encoding="utf-8")
+    queue.write_text("gateway: {flow_control: {queue: wfq-class}}\n", encoding="utf-8")
     sc = variant_scenario(DEFAULT, None, parse_variant(f"q={queue}"))
-    assert sc.gateway.queue.max_in_flight_per_replica is None  # the file's queue replaces the scenario's
+    assert sc.gateway.flow_control is not None and sc.gateway.flow_control.queue.type == "wfq-class"
     assert sc.gateway.router.profile == "llm-d-default"
 
 
@@ -192,7 +192,7 @@ def test_duplicate_variant_names() -> None:
         ("gateway:\n  bogus: 1\n", "line 2: bogus: unknown field 'bogus'"),
         ("gateway: {router: {profile: random}}\nmodels: []\n", "only change the gateway section; remove models"),
         ("gateway: 3\n", "`gateway` must be a non-empty mapping"),
-        ("queue: {max_in_flight_per_replica: 0}\n", "queue.max_in_flight_per_replica"),
+        ("max_in_flight_per_replica: 0\n", "max_in_flight_per_replica"),
     ],
 )
 def test_variant_file_errors_name_variant_and_file(tmp_path: Path, text: str, needle: str) -> None:

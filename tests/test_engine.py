@@ -143,7 +143,7 @@ def test_no_request_lost_or_counted_twice(
                 "service_time": {"dist": "exponential", "mean_s": 0.05},
             },
         ],
-        gateway={"router": {"profile": profile}, "queue": {"max_in_flight_per_replica": limit}},
+        gateway={"router": {"profile": profile}, "max_in_flight_per_replica": limit},
     )
     sc["workload"]["sources"][0].update(rate=rate, duration_s=20)
     sc["workload"]["models"] = {"chat": 3, "clf": 1}

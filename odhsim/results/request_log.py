@@ -27,6 +27,7 @@ _COLUMNS: dict[str, tuple[type, object]] = {
     "replica": (np.int32, -1),
     "retries": (np.int16, 0),
     "cache_hit": (np.bool_, False),
+    "fallback": (np.bool_, False),
     "cached_tokens": (np.int64, 0),
 }
 
@@ -84,6 +85,7 @@ class RequestLog:
         c["retries"][r] = req.retries
         c["cached_tokens"][r] = req.cached_tokens
         c["cache_hit"][r] = req.cache_hit
+        c["fallback"][r] = req.fallback
 
     def column(self, name: str) -> np.ndarray:
         return self._cols[name][: self.n]
@@ -113,6 +115,7 @@ class RequestLog:
                 "replica": replica_cat,
                 "retries": c["retries"].astype(np.int64),
                 "cache_hit": c["cache_hit"],
+                "fallback": c["fallback"],
                 "cached_tokens": c["cached_tokens"],
             }
         )

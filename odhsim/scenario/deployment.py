@@ -72,6 +72,8 @@ class ModelDeployment(Frozen):
     engine: EngineLimits = EngineLimits()
     concurrency: Annotated[int, Field(ge=1)] = 1
     service_time: ServiceTime | None = None
+    fallback: str | None = None
+    """Backup model (another model's name) that serves this one's requests when it has no replica."""
 
     @field_validator("gpu")
     @classmethod

@@ -3,32 +3,32 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from odhsim.scenario.deployment import Frozen, GpuPool, ModelDeployment
 from odhsim.workload.config import WorkloadConfig
 from odhsim.workload.schema import PRIORITY_CLASSES
+from policies.caching.config import ResponseCacheConfig
+from policies.flowcontrol.config import FlowControlConfig
 from policies.routing.config import RouterConfig
 
 
-class QueueConfig(Frozen):
-    """The gateway's central queue.
+class GatewayConfig(Frozen):
+    """The gateway in front of every model.
 
-    max_in_flight_per_replica: dispatch only to replicas with fewer requests outstanding (the queue then forms at
-    the gateway, as in front of a pool of servers); null sends every request on at once (llm-d's style: queues
-    form inside the model servers).
+    max_in_flight_per_replica: dispatch only to replicas with fewer requests outstanding, so the queue forms at
+    the gateway, as in front of a pool of servers; null sends requests on at once (queues form in the servers).
+    flow_control: llm-d's flow control (priority bands, fair sharing, EDF, TTL, saturation gate, admission);
+    null: plain FCFS. response_cache: exact-repeat response cache (local + shared tier); null: off.
     """
 
-    policy: Literal["fcfs"] = "fcfs"
-    max_in_flight_per_replica: Annotated[int, Field(ge=1)] | None = None
-
-
-class GatewayConfig(Frozen):
     scrape_interval_s: Annotated[float, Field(gt=0.0)] = 0.05
-    queue: QueueConfig = QueueConfig()
+    max_in_flight_per_replica: Annotated[int, Field(ge=1)] | None = None
+    flow_control: FlowControlConfig | None = None
     router: RouterConfig = RouterConfig(profile="llm-d-default")
+    response_cache: ResponseCacheConfig | None = None
 
 
 class Slo(Frozen):
@@ -91,6 +91,10 @@ class Scenario(Frozen):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"model name {sorted(dup)[0]!r} is used twice")
+        for m in self.models:
+            if m.fallback is not None and (m.fallback not in names or m.fallback == m.name):
+                others = [n for n in names if n != m.name]
+                raise ValueError(f"model '{m.name}': fallback {m.fallback!r} is not another model; known: {others}")
         pools: dict[str, GpuPool] = {}
         for p in self.gpu_pool:
             if p.gpu in pools:

@@ -15,6 +15,9 @@ from odhsim.sim.fixed_replica import FixedReplica
 from odhsim.sim.gateway import Gateway, ModelRoute
 from odhsim.sim.llm_replica import LlmReplica
 from odhsim.sim.replica_base import ReplicaBase
+from odhsim.workload.schema import PRIORITY_CLASSES
+from policies.caching.config import build_response_cache
+from policies.flowcontrol.config import build_flow_control
 from policies.routing.config import build_router
 
 
@@ -66,8 +69,17 @@ def build_cluster(
             replicas.append(replica)
             mine.append(replica)
         router = build_router(scenario.gateway.router, streams.get(f"router.{m.name}"))
-        routes.append(ModelRoute(m.name, mine, router, scenario.gateway.queue.max_in_flight_per_replica))
-    gateway = Gateway(env, routes, replicas, log, tenant_names, block_tokens)
+        gw = scenario.gateway
+        flow = None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))
+        targets = tuple(scenario.slo_for(c).ttft_s for c in PRIORITY_CLASSES)
+        routes.append(ModelRoute(m.name, m.version, mine, router, gw.max_in_flight_per_replica, flow, targets))
+    for m, route in zip(scenario.models, routes, strict=True):
+        if m.fallback is not None:
+            route.fallback = routes[scenario.model_index(m.fallback)]
+    cache = None
+    if scenario.gateway.response_cache is not None:
+        cache = build_response_cache(scenario.gateway.response_cache, streams.get("response_cache"))
+    gateway = Gateway(env, routes, replicas, log, tenant_names, block_tokens, interval, cache)
     gateway_ref.append(gateway)
     return gateway
 

@@ -1,11 +1,16 @@
-"""The gateway: a central FCFS queue per model and a router from `policies/` choosing among scraped replicas.
+"""The gateway: response cache, admission and flow control, then a router from `policies/` picking a replica.
 
-The gateway holds a request only while no replica may take it (`max_in_flight_per_replica`); with no limit it
-routes at once and queues form inside the model servers, as with llm-d's endpoint picker.
+Per model, a request goes: response-cache lookup (when configured and the prompt is known) -> admission (shed
+sheddable requests at saturation) -> the flow-control queue (priority, fair sharing, EDF, TTL) -> dispatch while a
+replica has room and, with llm-d's gate, while the pool is not saturated -> the routing profile picks a replica
+from metrics scraped up to one interval ago. Without a flow-control section the gateway routes at once (queues
+form inside the model servers, as with a bare llm-d endpoint picker) or holds a FIFO only while
+`max_in_flight_per_replica` leaves no replica with room. A model with no replica sends requests to its fallback.
 """
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import numpy as np
@@ -13,7 +18,12 @@ import simpy
 
 from odhsim.results.request_log import RequestLog
 from odhsim.sim.replica_base import ReplicaBase
-from odhsim.sim.request import STATUS_FAILED, SimRequest
+from odhsim.sim.request import STATUS_FAILED, STATUS_OK, STATUS_SHED, STATUS_TIMEOUT, SimRequest
+from odhsim.workload.schema import PRIORITY_CLASSES
+from policies.caching.key import response_key
+from policies.caching.response_cache import TieredResponseCache
+from policies.flowcontrol.config import FlowControl
+from policies.flowcontrol.priority import class_to_priority
 from policies.routing.framework import Router
 from policies.routing.types import RouteRequest
 
@@ -21,18 +31,40 @@ _NO_BLOCKS = np.zeros(0, dtype=np.int64)
 
 
 class ModelRoute:
-    """Everything the gateway keeps for one model: its queue, replicas and router."""
+    """Everything the gateway keeps for one model: its replicas, router, queue and flow control."""
 
-    __slots__ = ("by_name", "limit", "name", "pumping", "queue", "replicas", "router")
-
-    def __init__(self, name: str, replicas: list[ReplicaBase], router: Router, limit: int | None) -> None:
+    def __init__(
+        self,
+        name: str,
+        version: str,
+        replicas: list[ReplicaBase],
+        router: Router,
+        limit: int | None,
+        flow: FlowControl | None = None,
+        ttft_targets: tuple[float | None, ...] = (),
+    ) -> None:
         self.name = name
+        self.version = version
         self.replicas = replicas
         self.by_name = {r.name: r for r in replicas}
         self.router = router
         self.limit = limit
-        self.queue: deque[SimRequest] = deque()
+        self.flow = flow
+        self.ttft_targets = ttft_targets  # per priority class index, for EDF deadlines
+        self.fallback: ModelRoute | None = None
+        self.queue: deque[SimRequest] = deque()  # FIFO used without flow control
+        self.held: dict[int, SimRequest] = {}  # requests in the flow-control queue, by row
         self.pumping = False
+        self.retry_pending = False  # a gated dispatch retry is scheduled
+        self.sweep_at = math.inf  # time of the scheduled TTL sweep
+
+    def queued(self) -> int:
+        return len(self.queue) + len(self.held)
+
+    def has_room(self) -> bool:
+        if self.limit is None:
+            return True
+        return any(r.in_flight < self.limit for r in self.replicas)
 
 
 class Gateway:
@@ -44,6 +76,8 @@ class Gateway:
         log: RequestLog,
         tenant_names: list[str],
         block_tokens: int,
+        scrape_interval_s: float,
+        response_cache: TieredResponseCache | None = None,
     ) -> None:
         self.env = env
         self.routes = routes
@@ -51,23 +85,140 @@ class Gateway:
         self.log = log
         self.tenant_names = tenant_names
         self.block_tokens = block_tokens
+        self.scrape_interval_s = scrape_interval_s
+        self.cache = response_cache
         self.in_flight = 0
         self.arrivals = [0] * len(routes)
         self.completed = 0
 
+    # -- arrival: response cache, then admission ----------------------------------------------------------
     def arrive(self, req: SimRequest) -> None:
         self.in_flight += 1
-        route = self.routes[req.model]
         self.arrivals[req.model] += 1
+        if self.cache is not None and req.blocks is not None:
+            self._lookup_cache(req)
+        else:
+            self._enter(req)
+
+    def _cache_key(self, req: SimRequest) -> int:
+        route = self.routes[req.model]
+        sampling = (("max_tokens", req.output_tokens),)
+        return response_key(route.name, route.version, sampling, block_ids=req.blocks, prompt_tokens=req.prompt_tokens)
+
+    def _lookup_cache(self, req: SimRequest) -> None:
+        assert self.cache is not None
+        found = self.cache.lookup(self.env.now, self._cache_key(req))
+        req.cache_hit = found.hit
+        done = self.env.timeout(found.latency_s, req)
+        done.callbacks.append(self._after_lookup)
+
+    def _after_lookup(self, event: simpy.Event) -> None:
+        req: SimRequest = event.value
+        if req.cache_hit:
+            req.first_token_s = self.env.now
+            self.finish(req, self.env.now, STATUS_OK, "")
+        else:
+            self._enter(req)
+
+    def _enter(self, req: SimRequest) -> None:
+        route = self.routes[req.model]
+        if not route.replicas and route.fallback is not None:
+            req.fallback = True
+            route = route.fallback
         if not route.replicas:
-            self.finish(req, self.env.now, STATUS_FAILED, "model has no replicas")
+            self.finish(req, self.env.now, STATUS_FAILED, "model has no replicas and no fallback")
             return
-        if route.queue or route.pumping:
-            # The head of the queue already found no replica with room, and nothing has freed since (every
-            # finish drains the queue), so the newcomer can only wait behind it.
+        if route.flow is not None:
+            self._enqueue(route, req)
+        elif route.queue or route.pumping:
+            # The head already found no replica with room and nothing has freed since (every finish drains the
+            # queue), so the newcomer waits behind it.
             route.queue.append(req)
         elif not self._route(route, req):
             route.queue.append(req)
+
+    # -- flow control -------------------------------------------------------------------------------------
+    def _saturation(self, route: ModelRoute) -> float:
+        assert route.flow is not None
+        return route.flow.saturation.saturation(self.env.now, [r.scraped_state() for r in route.replicas])
+
+    def _enqueue(self, route: ModelRoute, req: SimRequest) -> None:
+        flow = route.flow
+        assert flow is not None
+        now = self.env.now
+        verdict = flow.admission.admit(now, class_to_priority(req.priority), self._saturation(route))
+        if not verdict.admitted:
+            self.finish(req, now, STATUS_SHED, verdict.reason)
+            return
+        tenant = self.tenant_names[req.tenant] if self.tenant_names else ""
+        target = route.ttft_targets[req.priority] if route.ttft_targets else None
+        item = flow.make_item(req.row, PRIORITY_CLASSES[req.priority], tenant, now, target)
+        pushed = flow.queue.push(now, item)
+        for evicted in pushed.evicted:
+            self.finish(route.held.pop(evicted.request_id), now, STATUS_SHED, "evicted from a full queue")
+        if not pushed.accepted:
+            self.finish(req, now, STATUS_SHED, pushed.reason)
+            return
+        route.held[req.row] = req
+        self._schedule_sweep(route)
+        self._pump(route)
+
+    def _schedule_sweep(self, route: ModelRoute) -> None:
+        assert route.flow is not None
+        due = route.flow.queue.next_expiry()
+        if due < route.sweep_at:
+            route.sweep_at = due
+            ev = self.env.timeout(max(0.0, due - self.env.now), route)
+            ev.callbacks.append(self._on_sweep)
+
+    def _on_sweep(self, event: simpy.Event) -> None:
+        route: ModelRoute = event.value
+        if self.env.now < route.sweep_at or route.flow is None:
+            return  # superseded by an earlier sweep
+        route.sweep_at = math.inf
+        now = self.env.now
+        for item in route.flow.queue.expire(now):
+            waited = now - item.enqueued_at
+            self.finish(route.held.pop(item.request_id), now, STATUS_TIMEOUT, f"queued {waited:.1f} s > TTL")
+        self._schedule_sweep(route)
+
+    def _on_gate_retry(self, event: simpy.Event) -> None:
+        route: ModelRoute = event.value
+        route.retry_pending = False
+        self._pump(route)
+
+    # -- dispatch -----------------------------------------------------------------------------------------
+    def _pump(self, route: ModelRoute) -> None:
+        """Dispatch queued requests while a replica has room (and, gated, the pool is not saturated). Not
+        re-entrant: a replica refusing a request calls `finish` inside `_route`; that inner call leaves the
+        draining to this loop."""
+        if route.pumping:
+            return
+        route.pumping = True
+        try:
+            if route.flow is None:
+                while route.queue and self._route(route, route.queue[0]):
+                    route.queue.popleft()
+            else:
+                self._pump_flow(route)
+        finally:
+            route.pumping = False
+
+    def _pump_flow(self, route: ModelRoute) -> None:
+        flow = route.flow
+        assert flow is not None
+        now = self.env.now
+        while len(flow.queue) and route.has_room():
+            if flow.gate_dispatch_on_saturation and not flow.may_dispatch(self._saturation(route)):
+                if not route.retry_pending:  # metrics change at the next scrape at the earliest
+                    route.retry_pending = True
+                    ev = self.env.timeout(self.scrape_interval_s, route)
+                    ev.callbacks.append(self._on_gate_retry)
+                return
+            item = flow.queue.pop(now)
+            if item is None:
+                return
+            self._route(route, route.held.pop(item.request_id))
 
     def _route_request(self, route: ModelRoute, req: SimRequest) -> RouteRequest:
         if req.route is None:
@@ -78,7 +229,7 @@ class Gateway:
                 block_ids=req.blocks if req.blocks is not None else _NO_BLOCKS,
                 block_tokens=self.block_tokens,
                 session=req.session,
-                priority=req.priority,
+                priority=class_to_priority(req.priority),
                 tenant=self.tenant_names[req.tenant] if self.tenant_names else "",
             )
         return req.route
@@ -98,32 +249,30 @@ class Gateway:
             self.finish(req, now, STATUS_FAILED, decision.reason or "no endpoint")
             return True
         route.router.on_dispatch(now, rr, decision.endpoint)
+        if route.flow is not None:
+            route.flow.saturation.on_dispatch(now, req.row, decision.endpoint)
         route.by_name[decision.endpoint].submit(req)
         return True
 
+    # -- completion ---------------------------------------------------------------------------------------
     def finish(self, req: SimRequest, now: float, status: str, reason: str) -> None:
         """Final status of a request (from a replica or the gateway itself): log it, free the slot, move on."""
         self.in_flight -= 1
         self.completed += 1
         self.log.finish(req, now, status, reason)
-        route = self.routes[req.model]
-        if req.replica >= 0 and req.route is not None:
-            name = self.replicas[req.replica].name
-            route.router.on_complete(now, req.route, name, now - req.arrival_s, status == "ok")
-        if req.replica >= 0 and route.queue:
+        if req.replica < 0:
+            return
+        replica = self.replicas[req.replica]
+        route = self.routes[req.model] if not req.fallback else self.routes[req.model].fallback
+        assert route is not None
+        if req.route is not None:
+            route.router.on_complete(now, req.route, replica.name, now - req.arrival_s, status == STATUS_OK)
+        if route.flow is not None:
+            route.flow.saturation.on_complete(now, req.row, replica.name)
+        if status == STATUS_OK and self.cache is not None and req.blocks is not None:
+            self.cache.store(now, self._cache_key(req), None, 4 * req.output_tokens)
+        if route.queued():
             self._pump(route)
 
-    def _pump(self, route: ModelRoute) -> None:
-        """Dispatch queued requests while a replica has room. Not re-entrant: a replica that refuses a request
-        synchronously calls `finish` from inside `_route`; that inner call leaves the draining to this loop."""
-        if route.pumping:
-            return
-        route.pumping = True
-        try:
-            while route.queue and self._route(route, route.queue[0]):
-                route.queue.popleft()
-        finally:
-            route.pumping = False
-
     def queued(self, model: int) -> int:
-        return len(self.routes[model].queue)
+        return self.routes[model].queued()

@@ -25,6 +25,7 @@ class SimRequest:
         "cache_hit",
         "cached_tokens",
         "ctx",
+        "fallback",
         "finish_step",
         "first_token_s",
         "generated",
@@ -71,6 +72,7 @@ class SimRequest:
         self.ctx = 0
         self.cached_tokens = 0  # prompt tokens served from the replica's prefix (KV) cache
         self.cache_hit = False  # answered from the gateway's response cache
+        self.fallback = False  # served by the model's fallback model
         self.replica = -1
         self.retries = 0
         self.finish_step = 0

@@ -67,7 +67,7 @@ class TimeseriesSampler:
             rows["time_s"].append(now)
             rows["model"].append(m.name)
             rows["arrivals"].append(self.gateway.arrivals[mi] - self._last_arrivals[mi])
-            rows["queue_len"].append(route.queue.__len__() + sum(r.waiting() for r in reps))
+            rows["queue_len"].append(route.queued() + sum(r.waiting() for r in reps))
             rows["running"].append(sum(r.running() for r in reps))
             rows["ready_replicas"].append(len(reps))
             rows["kv_usage"].append(sum(r.kv_usage() for r in reps) / len(reps) if reps else 0.0)

@@ -1,0 +1,62 @@
+"""The scenario's `gateway.response_cache` section and `build_response_cache`.
+
+    gateway:
+      response_cache:
+        type: tiered            # or: none
+        params:                 # TieredCacheParams; every key optional
+          local_max_entries: 10000
+          local_max_bytes: 268435456
+          ttl_s: 300
+          shared: true
+
+The type and its params are validated when the configuration is loaded, so a typo fails at load time.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, cast
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from policies.caching.registration import KIND, register
+from policies.caching.response_cache import NullResponseCache, TieredResponseCache
+from policies.registry import Registry
+
+
+def default_registry() -> Registry:
+    """The built-in registry once it holds the caching policies; until then a private one with just them."""
+    from policies.builtin import REGISTRY
+
+    if KIND in REGISTRY.kinds():
+        return REGISTRY
+    reg = Registry()
+    register(reg)
+    return reg
+
+
+class ResponseCacheConfig(BaseModel):
+    """`type` names a registered response-cache policy; `params` are validated by that policy's model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Annotated[str, Field(min_length=1)] = "tiered"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _check(self) -> ResponseCacheConfig:
+        default_registry().validate(KIND, self.type, self.params)
+        return self
+
+
+def build_response_cache(
+    config: ResponseCacheConfig | dict[str, Any] | None,
+    rng: np.random.Generator,
+    registry: Registry | None = None,
+) -> TieredResponseCache | NullResponseCache:
+    """A fresh cache as configured; no section (None) means caching off."""
+    if config is None:
+        return NullResponseCache()
+    cfg = config if isinstance(config, ResponseCacheConfig) else ResponseCacheConfig.model_validate(config)
+    reg = registry if registry is not None else default_registry()
+    return cast(TieredResponseCache | NullResponseCache, reg.build(KIND, cfg.type, cfg.params, rng))
