@@ -10,8 +10,16 @@ from policies.routing import filters, pickers, scorers
 
 
 def _register_routing(reg: Registry) -> None:
-    """llm-d's plugin types, spelled as llm-d spells them, plus the classic baselines."""
-    for cls in (filters.LowQueueFilter, filters.FreshMetricsFilter):
+    """llm-d's plugin types, spelled as llm-d spells them, plus the classic baselines and AIBrix's prefix router."""
+    from policies.routing import aibrix, prefix_affinity
+
+    for cls in (
+        filters.LowQueueFilter,
+        filters.FreshMetricsFilter,
+        filters.SaturationFilter,
+        prefix_affinity.PrefixCacheAffinityFilter,
+        aibrix.AibrixImbalanceFilter,
+    ):
         reg.register("filter", cls.TYPE, cls.from_params, cls.Params)
     for cls in (
         scorers.QueueScorer,
@@ -22,6 +30,7 @@ def _register_routing(reg: Registry) -> None:
         scorers.ActiveRequestScorer,
         scorers.TokenLoadScorer,
         scorers.SessionAffinityScorer,
+        scorers.LoraAffinityScorer,
     ):
         reg.register("scorer", cls.TYPE, cls.from_params, cls.Params)
     for cls in (
@@ -30,6 +39,8 @@ def _register_routing(reg: Registry) -> None:
         pickers.WeightedRandomPicker,
         pickers.RoundRobinPicker,
         pickers.PowerOfTwoPicker,
+        pickers.LeastLatencyPicker,
+        aibrix.AibrixPrefixCachePicker,
     ):
         reg.register("picker", cls.TYPE, cls.from_params, cls.Params)
 

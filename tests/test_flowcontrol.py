@@ -456,6 +456,21 @@ def test_utilization_detector_thresholds_and_llm_d_param_names() -> None:
         registry().validate("saturation-detector", "utilization", {"kv_cache_threshold": 1.5})
 
 
+def test_utilization_scrape_lag_compensation() -> None:
+    """credit = max(0, in_flight - (waiting + running)) joins the queue term; off by default (llm-d too)."""
+    pool = [EndpointState("a", "m", waiting=1, running=2, kv_usage=0.0, scraped_at=0.0)]
+    plain = UtilizationDetector()
+    lagged = registry().build("saturation-detector", "utilization", {"scrape_lag_compensation": True}, None)
+    for rid in range(8):
+        plain.on_dispatch(0.0, rid, "a")
+        lagged.on_dispatch(0.0, rid, "a")
+    assert plain.saturation(0.0, pool) == pytest.approx(0.2)  # 1 / 5: hooks are ignored
+    assert lagged.saturation(0.0, pool) == pytest.approx((1 + (8 - 1 - 2)) / 5)
+    for rid in range(5):
+        lagged.on_complete(0.1, rid, "a")
+    assert lagged.saturation(0.1, pool) == pytest.approx(0.2)  # 3 in flight <= 1 + 2 scraped: no credit
+
+
 def test_concurrency_detector_counts() -> None:
     det = ConcurrencyDetector(max_concurrency=2)
     pool = [ep("a"), ep("b")]
@@ -599,3 +614,63 @@ def test_same_inputs_same_outputs() -> None:
 
     assert run(3) == run(3)
     assert run(3) != run(4)
+
+
+# -- heavy churn: lazy deletion and compaction stay correct and bounded ------------------------------------------
+
+
+@pytest.mark.parametrize("name", QUEUE_TYPES)
+def test_heavy_churn_against_a_reference(name) -> None:
+    """30,000 random operations with many removals and expiries (so every structure compacts) against a plain
+    dict; the order of fcfs / strict-priority / edf is checked exactly, WFQ within its flow."""
+    rng = np.random.default_rng(11)
+    q = make_queue(name, capacity=BIG)
+    model: dict[int, tuple[QueuedRequest, int]] = {}
+    now, rid = 0.0, 0
+    for _ in range(30_000):
+        op = rng.random()
+        if op < 0.5:
+            cls = PRIORITY_CLASSES[int(rng.integers(4))]
+            x = item(
+                rid,
+                cls,
+                prio=CLASS_PRIORITY[cls] - int(rng.integers(2)) * (cls == "low"),
+                tenant="abc"[int(rng.integers(3))],
+                t=now,
+                deadline=now + float(rng.integers(0, 20)),
+                expires=now + float(rng.exponential(30.0)) if rng.random() < 0.5 else INF,
+            )
+            assert q.push(now, x).accepted
+            model[rid] = (x, rid)
+            rid += 1
+        elif op < 0.7 and model:
+            victim = int(rng.choice(list(model)))
+            assert q.remove(victim) == model.pop(victim)[0]
+        elif op < 0.9:
+            ready = [(x, o) for x, o in model.values() if x.expires_at > now]
+            got = q.pop(now)
+            if not ready:
+                assert got is None
+                continue
+            if name == "wfq-class":
+                ready = [(x, o) for x, o in ready if x.priority_class == got.priority_class]
+            elif name == "wfq-tenant":
+                ready = [(x, o) for x, o in ready if x.tenant == got.tenant]
+            rank = {
+                "fcfs": lambda x, o: o,
+                "edf": lambda x, o: (x.deadline, o),
+            }.get(name, lambda x, o: (-x.priority, o))
+            assert got == min(ready, key=lambda p: rank(*p))[0]
+            del model[got.request_id]
+        elif op < 0.95:
+            got = q.expire(now)
+            assert {x.request_id for x in got} == {r for r, (x, _) in model.items() if x.expires_at <= now}
+            for x in got:
+                del model[x.request_id]
+        else:
+            now += float(rng.exponential(2.0))
+        assert len(q) == len(model)
+    # lazy deletion keeps every internal structure within twice the live items plus a constant
+    live = len(model)
+    assert len(q._exp) <= 2 * live + 65
+    assert all(len(h) <= 2 * live + 65 for h in q._shed.values())

@@ -1,4 +1,5 @@
-"""Hypothesis properties of the routing pipeline: scores in [0,1], picks among healthy candidates, seeded picks."""
+"""Hypothesis properties of the routing pipeline: scores in [0,1], filters keep a subset, picks among healthy
+candidates, seeded picks; over every registered scorer, filter, picker and named profile."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ from hypothesis import strategies as st
 
 from policies.builtin import REGISTRY
 from policies.routing.config import build_router
+from policies.routing.framework import SchedulerProfile
 from policies.routing.profiles import profile_names
 from policies.routing.types import NO_SESSION, EndpointState, RouteRequest
 
+ADAPTERS = ["a", "b", "c"]
+adapters_st = st.frozensets(st.sampled_from(ADAPTERS), max_size=3)
 endpoint_st = st.builds(
     EndpointState,
     name=st.sampled_from([f"e{i}" for i in range(16)]),
@@ -20,6 +24,9 @@ endpoint_st = st.builds(
     kv_usage=st.floats(0.0, 1.0),
     scraped_at=st.floats(0.0, 10.0),
     healthy=st.booleans(),
+    active_adapters=adapters_st,
+    waiting_adapters=adapters_st,
+    max_adapters=st.integers(0, 4),
 )
 endpoints_st = st.lists(endpoint_st, min_size=1, max_size=16, unique_by=lambda e: e.name)
 request_st = st.builds(
@@ -30,7 +37,10 @@ request_st = st.builds(
     block_ids=st.lists(st.integers(-(2**63), 2**63 - 1), max_size=40).map(lambda b: np.array(b, np.int64)),
     block_tokens=st.sampled_from([16, 512]),
     session=st.one_of(st.just(NO_SESSION), st.integers(0, 5)),
+    adapter=st.one_of(st.none(), st.sampled_from(ADAPTERS)),
 )
+# filters allowed to leave no candidate (the others fall back to keeping every candidate)
+MAY_EMPTY = {"low-queue-filter", "fresh-metrics-filter"}
 # (time step, request, endpoint index to complete early or -1) sequences
 history_st = st.lists(st.tuples(request_st, st.booleans()), min_size=1, max_size=30)
 
@@ -62,6 +72,38 @@ def test_every_scorer_scores_in_unit_interval(endpoints, history) -> None:
                 scorer.on_dispatch(float(t), request, healthy[t % len(healthy)].name)
             if complete and hasattr(scorer, "on_complete"):
                 scorer.on_complete(float(t), request, healthy[t % len(healthy)].name, 0.1, True)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    endpoints=endpoints_st,
+    history=history_st,
+    filter_name=st.sampled_from(REGISTRY.names("filter")),
+    picker_name=st.sampled_from(REGISTRY.names("picker")),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_every_filter_keeps_a_subset_and_every_picker_picks_a_candidate(
+    endpoints, history, filter_name, picker_name, seed
+) -> None:
+    g = np.random.default_rng(seed)
+    flt = REGISTRY.build("filter", filter_name, {}, g)
+    prefix = REGISTRY.build("scorer", "prefix-cache-scorer", {}, g)
+    profile = SchedulerProfile([flt], [(prefix, 1.0)], REGISTRY.build("picker", picker_name, {}, g))
+    healthy = [e for e in endpoints if e.healthy]
+    names = {e.name for e in healthy}
+    for t, (request, complete) in enumerate(history):
+        if healthy:
+            kept = flt.filter(float(t), request, list(healthy))
+            assert {e.name for e in kept} <= names and len({e.name for e in kept}) == len(kept)
+            assert kept or filter_name in MAY_EMPTY
+        decision = profile.pick(float(t), request, endpoints)
+        if decision.endpoint is None:
+            assert not healthy or filter_name in MAY_EMPTY
+            continue
+        assert decision.endpoint in names
+        profile.on_dispatch(float(t), request, decision.endpoint)
+        if complete:
+            profile.on_complete(float(t) + 0.5, request, decision.endpoint, 0.1 * (t % 7), t % 5 != 0)
 
 
 @settings(max_examples=60, deadline=None)

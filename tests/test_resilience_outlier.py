@@ -219,3 +219,11 @@ def test_params_and_registration() -> None:
         reg.validate("outlier-detection", "envoy", {"max_ejection_percent": 101})
     with pytest.raises(ValueError, match="Generator"):
         OutlierDetector(OutlierDetectionParams(enforcing_success_rate=50))
+
+
+def test_float_rounding_does_not_delay_the_return() -> None:
+    d = _detector()
+    _fail(d, 2.3, "h0", 5)
+    assert 32.3 - 2.3 < 30.0  # 29.999999999999996
+    d.evaluate(32.3, _hosts(20))
+    assert not d.is_ejected(32.3, "h0")

@@ -32,6 +32,7 @@ forgotten); `record` on an unknown host adds it. The ejection cap counts every k
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -43,6 +44,8 @@ from policies.resilience._stats import mean_and_pstdev
 
 EjectionReason = Literal["consecutive_5xx", "success_rate", "failure_percentage"]
 RETURNED_REASON = "ejection_time_elapsed"
+# Envoy compares whole milliseconds; float seconds get this tolerance so 3.1 + 30 s is not one sweep late.
+_EPS = 1e-9
 
 
 class OutlierDetectionParams(PolicyParams):
@@ -106,7 +109,7 @@ class HostOutlierInfo:
     num_ejections: int
     backoff: int
     consecutive_5xx: int
-    ejection_time_s: float  # what the current (or next) ejection lasts, before jitter
+    ejection_time_s: float  # min(base * backoff, max): the current ejection's length while ejected (no jitter)
 
 
 class OutlierDetector:
@@ -150,10 +153,11 @@ class OutlierDetector:
             state = self._hosts[host] = _Host()
         return state
 
-    def set_hosts(self, hosts: list[str] | tuple[str, ...] | set[str]) -> None:
+    def set_hosts(self, hosts: Iterable[str]) -> None:
         """The cluster's current hosts: new ones are added, missing ones forgotten (with their ejection)."""
         wanted = list(dict.fromkeys(hosts))
-        for name in [h for h in self._hosts if h not in set(wanted)]:
+        keep = set(wanted)
+        for name in [h for h in self._hosts if h not in keep]:
             if self._hosts.pop(name).ejected:
                 self._active -= 1
         for name in wanted:
@@ -198,13 +202,13 @@ class OutlierDetector:
             self._eject(now, host, s, "consecutive_5xx", self.params.enforcing_consecutive_5xx)
             s.consecutive_5xx = 0
 
-    def evaluate(self, now: float, hosts: list[str] | tuple[str, ...] | set[str] | None = None) -> None:
+    def evaluate(self, now: float, hosts: Iterable[str] | None = None) -> None:
         """The interval sweep: returns hosts whose time is over, judges the interval's counts, decays back-offs."""
         if hosts is not None:
             self.set_hosts(hosts)
         p = self.params
         for name, s in self._hosts.items():
-            if s.ejected and self._ejection_time(s) + s.jitter_s <= now - s.ejected_at:
+            if s.ejected and self._ejection_time(s) + s.jitter_s <= now - s.ejected_at + _EPS:
                 self._uneject(now, name, s)
         totals = {name: (s.interval_total, s.interval_success) for name, s in self._hosts.items()}
         for s in self._hosts.values():
@@ -212,7 +216,8 @@ class OutlierDetector:
             s.interval_success = 0
         self._success_rate_sweep(now, totals)
         for s in self._hosts.values():
-            if not s.ejected and s.returned_at is not None and now - s.returned_at >= p.interval_s and s.backoff > 0:
+            healthy_for = None if s.returned_at is None else now - s.returned_at
+            if not s.ejected and healthy_for is not None and healthy_for + _EPS >= p.interval_s and s.backoff > 0:
                 s.backoff -= 1
 
     # -- internals -------------------------------------------------------------------------------------------

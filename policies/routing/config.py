@@ -132,7 +132,8 @@ def build_router(
 ) -> SchedulerProfile:
     """Build the scheduler profile a config describes; every plugin gets the same injected Generator.
 
-    Only the pickers draw random numbers, so sharing one Generator keeps picks a function of the seed alone.
+    Every random draw (the pickers', the prefix-cache affinity filter's exploration) comes from this Generator,
+    so the picks are a function of the seed and the request history alone.
     """
     if registry is None:
         from policies.builtin import REGISTRY

@@ -74,7 +74,8 @@ class SchedulerProfile:
         for plugin in (*self.filters, *(s for s, _ in self.scorers), picker):
             if not any(plugin is p for p in plugins):
                 plugins.append(plugin)
-        # Plugins reading another plugin's prefix index (token-load's uncached tokens) are wired here.
+        # Plugins reading another plugin's prefix index (token-load's uncached tokens, the prefix-cache affinity
+        # filter's scores, AIBrix's picker) are wired here.
         prefix = next((p for p in plugins if hasattr(p, "matched_blocks")), None)
         for plugin in plugins:
             bind = getattr(plugin, "bind_prefix", None)

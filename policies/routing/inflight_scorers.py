@@ -83,7 +83,8 @@ class ActiveRequestScorer(Plugin):
         if key in self._open:  # the same request sent twice to one endpoint counts once
             return
         self._open[key] = now
-        self._order.append((now, key))
+        if self.request_timeout_s is not None:  # without a TTL nothing would ever pop the queue
+            self._order.append((now, key))
         self._counts[endpoint] = self._counts.get(endpoint, 0) + 1
 
     def on_complete(self, now: float, request: RouteRequest, endpoint: str, latency_s: float, ok: bool) -> None:

@@ -6,10 +6,12 @@ All randomness comes from the Generator injected at construction, so a pick is a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import numpy as np
+from pydantic import Field
 
-from policies.registry import NoParams
+from policies.registry import NoParams, PolicyParams
 from policies.routing._base import Plugin
 from policies.routing.types import EndpointState, RouteRequest
 
@@ -168,10 +170,65 @@ class PowerOfTwoPicker(Plugin):
         return j if b.waiting + b.running < a.waiting + a.running else i
 
 
+class LeastLatencyParams(PolicyParams):
+    alpha: Annotated[float, Field(gt=0.0, le=1.0)] = 0.3
+    failure_penalty_s: Annotated[float, Field(ge=0.0)] | None = None
+
+
+class LeastLatencyPicker(Plugin):
+    """Lowest EWMA of the latencies observed per endpoint (end to end, as reported to `on_complete`).
+
+    ewma <- latency on the first observation, then ewma <- alpha * latency + (1 - alpha) * ewma. alpha = 0.3
+    weighs the last ~5 completions (an EWMA's span is 2 / alpha - 1), so a replica that slows down is
+    abandoned within a few completions while a single outlier moves the estimate by only 30 %.
+
+    Candidates never observed go first (exploration, uniform among them), so a new or scaled-up endpoint gets
+    traffic and an estimate; otherwise the lowest EWMA wins, ties uniformly at random. A failed request updates
+    nothing unless `failure_penalty_s` is set, in which case it counts as that latency (fast failures would
+    otherwise make a broken endpoint look fastest).
+    """
+
+    TYPE = "least-latency-picker"
+    Params = LeastLatencyParams
+    __slots__ = ("alpha", "ewma", "failure_penalty_s", "rng")
+
+    def __init__(self, rng: np.random.Generator, alpha: float = 0.3, failure_penalty_s: float | None = None) -> None:
+        super().__init__()
+        self.rng = rng
+        self.alpha = alpha
+        self.failure_penalty_s = failure_penalty_s
+        self.ewma: dict[str, float] = {}
+
+    @classmethod
+    def from_params(cls, params: LeastLatencyParams, rng: np.random.Generator) -> LeastLatencyPicker:
+        return cls(rng, params.alpha, params.failure_penalty_s)
+
+    def pick(
+        self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState], totals: Sequence[float]
+    ) -> int:
+        ewma = self.ewma
+        ties = [i for i, e in enumerate(endpoints) if e.name not in ewma]
+        if not ties:
+            values = [ewma[e.name] for e in endpoints]
+            floor = min(values) + TIE_EPS
+            ties = [i for i, v in enumerate(values) if v <= floor]
+        if len(ties) == 1:
+            return ties[0]
+        return ties[int(self.rng.integers(len(ties)))]
+
+    def on_complete(self, now: float, request: RouteRequest, endpoint: str, latency_s: float, ok: bool) -> None:
+        x = latency_s if ok else self.failure_penalty_s
+        if x is None or not x >= 0.0:  # no penalty configured, or a NaN / negative latency
+            return
+        old = self.ewma.get(endpoint)
+        self.ewma[endpoint] = x if old is None else self.alpha * x + (1.0 - self.alpha) * old
+
+
 PICKERS: tuple[type[Plugin], ...] = (
     MaxScorePicker,
     RandomPicker,
     WeightedRandomPicker,
     RoundRobinPicker,
     PowerOfTwoPicker,
+    LeastLatencyPicker,
 )

@@ -39,6 +39,19 @@ PROFILES: dict[str, dict[str, Any]] = {
     "kv-aware": _single("max-score-picker", ("kv-cache-utilization-scorer", 1.0)),
     # Longest prefix-cache match only (no load term: hot prefixes pile onto one endpoint).
     "prefix-aware": _single("max-score-picker", ("prefix-cache-scorer", 1.0)),
+    # Lowest EWMA of observed latency per endpoint; endpoints never observed first.
+    "least-latency": _single("least-latency-picker"),
+    # AIBrix's prefix-cache router: least-loaded only when in-flight counts differ by more than 8, else the best
+    # prefix match among endpoints loaded at most mean + 1 std (the picker keeps its own prefix index).
+    "aibrix-prefix-cache": {
+        "plugins": [
+            {"name": "aibrix-imbalance-filter", "type": "aibrix-imbalance-filter"},
+            {"name": "aibrix-prefix-cache-picker", "type": "aibrix-prefix-cache-picker"},
+        ],
+        "filters": ["aibrix-imbalance-filter"],
+        "scorers": [],
+        "picker": "aibrix-prefix-cache-picker",
+    },
 }
 
 

@@ -123,6 +123,41 @@ class SessionAffinityScorer(Plugin):
             self._last[request.session] = endpoint
 
 
+class LoraAffinityScorer(Plugin):
+    """How cheaply the endpoint can serve the request's LoRA adapter (vllm:lora_requests_info), in this order:
+    adapter active: 1.0; a free adapter slot (active + waiting < max_adapters): 0.8; adapter waiting: 0.6;
+    else 0. A free slot outranks "waiting" because the checks run in that order in llm-d (as in GIE).
+
+    A request without an adapter is scored for its base model name, as llm-d scores the request's target model:
+    vLLM never lists the base model as an adapter, so such a request scores 0.8 where a slot is free and 0
+    elsewhere; on servers without LoRA (max_adapters = 0) every endpoint scores 0, i.e. the scorer is neutral.
+    """
+
+    TYPE = "lora-affinity-scorer"
+    Params = NoParams
+    __slots__ = ()
+
+    @classmethod
+    def from_params(cls, params: NoParams, rng: np.random.Generator) -> LoraAffinityScorer:
+        return cls()
+
+    def score(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> list[float]:
+        target = request.adapter if request.adapter is not None else request.model
+        out: list[float] = []
+        for e in endpoints:
+            active = e.active_adapters
+            waiting = e.waiting_adapters
+            if target in active:
+                out.append(1.0)
+            elif len(active) + len(waiting) < e.max_adapters:
+                out.append(0.8)
+            elif target in waiting:
+                out.append(0.6)
+            else:
+                out.append(0.0)
+        return out
+
+
 SCORERS: tuple[type[Plugin], ...] = (
     QueueScorer,
     RunningRequestsScorer,
@@ -132,4 +167,5 @@ SCORERS: tuple[type[Plugin], ...] = (
     ActiveRequestScorer,
     TokenLoadScorer,
     SessionAffinityScorer,
+    LoraAffinityScorer,
 )

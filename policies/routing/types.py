@@ -17,6 +17,9 @@ class EndpointState:
     running    vllm:num_requests_running
     kv_usage   vllm:kv_cache_usage_perc, in [0, 1]
     scraped_at the time the metrics were taken (router staleness = now - scraped_at)
+    active_adapters, waiting_adapters, max_adapters
+               vllm:lora_requests_info: running_lora_adapters, waiting_lora_adapters, max_lora
+               (no LoRA on the server: empty sets and 0 slots)
     """
 
     name: str
@@ -26,6 +29,9 @@ class EndpointState:
     kv_usage: float = 0.0
     scraped_at: float = 0.0
     healthy: bool = True
+    active_adapters: frozenset[str] = frozenset()
+    waiting_adapters: frozenset[str] = frozenset()
+    max_adapters: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +40,7 @@ class RouteRequest:
 
     block_ids: the prompt's prefix blocks (Mooncake hash ids, or hashes of prompt blocks); empty when unknown.
     block_tokens: how many prompt tokens one block id covers (512 for Mooncake, 16 for llm-d's own hashing).
+    adapter: the LoRA adapter the request targets; None for the base model.
     """
 
     request_id: int
@@ -44,6 +51,7 @@ class RouteRequest:
     session: int = NO_SESSION
     priority: int = 0
     tenant: str = ""
+    adapter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
