@@ -1,6 +1,6 @@
 """The one place where built-in policies are registered: read this file to see every name a config may use.
 
-Later kinds ("queue", "autoscaler", ...) get their own `_register_*` function here.
+Each sub-package keeps its own `register(reg)` next to its policies; this module calls every one of them.
 """
 
 from __future__ import annotations
@@ -47,8 +47,15 @@ def _register_routing(reg: Registry) -> None:
 
 def build_default_registry() -> Registry:
     """A fresh registry holding every built-in policy (tests and experiments may extend their own copy)."""
+    from policies.caching.registration import register as register_caching
+    from policies.flowcontrol.registration import register as register_flowcontrol
+    from policies.resilience.registration import register as register_resilience
+
     reg = Registry()
     _register_routing(reg)
+    register_flowcontrol(reg)  # kinds: queue, saturation-detector, admission
+    register_caching(reg)  # kind: response-cache
+    register_resilience(reg)  # kinds: circuit-breaker, outlier-detection, retry
     return reg
 
 
