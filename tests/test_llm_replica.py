@@ -25,10 +25,19 @@ def flat_latency(prefill_per_token: float = 0.0, per_ctx: float = 0.0) -> Latenc
 
 
 class Harness:
-    def __init__(self, kv_tokens: int = 100_000, block_size: int = 16, max_num_seqs: int = 256, **lat) -> None:
+    def __init__(
+        self,
+        kv_tokens: int = 100_000,
+        block_size: int = 16,
+        max_num_seqs: int = 256,
+        scheduler: str = "prefill-first",
+        **lat,
+    ) -> None:
         self.env = simpy.Environment()
         self.done: dict[int, tuple[float, str, str, SimRequest]] = {}
-        engine = EngineLimits(block_size=block_size, max_num_seqs=max_num_seqs, enable_prefix_caching=False)
+        engine = EngineLimits(
+            block_size=block_size, max_num_seqs=max_num_seqs, enable_prefix_caching=False, scheduler=scheduler
+        )
         self.replica = LlmReplica(
             self.env, 0, "r0", "m", 0.05, self._finish, engine=engine, latency=flat_latency(**lat),
             kv_capacity_tokens=kv_tokens, prefix_block_tokens=16,
@@ -111,3 +120,50 @@ def test_decode_span_uses_growing_context() -> None:
     expected = PREFILL_S + sum(STEP_S + 1e-4 * c for c in (101, 102, 103))
     assert h.done[0][0] == pytest.approx(expected)
     assert not math.isnan(h.done[0][3].start_s)
+
+
+# -- chunked prefill (vLLM V1's scheduler) ------------------------------------------------------------------
+
+
+def chunked(**kw) -> Harness:  # type: ignore[no-untyped-def]
+    return Harness(scheduler="chunked-prefill", **kw)
+
+
+def test_chunked_single_request_matches_prefill_first() -> None:
+    h = chunked()
+    h.submit_at(0.0, 0, prompt=100, output=5)
+    h.env.run()
+    assert h.done[0][3].first_token_s == pytest.approx(PREFILL_S)
+    assert h.done[0][0] == pytest.approx(PREFILL_S + 4 * STEP_S)
+
+
+def test_long_prompt_is_split_across_steps_by_the_token_budget() -> None:
+    h = Harness(scheduler="chunked-prefill")
+    h.replica.engine = h.replica.engine.model_copy(update={"max_num_batched_tokens": 64})
+    h.submit_at(0.0, 0, prompt=100, output=2)
+    h.env.run()
+    # two steps of 64 and 36 prompt tokens, each costing the step's fixed 0.1 s; then one decode step
+    assert h.done[0][3].first_token_s == pytest.approx(2 * PREFILL_S)
+    assert h.done[0][0] == pytest.approx(2 * PREFILL_S + STEP_S)
+
+
+def test_decoding_continues_while_a_new_prompt_is_prefilled() -> None:
+    h = chunked()
+    h.submit_at(0.0, 0, prompt=100, output=11)  # decodes from 0.10
+    h.submit_at(0.125, 1, prompt=100, output=3)  # arrives during the decode step 0.12-0.13
+    h.env.run()
+    # at 0.13 a mixed step runs request 0's decode step (0.01) with request 1's whole prompt (0.1): ends 0.24
+    assert h.done[1][3].first_token_s == pytest.approx(0.24)
+    assert h.done[1][0] == pytest.approx(0.26)
+    # request 0: 3 steps before, 1 in the mixed step, 6 after (unlike prefill-first, it was not paused)
+    assert h.done[0][0] == pytest.approx(0.30)
+
+
+def test_chunked_kv_exhaustion_still_preempts_and_finishes_everything() -> None:
+    h = chunked(kv_tokens=8 * 16, block_size=16)
+    for row in range(3):
+        h.submit_at(0.0, row, prompt=40, output=50)
+    h.env.run()
+    assert {v[1] for v in h.done.values()} == {"ok"}
+    assert h.replica.preemptions >= 1
+    assert h.replica.used_blocks == 0 and h.replica.in_flight == 0

@@ -42,6 +42,9 @@ class EngineLimits(Frozen):
     block_size: Annotated[int, Field(ge=1, le=1024)] = 16
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     enable_prefix_caching: bool = True
+    scheduler: Literal["chunked-prefill", "prefill-first"] = "chunked-prefill"
+    """vLLM V1 (chunked-prefill): each step decodes every running request and fills the rest of the token budget
+    with prompt chunks. vLLM V0 (prefill-first): whole prompts in prefill-only steps that pause decoding."""
     kv_offload_gb: Annotated[float, Field(ge=0.0)] = 0.0
     """Host memory per replica for offloaded prefix KV blocks (vLLM KV offloading / LMCache); 0 = GPU only."""
     kv_offload_bandwidth_gb_s: Annotated[float, Field(gt=0.0)] = 25.0

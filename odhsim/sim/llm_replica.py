@@ -67,7 +67,11 @@ class LlmReplica(ReplicaBase):
         self.preemptions = 0
         self._state = _IDLE
         self._token = 0  # invalidates a scheduled span end when the span is shortened
-        self._prefill_batch: list[SimRequest] = []
+        self._prefill_batch: list[SimRequest] = []  # prefill-first: the prompts of the prefill step in flight
+        self._prefilling: list[SimRequest] = []  # chunked prefill: admitted requests with prompt tokens left
+        self._step_chunks: list[tuple[SimRequest, int]] = []
+        self._step_decodes = False
+        self._chunked = engine.scheduler == "chunked-prefill"
         self._span: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # start, batch, context, steps
         self.prefix_block_tokens = prefix_block_tokens
         self.prefix_cache: PrefixCache | None = None
@@ -87,7 +91,7 @@ class LlmReplica(ReplicaBase):
         return len(self.waiting_q)
 
     def running(self) -> int:
-        return len(self.running_reqs) + len(self._prefill_batch)
+        return len(self.running_reqs) + len(self._prefill_batch) + len(self._prefilling)
 
     def kv_usage(self) -> float:
         return self.used_blocks / self.total_blocks if self.total_blocks else 1.0
@@ -125,6 +129,9 @@ class LlmReplica(ReplicaBase):
 
     # -- scheduling -----------------------------------------------------------------------------------------
     def _schedule(self) -> None:
+        if self._chunked:
+            self._schedule_chunked()
+            return
         batch, tokens, sum_sq, host_tokens = self._admit()
         if batch:
             self._state = _PREFILL
@@ -183,20 +190,125 @@ class LlmReplica(ReplicaBase):
         now = self.env.now
         self._before_change()
         batch, self._prefill_batch = self._prefill_batch, []
-        cache = self.prefix_cache
         for req in batch:
-            if cache is not None and req.blocks is not None:
-                cache.insert(req.blocks)
-            req.generated += 1
-            req.ctx += 1
-            if req.first_token_s != req.first_token_s:  # NaN: first time through
-                req.first_token_s = now
-            if req.generated >= req.output_tokens:
-                self._release(req)
-                self.on_finish(req, now, STATUS_OK, "")
-            else:
-                self._join(req)
+            self._first_token(req, now)
         self._schedule()
+
+    def _first_token(self, req: SimRequest, now: float) -> None:
+        """The prompt is computed: cache its blocks, emit a token, then finish or join the running batch."""
+        cache = self.prefix_cache
+        if cache is not None and req.blocks is not None:
+            cache.insert(req.blocks)
+        req.generated += 1
+        req.ctx += 1
+        if req.first_token_s != req.first_token_s:  # NaN: first time through (not after a preemption)
+            req.first_token_s = now
+        if req.generated >= req.output_tokens:
+            self._release(req)
+            self.on_finish(req, now, STATUS_OK, "")
+        else:
+            self._join(req)
+
+    # -- chunked prefill (vLLM V1) -------------------------------------------------------------------------
+    def _schedule_chunked(self) -> None:
+        """One engine step: decode every running request and spend the rest of the token budget on prompt
+        chunks (in-progress prompts first, then new ones FCFS); a pure decode span when no prompt is pending."""
+        if self.running_reqs and not self._ensure_decode_room():
+            return
+        chunks, tokens, attention, host_tokens = self._plan_chunks()
+        if not chunks:
+            if self.running_reqs:
+                self._start_span()
+            else:
+                self._state = _IDLE
+                self._mark_idle()
+            return
+        batch = len(self.running_reqs)
+        duration = self.latency.prefill_s(tokens, attention) + host_tokens * self._offload_s_per_token
+        if batch:
+            duration += self.latency.decode_step_s(batch, self._offset_sum + batch * self.steps)
+        self._state = _PREFILL
+        self._step_chunks = chunks
+        self._step_decodes = batch > 0
+        self._mark_busy()
+        ev = self.env.timeout(duration)
+        ev.callbacks.append(self._on_chunked_step_end)
+
+    def _plan_chunks(self) -> tuple[list[tuple[SimRequest, int]], int, int, int]:
+        """(request, prompt tokens this step) pairs, their total, the attention term sum(chunk x context) and
+        the host-tier tokens to copy back, within the token budget, the sequence limit and the KV cache."""
+        budget = self.engine.max_num_batched_tokens - len(self.running_reqs)
+        chunks: list[tuple[SimRequest, int]] = []
+        tokens = attention = host_tokens = 0
+        for req in self._prefilling:
+            if budget <= 0:
+                break
+            chunk = min(req.prefill_left, budget)
+            done = req.ctx - req.prefill_left
+            chunks.append((req, chunk))
+            tokens += chunk
+            attention += chunk * (done + chunk)
+            budget -= chunk
+        free_seqs = self.engine.max_num_seqs - len(self.running_reqs) - len(self._prefilling)
+        while self.waiting_q and budget > 0 and free_seqs > 0:
+            req = self.waiting_q[0]
+            ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
+            blocks = _ceil_div(ctx + 1, self.bs)
+            busy = self.running_reqs or self._prefilling
+            if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and busy:
+                break
+            cached, from_host = self._prefix_hit(req, ctx)
+            self.waiting_q.popleft()
+            self.used_blocks += blocks
+            req.ctx = ctx
+            req.prefill_left = ctx - cached
+            if req.generated == 0:
+                req.cached_tokens = cached
+                req.start_s = self.env.now
+            self._prefilling.append(req)
+            chunk = min(req.prefill_left, budget)
+            chunks.append((req, chunk))
+            tokens += chunk
+            attention += chunk * (cached + chunk)
+            host_tokens += from_host
+            budget -= chunk
+            free_seqs -= 1
+        if chunks:
+            self._before_change()
+        return chunks, tokens, attention, host_tokens
+
+    def _on_chunked_step_end(self, _event: simpy.Event) -> None:
+        now = self.env.now
+        self._before_change()
+        if self._step_decodes:
+            self._advance_decodes(1, now)
+        finished_prompts = False
+        for req, chunk in self._step_chunks:
+            req.prefill_left -= chunk
+            if req.prefill_left == 0:
+                finished_prompts = True
+                self._first_token(req, now)
+        if finished_prompts:
+            self._prefilling = [r for r in self._prefilling if r.prefill_left > 0]
+        self._step_chunks = []
+        self._schedule()
+
+    def _ensure_decode_room(self) -> bool:
+        """Preempt (recompute) until the running batch can take one more decode step; False if the step
+        cannot happen (the scheduler was re-entered after a failure)."""
+        while self._kv_step_limit(1) == 0:
+            self._before_change()
+            if len(self.running_reqs) == 1 and not self._prefilling:
+                req = self.running_reqs[next(iter(self.running_reqs))]
+                self._leave(req)
+                self._release(req)
+                self.on_finish(req, self.env.now, STATUS_FAILED, "context outgrew the replica's KV cache")
+                self._schedule()
+                return False
+            self._preempt_last()
+            if not self.running_reqs:
+                return True
+        return True
 
     # -- the running batch ----------------------------------------------------------------------------------
     def _join(self, req: SimRequest) -> None:
@@ -290,9 +402,12 @@ class LlmReplica(ReplicaBase):
     def _on_span_end(self, event: simpy.Event) -> None:
         if event.value != self._token:
             return  # a shortened span's original end
-        now = self.env.now
         self._before_change()
-        k = self._span[3]
+        self._advance_decodes(self._span[3], self.env.now)
+        self._schedule()
+
+    def _advance_decodes(self, k: int, now: float) -> None:
+        """The running batch did k decode steps: grow its KV blocks and finish whoever produced its last token."""
         self.used_blocks += self._new_blocks(k)
         self.steps += k
         heap = self._finish_heap
@@ -303,4 +418,3 @@ class LlmReplica(ReplicaBase):
             self._leave(req)
             self._release(req)
             self.on_finish(req, now, STATUS_OK, "")
-        self._schedule()

@@ -32,6 +32,7 @@ class SimRequest:
         "join_step",
         "model",
         "output_tokens",
+        "prefill_left",
         "priority",
         "prompt_tokens",
         "replica",
@@ -77,6 +78,7 @@ class SimRequest:
         self.retries = 0
         self.finish_step = 0
         self.join_step = 0
+        self.prefill_left = 0  # prompt tokens still to compute (chunked prefill)
         self.running_epoch = 0
         self.service_s = 0.0
         self.route: RouteRequest | None = None
