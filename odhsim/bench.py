@@ -52,6 +52,7 @@ def _run_trace_case(name: str, replicas: int, time_scale: float) -> dict[str, An
         "name": name,
         "requests": s["requests"],
         "completed": s["completed"],
+        "failed": s["failed"],  # llama2-70b's context is 4,096 tokens: longer prompts are refused with a reason
         "wall_s": wall,
         "sim_requests_per_wall_s": s["requests"] / wall,
         "peak_rss_mb": _peak_rss_mb(),
