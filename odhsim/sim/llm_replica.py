@@ -368,28 +368,15 @@ class LlmReplica(ReplicaBase):
         self.preemptions += 1
 
     def _start_span(self) -> None:
+        if not self._ensure_decode_room():
+            return
+        if not self.running_reqs:  # all were preempted: their prompts wait to be recomputed
+            self._schedule()
+            return
         heap = self._finish_heap
-        while heap and (heap[0][3].running_epoch != heap[0][2] or heap[0][1] not in self.running_reqs):
+        while heap[0][3].running_epoch != heap[0][2] or heap[0][1] not in self.running_reqs:
             heapq.heappop(heap)
-        k = heap[0][0] - self.steps
-        limit = self._kv_step_limit(k)
-        while limit == 0:
-            self._before_change()
-            if len(self.running_reqs) == 1:  # one request alone outgrew the whole KV cache
-                req = self.running_reqs[next(iter(self.running_reqs))]
-                self._leave(req)
-                self._release(req)
-                self.on_finish(req, self.env.now, STATUS_FAILED, "context outgrew the replica's KV cache")
-                self._schedule()
-                return
-            self._preempt_last()
-            if not self.running_reqs:
-                self._schedule()
-                return
-            while heap and (heap[0][3].running_epoch != heap[0][2] or heap[0][1] not in self.running_reqs):
-                heapq.heappop(heap)
-            k = heap[0][0] - self.steps
-            limit = self._kv_step_limit(k)
+        limit = self._kv_step_limit(heap[0][0] - self.steps)  # >= 1 once one step fits
         batch = len(self.running_reqs)
         context = self._offset_sum + batch * self.steps
         self._state = _DECODE
