@@ -284,3 +284,21 @@ def test_config_validation_names_the_field(source: dict[str, Any], field: str) -
     with pytest.raises(ValidationError) as err:
         WorkloadConfig.model_validate({"sources": [source]})
     assert any(field in err_["loc"] for err_ in err.value.errors())
+
+
+def test_jitter_spreads_quantized_arrivals_and_keeps_order() -> None:
+    from odhsim.workload import transforms as tf
+    from odhsim.workload.schema import RequestBatch, concat
+
+    raw = np.repeat(np.arange(0.0, 300.0, 3.0), 9)  # 9 requests on each 3-second instant
+    batch = RequestBatch.from_columns(raw, np.arange(len(raw)) + 1, np.ones(len(raw)))
+    chunks = [batch.take(np.arange(i, min(i + 50, len(raw)))) for i in range(0, len(raw), 50)]
+    out = concat(list(tf.jitter(iter(chunks), 3.0, np.random.default_rng(1))))
+    assert len(out) == len(raw)
+    assert np.all(np.diff(out.arrival_s) >= 0)
+    assert sorted(out.prompt_tokens.tolist()) == list(range(1, len(raw) + 1))  # nothing lost or duplicated
+    moved = out.arrival_s - raw[out.prompt_tokens - 1]
+    assert moved.min() >= 0 and moved.max() < 3.0
+    assert len(np.unique(out.arrival_s)) == len(raw)
+    one_chunk = concat(list(tf.jitter(iter([batch]), 3.0, np.random.default_rng(1))))
+    np.testing.assert_array_equal(one_chunk.arrival_s, out.arrival_s)  # chunking does not change the draws

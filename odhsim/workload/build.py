@@ -205,6 +205,8 @@ def _trace_plan(
             it = tf.window(it, src.window[0], src.window[1], rebase=src.rebase)
         if src.sample < 1:
             it = tf.sample(it, src.sample, streams.get(f"{prefix}.sample"))
+        if src.jitter_s > 0:
+            it = tf.jitter(it, src.jitter_s, streams.get(f"{prefix}.jitter"))
         if src.time_scale != 1 or src.rate_scale != 1:
             it = tf.time_scale(it, src.time_scale / src.rate_scale)
         return tf.shift(tf.limit(it, src.limit), src.start_s)

@@ -140,7 +140,7 @@ class SpikeSource(_Source):
 
 
 class TraceSource(_Source):
-    """A trace file replayed; transforms apply in order window -> sample -> time/rate scale -> limit -> start_s."""
+    """A trace file replayed; transforms in order: window, sample, jitter, time/rate scale, limit, start_s."""
 
     kind: Literal["trace"]
     path: str
@@ -150,6 +150,8 @@ class TraceSource(_Source):
     window: tuple[NonNegative, PositiveFloat] | None = None
     rebase: bool = True
     sample: Annotated[float, Field(gt=0, le=1)] = 1.0
+    jitter_s: NonNegative = 0.0
+    """Spread each arrival uniformly over [t, t + jitter_s) (in trace time): undoes timestamp quantization."""
     time_scale: PositiveFloat = 1.0
     rate_scale: PositiveFloat = 1.0
     limit: PositiveInt | None = None
