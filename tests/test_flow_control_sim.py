@@ -99,3 +99,28 @@ def test_fallback_model_serves_a_model_without_replicas() -> None:
     assert (big["status"] == "ok").all() and big["fallback"].all()
     assert big["replica"].astype(str).str.startswith("small-").all()
     assert not r.loc[r["model"] == "small", "fallback"].any()
+
+
+def test_open_breaker_sends_requests_to_the_fallback_model() -> None:
+    sc = llm_scenario(duration_s=120)
+    sc["models"] = [
+        # the primary refuses most prompts (max_model_len 1024): consecutive failures open its breaker
+        {"name": "big", "profile": "llama3-8b", "gpu": "A100-80GB", "replicas": 1, "fallback": "small",
+         "engine": {"max_model_len": 1024}},
+        {"name": "small", "profile": "llama3.2-1b", "gpu": "A100-80GB", "replicas": 1},
+    ]  # fmt: skip
+    sc["workload"]["models"] = {"big": 1}
+    sc["workload"]["sources"][0]["prompt_tokens"] = {"dist": "lognormal", "median": 2000, "sigma": 0.3, "max": 8000}
+    sc["gateway"]["resilience"] = {"breaker": {"type": "consecutive-failures", "params": {"cooldown_s": 30}}}
+    res = simulate(scenario_from_dict(sc))
+    r, events = res.requests, res.events
+    transitions = events.loc[events["kind"] == "breaker", "detail"].tolist()
+    assert transitions[:3] == ["closed -> open", "open -> half_open", "half_open -> open"]
+    opened = events.loc[events["kind"] == "breaker", "time_s"].iloc[0]
+    after = r[(r["arrival_s"] > opened) & (r["arrival_s"] < opened + 30)]
+    assert len(after) > 50 and after["fallback"].all()
+    assert after["replica"].astype(str).str.startswith("small-").all()
+    before = r[r["arrival_s"] <= opened]  # the fifth refusal opens the breaker at its own arrival
+    assert (before["status"] == "failed").sum() >= 5 and not before["fallback"].any()
+    s = res.summary
+    assert s["requests"] == s["completed"] + s["failed"]

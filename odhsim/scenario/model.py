@@ -12,6 +12,7 @@ from odhsim.workload.config import WorkloadConfig
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.caching.config import ResponseCacheConfig
 from policies.flowcontrol.config import FlowControlConfig
+from policies.resilience.config import ResilienceConfig
 from policies.routing.config import RouterConfig
 
 
@@ -22,6 +23,7 @@ class GatewayConfig(Frozen):
     the gateway, as in front of a pool of servers; null sends requests on at once (queues form in the servers).
     flow_control: llm-d's flow control (priority bands, fair sharing, EDF, TTL, saturation gate, admission);
     null: plain FCFS. response_cache: exact-repeat response cache (local + shared tier); null: off.
+    resilience: a circuit breaker per model (an open breaker sends requests to the fallback model); null: off.
     """
 
     scrape_interval_s: Annotated[float, Field(gt=0.0)] = 0.05
@@ -29,6 +31,7 @@ class GatewayConfig(Frozen):
     flow_control: FlowControlConfig | None = None
     router: RouterConfig = RouterConfig(profile="llm-d-default")
     response_cache: ResponseCacheConfig | None = None
+    resilience: ResilienceConfig | None = None
 
 
 class Slo(Frozen):

@@ -18,6 +18,7 @@ from odhsim.sim.replica_base import ReplicaBase
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.caching.config import build_response_cache
 from policies.flowcontrol.config import build_flow_control
+from policies.resilience.config import build_breaker
 from policies.routing.config import build_router
 
 
@@ -73,9 +74,12 @@ def build_cluster(
         flow = None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))
         targets = tuple(scenario.slo_for(c).ttft_s for c in PRIORITY_CLASSES)
         routes.append(ModelRoute(m.name, m.version, mine, router, gw.max_in_flight_per_replica, flow, targets))
+    resilience = scenario.gateway.resilience
     for m, route in zip(scenario.models, routes, strict=True):
         if m.fallback is not None:
             route.fallback = routes[scenario.model_index(m.fallback)]
+        if resilience is not None:
+            route.breaker = build_breaker(resilience, streams.get(f"breaker.{m.name}"))
     cache = None
     if scenario.gateway.response_cache is not None:
         cache = build_response_cache(scenario.gateway.response_cache, streams.get("response_cache"))

@@ -24,6 +24,7 @@ from policies.caching.key import response_key
 from policies.caching.response_cache import TieredResponseCache
 from policies.flowcontrol.config import FlowControl
 from policies.flowcontrol.priority import class_to_priority
+from policies.resilience.breaker import CircuitBreaker
 from policies.routing.framework import Router
 from policies.routing.types import RouteRequest
 
@@ -52,6 +53,7 @@ class ModelRoute:
         self.flow = flow
         self.ttft_targets = ttft_targets  # per priority class index, for EDF deadlines
         self.fallback: ModelRoute | None = None
+        self.breaker: CircuitBreaker | None = None
         self.queue: deque[SimRequest] = deque()  # FIFO used without flow control
         self.held: dict[int, SimRequest] = {}  # requests in the flow-control queue, by row
         self.pumping = False
@@ -122,9 +124,13 @@ class Gateway:
 
     def _enter(self, req: SimRequest) -> None:
         route = self.routes[req.model]
-        if not route.replicas and route.fallback is not None:
+        breaker_open = route.breaker is not None and not route.breaker.allow(self.env.now)
+        if (breaker_open or not route.replicas) and route.fallback is not None:
             req.fallback = True
             route = route.fallback
+        elif breaker_open:
+            self.finish(req, self.env.now, STATUS_FAILED, "circuit breaker open and no fallback")
+            return
         if not route.replicas:
             self.finish(req, self.env.now, STATUS_FAILED, "model has no replicas and no fallback")
             return
@@ -269,6 +275,8 @@ class Gateway:
             route.router.on_complete(now, req.route, replica.name, now - req.arrival_s, status == STATUS_OK)
         if route.flow is not None:
             route.flow.saturation.on_complete(now, req.row, replica.name)
+        if route.breaker is not None:
+            route.breaker.record(now, status == STATUS_OK)
         if status == STATUS_OK and self.cache is not None and req.blocks is not None:
             self.cache.store(now, self._cache_key(req), None, 4 * req.output_tokens)
         if route.queued():

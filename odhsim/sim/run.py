@@ -83,6 +83,15 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         + [{"time_s": end_s, "kind": "hard_stop" if hard_stopped else "end", "model": "", "replica": "", "detail": ""}],
         columns=["time_s", "kind", "model", "replica", "detail"],
     )
+    breaker_events = [
+        {"time_s": t, "kind": "breaker", "model": route.name, "replica": "", "detail": f"{old} -> {new}"}
+        for route in gateway.routes
+        if route.breaker is not None
+        for t, old, new in route.breaker.transitions
+    ]
+    if breaker_events:
+        events = pd.concat([events, pd.DataFrame(breaker_events)], ignore_index=True)
+        events = events.sort_values("time_s", kind="stable", ignore_index=True)
     timeseries = pd.DataFrame(sampler.rows)
     preemptions = sum(getattr(r, "preemptions", 0) for r in gateway.replicas)
     summary = summarize(
