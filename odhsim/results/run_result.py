@@ -14,6 +14,9 @@ TABLES = ("requests", "replicas", "timeseries", "events")
 
 
 def _json_safe(value: Any) -> Any:
+    """Plain JSON: NaN and infinities become null, numpy scalars Python numbers, nested mappings recurse."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if hasattr(value, "item"):
@@ -53,7 +56,7 @@ class RunResult:
         for name in TABLES:
             getattr(self, name).to_parquet(out / f"{name}.parquet", index=False)
         (out / "summary.json").write_text(
-            json.dumps({k: _json_safe(v) for k, v in self.summary.items()}, indent=2) + "\n", encoding="utf-8"
+            json.dumps(_json_safe(self.summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
         return out
 

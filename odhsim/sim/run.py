@@ -100,7 +100,13 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         scenario,
         end_s=end_s,
         wall_s=wall_s,
-        extra={"preemptions": preemptions, "hard_stopped": hard_stopped, "seed": seed, "run_id": run_id},
+        extra={
+            "preemptions": preemptions,
+            "hard_stopped": hard_stopped,
+            "seed": seed,
+            "run_id": run_id,
+            **({"response_cache": gateway.cache.stats()} if gateway.cache is not None else {}),
+        },
     )
     return RunResult.tag(
         scenario_name=scenario.name,
