@@ -1,7 +1,9 @@
 """Writes policy_ab.ipynb (kept as code so the notebook's source stays reviewable); run from the repo root.
 
 The notebook compares round robin, least-request and llm-d's default profile on scenarios/mooncake_prefix.yaml
-with common random numbers over 3 seeds, and explains the outcome from the numbers it measured.
+(de-quantized arrivals) with common random numbers over 3 seeds, then replays the trace's raw 3-second-quantized
+timestamps (round robin vs llm-d) to show the stale-metrics burst failure mode, and explains both outcomes from the
+numbers it measured.
 """
 
 from pathlib import Path
@@ -49,11 +51,14 @@ cells = [
         H100s, sized for about 70% load. Each replica has a **host-memory prefix tier** (256 GB; vLLM KV offloading
         / LMCache, llm-d's "tiered prefix cache"): prefix blocks evicted from GPU memory (LRU) move to host memory,
         and a later hit on them is copied back over PCIe (25 GB/s) before the prefill step instead of being
-        recomputed.
+        recomputed. The trace's timestamps are **quantized to about 3 s** (many requests share each timestamp);
+        the scenario undoes this with `jitter_s: 3`, moving each arrival to a uniform time within its 3-second
+        quantum. The last part of the notebook replays the raw timestamps instead and shows what that does.
 
         **Method.** `odhsim.analysis.run_comparison` runs every variant on the same 3 seeds (common random
-        numbers): every variant sees identical arrivals and token lengths. The table reports each variant's mean
-        over seeds and the paired difference against round robin with its 95% t confidence interval.
+        numbers): for a given seed every variant sees identical arrivals and token lengths. The table reports each
+        variant's mean over seeds and the paired difference against round robin with its 95% t confidence
+        interval.
         """
     ),
     code(
@@ -67,8 +72,10 @@ cells = [
         import yaml
         from IPython.display import Markdown, display
 
+        NOTEBOOK_T0 = time.perf_counter()
         SCENARIO = Path('..') / 'scenarios' / 'mooncake_prefix.yaml'
         source = yaml.safe_load(SCENARIO.read_text())['workload']['sources'][0]
+        JITTER_S = float(source.get('jitter_s', 0.0))
         TRACE = (SCENARIO.parent / source['path']).resolve()  # the path is relative to the scenario file
         if not TRACE.exists():
             raise FileNotFoundError(
@@ -77,14 +84,16 @@ cells = [
                 '`odhsim traces fetch mooncake-conversation` and point workload.sources[0].path of the scenario '
                 'at conversation_trace.jsonl.'
             )
-        TRACE
+        print(f'trace: {TRACE}; arrivals spread over jitter_s = {JITTER_S:g} s')
         """
     ),
     md(
         """
         ## Run the comparison
 
-        Nine runs (3 variants x 3 seeds); each replays about 5,700 requests in well under a second of wall time.
+        Nine runs (3 variants x 3 seeds) on the scenario as shipped (de-quantized arrivals); each replays about
+        5,700 requests in under a second of wall time. The helpers defined here are reused for the raw-timestamp
+        replay at the end.
         """
     ),
     code(
@@ -93,26 +102,46 @@ cells = [
         from odhsim.analysis.report import fmt_diff, fmt_number
 
         VARIANTS = ['rr=round-robin', 'lr=least-request', 'llmd=llm-d-default']
+
+
+        def tidy(comp):
+            # one frame of every completed request of every run, with the latency parts used below
+            frames = []
+            for (variant, _seed), result in comp.results.items():
+                r = result.requests.copy()
+                r['variant'] = variant
+                frames.append(r)
+            r = pd.concat(frames, ignore_index=True)
+            r['variant'] = pd.Categorical(r['variant'], categories=comp.variants)
+            r = r[r['status'] == 'ok'].copy()
+            r['ttft_s'] = r['first_token_s'] - r['arrival_s']
+            r['wait_s'] = r['start_s'] - r['arrival_s']  # waiting before the replica admits it to a prefill step
+            r['prefill_s'] = r['first_token_s'] - r['start_s']  # admission to first token
+            r['uncached_tokens'] = r['prompt_tokens'] - r['cached_tokens']
+            r['cached_share'] = r['cached_tokens'] / r['prompt_tokens']
+            return r
+
+
+        def time_parts(r):
+            # mean TTFT = mean wait + mean admission-to-first-token (medians do not add up)
+            return r.groupby('variant', observed=True).agg(
+                ttft_mean_s=('ttft_s', 'mean'),
+                wait_mean_s=('wait_s', 'mean'),
+                prefill_mean_s=('prefill_s', 'mean'),
+                ttft_p50_s=('ttft_s', 'median'),
+                wait_p50_s=('wait_s', 'median'),
+                prefill_p50_s=('prefill_s', 'median'),
+                uncached_tokens_p50=('uncached_tokens', 'median'),
+                uncached_tokens_mean=('uncached_tokens', 'mean'),
+            )
+
+
         t0 = time.perf_counter()
         comparison = run_comparison(SCENARIO, parse_variants(VARIANTS), seeds=3, keep_results=True)
         names, base, seeds = comparison.variants, comparison.baseline, comparison.seeds
         print(f'{len(comparison.results)} runs ({len(names)} variants x seeds {seeds}) '
               f'in {time.perf_counter() - t0:.1f} s of wall time')
-
-        # one tidy frame of every request of every run, with the latency parts used below
-        frames = []
-        for (variant, _seed), result in comparison.results.items():
-            r = result.requests.copy()
-            r['variant'] = variant
-            frames.append(r)
-        req = pd.concat(frames, ignore_index=True)
-        req['variant'] = pd.Categorical(req['variant'], categories=names)
-        req = req[req['status'] == 'ok'].copy()
-        req['ttft_s'] = req['first_token_s'] - req['arrival_s']
-        req['wait_s'] = req['start_s'] - req['arrival_s']  # waiting before the replica admits it to a prefill step
-        req['prefill_s'] = req['first_token_s'] - req['start_s']  # admission to first token
-        req['uncached_tokens'] = req['prompt_tokens'] - req['cached_tokens']
-        req['cached_share'] = req['cached_tokens'] / req['prompt_tokens']
+        req = tidy(comparison)
         statuses = pd.concat([res.requests['status'] for res in comparison.results.values()]).value_counts()
         statuses[statuses > 0].to_dict()
         """
@@ -139,23 +168,29 @@ cells = [
             'cost_usd': 'cost (USD)',
             'prefix_cache_hit_rate': 'prefix-cache hit rate',
         }
-        stats = comparison.table.set_index(['metric', 'variant'])
 
 
-        def stat(metric, variant):
-            return stats.loc[(metric, variant)]
+        def stat(metric, variant, comp=comparison):
+            t = comp.table
+            return t[(t['metric'] == metric) & (t['variant'] == variant)].iloc[0]
 
 
-        rows = {}
-        for metric, label in SHOWN.items():
-            row = {}
-            for v in names:
-                s = stat(metric, v)
-                row[v] = fmt_number(s['value'])
-                if v != base:
-                    row[f'Δ {v} vs {base} [95% CI]'] = fmt_diff(s['diff'], s['ci_low'], s['ci_high'], s['significant'])
-            rows[label] = row
-        pd.DataFrame.from_dict(rows, orient='index')
+        def diff_table(comp):
+            rows = {}
+            for metric, label in SHOWN.items():
+                row = {}
+                for v in comp.variants:
+                    s = stat(metric, v, comp)
+                    row[v] = fmt_number(s['value'])
+                    if v != comp.baseline:
+                        row[f'Δ {v} vs {comp.baseline} [95% CI]'] = fmt_diff(
+                            s['diff'], s['ci_low'], s['ci_high'], s['significant']
+                        )
+                rows[label] = row
+            return pd.DataFrame.from_dict(rows, orient='index')
+
+
+        diff_table(comparison)
         """
     ),
     md(
@@ -166,8 +201,8 @@ cells = [
         Right: per request, the share of its prompt that was cached. The dashed line is the trace's own ceiling:
         the token share that would hit if every earlier prompt's blocks stayed cached forever in one shared cache
         (no eviction, no routing, a request can reuse blocks the moment an earlier request arrived). The cell
-        also prints each replica's prefix-cache capacity and how far apart (in blocks passing through a replica)
-        the reuses of a conversation's history are.
+        also prints how the trace's timestamps are quantized, each replica's prefix-cache capacity and how far
+        apart (in blocks passing through a replica) the reuses of a conversation's history are.
         """
     ),
     code(
@@ -209,11 +244,14 @@ cells = [
         instants = pd.Series(arrivals_ms).value_counts()
         shared_instant = instants[instants > 1].sum() / n_trace
         instant_gap_s = float(np.median(np.diff(np.sort(instants.index.to_numpy())))) / 1000
+        replay_instants = comparison.results[(base, seeds[0])].requests['arrival_s'].nunique()
         print(f'{n_trace} requests in {window_ms / 1000:.0f} s; reuse ceiling {ceiling:.1%} of prompt tokens; '
               f'{top_first_share:.1%} of prompts start with the same block')
-        print(f'arrivals fall on {len(instants)} distinct instants (median {instants.median():.0f} requests per '
-              f'instant, instants a median {instant_gap_s:g} s apart); {shared_instant:.1%} of requests share their '
-              'arrival instant with another')
+        print(f'raw trace: arrivals fall on {len(instants)} distinct instants (median {instants.median():.0f} '
+              f'requests per instant, instants a median {instant_gap_s:g} s apart); {shared_instant:.1%} of requests '
+              f'share their arrival instant with another')
+        print(f'replayed with jitter_s = {JITTER_S:g}: {replay_instants} distinct arrival instants for {n_trace} '
+              'requests')
 
         # prefix-cache capacity per replica, in Mooncake blocks, and how far apart reuses of a history are
         m = load_scenario(SCENARIO).models[0]
@@ -262,15 +300,21 @@ cells = [
         ## (b) TTFT distributions
 
         Empirical CDFs of time to first token, all seeds pooled, on a log axis so both the typical wait and the
-        tail are visible. Dots mark each variant's median.
+        tail are visible. Dots mark each variant's median. The table below splits the mean TTFT into the wait
+        before the replica admits the request to a prefill step and the time from admission to first token.
         """
     ),
     code(
         """
+        def ecdf(ax, values, **kw):
+            x = np.sort(np.asarray(values))
+            ax.plot(x, np.arange(1, len(x) + 1) / len(x), **kw)
+            return x
+
+
         fig, ax = plt.subplots(figsize=(7, 4))
         for v in names:
-            ttft = np.sort(req.loc[req['variant'] == v, 'ttft_s'].to_numpy())
-            ax.plot(ttft, np.arange(1, len(ttft) + 1) / len(ttft), color=colors[v], label=v)
+            ttft = ecdf(ax, req.loc[req['variant'] == v, 'ttft_s'], color=colors[v], label=v)
             ax.plot(np.median(ttft), 0.5, 'o', color=colors[v])
         ax.set_xscale('log')
         ax.set_xlabel('TTFT (s)')
@@ -279,17 +323,8 @@ cells = [
         ax.legend()
         fig.tight_layout()
 
-        parts = req.groupby('variant', observed=True).agg(
-            ttft_mean_s=('ttft_s', 'mean'),
-            wait_mean_s=('wait_s', 'mean'),
-            prefill_mean_s=('prefill_s', 'mean'),
-            ttft_p50_s=('ttft_s', 'median'),
-            wait_p50_s=('wait_s', 'median'),
-            prefill_p50_s=('prefill_s', 'median'),
-            uncached_tokens_p50=('uncached_tokens', 'median'),
-            uncached_tokens_mean=('uncached_tokens', 'mean'),
-        )
-        parts  # mean TTFT = mean wait + mean admission-to-first-token (medians do not add up)
+        parts = time_parts(req)
+        parts
         """
     ),
     md(
@@ -298,21 +333,23 @@ cells = [
 
         Left: requests each replica served (mean over seeds). Right: requests in flight on each replica over a
         10-minute stretch of seed 1 (dispatch = arrival here: the gateway has no queue of its own in this
-        scenario). Round robin spreads every burst evenly by construction; a prefix-aware router may not.
+        scenario). Round robin spreads request counts evenly by construction (not the work: prompts and outputs
+        differ in length); a prefix-aware router may not even spread the counts.
 
-        In the table: `same_instant_share_on_one_replica` is, among requests that arrive at the same instant, the
-        share sent to the replica that got most of them (round robin's is the floor for bursts of this size);
-        `busiest_over_mean_in_flight` is the busiest replica's in-flight count over the average replica's,
-        averaged over the stretch shown.
+        In the table, `busiest_over_mean_in_flight` is the busiest replica's in-flight count over the average
+        replica's, averaged over the stretch shown. (With de-quantized arrivals no two requests arrive at the same
+        instant; same-instant bursts, and how they are routed, are the subject of the raw-timestamp replay below.)
         """
     ),
     code(
         """
-        per_replica = (
-            req.groupby(['variant', 'replica'], observed=True).size().div(len(seeds)).unstack('variant')[names]
-        )
-        per_replica.index = [str(x).rsplit('-', 1)[-1] for x in per_replica.index]
+        def per_replica_counts(r, variants, n_seeds):
+            out = r.groupby(['variant', 'replica'], observed=True).size().div(n_seeds).unstack('variant')[variants]
+            out.index = [str(x).rsplit('-', 1)[-1] for x in out.index]
+            return out
 
+
+        per_replica = per_replica_counts(req, names, len(seeds))
         grid = np.arange(600.0, 1200.0, 1.0)
 
 
@@ -324,6 +361,12 @@ cells = [
                 started, finished = np.searchsorted(a, grid, 'right'), np.searchsorted(f, grid, 'right')
                 out[str(rep).rsplit('-', 1)[-1]] = started - finished
             return pd.DataFrame(out, index=grid)
+
+
+        def imbalance(f):
+            # busiest replica's in-flight count over the average replica's, averaged over the grid
+            mean = f.mean(axis=1)
+            return float((f.max(axis=1)[mean > 0] / mean[mean > 0]).mean())
 
 
         flights = {v: in_flight(req[(req['variant'] == v) & (req['seed'] == seeds[0])]) for v in names}
@@ -349,28 +392,9 @@ cells = [
         fig.colorbar(im, ax=fig.axes[1:], label='requests in flight')
         fig.suptitle('per-replica load')
 
-        # burst concentration: requests that arrive at the same instant, and how many of them go to one replica
-        def burst_max_share(r):
-            groups = r.groupby('arrival_s')['replica']
-            sizes = groups.size()
-            top = groups.agg(lambda s: s.value_counts().iloc[0])
-            big = sizes >= 2
-            return float(top[big].sum() / sizes[big].sum())
-
-
-        def imbalance(f):
-            # busiest replica's in-flight count over the average replica's, averaged over the grid
-            mean = f.mean(axis=1)
-            return float((f.max(axis=1)[mean > 0] / mean[mean > 0]).mean())
-
-
         load = pd.DataFrame({
             'requests_per_replica_min': per_replica.min(),
             'requests_per_replica_max': per_replica.max(),
-            'same_instant_share_on_one_replica': [
-                np.mean([burst_max_share(req[(req['variant'] == v) & (req['seed'] == s)]) for s in seeds])
-                for v in names
-            ],
             'busiest_over_mean_in_flight': [imbalance(flights[v]) for v in names],
         }, index=names)
         load
@@ -398,20 +422,57 @@ cells = [
         }
 
 
-        def versus(metric, v):
+        def versus(metric, v, comp=comparison):
             scale, vu, du, digits = FORMATS.get(metric, (1, ' s', ' s', 3))
-            s, b = stat(metric, v), stat(metric, base)
+            b0 = comp.baseline
+            s, b = stat(metric, v, comp), stat(metric, b0, comp)
             if s['diff'] == 0 and s['ci_low'] == s['ci_high'] == 0:
-                return f'the same as under {base} ({b["value"] * scale:.{digits}f}{vu}) on every seed'
+                return f'the same as under {b0} ({b["value"] * scale:.{digits}f}{vu}) on every seed'
             word = 'higher' if s['diff'] > 0 else 'lower'
             rel = f', {s["diff"] / b["value"]:+.0%} relative' if b['value'] else ''
             sig = 'significant' if s['significant'] else 'not significant'
             return (
-                f'{s["value"] * scale:.{digits}f}{vu} vs {b["value"] * scale:.{digits}f}{vu} under {base}: '
+                f'{s["value"] * scale:.{digits}f}{vu} vs {b["value"] * scale:.{digits}f}{vu} under {b0}: '
                 f'{word} by {abs(s["diff"]) * scale:.{digits}f}{du}{rel} '
                 f'(95% CI {s["ci_low"] * scale:+.{digits}f} to {s["ci_high"] * scale:+.{digits}f}{du}, '
                 f'p = {s["p_value"]:.2g}, {sig} at the 5% level)'
             )
+
+
+        def where_time_went(p, variants, b0):
+            # mean TTFT = mean wait before admission + mean admission-to-first-token, so the parts add up
+            why = []
+            for v in variants:
+                d_wait = p.loc[v, 'wait_mean_s'] - p.loc[b0, 'wait_mean_s']
+                d_pre = p.loc[v, 'prefill_mean_s'] - p.loc[b0, 'prefill_mean_s']
+                d_ttft = p.loc[v, 'ttft_mean_s'] - p.loc[b0, 'ttft_mean_s']
+                d_unc = p.loc[v, 'uncached_tokens_mean'] / p.loc[b0, 'uncached_tokens_mean'] - 1
+                tokens = (
+                    'about as many uncached prompt tokens as'
+                    if abs(d_unc) < 0.005
+                    else f'{abs(d_unc):.0%} {"fewer" if d_unc < 0 else "more"} uncached prompt tokens than'
+                )
+                if abs(abs(d_wait) - abs(d_pre)) <= 0.1 * max(abs(d_wait), abs(d_pre)):
+                    bigger = 'the two parts are about equal'
+                elif abs(d_wait) > abs(d_pre):
+                    bigger = 'the larger part is the wait before admission'
+                else:
+                    bigger = 'the larger part is admission to first token'
+                why.append(
+                    f'Under {v}, requests had to prefill {tokens} under {b0} on average; mean TTFT changed by '
+                    f'{d_ttft:+.3f} s, of which {d_wait:+.3f} s before the replica admitted the request and '
+                    f'{d_pre:+.3f} s from admission to first token: {bigger}.'
+                )
+            return ' '.join(why)
+
+
+        def ttft_sentence(v, comp=comparison):
+            t = stat('ttft_p50_s', v, comp)
+            if not t['significant']:
+                return f'its TTFT p50 is not distinguishable from that under {comp.baseline} at the 5% level'
+            if t['diff'] < 0:
+                return f'its TTFT p50 is significantly lower, by {-t["diff"]:.3f} s'
+            return f'its TTFT p50 is significantly higher, by {t["diff"]:.3f} s'
 
 
         others = [v for v in names if v != base]
@@ -419,18 +480,12 @@ cells = [
         best = max(hit, key=hit.get)
         lines = []
         if best != base:
-            h, t = stat('prefix_cache_hit_rate', best), stat('ttft_p50_s', best)
+            h = stat('prefix_cache_hit_rate', best)
             hit_word = 'a higher' if h['diff'] > 0 else 'a lower'
             hit_sig = 'significantly' if h['significant'] else 'but not significantly'
-            if not t['significant']:
-                ttft_text = f'its TTFT p50 is not distinguishable from that under {base} at the 5% level'
-            elif t['diff'] < 0:
-                ttft_text = f'its TTFT p50 is significantly lower, by {-t["diff"]:.3f} s'
-            else:
-                ttft_text = f'its TTFT p50 is significantly higher, by {t["diff"]:.3f} s'
             lines.append(
                 f'**Bottom line.** {best} reaches {hit_word} prefix-cache hit rate than {base} ({hit_sig}), '
-                f'and {ttft_text}.'
+                f'and {ttft_sentence(best)}.'
             )
         lines.append(
             f'**Prefix-cache hit rate.** {best} has the highest hit rate: '
@@ -443,43 +498,16 @@ cells = [
         )
         for metric, label in (('ttft_p50_s', 'TTFT p50'), ('ttft_p99_s', 'TTFT p99')):
             lines.append(f'**{label}.** ' + ' '.join(f'Under {v}: {versus(metric, v)}.' for v in others))
-
-        # why: mean TTFT = mean wait before admission + mean admission-to-first-token, so the parts add up
-        why = []
-        for v in others:
-            d_wait = parts.loc[v, 'wait_mean_s'] - parts.loc[base, 'wait_mean_s']
-            d_pre = parts.loc[v, 'prefill_mean_s'] - parts.loc[base, 'prefill_mean_s']
-            d_ttft = parts.loc[v, 'ttft_mean_s'] - parts.loc[base, 'ttft_mean_s']
-            d_unc = parts.loc[v, 'uncached_tokens_mean'] / parts.loc[base, 'uncached_tokens_mean'] - 1
-            tokens = (
-                'about as many uncached prompt tokens as'
-                if abs(d_unc) < 0.005
-                else f'{abs(d_unc):.0%} {"fewer" if d_unc < 0 else "more"} uncached prompt tokens than'
-            )
-            if abs(abs(d_wait) - abs(d_pre)) <= 0.1 * max(abs(d_wait), abs(d_pre)):
-                bigger = 'the two parts are about equal'
-            elif abs(d_wait) > abs(d_pre):
-                bigger = 'the larger part is the wait before admission'
-            else:
-                bigger = 'the larger part is admission to first token'
-            why.append(
-                f'Under {v}, requests had to prefill {tokens} under {base} on average; mean TTFT changed by '
-                f'{d_ttft:+.3f} s, of which {d_wait:+.3f} s before the replica admitted the request and {d_pre:+.3f} s '
-                f'from admission to first token: {bigger}.'
-            )
-        lines.append('**Where the time went** (3 seeds pooled). ' + ' '.join(why))
-
-        conc = ' '.join(
-            f'{v}: {pct(load.loc[v, "same_instant_share_on_one_replica"])} of a same-instant burst on its busiest '
-            f'replica, busiest replica at {load.loc[v, "busiest_over_mean_in_flight"]:.2f}x the average in-flight '
-            f'count;'
+        lines.append('**Where the time went** (3 seeds pooled). ' + where_time_went(parts, others, base))
+        conc = ', '.join(f'{v} {load.loc[v, "busiest_over_mean_in_flight"]:.2f}x' for v in names)
+        spread = ', '.join(
+            f'{v} {load.loc[v, "requests_per_replica_min"]:.0f} to {load.loc[v, "requests_per_replica_max"]:.0f}'
             for v in names
         )
         lines.append(
-            f'**Load concentration.** {pct(shared_instant)} of requests share their arrival instant with others '
-            f'(the timestamps of the trace come in ticks a median {instant_gap_s:g} s apart), so many routing '
-            f'decisions are made on the same scraped '
-            f'metrics. {conc.rstrip(";")}.'
+            f'**Load concentration.** In this replay the {n_trace} requests arrive at {replay_instants} distinct '
+            f'instants. The busiest replica carried, on average over the stretch shown in (c), this multiple of '
+            f'the average replica\\'s in-flight count: {conc}; requests served per replica and run: {spread}.'
         )
         outcome = ' '.join(
             f'Under {v}: E2E p99 {versus("e2e_p99_s", v)}; SLO attainment '
@@ -499,51 +527,218 @@ cells = [
             )
         )
         lines.append(
-            f'**How far this goes.** Every seed replays the same {n_trace} arrivals; the seeds change the priority '
-            'labels and the routers\\' random tie-breaks. The confidence intervals therefore say how robust a '
-            'difference is to those draws on this 30-minute slice of one trace, not how it would vary across '
-            'workloads or load levels.'
+            f'**How far this goes.** Every seed replays the same {n_trace} requests of the trace; the seeds draw '
+            f'where each arrival falls within its {JITTER_S:g}-second quantum, the priority labels and the '
+            'routers\\' random tie-breaks. The confidence intervals therefore say how robust a difference is to '
+            'those draws on this 30-minute slice of one trace, not how it would vary across workloads or load '
+            'levels.'
         )
         display(Markdown('\\n\\n'.join(lines)))
         """
     ),
     md(
         """
+        ## Replaying the raw timestamps: the stale-metrics burst failure mode
+
+        The Mooncake trace records arrival times at about 3-second resolution (section (a) printed how many
+        requests share each instant). Replayed as is (`workload.sources[0].jitter_s=0`), every instant becomes a
+        burst of simultaneous requests that the router must place before any replica has reported anything new.
+        This is the failure mode llm-d-router PR 2515 describes: scorers fed by scraped metrics see the same numbers
+        for every request routed between two scrapes, so the replica that looked least loaded at the last scrape
+        keeps looking least loaded however many requests it has just been sent. Here the 3-second quantization
+        makes it extreme: the whole burst is routed on one set of 50 ms-old metrics. The prefix-cache scorer adds
+        to it, because its index is updated at each dispatch: once one request of the burst is sent to a replica,
+        the others that share prefix blocks with it score higher there, and the stale load terms do not push back
+        until the next scrape. Round robin cannot concentrate a burst: it hands out replicas in turn.
+
+        **Why de-quantizing is the faithful replay.** A 3-second timestamp says only that the request arrived
+        somewhere in that interval; the real requests were not simultaneous. At the trace's average of about
+        3 requests per second, a real arrival stream puts on average well under one request into a 50 ms scrape
+        interval, not a whole quantum's worth at once. Spreading each arrival uniformly over its quantum
+        (`jitter_s: 3`, as the scenario ships) keeps every request, the number of requests in each 3-second quantum
+        (so the load at every timescale of 3 s and above) and the order of the quanta; it removes only the
+        sub-3-second synchrony that the rounding created. (Uniform spreading is an assumption: the true timing
+        within a quantum is unknown.)
+
+        The cell below reruns the comparison for round robin and llm-d only, on the raw timestamps (6 runs). With
+        simultaneous arrivals, `same_instant_share_on_one_replica` measures burst concentration: among requests that
+        arrive at the same instant, the share sent to the replica that got most of them (round robin's is the floor
+        for bursts of this size).
+        """
+    ),
+    code(
+        """
+        RAW = ['workload.sources[0].jitter_s=0']  # replay the trace's quantized timestamps as they are
+        t0 = time.perf_counter()
+        raw = run_comparison(SCENARIO, parse_variants([VARIANTS[0], VARIANTS[2]]), seeds=3, overrides=RAW,
+                             keep_results=True)
+        raw_names = raw.variants
+        print(f'{len(raw.results)} runs ({raw_names} x seeds {raw.seeds}) on raw timestamps '
+              f'in {time.perf_counter() - t0:.1f} s of wall time')
+        raw_req = tidy(raw)
+        raw_parts = time_parts(raw_req)
+
+
+        def burst_tops(r):
+            # per arrival instant shared by >= 2 requests: (requests sent to its most-used replica, requests)
+            groups = r.dropna(subset=['replica']).groupby('arrival_s')['replica']
+            sizes = groups.size()
+            top = groups.agg(lambda s: s.value_counts().iloc[0])
+            return top[sizes >= 2], sizes[sizes >= 2]
+
+
+        def burst_max_share(r):
+            top, sizes = burst_tops(r)
+            return float(top.sum() / sizes.sum())
+
+
+        raw_sizes = burst_tops(raw.results[(base, raw.seeds[0])].requests)[1]
+        burst = pd.DataFrame(
+            {v: [burst_max_share(raw.results[(v, s)].requests) for s in raw.seeds] for v in raw_names},
+            index=pd.Index(raw.seeds, name='seed'),
+        )
+        print(f'{len(raw_sizes)} same-instant bursts (median {raw_sizes.median():.0f} requests, largest '
+              f'{raw_sizes.max()}) covering {raw_sizes.sum()} of {n_trace} requests')
+        print('same_instant_share_on_one_replica per seed:')
+        print(burst.round(3).to_string())
+        diff_table(raw)
+        """
+    ),
+    md(
+        """
+        ### Bursts and TTFT on raw timestamps
+
+        Left: for each same-instant burst (all seeds pooled), the share of it that went to its most-used replica.
+        Right: TTFT ECDFs on the raw timestamps (solid) next to the de-quantized replay from above (dashed).
+        """
+    ),
+    code(
+        """
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+        edges = np.linspace(0, 1, 21)
+        for v in raw_names:
+            shares = []
+            for s in raw.seeds:
+                top, sizes = burst_tops(raw.results[(v, s)].requests)
+                shares.append(top / sizes)
+            shares = pd.concat(shares)
+            ax1.hist(shares, bins=edges, color=colors[v], alpha=0.55,
+                     label=f'{v} (mean over bursts {shares.mean():.2f})')
+            ecdf(ax2, raw_req.loc[raw_req['variant'] == v, 'ttft_s'], color=colors[v], label=f'{v}, raw')
+            ecdf(ax2, req.loc[req['variant'] == v, 'ttft_s'], color=colors[v], ls='--', label=f'{v}, de-quantized')
+        ax1.set_xlabel('share of a same-instant burst on its most-used replica')
+        ax1.set_ylabel('bursts (3 seeds)')
+        ax1.set_title('burst concentration, raw timestamps')
+        ax1.legend()
+        ax2.set_xscale('log')
+        ax2.set_xlabel('TTFT (s)')
+        ax2.set_ylabel('fraction of requests')
+        ax2.set_title('TTFT, raw vs de-quantized arrivals')
+        ax2.legend(fontsize=8)
+        fig.tight_layout()
+
+        raw_parts
+        """
+    ),
+    code(
+        """
+        raw_lines = []
+        rr_share, llmd_share = burst[base].mean(), burst['llmd'].mean()
+        if llmd_share > rr_share:
+            conc_text = (
+                f'llmd sent {llmd_share / rr_share:.1f}x as large a share of each burst to one replica as {base} '
+                f'did (llmd per seed {burst["llmd"].min():.2f} to {burst["llmd"].max():.2f})'
+            )
+        else:
+            conc_text = f'llmd did not concentrate bursts more than {base} here'
+        raw_lines.append(
+            f'**Bursts.** On raw timestamps, {raw_sizes.sum()} of the {n_trace} requests arrive in '
+            f'{len(raw_sizes)} same-instant bursts, a median {raw_sizes.median():.0f} requests each. Among requests '
+            f'sharing an instant, the most-used replica got {pct(rr_share)} under {base} and {pct(llmd_share)} '
+            f'under llmd (mean over seeds; round robin deals each burst out over the {m.replicas} replicas in turn, '
+            f'the lowest share possible): {conc_text}.'
+        )
+        raw_lines.append(
+            f'**Hit rate and TTFT on raw timestamps.** Under llmd the prefix-cache hit rate is '
+            f'{versus("prefix_cache_hit_rate", "llmd", raw)}. TTFT p50: {versus("ttft_p50_s", "llmd", raw)}. '
+            f'TTFT p99: {versus("ttft_p99_s", "llmd", raw)}.'
+        )
+        raw_lines.append('**Where the time went** (raw timestamps, 3 seeds pooled). '
+                         + where_time_went(raw_parts, ['llmd'], base))
+        d_main, d_raw = stat('ttft_p50_s', 'llmd'), stat('ttft_p50_s', 'llmd', raw)
+        if np.sign(d_main['diff']) != np.sign(d_raw['diff']) and d_main['significant'] and d_raw['significant']:
+            flip = (
+                'the sign of the difference flips with the arrival replay (llmd is significantly '
+                f'{"faster" if d_main["diff"] < 0 else "slower"} than {base} at the median with de-quantized '
+                f'arrivals and significantly {"faster" if d_raw["diff"] < 0 else "slower"} on raw timestamps)'
+            )
+        else:
+            flip = 'the sign of the difference does not flip between the two replays at the 5% level'
+        hit_gain = (stat('prefix_cache_hit_rate', 'llmd')['diff'], stat('prefix_cache_hit_rate', 'llmd', raw)['diff'])
+        same_gain = ' (about the same in both replays)' if abs(hit_gain[0] - hit_gain[1]) < 0.01 else ''
+        raw_lines.append(
+            f'**Against the de-quantized replay.** llmd - {base} in TTFT p50 is {d_main["diff"]:+.3f} s '
+            f'(95% CI {d_main["ci_low"]:+.3f} to {d_main["ci_high"]:+.3f}) with de-quantized arrivals and '
+            f'{d_raw["diff"]:+.3f} s ({d_raw["ci_low"]:+.3f} to {d_raw["ci_high"]:+.3f}) on raw timestamps: {flip}. '
+            f'The hit-rate gain of llmd over {base} is {100 * hit_gain[0]:.1f} points de-quantized and '
+            f'{100 * hit_gain[1]:.1f} points raw{same_gain}. Mean wait before admission under llmd: '
+            f'{parts.loc["llmd", "wait_mean_s"]:.3f} s de-quantized, {raw_parts.loc["llmd", "wait_mean_s"]:.3f} s '
+            f'raw (under {base}: {parts.loc[base, "wait_mean_s"]:.3f} s and {raw_parts.loc[base, "wait_mean_s"]:.3f} '
+            's).'
+        )
+        raw_lines.append(
+            f'**Tail and SLOs on raw timestamps.** E2E p99 {versus("e2e_p99_s", "llmd", raw)}; SLO attainment '
+            f'{versus("slo_attainment", "llmd", raw)}; goodput {versus("goodput_rps", "llmd", raw)}. On raw '
+            'timestamps the seeds change only the priority labels and the tie-breaks: every seed replays the same '
+            'arrival instants.'
+        )
+        display(Markdown('\\n\\n'.join(raw_lines)))
+        print(f'notebook ran in {time.perf_counter() - NOTEBOOK_T0:.0f} s of wall time')
+        """
+    ),
+    md(
+        """
         ## Why prefix affinity can win or lose
 
-        The result above is the net of mechanisms pulling in opposite directions:
+        Both outcomes above are the net of mechanisms pulling in opposite directions:
 
         - **Cache hits shorten prefill.** Prefill cost grows with the tokens computed (and faster than linearly,
           through attention), so serving most of a long conversation from cache removes most of the prefill
           work. That is the whole case for prefix-aware routing, and it helps every request that hits, in GPU
           memory or (after a PCIe copy) in the host tier. But a prompt is prefilled in engine steps shared with
-          the other requests the replica is serving (batched, or chunked with decodes in vLLM V1), so the time
-          from admission to first token also depends on everyone else's work on that replica, not only on the
-          request's own uncached tokens.
-        - **Affinity concentrates related requests on one replica.** The prefix scorer pulls each turn back to
-          the replica that holds its history; when several requests that score alike arrive together, the
-          load terms are all that separate the replicas. If the load terms do not spread them, a replica can
-          collect a burst while others idle, and the time those requests wait for a prefill step can outweigh
-          the prefill they saved. Round robin cannot do this; least-request balances in-flight counts.
+          the other requests the replica is serving (chunked with decodes in vLLM V1), so the time from admission
+          to first token also depends on everyone else's work on that replica, not only on the request's own
+          uncached tokens.
+        - **Affinity concentrates bursts.** The prefix scorer pulls each turn back to the replica that holds its
+          history, and its index is updated at dispatch, so requests that arrive together and share prefix blocks
+          follow one another to the same replica; only the load terms can separate them. If the load terms do not
+          spread them, a replica collects a burst while others idle, and the time those requests wait for a
+          prefill step can outweigh the prefill they saved. Round robin cannot do this; least-request balances
+          in-flight counts it tracks itself.
         - **Metrics scraped every 50 ms are stale within a burst.** The queue and KV-utilization scores are what
           the replicas reported at the last scrape, so every decision inside one scrape interval sees the same
           numbers: the replica that looked emptiest keeps looking emptiest until the next scrape, however many
-          requests it has just been sent. (The prefix index, updated at dispatch, is not stale.)
-        - **Reuse distance decides whether a prefix is still cached.** On an H100 a llama3.1-8b replica has KV
-          room for about 459k tokens: about 900 of Mooncake's 512-token blocks, a few dozen conversations'
-          worth (section (a) prints the exact figures). A conversation's next turn may come minutes later,
-          after thousands of other blocks have passed through that replica, so its prefix may have been
-          evicted even though the router sent it to the right place. The 256 GB host tier holds about 4,100
-          more blocks per replica, which stretches the reuse distance a prefix survives, at the cost of copying
-          the hit back before prefill.
-        - **The router's prefix index is an estimate.** It tracks what it dispatched, not what the replica
-          evicted, and the scenario leaves its per-replica capacity at llm-d's default (31,250 blocks, sized for
-          16-token blocks), far more than the roughly 5,000 Mooncake blocks a replica holds across both tiers;
-          the scorer can therefore favour a replica whose copy of the prefix is already gone.
+          requests it has just been sent (the failure mode of llm-d-router PR 2515). With de-quantized arrivals
+          few requests share a scrape interval and the load terms stay close to current; with the trace's raw
+          3-second timestamps a whole burst does, and the burst lands where the prefix scorer and the stale load
+          terms point.
+        - **Reuse distance decides whether a prefix is still cached.** On an H100 a llama3.1-8b replica's GPU
+          prefix cache holds about 900 of Mooncake's 512-token blocks, a few dozen conversations' worth (section
+          (a) prints the exact figures). A conversation's next turn may come minutes later, after thousands of
+          other blocks have passed through that replica, so its prefix may have been evicted even though the
+          router sent it to the right place. The 256 GB host tier holds about 4,100 more blocks per replica,
+          which stretches the reuse distance a prefix survives, at the cost of copying the hit back before
+          prefill.
+        - **The router's prefix index over-estimates what a replica still holds.** It tracks what it dispatched,
+          not what the replica evicted, and the scenario leaves its capacity at llm-d's default of 31,250 blocks
+          per endpoint (sized for 16-token blocks), far more than the roughly 5,000 Mooncake blocks a replica
+          holds across both tiers; the scorer can therefore favour a replica whose copy of the prefix is already
+          gone.
 
         Prefix affinity wins when hits are large and frequent and load stays spread; it loses when the load it
         concentrates costs more queueing than the hits save. Which effect dominates depends on load, burstiness
-        and reuse distance, so rerun this notebook (or `odhsim compare`) on your own trace and load before
+        (including burstiness that only the replay invents) and reuse distance, so rerun this notebook (or
+        `odhsim compare`) on your own trace and load, with arrival times as faithful as the trace allows, before
         drawing conclusions for production.
         """
     ),
