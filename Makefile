@@ -17,11 +17,11 @@ demo: $(STAMP)
 	$(VENV)/bin/odhsim run
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check odhsim policies tests
+	$(VENV)/bin/ruff check odhsim policies tests notebooks
 	$(PY) -m pytest -n 2 --durations=15
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check odhsim policies tests
+	$(VENV)/bin/ruff check odhsim policies tests notebooks
 	$(VENV)/bin/ruff format --check odhsim policies tests
 
 bench: $(STAMP)

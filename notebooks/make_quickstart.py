@@ -39,14 +39,17 @@ cells = [
         "assert len(ok) == res['summary']['completed']\n"
         "ok.groupby('priority', observed=True)['ttft_s'].describe(percentiles=[0.5, 0.99])"
     ),
-    nbf.v4.new_markdown_cell("## Time to first token\n\nThe empirical CDF on a log axis shows both the typical wait and the tail."),
+    nbf.v4.new_markdown_cell(
+        "## Time to first token\n\nThe empirical CDF on a log axis shows both the typical wait and the tail."
+    ),
     nbf.v4.new_code_cell(
         "ttft = np.sort(ok['ttft_s'].to_numpy())\n"
         "fig, ax = plt.subplots(figsize=(6, 3.5))\n"
         "ax.plot(ttft, np.arange(1, len(ttft) + 1) / len(ttft))\n"
         "for q in (50, 99):\n"
         "    ax.axvline(np.percentile(ttft, q), ls='--', lw=0.8, color='grey')\n"
-        "ax.set_xscale('log'); ax.set_xlabel('TTFT (s)'); ax.set_ylabel('fraction of requests')\n"
+        "ax.set_xscale('log')\n"
+        "ax.set(xlabel='TTFT (s)', ylabel='fraction of requests')\n"
         "ax.set_title('TTFT distribution (dashed: p50, p99)')\n"
         "fig.tight_layout()"
     ),
@@ -59,7 +62,8 @@ cells = [
         "for model, g in timeseries.groupby('model', observed=True):\n"
         "    ax.step(g['time_s'], g['queue_len'], where='post', label=f'{model}: waiting')\n"
         "    ax.step(g['time_s'], g['running'], where='post', alpha=0.6, label=f'{model}: running')\n"
-        "ax.set_xlabel('simulated time (s)'); ax.set_ylabel('requests'); ax.legend()\n"
+        "ax.set(xlabel='simulated time (s)', ylabel='requests')\n"
+        "ax.legend()\n"
         "fig.tight_layout()\n"
         "float(timeseries['queue_len'].max())"
     ),
