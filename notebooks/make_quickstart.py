@@ -10,7 +10,7 @@ cells = [
         "Run a scenario, load its tidy results, and look at two things every serving team asks first: "
         "how long users wait for the first token, and how the queue behaves over time.\n\n"
         "The default scenario is self-contained: chat traffic shaped like the Azure 2023 conversation trace on "
-        "four llama3-8b replicas, routed with llm-d's default profile."
+        "four llama3.1-8b replicas, routed with llm-d's default profile."
     ),
     nbf.v4.new_code_cell(
         "import tempfile\n"
