@@ -13,15 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
 from odhsim.errors import ScenarioError
 from odhsim.scenario.load import (
-    _yaml_lines,
     apply_overrides,
     parse_overrides,
     read_scenario_dict,
+    read_yaml_file,
     scenario_from_dict,
     validation_message,
 )
@@ -50,21 +49,9 @@ def _looks_like_path(value: str) -> bool:
 def _gateway_from_file(name: str, path: Path) -> dict[str, Any]:
     """Read a YAML file holding `{gateway: {...}}` or the gateway mapping itself, validated on its own."""
     where = f"variant {name!r}: {path}"
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ScenarioError(f"{where}: no such file") from None
-    except OSError as err:
-        raise ScenarioError(f"{where}: cannot read ({err.strerror})") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark is not None else ""
-        raise ScenarioError(f"{where}{line}: invalid YAML: {getattr(err, 'problem', None) or err}") from None
+    data, lines = read_yaml_file(path, where)
     if not isinstance(data, dict) or not data:
         raise ScenarioError(f"{where}: expected a mapping: a gateway section, or `gateway:` holding one")
-    lines = _yaml_lines(text)
     if "gateway" in data:
         others = sorted(str(k) for k in data if k != "gateway")
         if others:

@@ -28,7 +28,7 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def _yaml_lines(text: str) -> dict[tuple[int | str, ...], int]:
+def yaml_lines(text: str) -> dict[tuple[int | str, ...], int]:
     """Map each field path in a YAML document to its 1-based line, so errors can point at the line."""
     lines: dict[tuple[int | str, ...], int] = {}
     try:
@@ -149,23 +149,32 @@ def scenario_from_dict(
         raise ScenarioError(validation_message(err, source, lines or {})) from None
 
 
-def read_scenario_dict(path: Path) -> tuple[dict[str, Any], dict[tuple[int | str, ...], int]]:
+def read_yaml_file(path: Path, label: str) -> tuple[Any, dict[tuple[int | str, ...], int]]:
+    """Parse a YAML file: (data, field path -> line). Errors name `label` (the file, or what it is for) and the
+    line, never a traceback."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
+        raise ScenarioError(f"{label}: no such file") from None
     except OSError as err:
-        raise ScenarioError(f"{path}: cannot read ({err.strerror})") from None
+        raise ScenarioError(f"{label}: cannot read ({err.strerror})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err)
-        raise ScenarioError(f"{path}{where}: invalid YAML: {problem}") from None
+        raise ScenarioError(f"{label}{where}: invalid YAML: {problem}") from None
+    return data, yaml_lines(text)
+
+
+def read_scenario_dict(path: Path) -> tuple[dict[str, Any], dict[tuple[int | str, ...], int]]:
+    if not path.exists():
+        raise ScenarioError(f"{path}: no such scenario file")
+    data, lines = read_yaml_file(path, str(path))
     if not isinstance(data, dict):
         raise ScenarioError(f"{path}: a scenario must be a YAML mapping at the top level")
-    return data, _yaml_lines(text)
+    return data, lines
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
