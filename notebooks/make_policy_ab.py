@@ -99,41 +99,17 @@ cells = [
     code(
         """
         from odhsim.analysis import parse_variants, run_comparison
+        from odhsim.analysis.diagnostics import latency_parts, time_parts
         from odhsim.analysis.report import fmt_diff, fmt_number
 
         VARIANTS = ['rr=round-robin', 'lr=least-request', 'llmd=llm-d-default']
 
 
         def tidy(comp):
-            # one frame of every completed request of every run, with the latency parts used below
-            frames = []
-            for (variant, _seed), result in comp.results.items():
-                r = result.requests.copy()
-                r['variant'] = variant
-                frames.append(r)
-            r = pd.concat(frames, ignore_index=True)
+            # every completed request of every run, tagged with its variant, TTFT split into wait and prefill
+            r = pd.concat([res.requests.assign(variant=v) for (v, _), res in comp.results.items()], ignore_index=True)
             r['variant'] = pd.Categorical(r['variant'], categories=comp.variants)
-            r = r[r['status'] == 'ok'].copy()
-            r['ttft_s'] = r['first_token_s'] - r['arrival_s']
-            r['wait_s'] = r['start_s'] - r['arrival_s']  # waiting before the replica admits it to a prefill step
-            r['prefill_s'] = r['first_token_s'] - r['start_s']  # admission to first token
-            r['uncached_tokens'] = r['prompt_tokens'] - r['cached_tokens']
-            r['cached_share'] = r['cached_tokens'] / r['prompt_tokens']
-            return r
-
-
-        def time_parts(r):
-            # mean TTFT = mean wait + mean admission-to-first-token (medians do not add up)
-            return r.groupby('variant', observed=True).agg(
-                ttft_mean_s=('ttft_s', 'mean'),
-                wait_mean_s=('wait_s', 'mean'),
-                prefill_mean_s=('prefill_s', 'mean'),
-                ttft_p50_s=('ttft_s', 'median'),
-                wait_p50_s=('wait_s', 'median'),
-                prefill_p50_s=('prefill_s', 'median'),
-                uncached_tokens_p50=('uncached_tokens', 'median'),
-                uncached_tokens_mean=('uncached_tokens', 'mean'),
-            )
+            return latency_parts(r)
 
 
         t0 = time.perf_counter()
@@ -208,41 +184,25 @@ cells = [
     code(
         """
         import json
+        from itertools import takewhile
 
         from odhsim import catalog
+        from odhsim.analysis.diagnostics import reuse_ceiling, reuse_distances, share_within_reach, shared_instant_share
         from odhsim.scenario.load import load_scenario
         from policies.routing.prefix_index import DEFAULT_LRU_CAPACITY
 
         BLOCK = 512  # tokens per Mooncake block
         window_ms = 1000 * float(source['window'][1])
-        last_seen, position = {}, 0  # block -> index of its latest reference in the trace's stream of blocks
-        ceiling_hit, prompt_total, first_blocks, arrivals_ms, reuse_distance = 0, 0, [], [], []
-        with open(TRACE, encoding='utf-8') as f:
-            for line in f:
-                rec = json.loads(line)
-                if rec['timestamp'] >= window_ms:
-                    break
-                blocks, n_in = rec.get('hash_ids', []), max(1, rec['input_length'])
-                run = 0
-                for b in blocks:
-                    if b not in last_seen:
-                        break
-                    run += 1
-                ceiling_hit += min(run * BLOCK, n_in - 1)
-                prompt_total += n_in
-                if run > 1:  # a conversation's history beyond the first block, which every prompt shares
-                    reuse_distance.append(position - last_seen[blocks[run - 1]])
-                for b in blocks:
-                    position += 1
-                    last_seen[b] = position
-                first_blocks.append(blocks[0] if blocks else None)
-                arrivals_ms.append(rec['timestamp'])
+        with open(TRACE, encoding='utf-8') as f:  # the trace is in arrival order: stop at the end of the window
+            trace = list(takewhile(lambda rec: rec['timestamp'] < window_ms, map(json.loads, f)))
+        blocks = [rec.get('hash_ids', []) for rec in trace]
+        arrivals_ms = [rec['timestamp'] for rec in trace]
         n_trace = len(arrivals_ms)
         assert n_trace == comparison.results[(base, seeds[0])].summary['requests'], 'trace window and scenario differ'
-        ceiling = ceiling_hit / prompt_total
-        top_first_share = pd.Series(first_blocks).value_counts(normalize=True).iloc[0]
+        ceiling = reuse_ceiling(blocks, [rec['input_length'] for rec in trace], BLOCK)
+        top_first_share = pd.Series([b[0] if b else None for b in blocks]).value_counts(normalize=True).iloc[0]
         instants = pd.Series(arrivals_ms).value_counts()
-        shared_instant = instants[instants > 1].sum() / n_trace
+        shared_instant = shared_instant_share(arrivals_ms)
         instant_gap_s = float(np.median(np.diff(np.sort(instants.index.to_numpy())))) / 1000
         replay_instants = comparison.results[(base, seeds[0])].requests['arrival_s'].nunique()
         print(f'{n_trace} requests in {window_ms / 1000:.0f} s; reuse ceiling {ceiling:.1%} of prompt tokens; '
@@ -260,12 +220,12 @@ cells = [
         )
         gpu_blocks = kv_tokens // BLOCK
         host_blocks = int(m.engine.kv_offload_gb * 2**30 / catalog.model(m.profile).kv_bytes_per_token) // BLOCK
-        reuse_distance = np.array(reuse_distance)
         # block references between a history's last use and its reuse: an upper bound on the LRU stack distance;
         # divided by the replica count, what one replica would see in between if affinity were perfect and even
+        reuse_distance = reuse_distances(blocks)
         per_replica_distance = reuse_distance / m.replicas
-        within_gpu = float(np.mean(per_replica_distance <= gpu_blocks))
-        within_both = float(np.mean(per_replica_distance <= gpu_blocks + host_blocks))
+        within_gpu = share_within_reach(reuse_distance, m.replicas, gpu_blocks)
+        within_both = share_within_reach(reuse_distance, m.replicas, gpu_blocks + host_blocks)
         print(f'per replica: GPU prefix cache {gpu_blocks} blocks ({kv_tokens} tokens), host tier {host_blocks} '
               f'blocks; router prefix index capacity {DEFAULT_LRU_CAPACITY} blocks per endpoint')
         print(f'{len(reuse_distance)} reuses of a conversation history; median distance '
@@ -343,33 +303,11 @@ cells = [
     ),
     code(
         """
-        def per_replica_counts(r, variants, n_seeds):
-            out = r.groupby(['variant', 'replica'], observed=True).size().div(n_seeds).unstack('variant')[variants]
-            out.index = [str(x).rsplit('-', 1)[-1] for x in out.index]
-            return out
-
+        from odhsim.analysis.diagnostics import busiest_over_mean, in_flight, per_replica_counts
 
         per_replica = per_replica_counts(req, names, len(seeds))
         grid = np.arange(600.0, 1200.0, 1.0)
-
-
-        def in_flight(r):
-            # requests on each replica with arrival <= t < finish, on the grid
-            out = {}
-            for rep, g in r.groupby('replica', observed=True):
-                a, f = np.sort(g['arrival_s'].to_numpy()), np.sort(g['finish_s'].to_numpy())
-                started, finished = np.searchsorted(a, grid, 'right'), np.searchsorted(f, grid, 'right')
-                out[str(rep).rsplit('-', 1)[-1]] = started - finished
-            return pd.DataFrame(out, index=grid)
-
-
-        def imbalance(f):
-            # busiest replica's in-flight count over the average replica's, averaged over the grid
-            mean = f.mean(axis=1)
-            return float((f.max(axis=1)[mean > 0] / mean[mean > 0]).mean())
-
-
-        flights = {v: in_flight(req[(req['variant'] == v) & (req['seed'] == seeds[0])]) for v in names}
+        flights = {v: in_flight(req[(req['variant'] == v) & (req['seed'] == seeds[0])], grid) for v in names}
         vmax = max(float(f.to_numpy().max()) for f in flights.values())
         fig = plt.figure(figsize=(12, 5.5))
         gs = fig.add_gridspec(len(names), 2, width_ratios=[1, 2.4])
@@ -395,7 +333,7 @@ cells = [
         load = pd.DataFrame({
             'requests_per_replica_min': per_replica.min(),
             'requests_per_replica_max': per_replica.max(),
-            'busiest_over_mean_in_flight': [imbalance(flights[v]) for v in names],
+            'busiest_over_mean_in_flight': [busiest_over_mean(flights[v]) for v in names],
         }, index=names)
         load
         """
@@ -410,6 +348,9 @@ cells = [
     ),
     code(
         """
+        from odhsim.analysis.diagnostics import ttft_change
+
+
         def pct(x):
             return f'{100 * x:.1f}%'
 
@@ -441,12 +382,9 @@ cells = [
 
         def where_time_went(p, variants, b0):
             # mean TTFT = mean wait before admission + mean admission-to-first-token, so the parts add up
-            why = []
+            why, change = [], ttft_change(p, b0)
             for v in variants:
-                d_wait = p.loc[v, 'wait_mean_s'] - p.loc[b0, 'wait_mean_s']
-                d_pre = p.loc[v, 'prefill_mean_s'] - p.loc[b0, 'prefill_mean_s']
-                d_ttft = p.loc[v, 'ttft_mean_s'] - p.loc[b0, 'ttft_mean_s']
-                d_unc = p.loc[v, 'uncached_tokens_mean'] / p.loc[b0, 'uncached_tokens_mean'] - 1
+                d_ttft, d_wait, d_pre, d_unc = change.loc[v]
                 tokens = (
                     'about as many uncached prompt tokens as'
                     if abs(d_unc) < 0.005
@@ -568,6 +506,8 @@ cells = [
     ),
     code(
         """
+        from odhsim.analysis.diagnostics import burst_share_on_one_replica, burst_shares, same_instant_bursts
+
         RAW = ['workload.sources[0].jitter_s=0']  # replay the trace's quantized timestamps as they are
         t0 = time.perf_counter()
         raw = run_comparison(SCENARIO, parse_variants([VARIANTS[0], VARIANTS[2]]), seeds=3, overrides=RAW,
@@ -577,24 +517,9 @@ cells = [
               f'in {time.perf_counter() - t0:.1f} s of wall time')
         raw_req = tidy(raw)
         raw_parts = time_parts(raw_req)
-
-
-        def burst_tops(r):
-            # per arrival instant shared by >= 2 requests: (requests sent to its most-used replica, requests)
-            groups = r.dropna(subset=['replica']).groupby('arrival_s')['replica']
-            sizes = groups.size()
-            top = groups.agg(lambda s: s.value_counts().iloc[0])
-            return top[sizes >= 2], sizes[sizes >= 2]
-
-
-        def burst_max_share(r):
-            top, sizes = burst_tops(r)
-            return float(top.sum() / sizes.sum())
-
-
-        raw_sizes = burst_tops(raw.results[(base, raw.seeds[0])].requests)[1]
+        raw_sizes = same_instant_bursts(raw.results[(base, raw.seeds[0])].requests)['size']
         burst = pd.DataFrame(
-            {v: [burst_max_share(raw.results[(v, s)].requests) for s in raw.seeds] for v in raw_names},
+            {v: [burst_share_on_one_replica(raw.results[(v, s)].requests) for s in raw.seeds] for v in raw_names},
             index=pd.Index(raw.seeds, name='seed'),
         )
         print(f'{len(raw_sizes)} same-instant bursts (median {raw_sizes.median():.0f} requests, largest '
@@ -617,11 +542,7 @@ cells = [
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
         edges = np.linspace(0, 1, 21)
         for v in raw_names:
-            shares = []
-            for s in raw.seeds:
-                top, sizes = burst_tops(raw.results[(v, s)].requests)
-                shares.append(top / sizes)
-            shares = pd.concat(shares)
+            shares = pd.concat([burst_shares(raw.results[(v, s)].requests) for s in raw.seeds])
             ax1.hist(shares, bins=edges, color=colors[v], alpha=0.55,
                      label=f'{v} (mean over bursts {shares.mean():.2f})')
             ecdf(ax2, raw_req.loc[raw_req['variant'] == v, 'ttft_s'], color=colors[v], label=f'{v}, raw')

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from odhsim.analysis import Comparison, parse_variants, run_comparison
+from odhsim.analysis.diagnostics import burst_concentration
 from tests.conftest import REPO_ROOT, shared_file
 
 SCENARIO = REPO_ROOT / "scenarios" / "mooncake_prefix.yaml"
@@ -87,16 +88,6 @@ def test_llmd_default_has_a_lower_ttft_p50_than_round_robin(comparison: Comparis
     assert r["p_value"] < 0.05
     assert r["significant"]
     assert r["ci_high"] < 0  # the whole 95% CI below zero
-
-
-def burst_concentration(requests: pd.DataFrame) -> float:
-    """Among requests sharing an arrival instant, the share sent to the most-used replica, averaged over instants
-    with at least two requests (NaN when no instant is shared)."""
-    groups = requests.dropna(subset=["replica"]).groupby("arrival_s")["replica"]
-    sizes = groups.size()
-    top = groups.agg(lambda s: s.value_counts().iloc[0])
-    shared = sizes >= 2
-    return float((top[shared] / sizes[shared]).mean()) if shared.any() else math.nan
 
 
 @pytest.fixture(scope="module")
