@@ -1,37 +1,27 @@
-"""A continuous-batching LLM replica, shaped like vLLM's scheduler (prefill-first, recompute preemption).
+"""A continuous-batching LLM replica shaped like vLLM's scheduler: chunked prefill (V1) or prefill-first (V0),
+KV cache in blocks, recompute preemption, automatic prefix caching.
 
-Cost grows with requests, not tokens: the replica schedules one event per prefill step and one per *span* of
-decode steps during which the running batch does not change. A span ends at the first of: a request finishing,
-the KV cache running out of blocks, or a new arrival (which shortens the span to the end of the step in flight,
-as vLLM would admit it at the next step). Time over a span comes in closed form from the latency model.
-
-Bookkeeping that makes a span O(1) in the batch size:
-- `steps`: decode steps done by this replica. A running request with context c joined at step s keeps
-  `offset = c - s` fixed, so its context at any time is offset + steps, and the batch's total context is
-  sum(offset) + batch * steps.
-- the finish heap orders running requests by the step at which they produce their last token.
-- KV blocks: a request of context c holds ceil(c / block_size) blocks; how many new blocks a span of k steps
-  needs depends only on each request's c mod block_size, so a histogram of `offset mod block_size` suffices.
+Cost grows with requests, not tokens: the replica schedules one event per step that computes prompt tokens and
+one per *span* of pure decode steps during which the running batch does not change. A span ends at the first
+of: a request finishing, the KV cache running out of blocks, or a new arrival (which shortens the span to the
+end of the step in flight, as vLLM would admit it at the next step). Time over a span comes in closed form from
+the latency model; `DecodeBatch` keeps the bookkeeping that makes a span O(1) in the batch size.
 """
 
 from __future__ import annotations
 
-import heapq
 from collections import deque
 
 import simpy
 
 from odhsim.profiles.latency import LatencyModel
 from odhsim.scenario.deployment import EngineLimits
+from odhsim.sim.decode_batch import DecodeBatch, ceil_div
 from odhsim.sim.prefix_cache import PrefixCache
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
 
 _IDLE, _PREFILL, _DECODE = 0, 1, 2
-
-
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class LlmReplica(ReplicaBase):
@@ -59,11 +49,7 @@ class LlmReplica(ReplicaBase):
         self.used_blocks = 0
         self.max_model_len = max_model_len
         self.waiting_q: deque[SimRequest] = deque()
-        self.running_reqs: dict[int, SimRequest] = {}  # row -> request, in admission order
-        self._finish_heap: list[tuple[int, int, int, SimRequest]] = []  # (finish step, row, epoch, request)
-        self._phase_counts = [0] * self.bs
-        self._offset_sum = 0
-        self.steps = 0
+        self.batch = DecodeBatch(self.bs)
         self.preemptions = 0
         self._state = _IDLE
         self._token = 0  # invalidates a scheduled span end when the span is shortened
@@ -91,7 +77,7 @@ class LlmReplica(ReplicaBase):
         return len(self.waiting_q)
 
     def running(self) -> int:
-        return len(self.running_reqs) + len(self._prefill_batch) + len(self._prefilling)
+        return len(self.batch) + len(self._prefill_batch) + len(self._prefilling)
 
     def kv_usage(self) -> float:
         return self.used_blocks / self.total_blocks if self.total_blocks else 1.0
@@ -105,14 +91,14 @@ class LlmReplica(ReplicaBase):
             self.in_flight -= 1
             self.on_finish(req, self.env.now, STATUS_FAILED, "prompt longer than the engine's max_model_len")
             return
-        if _ceil_div(req.prompt_tokens + 1, self.bs) > self.total_blocks:
+        if ceil_div(req.prompt_tokens + 1, self.bs) > self.total_blocks:
             self.in_flight -= 1
             self.on_finish(req, self.env.now, STATUS_FAILED, "prompt exceeds the replica's KV cache")
             return
         self.waiting_q.append(req)
         if self._state == _IDLE:
             self._schedule()
-        elif self._state == _DECODE and len(self.running_reqs) < self.engine.max_num_seqs:
+        elif self._state == _DECODE and len(self.batch) < self.engine.max_num_seqs:
             self._shorten_span()
 
     def _shorten_span(self) -> None:
@@ -140,7 +126,7 @@ class LlmReplica(ReplicaBase):
             load_s = host_tokens * self._offload_s_per_token  # copy host-tier KV back before the step
             ev = self.env.timeout(self.latency.prefill_s(tokens, sum_sq) + load_s)
             ev.callbacks.append(self._on_prefill_end)
-        elif self.running_reqs:
+        elif self.batch:
             self._start_span()
         else:
             self._state = _IDLE
@@ -160,13 +146,13 @@ class LlmReplica(ReplicaBase):
         """Take waiting requests (FCFS) into a prefill step within the engine's token, sequence and KV limits."""
         batch: list[SimRequest] = []
         tokens = sum_sq = host_tokens = 0
-        free_seqs = self.engine.max_num_seqs - len(self.running_reqs)
+        free_seqs = self.engine.max_num_seqs - len(self.batch)
         budget = self.engine.max_num_batched_tokens
         while self.waiting_q and len(batch) < free_seqs:
             req = self.waiting_q[0]
             ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
-            blocks = _ceil_div(ctx + 1, self.bs)
-            if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and (batch or self.running_reqs):
+            blocks = ceil_div(ctx + 1, self.bs)
+            if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and (batch or self.batch):
                 break
             cached, from_host = self._prefix_hit(req, ctx)
             compute = ctx - cached
@@ -207,26 +193,26 @@ class LlmReplica(ReplicaBase):
             self._release(req)
             self.on_finish(req, now, STATUS_OK, "")
         else:
-            self._join(req)
+            self.batch.join(req)
 
     # -- chunked prefill (vLLM V1) -------------------------------------------------------------------------
     def _schedule_chunked(self) -> None:
         """One engine step: decode every running request and spend the rest of the token budget on prompt
         chunks (in-progress prompts first, then new ones FCFS); a pure decode span when no prompt is pending."""
-        if self.running_reqs and not self._ensure_decode_room():
+        if self.batch and not self._ensure_decode_room():
             return
         chunks, tokens, attention, host_tokens = self._plan_chunks()
         if not chunks:
-            if self.running_reqs:
+            if self.batch:
                 self._start_span()
             else:
                 self._state = _IDLE
                 self._mark_idle()
             return
-        batch = len(self.running_reqs)
+        batch = len(self.batch)
         duration = self.latency.prefill_s(tokens, attention) + host_tokens * self._offload_s_per_token
         if batch:
-            duration += self.latency.decode_step_s(batch, self._offset_sum + batch * self.steps)
+            duration += self.latency.decode_step_s(batch, self.batch.context_tokens())
         self._state = _PREFILL
         self._step_chunks = chunks
         self._step_decodes = batch > 0
@@ -237,7 +223,7 @@ class LlmReplica(ReplicaBase):
     def _plan_chunks(self) -> tuple[list[tuple[SimRequest, int]], int, int, int]:
         """(request, prompt tokens this step) pairs, their total, the attention term sum(chunk x context) and
         the host-tier tokens to copy back, within the token budget, the sequence limit and the KV cache."""
-        budget = self.engine.max_num_batched_tokens - len(self.running_reqs)
+        budget = self.engine.max_num_batched_tokens - len(self.batch)
         chunks: list[tuple[SimRequest, int]] = []
         tokens = attention = host_tokens = 0
         for req in self._prefilling:
@@ -249,12 +235,12 @@ class LlmReplica(ReplicaBase):
             tokens += chunk
             attention += chunk * (done + chunk)
             budget -= chunk
-        free_seqs = self.engine.max_num_seqs - len(self.running_reqs) - len(self._prefilling)
+        free_seqs = self.engine.max_num_seqs - len(self.batch) - len(self._prefilling)
         while self.waiting_q and budget > 0 and free_seqs > 0:
             req = self.waiting_q[0]
             ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
-            blocks = _ceil_div(ctx + 1, self.bs)
-            busy = self.running_reqs or self._prefilling
+            blocks = ceil_div(ctx + 1, self.bs)
+            busy = len(self.batch) > 0 or self._prefilling
             if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and busy:
                 break
             cached, from_host = self._prefix_hit(req, ctx)
@@ -298,87 +284,44 @@ class LlmReplica(ReplicaBase):
         cannot happen (the scheduler was re-entered after a failure)."""
         while self._kv_step_limit(1) == 0:
             self._before_change()
-            if len(self.running_reqs) == 1 and not self._prefilling:
-                req = self.running_reqs[next(iter(self.running_reqs))]
-                self._leave(req)
+            if len(self.batch) == 1 and not self._prefilling:
+                req = self.batch.only()
+                self.batch.leave(req)
                 self._release(req)
                 self.on_finish(req, self.env.now, STATUS_FAILED, "context outgrew the replica's KV cache")
                 self._schedule()
                 return False
             self._preempt_last()
-            if not self.running_reqs:
+            if not self.batch:
                 return True
         return True
 
     # -- the running batch ----------------------------------------------------------------------------------
-    def _join(self, req: SimRequest) -> None:
-        offset = req.ctx - self.steps
-        req.join_step = self.steps
-        req.finish_step = self.steps + (req.output_tokens - req.generated)
-        req.running_epoch += 1
-        self.running_reqs[req.row] = req
-        self._phase_counts[offset % self.bs] += 1
-        self._offset_sum += offset
-        heapq.heappush(self._finish_heap, (req.finish_step, req.row, req.running_epoch, req))
-
-    def _leave(self, req: SimRequest) -> None:
-        """Take a request out of the running batch, bringing its token counts up to date."""
-        del self.running_reqs[req.row]
-        req.running_epoch += 1
-        advanced = self.steps - req.join_step
-        offset = req.ctx - req.join_step
-        self._phase_counts[offset % self.bs] -= 1
-        self._offset_sum -= offset
-        req.generated += advanced
-        req.ctx += advanced
-
     def _release(self, req: SimRequest) -> None:
-        self.used_blocks -= _ceil_div(req.ctx, self.bs)
+        self.used_blocks -= ceil_div(req.ctx, self.bs)
         self.in_flight -= 1
 
-    def _new_blocks(self, k: int) -> int:
-        """KV blocks the running batch needs for k more decode steps."""
-        bs, steps, total = self.bs, self.steps, 0
-        for phase, count in enumerate(self._phase_counts):
-            if count:
-                r = (phase + steps) % bs
-                total += count * (_ceil_div(r + k, bs) - (1 if r else 0))
-        return total
-
     def _kv_step_limit(self, k: int) -> int:
-        free = self.total_blocks - self.used_blocks
-        if len(self.running_reqs) * _ceil_div(k, self.bs) <= free:
-            return k
-        lo, hi = 0, k  # largest k' in [0, k] with _new_blocks(k') <= free
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self._new_blocks(mid) <= free:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return self.batch.step_limit(k, self.total_blocks - self.used_blocks)
 
     def _preempt_last(self) -> None:
         """vLLM's recompute preemption: the most recently admitted request gives back its KV blocks and waits
         at the head of the queue; its generated tokens are recomputed as part of the prompt."""
-        victim = self.running_reqs[next(reversed(self.running_reqs))]
-        self._leave(victim)
-        self.used_blocks -= _ceil_div(victim.ctx, self.bs)
+        victim = self.batch.last_admitted()
+        self.batch.leave(victim)
+        self.used_blocks -= ceil_div(victim.ctx, self.bs)
         self.waiting_q.appendleft(victim)
         self.preemptions += 1
 
     def _start_span(self) -> None:
         if not self._ensure_decode_room():
             return
-        if not self.running_reqs:  # all were preempted: their prompts wait to be recomputed
+        if not self.batch:  # all were preempted: their prompts wait to be recomputed
             self._schedule()
             return
-        heap = self._finish_heap
-        while heap[0][3].running_epoch != heap[0][2] or heap[0][1] not in self.running_reqs:
-            heapq.heappop(heap)
-        limit = self._kv_step_limit(heap[0][0] - self.steps)  # >= 1 once one step fits
-        batch = len(self.running_reqs)
-        context = self._offset_sum + batch * self.steps
+        limit = self._kv_step_limit(self.batch.steps_to_next_finish())  # >= 1 once one step fits
+        batch = len(self.batch)
+        context = self.batch.context_tokens()
         self._state = _DECODE
         self._mark_busy()
         self._token += 1
@@ -395,13 +338,7 @@ class LlmReplica(ReplicaBase):
 
     def _advance_decodes(self, k: int, now: float) -> None:
         """The running batch did k decode steps: grow its KV blocks and finish whoever produced its last token."""
-        self.used_blocks += self._new_blocks(k)
-        self.steps += k
-        heap = self._finish_heap
-        while heap and heap[0][0] <= self.steps:
-            _, row, epoch, req = heapq.heappop(heap)
-            if req.running_epoch != epoch or row not in self.running_reqs:
-                continue
-            self._leave(req)
+        self.used_blocks += self.batch.new_blocks(k)
+        for req in self.batch.advance(k):
             self._release(req)
             self.on_finish(req, now, STATUS_OK, "")
