@@ -5,25 +5,17 @@ from __future__ import annotations
 import numpy as np
 import simpy
 
-from odhsim import catalog
-from odhsim.profiles.latency import latency_model
 from odhsim.results.request_log import RequestLog
 from odhsim.rng import RngStreams
-from odhsim.scenario.deployment import ModelDeployment, ServiceTime
+from odhsim.scenario.deployment import ServiceTime
 from odhsim.scenario.model import Scenario
-from odhsim.sim.fixed_replica import FixedReplica
 from odhsim.sim.gateway import Gateway, ModelRoute
-from odhsim.sim.llm_replica import LlmReplica
-from odhsim.sim.replica_base import ReplicaBase
+from odhsim.sim.replica_factory import ReplicaFactory
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.caching.config import build_response_cache
 from policies.flowcontrol.config import build_flow_control
 from policies.resilience.config import build_breaker
 from policies.routing.config import build_router
-
-
-def replica_name(model: ModelDeployment, i: int) -> str:
-    return f"{model.name}-{model.version}-{i}"
 
 
 def build_cluster(
@@ -35,40 +27,15 @@ def build_cluster(
     block_tokens: int,
 ) -> Gateway:
     routes: list[ModelRoute] = []
-    replicas: list[ReplicaBase] = []
     gateway_ref: list[Gateway] = []
 
     def on_finish(req, now, status, reason):  # type: ignore[no-untyped-def]
         gateway_ref[0].finish(req, now, status, reason)
 
+    factory = ReplicaFactory(env, scenario, on_finish, block_tokens)
     interval = scenario.gateway.scrape_interval_s
-    for m in scenario.models:
-        mine: list[ReplicaBase] = []
-        for i in range(m.replicas):
-            index, name = len(replicas), replica_name(m, i)
-            replica: ReplicaBase
-            if m.kind == "llm":
-                assert m.profile is not None
-                replica = LlmReplica(
-                    env,
-                    index,
-                    name,
-                    m.name,
-                    interval,
-                    on_finish,
-                    engine=m.engine,
-                    latency=latency_model(m.profile, m.gpu, m.tp),
-                    kv_capacity_tokens=catalog.kv_cache_capacity_tokens(
-                        m.profile, m.gpu, m.tp, gpu_memory_utilization=m.engine.gpu_memory_utilization
-                    ),
-                    prefix_block_tokens=block_tokens,
-                    max_model_len=m.engine.max_model_len or catalog.model(m.profile).max_context,
-                    kv_bytes_per_token=catalog.model(m.profile).kv_bytes_per_token,
-                )
-            else:
-                replica = FixedReplica(env, index, name, m.name, interval, on_finish, concurrency=m.concurrency)
-            replicas.append(replica)
-            mine.append(replica)
+    for mi, m in enumerate(scenario.models):
+        mine = [factory.make(mi) for _ in range(m.replicas)]
         router = build_router(scenario.gateway.router, streams.get(f"router.{m.name}"))
         gw = scenario.gateway
         flow = None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))
@@ -83,7 +50,7 @@ def build_cluster(
     cache = None
     if scenario.gateway.response_cache is not None:
         cache = build_response_cache(scenario.gateway.response_cache, streams.get("response_cache"))
-    gateway = Gateway(env, routes, replicas, log, tenant_names, block_tokens, interval, cache)
+    gateway = Gateway(env, routes, factory.replicas, log, tenant_names, block_tokens, interval, cache)
     gateway_ref.append(gateway)
     return gateway
 

@@ -39,6 +39,8 @@ class ReplicaBase:
         self.scrape_interval_s = scrape_interval_s
         self.on_finish = on_finish
         self.in_flight = 0
+        self.model_index = 0
+        self.state = "ready"  # lifecycle state (the controller moves it; the gateway routes only to ready ones)
         self.busy_s = 0.0
         self._busy_since = math.nan
         self._published: EndpointState | None = None  # built lazily from _published_values when read

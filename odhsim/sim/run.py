@@ -15,7 +15,7 @@ from odhsim.results.summary import summarize
 from odhsim.rng import RngStreams
 from odhsim.scenario.model import Scenario
 from odhsim.sim.arrivals import ArrivalFeeder
-from odhsim.sim.cluster import build_cluster, replica_name
+from odhsim.sim.cluster import build_cluster
 from odhsim.sim.sampler import TimeseriesSampler
 from odhsim.workload.build import build_workload
 
@@ -62,9 +62,8 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     requests = log.to_frame(model_names, tenant_names, replica_names)
     replicas = pd.DataFrame(
         [
-            {"time_s": t, "model": m.name, "replica": replica_name(m, i), "state": state}
-            for m in scenario.models
-            for i in range(m.replicas)
+            {"time_s": t, "model": r.model_name, "replica": r.name, "state": state}
+            for r in gateway.replicas
             for t, state in ((0.0, "ready"), (end_s, "stopped"))
         ],
         columns=["time_s", "model", "replica", "state"],
