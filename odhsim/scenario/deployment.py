@@ -8,6 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from odhsim import catalog
 from odhsim.errors import CatalogError
+from policies.autoscaling.config import AutoscalerConfig
+from policies.lifecycle.storage import UnknownStorageScheme, parse_storage_uri
 
 
 class Frozen(BaseModel):
@@ -27,6 +29,8 @@ class GpuPool(Frozen):
     gpu: str
     count: Annotated[int, Field(ge=1)]
     gpus_per_node: Annotated[int, Field(ge=1)] = 8
+    model_cache_gb: Annotated[float, Field(ge=0.0)] = 0.0
+    """Node-local model cache per node (KServe LocalModelCache): a model found there starts warm (no download)."""
 
     @field_validator("gpu")
     @classmethod
@@ -77,6 +81,20 @@ class ModelDeployment(Frozen):
     service_time: ServiceTime | None = None
     fallback: str | None = None
     """Backup model (another model's name) that serves this one's requests when it has no replica."""
+    autoscaling: AutoscalerConfig | None = None
+    """How many replicas to run over time (KPA, the seed's rule, APA, Ray Serve, llm-d saturation); null: fixed."""
+    storage_uri: str | None = None
+    """Where the weights come from (s3://, gs://, pvc://, hf://, oci://, https://); default pvc://models/<profile>."""
+
+    @field_validator("storage_uri")
+    @classmethod
+    def _known_scheme(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_storage_uri(v)
+            except UnknownStorageScheme as err:
+                raise ValueError(str(err)) from None
+        return v
 
     @field_validator("gpu")
     @classmethod

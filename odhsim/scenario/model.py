@@ -12,6 +12,7 @@ from odhsim.workload.config import WorkloadConfig
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.caching.config import ResponseCacheConfig
 from policies.flowcontrol.config import FlowControlConfig
+from policies.lifecycle.storage import StartupParams
 from policies.resilience.config import ResilienceConfig
 from policies.routing.config import RouterConfig
 
@@ -67,6 +68,8 @@ class Scenario(Frozen):
     workload: WorkloadConfig
     slos: dict[str, Slo] = Field(default_factory=_default_slos)
     outputs: OutputConfig = OutputConfig()
+    startup: StartupParams = StartupParams()
+    """Download bandwidth and latency per storage scheme, host-to-GPU load bandwidth, readiness-test time."""
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @model_validator(mode="after")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import simpy
 
@@ -9,11 +11,15 @@ from odhsim.results.request_log import RequestLog
 from odhsim.rng import RngStreams
 from odhsim.scenario.deployment import ServiceTime
 from odhsim.scenario.model import Scenario
+from odhsim.sim.controller import ModelController
 from odhsim.sim.gateway import Gateway, ModelRoute
+from odhsim.sim.gpu_pool import SimGpuPool
 from odhsim.sim.replica_factory import ReplicaFactory
 from odhsim.workload.schema import PRIORITY_CLASSES
+from policies.autoscaling.config import build_autoscaler
 from policies.caching.config import build_response_cache
 from policies.flowcontrol.config import build_flow_control
+from policies.lifecycle.storage import StartupModel
 from policies.resilience.config import build_breaker
 from policies.routing.config import build_router
 
@@ -25,7 +31,11 @@ def build_cluster(
     log: RequestLog,
     tenant_names: list[str],
     block_tokens: int,
+    events: list[dict[str, Any]],
+    states: list[dict[str, Any]],
 ) -> Gateway:
+    """Replicas, routers, flow control, caches, the gateway, the GPU pool and one controller per model;
+    `events` and `states` collect the controllers' records (events.parquet, replicas.parquet)."""
     routes: list[ModelRoute] = []
     gateway_ref: list[Gateway] = []
 
@@ -52,6 +62,18 @@ def build_cluster(
         cache = build_response_cache(scenario.gateway.response_cache, streams.get("response_cache"))
     gateway = Gateway(env, routes, factory.replicas, log, tenant_names, block_tokens, interval, cache)
     gateway_ref.append(gateway)
+    pool = SimGpuPool(scenario.gpu_pool)
+    startup = StartupModel(scenario.startup)
+    for mi, (m, route) in enumerate(zip(scenario.models, routes, strict=True)):
+        autoscaler, intervals = None, (2.0, 1.0)
+        if m.autoscaling is not None:
+            autoscaler = build_autoscaler(m.autoscaling, streams.get(f"autoscaler.{m.name}"))
+            intervals = (m.autoscaling.interval_s, m.autoscaling.metrics_interval_s)
+        controller = ModelController(
+            env, mi, m, route, gateway, factory, pool, startup, autoscaler, intervals, events, states
+        )
+        controller.adopt_initial()
+        route.controller = controller
     return gateway
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from typing import Any
 
 import numpy as np
 import simpy
@@ -54,6 +55,7 @@ class ModelRoute:
         self.ttft_targets = ttft_targets  # per priority class index, for EDF deadlines
         self.fallback: ModelRoute | None = None
         self.breaker: CircuitBreaker | None = None
+        self.controller: Any = None  # the model's ModelController (set by the cluster builder)
         self.queue: deque[SimRequest] = deque()  # FIFO used without flow control
         self.held: dict[int, SimRequest] = {}  # requests in the flow-control queue, by row
         self.pumping = False
@@ -65,8 +67,21 @@ class ModelRoute:
 
     def has_room(self) -> bool:
         if self.limit is None:
-            return True
+            return bool(self.replicas)
         return any(r.in_flight < self.limit for r in self.replicas)
+
+    @property
+    def autoscaled(self) -> bool:
+        return self.controller is not None and self.controller.autoscaler is not None
+
+    def add_replica(self, replica: ReplicaBase) -> None:
+        self.replicas.append(replica)
+        self.by_name[replica.name] = replica
+
+    def remove_replica(self, replica: ReplicaBase) -> None:
+        """Stop sending it requests (it drains); requests it holds still finish through the gateway."""
+        self.replicas.remove(replica)
+        del self.by_name[replica.name]
 
 
 class Gateway:
@@ -91,12 +106,14 @@ class Gateway:
         self.cache = response_cache
         self.in_flight = 0
         self.arrivals = [0] * len(routes)
+        self.last_arrival_s = [math.nan] * len(routes)
         self.completed = 0
 
     # -- arrival: response cache, then admission ----------------------------------------------------------
     def arrive(self, req: SimRequest) -> None:
         self.in_flight += 1
         self.arrivals[req.model] += 1
+        self.last_arrival_s[req.model] = req.arrival_s
         if self.cache is not None and req.blocks is not None:
             self._lookup_cache(req)
         else:
@@ -125,15 +142,18 @@ class Gateway:
     def _enter(self, req: SimRequest) -> None:
         route = self.routes[req.model]
         breaker_open = route.breaker is not None and not route.breaker.allow(self.env.now)
-        if (breaker_open or not route.replicas) and route.fallback is not None:
+        unserved = not route.replicas and not route.autoscaled  # nothing will ever come up for it
+        if (breaker_open or unserved) and route.fallback is not None:
             req.fallback = True
             route = route.fallback
         elif breaker_open:
             self.finish(req, self.env.now, STATUS_FAILED, "circuit breaker open and no fallback")
             return
         if not route.replicas:
-            self.finish(req, self.env.now, STATUS_FAILED, "model has no replicas and no fallback")
-            return
+            if not route.autoscaled:
+                self.finish(req, self.env.now, STATUS_FAILED, "model has no replicas and no fallback")
+                return
+            route.controller.poke()  # the activator holds the request and asks for a replica
         if route.flow is not None:
             self._enqueue(route, req)
         elif route.queue or route.pumping:
@@ -243,6 +263,8 @@ class Gateway:
     def _route(self, route: ModelRoute, req: SimRequest) -> bool:
         """Pick a replica and hand the request over; False when the limit leaves no candidate."""
         now = self.env.now
+        if not route.replicas:
+            return False  # scaled to zero: the request waits for a replica (activator)
         if route.limit is None:
             candidates = route.replicas
         else:
@@ -277,8 +299,15 @@ class Gateway:
             route.flow.saturation.on_complete(now, req.row, replica.name)
         if route.breaker is not None:
             route.breaker.record(now, status == STATUS_OK)
+        if replica.state == "draining" and replica.in_flight == 0 and route.controller is not None:
+            route.controller.retire(replica)
         if status == STATUS_OK and self.cache is not None and req.blocks is not None:
             self.cache.store(now, self._cache_key(req), None, 4 * req.output_tokens)
+        if route.queued():
+            self._pump(route)
+
+    def replica_ready(self, route: ModelRoute) -> None:
+        """A replica joined the route: dispatch what waited for it."""
         if route.queued():
             self._pump(route)
 

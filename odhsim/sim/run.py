@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 import simpy
@@ -33,7 +34,12 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     env = simpy.Environment()
     log = RequestLog()
     tenant_names = list(workload.tenant_names)
-    gateway = build_cluster(env, scenario, streams, log, tenant_names, workload.block_tokens)
+    events_log: list[dict[str, Any]] = []
+    states_log: list[dict[str, Any]] = []
+    gateway = build_cluster(env, scenario, streams, log, tenant_names, workload.block_tokens, events_log, states_log)
+    for route in gateway.routes:
+        if route.autoscaled:
+            env.process(route.controller.run())
     arrivals = ArrivalFeeder(env, workload.batches(), gateway, log, scenario, streams)
 
     def finished() -> bool:
@@ -60,14 +66,13 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     run_id = f"{scenario.name}-seed{seed}"
     replica_names = [r.name for r in gateway.replicas]
     requests = log.to_frame(model_names, tenant_names, replica_names)
-    replicas = pd.DataFrame(
-        [
-            {"time_s": t, "model": r.model_name, "replica": r.name, "state": state}
-            for r in gateway.replicas
-            for t, state in ((0.0, "ready"), (end_s, "stopped"))
-        ],
-        columns=["time_s", "model", "replica", "state"],
-    )
+    columns = ["time_s", "model", "replica", "state"]
+    final = [
+        {"time_s": end_s, "model": r.model_name, "replica": r.name, "state": "stopped"}
+        for r in gateway.replicas
+        if r.state != "gone"
+    ]
+    replicas = pd.DataFrame(states_log + final, columns=columns)
     events = pd.DataFrame(
         [
             {
@@ -79,6 +84,7 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
             }
             for m in scenario.models
         ]
+        + events_log
         + [{"time_s": end_s, "kind": "hard_stop" if hard_stopped else "end", "model": "", "replica": "", "detail": ""}],
         columns=["time_s", "kind", "model", "replica", "detail"],
     )

@@ -53,16 +53,20 @@ class TimeseriesSampler:
         if dt <= 0:
             return
         rows = self.rows
+        busy_by_model = [0.0] * len(self.scenario.models)
+        last = self._last_busy
+        for r in self.gateway.replicas:  # every replica ever made: draining ones still compute
+            b = r.busy_time()
+            if r.index >= len(last):
+                last.extend([0.0] * (r.index + 1 - len(last)))
+            busy_by_model[r.model_index] += b - last[r.index]
+            last[r.index] = b
         for mi, (m, route) in enumerate(zip(self.scenario.models, self.gateway.routes, strict=True)):
             reps = route.replicas
-            busy = 0.0
-            for r in reps:
-                b = r.busy_time()
-                busy += b - self._last_busy[r.index]
-                self._last_busy[r.index] = b
-            gpus = len(reps) * m.tp
-            gpu_hours = gpus * dt / 3600.0
-            busy_frac = busy / (len(reps) * dt) if reps else 0.0
+            held = route.controller.gpus_held() if route.controller is not None else len(reps) * m.tp
+            gpus = held
+            gpu_hours = gpus * dt / 3600.0  # every GPU held (starting, ready, draining) costs money
+            busy_frac = busy_by_model[mi] / (held / m.tp * dt) if held else 0.0
             idle_w, busy_w = self._power[mi]
             rows["time_s"].append(now)
             rows["model"].append(m.name)

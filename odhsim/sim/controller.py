@@ -1,0 +1,218 @@
+"""The model controller: replica lifecycles (pending -> downloading -> loading -> testing -> ready -> draining ->
+gone), GPUs from the pool, and the autoscaler's decisions applied on its own intervals.
+
+Policies decide (`policies.autoscaling`, `policies.lifecycle`); this module only moves simulated replicas through
+the states with the delays the start-up model gives, and keeps the records (replica states, scaling events).
+A draining replica takes no new request and leaves once its last request finishes, so scaling loses nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import simpy
+
+from odhsim import catalog
+from odhsim.scenario.deployment import ModelDeployment
+from odhsim.sim.gateway import Gateway, ModelRoute
+from odhsim.sim.gpu_pool import Node, SimGpuPool
+from odhsim.sim.replica_base import ReplicaBase
+from odhsim.sim.replica_factory import ReplicaFactory
+from policies.autoscaling.types import Autoscaler, ScalingMetrics
+from policies.lifecycle.states import DOWNLOADING, DRAINING, GONE, LOADING, PENDING, READY, TESTING, Lifecycle
+from policies.lifecycle.storage import StartupModel
+
+FIXED_MODEL_BYTES = 512 * 2**20  # weights of a `fixed` model when the catalogue has none (a small classifier)
+
+
+class ModelController:
+    def __init__(
+        self,
+        env: simpy.Environment,
+        model_index: int,
+        model: ModelDeployment,
+        route: ModelRoute,
+        gateway: Gateway,
+        factory: ReplicaFactory,
+        pool: SimGpuPool,
+        startup: StartupModel,
+        autoscaler: Autoscaler | None,
+        intervals: tuple[float, float],
+        events: list[dict[str, Any]],
+        states: list[dict[str, Any]],
+    ) -> None:
+        self.env = env
+        self.mi = model_index
+        self.model = model
+        self.route = route
+        self.gateway = gateway
+        self.factory = factory
+        self.pool = pool
+        self.startup = startup
+        self.autoscaler = autoscaler
+        self.decide_every_s, self.observe_every_s = intervals
+        self.events = events
+        self.states = states
+        self.size_bytes = catalog.model(model.profile).weight_bytes if model.profile else FIXED_MODEL_BYTES
+        self.storage_uri = model.storage_uri or f"pvc://models/{model.profile or model.name}"
+        self.lifecycles: dict[int, Lifecycle] = {}  # replica index -> lifecycle
+        self.nodes: dict[int, Node] = {}  # replica index -> node holding its GPUs
+        self.grants: dict[int, Any] = {}  # replica index -> queued GPU request of a pending replica
+        self.starting: list[ReplicaBase] = []
+        self.last_desired = len(route.replicas)
+        self._last_arrivals = 0
+        self._poked = False
+
+    # -- records ------------------------------------------------------------------------------------------
+    def _move(self, replica: ReplicaBase, to: str, detail: str = "") -> None:
+        self.lifecycles[replica.index].transition(self.env.now, to, detail)
+        replica.state = to
+        self.states.append({"time_s": self.env.now, "model": self.model.name, "replica": replica.name, "state": to})
+
+    def _event(self, kind: str, detail: str, replica: str = "") -> None:
+        self.events.append(
+            {"time_s": self.env.now, "kind": kind, "model": self.model.name, "replica": replica, "detail": detail}
+        )
+
+    def gpus_held(self) -> int:
+        return len(self.nodes) * self.model.tp
+
+    # -- start-up of the initial replicas (already deployed: they hold GPUs and serve from t = 0) ------------
+    def adopt_initial(self) -> None:
+        for replica in self.route.replicas:
+            node = self.pool.allocate(self.model.gpu, self.model.tp)
+            assert node is not None, "scenario validation guarantees GPUs for the initial replicas"
+            self.nodes[replica.index] = node
+            node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
+            self.lifecycles[replica.index] = Lifecycle(self.env.now, replica.name, initial=READY)
+            self.states.append(
+                {"time_s": self.env.now, "model": self.model.name, "replica": replica.name, "state": READY}
+            )
+
+    def _cache_key(self) -> str:
+        return f"{self.model.profile or self.model.name}@{self.storage_uri}"
+
+    # -- scaling ------------------------------------------------------------------------------------------
+    def scale_to(self, desired: int, reason: str) -> None:
+        current = len(self.route.replicas) + len(self.starting)
+        if desired != self.last_desired:
+            self._event("scale", f"{self.last_desired} -> {desired}: {reason}")
+            self.last_desired = desired
+        for _ in range(desired - current):
+            self._start_one()
+        surplus = current - desired
+        while surplus > 0 and self.starting:  # cancel the newest starting replica first (it serves nothing yet)
+            self._cancel(self.starting[-1])
+            surplus -= 1
+        while surplus > 0 and self.route.replicas:  # then drain the newest ready one
+            self._drain(self.route.replicas[-1])
+            surplus -= 1
+
+    def _start_one(self) -> None:
+        replica = self.factory.make(self.mi)
+        self.lifecycles[replica.index] = Lifecycle(self.env.now, replica.name, initial=PENDING)
+        replica.state = PENDING
+        self.states.append(
+            {"time_s": self.env.now, "model": self.model.name, "replica": replica.name, "state": PENDING}
+        )
+        self.starting.append(replica)
+
+        def granted(node: Node, replica: ReplicaBase = replica) -> None:
+            self.grants.pop(replica.index, None)
+            self._boot(replica, node)
+
+        self.grants[replica.index] = granted
+        if not self.pool.request(self.model.gpu, self.model.tp, granted):
+            self._event("pending", f"no {self.model.tp} free {self.model.gpu} GPU(s) on one node", replica.name)
+
+    def _boot(self, replica: ReplicaBase, node: Node) -> None:
+        self.nodes[replica.index] = node
+        warm = node.cache.has(self._cache_key())
+        plan = self.startup.plan(self.size_bytes, self.storage_uri, self.model.tp, cached=warm)
+        steps = [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)]
+        if not warm:
+            steps.insert(0, (DOWNLOADING, plan.download_s))
+        self._event("start", f"{'warm' if warm else 'cold'} start on {node.name}: {plan.total_s:.1f} s", replica.name)
+        self._advance(replica, steps)
+
+    def _advance(self, replica: ReplicaBase, steps: list[tuple[str, float]]) -> None:
+        if replica.state == GONE:
+            return  # cancelled while starting
+        state, delay = steps[0]
+        self._move(replica, state)
+        if state == READY:
+            self.starting.remove(replica)
+            node = self.nodes[replica.index]
+            node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
+            self.route.add_replica(replica)
+            self.gateway.replica_ready(self.route)
+            return
+        ev = self.env.timeout(delay)
+        ev.callbacks.append(lambda _e: self._advance(replica, steps[1:]))
+
+    def _cancel(self, replica: ReplicaBase) -> None:
+        self.starting.remove(replica)
+        grant = self.grants.pop(replica.index, None)
+        if grant is not None:
+            self.pool.cancel(grant)
+        self._move(replica, GONE, "scaled down while starting")
+        self._free(replica)
+
+    def _drain(self, replica: ReplicaBase) -> None:
+        self.route.remove_replica(replica)
+        self._move(replica, DRAINING)
+        if replica.in_flight == 0:
+            self.retire(replica)
+
+    def retire(self, replica: ReplicaBase) -> None:
+        """A draining replica finished its last request: it leaves and frees its GPUs."""
+        self._move(replica, GONE, "drained")
+        self._free(replica)
+
+    def _free(self, replica: ReplicaBase) -> None:
+        node = self.nodes.pop(replica.index, None)
+        if node is not None:
+            self.pool.release(node, self.model.tp)
+
+    # -- the autoscaler loop ------------------------------------------------------------------------------
+    def metrics(self) -> ScalingMetrics:
+        """What the autoscaler's scrape sees now (sampled on its own interval, not on every change)."""
+        route, now = self.route, self.env.now
+        ready = route.replicas
+        arrived = self.gateway.arrivals[self.mi]
+        rate = (arrived - self._last_arrivals) / self.observe_every_s
+        self._last_arrivals = arrived
+        held = [self.factory.replicas[i] for i in self.nodes]
+        in_flight = sum(r.in_flight for r in held) + route.queued()
+        waiting = sum(r.waiting() for r in ready)
+        last = self.gateway.last_arrival_s[self.mi]
+        return ScalingMetrics(
+            now=now,
+            ready_replicas=len(ready),
+            pending_replicas=len(self.starting),
+            in_flight=float(in_flight),
+            arrivals_per_s=rate,
+            queue_len=route.queued() + waiting,
+            kv_usage=min(1.0, sum(r.kv_usage() for r in ready) / len(ready)) if ready else 0.0,
+            waiting_per_replica=waiting / len(ready) if ready else 0.0,
+            seconds_since_last_request=now - last if last == last else math.inf,
+        )
+
+    def run(self):  # type: ignore[no-untyped-def]
+        """Observe every metrics interval, decide every decision interval (both from t = 0)."""
+        assert self.autoscaler is not None
+        next_decision = 0.0
+        while True:
+            self.autoscaler.observe(self.metrics())
+            if self.env.now >= next_decision or self._poked:
+                self._poked = False
+                decision = self.autoscaler.decide(self.env.now)
+                self.scale_to(decision.desired, decision.reason)
+                if self.env.now >= next_decision:
+                    next_decision += self.decide_every_s
+            yield self.env.timeout(self.observe_every_s)
+
+    def poke(self) -> None:
+        """The activator holds a request for a model with no ready replica: decide at the next metrics tick."""
+        self._poked = True

@@ -1,0 +1,268 @@
+"""Mélange-style GPU right-sizing: the cheapest (heterogeneous) mix of GPU options that serves a workload within
+its SLO, as a mixed-integer linear program solved with `scipy.optimize.milp` (HiGHS).
+
+Source: Griggs et al., "Mélange: Cost Efficient Large Language Model Serving by Exploiting GPU Heterogeneity"
+(2024), used by the AIBrix GPU optimizer. The workload is split into (input length, output length) buckets, each
+with a request rate; the caller profiles, for each GPU option and bucket, the highest request rate one replica
+sustains while meeting the SLO (Mélange's "max throughput" table).
+
+Program (g: GPU option, e.g. "A10G x1", "A100-80GB x2"; b: bucket):
+
+    minimise    sum_g cost_g * y_g
+    subject to  sum_g x_{b,g} = 1                              for every bucket b with rate_b > 0
+                sum_b rate_b * x_{b,g} / tput_{b,g} <= y_g      for every option g
+                x_{b,g} in [0, 1]  (0 where tput_{b,g} is 0 / missing: that option cannot meet the SLO there)
+                y_g integer, 0 <= y_g <= max_count_g
+
+`x_{b,g}` is the share of bucket b sent to option g. Fractional assignment (the default, as the Mélange paper's
+"slices" of a bucket) lets one bucket spread over several GPU types; `split_buckets=False` makes every x binary,
+the "each bucket served by one GPU type" form of POLICY_REFERENCE.md. The result names the counts, their cost, and
+the saving against a baseline: a given $/h, a given fleet (counts per option), or by default the cheapest
+homogeneous fleet (one option serving everything; the comparison Mélange reports).
+
+A bucket with load that no option can serve within the SLO makes the problem infeasible: `InfeasibleWorkload`
+names the bucket. Buckets with zero rate are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from pydantic import Field
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from policies.registry import PolicyParams
+
+_EPS = 1e-9
+
+
+class InfeasibleWorkload(ValueError):
+    """No GPU mix serves the workload within its SLO (a bucket nobody can serve, or availability limits)."""
+
+
+@dataclass(frozen=True, slots=True)
+class GpuOption:
+    """One way to run a replica: `gpus` GPUs of `gpu_type` at `cost_usd_per_hour` for the whole replica."""
+
+    name: str
+    cost_usd_per_hour: float
+    gpu_type: str = ""
+    gpus: int = 1
+    max_count: int | None = None  # availability cap; None: unlimited
+
+    def __post_init__(self) -> None:
+        if self.cost_usd_per_hour < 0:
+            raise ValueError(f"option '{self.name}': cost_usd_per_hour must be >= 0")
+        if self.gpus < 1:
+            raise ValueError(f"option '{self.name}': gpus must be >= 1")
+        if self.max_count is not None and self.max_count < 0:
+            raise ValueError(f"option '{self.name}': max_count must be >= 0")
+
+    @classmethod
+    def of(cls, gpu_type: str, price_per_gpu_hour: float, gpus: int = 1, max_count: int | None = None) -> GpuOption:
+        """`GpuOption.of("A100-80GB", 5.12, 2)` is named "A100-80GBx2" and costs 2 x the per-GPU price."""
+        return cls(f"{gpu_type}x{gpus}", price_per_gpu_hour * gpus, gpu_type, gpus, max_count)
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadBucket:
+    """One (input length, output length) bucket and its request rate (req/s); the lengths only describe it."""
+
+    name: str
+    rate_rps: float
+    input_tokens: float = 0.0
+    output_tokens: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.rate_rps < 0:
+            raise ValueError(f"bucket '{self.name}': rate_rps must be >= 0")
+
+
+@dataclass(frozen=True)
+class RightsizingResult:
+    counts: dict[str, int]  # replicas per option (every option, zeros included)
+    cost_usd_per_hour: float
+    baseline_usd_per_hour: float
+    baseline: str  # what the baseline is
+    assignment: dict[str, dict[str, float]]  # bucket -> option -> share of its load (shares > 0 only)
+    utilization: dict[str, float]  # option -> load / capacity of its chosen replicas (options with replicas)
+
+    @property
+    def saving_usd_per_hour(self) -> float:
+        return self.baseline_usd_per_hour - self.cost_usd_per_hour
+
+    @property
+    def saving_fraction(self) -> float:
+        return self.saving_usd_per_hour / self.baseline_usd_per_hour if self.baseline_usd_per_hour > 0 else 0.0
+
+    def chosen(self) -> dict[str, int]:
+        """Only the options with at least one replica."""
+        return {k: v for k, v in self.counts.items() if v > 0}
+
+
+def _tput(throughput: Mapping[tuple[str, str], float], option: str, bucket: str) -> float:
+    value = float(throughput.get((option, bucket), 0.0))
+    if value < 0 or math.isnan(value):
+        raise ValueError(f"throughput[{option!r}, {bucket!r}] must be >= 0")
+    return value
+
+
+def _check_inputs(
+    options: Sequence[GpuOption], buckets: Sequence[WorkloadBucket], throughput: Mapping[tuple[str, str], float]
+) -> None:
+    if not options:
+        raise ValueError("at least one GPU option is needed")
+    opt_names = [o.name for o in options]
+    bucket_names = [b.name for b in buckets]
+    if len(set(opt_names)) != len(opt_names):
+        raise ValueError("GPU option names must be unique")
+    if len(set(bucket_names)) != len(bucket_names):
+        raise ValueError("bucket names must be unique")
+    for option, bucket in throughput:
+        if option not in opt_names:
+            raise ValueError(f"throughput names unknown GPU option '{option}'; options: {', '.join(opt_names)}")
+        if bucket not in bucket_names:
+            raise ValueError(f"throughput names unknown bucket '{bucket}'; buckets: {', '.join(bucket_names)}")
+
+
+def homogeneous_cost(
+    option: GpuOption, buckets: Sequence[WorkloadBucket], throughput: Mapping[tuple[str, str], float]
+) -> tuple[int, float] | None:
+    """(replicas, $/h) for serving everything on `option` alone; None if it cannot serve some loaded bucket."""
+    load = 0.0
+    for b in buckets:
+        if b.rate_rps <= 0:
+            continue
+        t = _tput(throughput, option.name, b.name)
+        if t <= 0:
+            return None
+        load += b.rate_rps / t
+    count = max(0, math.ceil(load - 1e-9))
+    if option.max_count is not None and count > option.max_count:
+        return None
+    return count, count * option.cost_usd_per_hour
+
+
+class RightsizingParams(PolicyParams):
+    """`rightsizing` / `melange`: `split_buckets` (default True) allows a bucket's load over several options."""
+
+    split_buckets: bool = True
+    mip_rel_gap: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0  # 0: solve to proven optimality
+
+
+class MelangeRightsizer:
+    __slots__ = ("mip_rel_gap", "split_buckets")
+
+    def __init__(self, split_buckets: bool = True, mip_rel_gap: float = 0.0) -> None:
+        p = RightsizingParams(split_buckets=split_buckets, mip_rel_gap=mip_rel_gap)
+        self.split_buckets = p.split_buckets
+        self.mip_rel_gap = p.mip_rel_gap
+
+    @classmethod
+    def from_params(cls, params: RightsizingParams, rng: np.random.Generator) -> MelangeRightsizer:
+        return cls(params.split_buckets, params.mip_rel_gap)
+
+    def solve(
+        self,
+        options: Sequence[GpuOption],
+        buckets: Sequence[WorkloadBucket],
+        throughput: Mapping[tuple[str, str], float],
+        baseline: float | Mapping[str, int] | None = None,
+    ) -> RightsizingResult:
+        return rightsize(
+            options, buckets, throughput, baseline, split_buckets=self.split_buckets, mip_rel_gap=self.mip_rel_gap
+        )
+
+
+def _baseline(
+    options: Sequence[GpuOption],
+    buckets: Sequence[WorkloadBucket],
+    throughput: Mapping[tuple[str, str], float],
+    baseline: float | Mapping[str, int] | None,
+) -> tuple[float, str]:
+    if baseline is None:
+        best: tuple[float, str] | None = None
+        for o in options:
+            h = homogeneous_cost(o, buckets, throughput)
+            if h is not None and (best is None or h[1] < best[0] - _EPS):
+                best = (h[1], f"cheapest homogeneous fleet: {h[0]} x {o.name}")
+        return best if best is not None else (math.nan, "no single option serves every bucket")
+    if isinstance(baseline, Mapping):
+        by_name = {o.name: o for o in options}
+        unknown = [k for k in baseline if k not in by_name]
+        if unknown:
+            raise ValueError(f"baseline names unknown GPU options: {', '.join(unknown)}")
+        cost = sum(by_name[k].cost_usd_per_hour * n for k, n in baseline.items())
+        return cost, "given fleet: " + ", ".join(f"{n} x {k}" for k, n in baseline.items())
+    return float(baseline), "given cost"
+
+
+def rightsize(
+    options: Sequence[GpuOption],
+    buckets: Sequence[WorkloadBucket],
+    throughput: Mapping[tuple[str, str], float],
+    baseline: float | Mapping[str, int] | None = None,
+    *,
+    split_buckets: bool = True,
+    mip_rel_gap: float = 0.0,
+) -> RightsizingResult:
+    """Solve the Mélange program (module doc). `throughput[(option, bucket)]`: req/s per replica within the SLO."""
+    _check_inputs(options, buckets, throughput)
+    loaded = [b for b in buckets if b.rate_rps > 0]
+    for b in loaded:
+        if all(_tput(throughput, o.name, b.name) <= 0 for o in options):
+            raise InfeasibleWorkload(
+                f"bucket '{b.name}' ({b.rate_rps:g} req/s) cannot be served within the SLO by any GPU option "
+                f"({', '.join(o.name for o in options)}): no option has a positive throughput for it"
+            )
+    n_opt = len(options)
+    pairs = [
+        (bi, gi) for bi, b in enumerate(loaded) for gi, o in enumerate(options) if _tput(throughput, o.name, b.name) > 0
+    ]
+    n_var = n_opt + len(pairs)
+    c = np.zeros(n_var)
+    c[:n_opt] = [o.cost_usd_per_hour for o in options]
+    a = np.zeros((len(loaded) + n_opt, n_var))
+    for k, (bi, gi) in enumerate(pairs):
+        col = n_opt + k
+        b, o = loaded[bi], options[gi]
+        a[bi, col] = 1.0
+        a[len(loaded) + gi, col] = b.rate_rps / _tput(throughput, o.name, b.name)
+    for gi in range(n_opt):
+        a[len(loaded) + gi, gi] = -1.0
+    lb = np.concatenate([np.ones(len(loaded)), np.full(n_opt, -np.inf)])
+    ub = np.concatenate([np.ones(len(loaded)), np.zeros(n_opt)])
+    upper = np.concatenate([[np.inf if o.max_count is None else o.max_count for o in options], np.ones(len(pairs))])
+    integrality = np.concatenate([np.ones(n_opt), np.full(len(pairs), 0 if split_buckets else 1)])
+    base_cost, base_label = _baseline(options, buckets, throughput, baseline)
+    if not loaded:
+        counts = {o.name: 0 for o in options}
+        return RightsizingResult(counts, 0.0, base_cost, base_label, {}, {})
+    res = milp(
+        c,
+        constraints=LinearConstraint(a, lb, ub),
+        integrality=integrality,
+        bounds=Bounds(np.zeros(n_var), upper),
+        options={"mip_rel_gap": mip_rel_gap},
+    )
+    if res.x is None or res.status not in (0,):
+        raise InfeasibleWorkload(
+            f"no GPU mix serves the workload within the availability limits (solver: {res.message})"
+        )
+    y = np.rint(res.x[:n_opt]).astype(int)
+    counts = {o.name: int(y[gi]) for gi, o in enumerate(options)}
+    assignment: dict[str, dict[str, float]] = {b.name: {} for b in loaded}
+    load = np.zeros(n_opt)
+    for k, (bi, gi) in enumerate(pairs):
+        share = float(res.x[n_opt + k])
+        if share > 1e-7:
+            b, o = loaded[bi], options[gi]
+            assignment[b.name][o.name] = share
+            load[gi] += b.rate_rps * share / _tput(throughput, o.name, b.name)
+    utilization = {o.name: float(load[gi] / y[gi]) for gi, o in enumerate(options) if y[gi] > 0}
+    cost = float(sum(o.cost_usd_per_hour * counts[o.name] for o in options))
+    return RightsizingResult(counts, cost, base_cost, base_label, assignment, utilization)
