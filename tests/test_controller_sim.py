@@ -96,3 +96,20 @@ def test_warm_start_is_faster_than_cold_start() -> None:
     cold_s, warm_s = start_seconds(cold, "cold"), start_seconds(warm, "warm")
     assert cold_s and warm_s and not start_seconds(cold, "warm")
     assert min(cold_s) > 2 * max(warm_s)
+
+
+def test_budget_cap_is_never_exceeded_and_requests_queue_instead() -> None:
+    sc = rush_scenario()
+    price = 5.1207  # A100-80GB $/GPU-hour in the catalogue
+    sc["budget_usd_per_hour"] = 3 * price + 0.01  # room for three replicas
+    res = simulate(scenario_from_dict(sc))
+    s, ts, ev = res.summary, res.timeseries, res.events
+    assert s["requests"] == s["completed"]  # nothing lost: the excess waited
+    assert (ts["gpus"] <= 3).all()
+    assert ((ts["cost_usd"] / (ts["gpus"].clip(lower=1) * 10 / 3600)) <= price + 1e-9).all()
+    refused = ev[ev["kind"] == "budget"]
+    assert len(refused) >= 1 and refused["detail"].str.contains("budget").all()
+    unlimited = simulate(scenario_from_dict(rush_scenario())).summary
+    # the capped fleet costs less and its requests take longer (bigger batches on fewer replicas)
+    assert s["cost_usd"] < unlimited["cost_usd"]
+    assert s["e2e_p50_s"] > unlimited["e2e_p50_s"]

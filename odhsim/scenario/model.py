@@ -68,6 +68,8 @@ class Scenario(Frozen):
     workload: WorkloadConfig
     slos: dict[str, Slo] = Field(default_factory=_default_slos)
     outputs: OutputConfig = OutputConfig()
+    budget_usd_per_hour: Annotated[float, Field(gt=0.0)] | None = None
+    """A cap on the pool's spend; a scale-up that would break it is refused (an event) and requests queue."""
     startup: StartupParams = StartupParams()
     """Download bandwidth and latency per storage scheme, host-to-GPU load bandwidth, readiness-test time."""
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)

@@ -11,13 +11,14 @@ from odhsim.results.request_log import RequestLog
 from odhsim.rng import RngStreams
 from odhsim.scenario.deployment import ServiceTime
 from odhsim.scenario.model import Scenario
-from odhsim.sim.controller import ModelController
+from odhsim.sim.controller import ModelController, Spend
 from odhsim.sim.gateway import Gateway, ModelRoute
 from odhsim.sim.gpu_pool import SimGpuPool
 from odhsim.sim.replica_factory import ReplicaFactory
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.autoscaling.config import build_autoscaler
 from policies.caching.config import build_response_cache
+from policies.cost.budget import BudgetGuard
 from policies.flowcontrol.config import build_flow_control
 from policies.lifecycle.storage import StartupModel
 from policies.resilience.config import build_breaker
@@ -64,6 +65,8 @@ def build_cluster(
     gateway_ref.append(gateway)
     pool = SimGpuPool(scenario.gpu_pool)
     startup = StartupModel(scenario.startup)
+    budget = scenario.budget_usd_per_hour
+    spend = Spend(None if budget is None else BudgetGuard(budget))
     for mi, (m, route) in enumerate(zip(scenario.models, routes, strict=True)):
         autoscaler, intervals = None, (2.0, 1.0)
         if m.autoscaling is not None:
@@ -72,6 +75,8 @@ def build_cluster(
         controller = ModelController(
             env, mi, m, route, gateway, factory, pool, startup, autoscaler, intervals, events, states
         )
+        controller.spend = spend
+        spend.controllers.append(controller)
         controller.adopt_initial()
         route.controller = controller
     return gateway

@@ -20,10 +20,22 @@ from odhsim.sim.gpu_pool import Node, SimGpuPool
 from odhsim.sim.replica_base import ReplicaBase
 from odhsim.sim.replica_factory import ReplicaFactory
 from policies.autoscaling.types import Autoscaler, ScalingMetrics
+from policies.cost.budget import BudgetGuard
 from policies.lifecycle.states import DOWNLOADING, DRAINING, GONE, LOADING, PENDING, READY, TESTING, Lifecycle
 from policies.lifecycle.storage import StartupModel
 
 FIXED_MODEL_BYTES = 512 * 2**20  # weights of a `fixed` model when the catalogue has none (a small classifier)
+
+
+class Spend:
+    """The pool-wide $/hour committed to replicas (holding GPUs or waiting for them), checked against a budget."""
+
+    def __init__(self, guard: BudgetGuard | None) -> None:
+        self.guard = guard
+        self.controllers: list[ModelController] = []
+
+    def committed_usd_per_hour(self) -> float:
+        return sum(c.committed_gpus() * c.price_per_gpu_hour for c in self.controllers)
 
 
 class ModelController:
@@ -61,6 +73,9 @@ class ModelController:
         self.grants: dict[int, Any] = {}  # replica index -> queued GPU request of a pending replica
         self.starting: list[ReplicaBase] = []
         self.last_desired = len(route.replicas)
+        self.spend: Spend | None = None
+        self.price_per_gpu_hour = catalog.gpu(model.gpu).price_per_gpu_hour
+        self._budget_refused = False
         self._last_arrivals = 0
         self._poked = False
 
@@ -77,6 +92,20 @@ class ModelController:
 
     def gpus_held(self) -> int:
         return len(self.nodes) * self.model.tp
+
+    def committed_gpus(self) -> int:
+        """GPUs held plus those asked for by replicas still waiting in `pending`."""
+        return (len(self.nodes) + len(self.grants)) * self.model.tp
+
+    def _budget_allows(self) -> bool:
+        if self.spend is None or self.spend.guard is None:
+            return True
+        added = self.model.tp * self.price_per_gpu_hour
+        verdict = self.spend.guard.allows(self.spend.committed_usd_per_hour(), added, self.model.name)
+        if not verdict.allowed and not self._budget_refused:
+            self._event("budget", verdict.reason)  # once per refusal spell, not every decision
+        self._budget_refused = not verdict.allowed
+        return verdict.allowed
 
     # -- start-up of the initial replicas (already deployed: they hold GPUs and serve from t = 0) ------------
     def adopt_initial(self) -> None:
@@ -100,6 +129,8 @@ class ModelController:
             self._event("scale", f"{self.last_desired} -> {desired}: {reason}")
             self.last_desired = desired
         for _ in range(desired - current):
+            if not self._budget_allows():
+                break  # requests queue instead (the seed's "no budget? queue requests")
             self._start_one()
         surplus = current - desired
         while surplus > 0 and self.starting:  # cancel the newest starting replica first (it serves nothing yet)
