@@ -47,8 +47,12 @@ def _register_routing(reg: Registry) -> None:
 
 def build_default_registry() -> Registry:
     """A fresh registry holding every built-in policy (tests and experiments may extend their own copy)."""
+    from policies.autoscaling.registration import register as register_autoscaling
     from policies.caching.registration import register as register_caching
+    from policies.cost.registration import register as register_cost
     from policies.flowcontrol.registration import register as register_flowcontrol
+    from policies.lifecycle.registration import register as register_lifecycle
+    from policies.placement.registration import register as register_placement
     from policies.resilience.registration import register as register_resilience
 
     reg = Registry()
@@ -56,6 +60,10 @@ def build_default_registry() -> Registry:
     register_flowcontrol(reg)  # kinds: queue, saturation-detector, admission
     register_caching(reg)  # kind: response-cache
     register_resilience(reg)  # kinds: circuit-breaker, outlier-detection, retry
+    register_autoscaling(reg)  # kind: autoscaler
+    register_lifecycle(reg)  # kinds: restart-backoff, model-startup
+    register_placement(reg)  # kind: placement
+    register_cost(reg)  # kinds: budget, rightsizing
     return reg
 
 

@@ -62,11 +62,17 @@ def test_too_many_gpus_for_the_pool(tmp_path: Path) -> None:
     assert "need 9 x A100-80GB" in msg and "gpu_pool has 8" in msg
 
 
-def test_model_that_does_not_fit_needs_tensor_parallelism() -> None:
-    msg = error_of(DEFAULT, ["models[0].profile=llama2-70b"])
-    assert "does not fit 1 x A100-80GB" in msg and "raise tp" in msg
-    sc = load_scenario(DEFAULT, ["models[0].profile=llama2-70b", "models[0].tp=2", "models[0].replicas=4"])
-    assert sc.models[0].tp == 2
+def test_model_that_does_not_fit_is_rejected_at_deploy_with_the_reason() -> None:
+    from odhsim.sim.run import simulate
+
+    sc = load_scenario(DEFAULT, ["models[0].profile=llama2-70b", "duration_s=30", "workload.sources[0].duration_s=30"])
+    res = simulate(sc)
+    deploy = res.events[res.events["kind"] == "deploy"]["detail"].iloc[0]
+    assert deploy.startswith("rejected: llama2-70b") and "does not fit 1 x A100-80GB" in deploy and "raise tp" in deploy
+    r = res.requests
+    assert (r["status"] == "failed").all() and r["reason"].astype(str).str.contains("does not fit").all()
+    ok = load_scenario(DEFAULT, ["models[0].profile=llama2-70b", "models[0].tp=2", "models[0].replicas=4"])
+    assert ok.models[0].deploy_verdict()[0]
 
 
 def test_invalid_yaml_names_the_line(tmp_path: Path) -> None:

@@ -86,6 +86,21 @@ class ModelDeployment(Frozen):
     storage_uri: str | None = None
     """Where the weights come from (s3://, gs://, pvc://, hf://, oci://, https://); default pvc://models/<profile>."""
 
+    def deploy_verdict(self) -> tuple[bool, str]:
+        """The controller's validation at deploy time: (approved, reason). A model whose weights plus one
+        max_model_len sequence of KV cache do not fit its GPUs at this TP degree is rejected, with the numbers."""
+        if self.kind != "llm" or self.profile is None:
+            return True, f"approved: {self.replicas} x {self.kind} model on {self.gpu}"
+        spec, gpu = catalog.model(self.profile), catalog.gpu(self.gpu)
+        need = self.engine.max_model_len or spec.max_context
+        if not catalog.fits(self.profile, self.gpu, self.tp, self.engine.gpu_memory_utilization, need):
+            return False, (
+                f"rejected: {spec.name} ({spec.weight_bytes / 2**30:.0f} GiB of weights) does not fit {self.tp} x "
+                f"{gpu.name} ({gpu.memory_gb:g} GB each) with room for a KV cache of {need} tokens; "
+                "raise tp or lower engine.max_model_len"
+            )
+        return True, f"approved: {self.replicas} x {spec.name} on {self.tp} x {gpu.name}"
+
     @field_validator("storage_uri")
     @classmethod
     def _known_scheme(cls, v: str | None) -> str | None:
@@ -123,13 +138,6 @@ class ModelDeployment(Frozen):
                 raise ValueError(
                     f"model '{self.name}': engine.max_model_len {self.engine.max_model_len} exceeds "
                     f"{spec.name}'s context of {spec.max_context}"
-                )
-            need = self.engine.max_model_len or spec.max_context
-            if not catalog.fits(self.profile, self.gpu, self.tp, self.engine.gpu_memory_utilization, need):
-                raise ValueError(
-                    f"model '{self.name}': {self.profile} does not fit {self.tp} x {self.gpu} "
-                    f"({catalog.gpu(self.gpu).memory_gb:g} GB each) with room for a KV cache of {need} tokens; "
-                    "raise tp or lower engine.max_model_len"
                 )
         elif self.service_time is None:
             raise ValueError(f"model '{self.name}': a 'fixed' model needs `service_time`")

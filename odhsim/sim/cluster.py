@@ -45,8 +45,11 @@ def build_cluster(
 
     factory = ReplicaFactory(env, scenario, on_finish, block_tokens)
     interval = scenario.gateway.scrape_interval_s
+    verdicts = [m.deploy_verdict() for m in scenario.models]
     for mi, m in enumerate(scenario.models):
-        mine = [factory.make(mi) for _ in range(m.replicas)]
+        approved, reason = verdicts[mi]
+        events.append({"time_s": 0.0, "kind": "deploy", "model": m.name, "replica": "", "detail": reason})
+        mine = [factory.make(mi) for _ in range(m.replicas)] if approved else []
         router = build_router(scenario.gateway.router, streams.get(f"router.{m.name}"))
         gw = scenario.gateway
         flow = None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))
@@ -69,7 +72,10 @@ def build_cluster(
     spend = Spend(None if budget is None else BudgetGuard(budget))
     for mi, (m, route) in enumerate(zip(scenario.models, routes, strict=True)):
         autoscaler, intervals = None, (2.0, 1.0)
-        if m.autoscaling is not None:
+        approved, reason = verdicts[mi]
+        if not approved:
+            route.rejection = f"model {reason}"
+        elif m.autoscaling is not None:
             autoscaler = build_autoscaler(m.autoscaling, streams.get(f"autoscaler.{m.name}"))
             intervals = (m.autoscaling.interval_s, m.autoscaling.metrics_interval_s)
         controller = ModelController(

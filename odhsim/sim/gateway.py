@@ -56,6 +56,7 @@ class ModelRoute:
         self.fallback: ModelRoute | None = None
         self.breaker: CircuitBreaker | None = None
         self.controller: Any = None  # the model's ModelController (set by the cluster builder)
+        self.rejection = ""  # why the deployment was rejected, when it was
         self.queue: deque[SimRequest] = deque()  # FIFO used without flow control
         self.held: dict[int, SimRequest] = {}  # requests in the flow-control queue, by row
         self.pumping = False
@@ -151,7 +152,9 @@ class Gateway:
             return
         if not route.replicas:
             if not route.autoscaled:
-                self.finish(req, self.env.now, STATUS_FAILED, "model has no replicas and no fallback")
+                self.finish(
+                    req, self.env.now, STATUS_FAILED, route.rejection or "model has no replicas and no fallback"
+                )
                 return
             route.controller.poke()  # the activator holds the request and asks for a replica
         if route.flow is not None:

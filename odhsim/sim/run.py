@@ -73,21 +73,8 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         if r.state != "gone"
     ]
     replicas = pd.DataFrame(states_log + final, columns=columns)
-    events = pd.DataFrame(
-        [
-            {
-                "time_s": 0.0,
-                "kind": "deploy",
-                "model": m.name,
-                "replica": "",
-                "detail": f"{m.replicas} x {m.profile or m.kind} on {m.tp} x {m.gpu}",
-            }
-            for m in scenario.models
-        ]
-        + events_log
-        + [{"time_s": end_s, "kind": "hard_stop" if hard_stopped else "end", "model": "", "replica": "", "detail": ""}],
-        columns=["time_s", "kind", "model", "replica", "detail"],
-    )
+    ending = {"time_s": end_s, "kind": "hard_stop" if hard_stopped else "end", "model": "", "replica": "", "detail": ""}
+    events = pd.DataFrame([*events_log, ending], columns=["time_s", "kind", "model", "replica", "detail"])
     breaker_events = [
         {"time_s": t, "kind": "breaker", "model": route.name, "replica": "", "detail": f"{old} -> {new}"}
         for route in gateway.routes

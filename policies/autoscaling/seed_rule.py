@@ -4,7 +4,7 @@ Every decision, with current = ready + pending replicas (what has been asked for
   - at zero replicas with any traffic (in flight, waiting or arriving): 1 (cold start; nothing else wakes it)
   - queue_len > queue_threshold (50): current + 1 (one replica per decision, not ceil(queue / 50): the seed says
     "scale up", and a step per decision interval is the plain reading)
-  - idle (no request for idle_s, 5 min, and nothing in flight or waiting) and min_replicas 0: 0 (scale to zero at no traffic)
+  - idle (no request for idle_s, 5 min, and nothing in flight or waiting) and min_replicas 0: 0 (scale to zero)
   - idle and min_replicas > 0: current - 1, at most one step per idle_s (the idle clock restarts after a step)
   - otherwise current
 then clamped to [min_replicas, max_replicas]. The latest sample decides (no averaging).

@@ -116,7 +116,7 @@ class CommonParams(PolicyParams):
 def clamp(n: int, min_replicas: int, max_replicas: int) -> int:
     """n bounded to [min_replicas, max_replicas]; max_replicas 0 is unbounded (Knative's applyBounds)."""
     n = max(n, min_replicas)
-    if max_replicas and n > max_replicas + 1:
+    if max_replicas and n > max_replicas:
         n = max_replicas
     return n
 
