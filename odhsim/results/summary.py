@@ -90,6 +90,10 @@ def summarize(
         "wall_s": wall_s,
         "sim_requests_per_wall_s": n / wall_s if wall_s > 0 else float("nan"),
     }
+    if len(timeseries):
+        by_model = timeseries.groupby("model", observed=True)[["cost_usd", "gpu_hours"]].sum()
+        summary["cost_usd_by_model"] = {str(k): float(v) for k, v in by_model["cost_usd"].items()}
+        summary["gpu_hours_by_model"] = {str(k): float(v) for k, v in by_model["gpu_hours"].items()}
     summary["cost_per_1k_requests_usd"] = summary["cost_usd"] / counts["ok"] * 1000 if counts["ok"] else float("nan")
     if extra:
         summary.update(extra)
