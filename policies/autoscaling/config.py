@@ -13,30 +13,21 @@ policy's own params model (unknown keys are errors).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import lru_cache
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policies.autoscaling.registration import register
 from policies.autoscaling.types import AUTOSCALER_KIND, Autoscaler
 from policies.errors import PolicyConfigError
 from policies.registry import Registry
 
 
-@lru_cache(maxsize=1)
-def _own_registry() -> Registry:
-    reg = Registry()
-    register(reg)
-    return reg
-
-
 def default_registry() -> Registry:
-    """policies.builtin.REGISTRY once it holds the autoscaler kind, else a private one with just the autoscalers."""
-    from policies.builtin import REGISTRY  # imported late: builtin may import this package
+    """The one built-in registry (imported late: policies.builtin imports this package's registration)."""
+    from policies.builtin import REGISTRY
 
-    return REGISTRY if AUTOSCALER_KIND in REGISTRY.kinds() else _own_registry()
+    return REGISTRY
 
 
 class AutoscalerConfig(BaseModel):

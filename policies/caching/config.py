@@ -19,20 +19,16 @@ from typing import Annotated, Any, cast
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from policies.caching.registration import KIND, register
+from policies.caching.registration import KIND
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
 from policies.registry import Registry
 
 
 def default_registry() -> Registry:
-    """The built-in registry once it holds the caching policies; until then a private one with just them."""
+    """The one built-in registry (imported late: policies.builtin imports this package's registration)."""
     from policies.builtin import REGISTRY
 
-    if KIND in REGISTRY.kinds():
-        return REGISTRY
-    reg = Registry()
-    register(reg)
-    return reg
+    return REGISTRY
 
 
 class ResponseCacheConfig(BaseModel):

@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -26,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from policies.errors import PolicyConfigError
 from policies.flowcontrol.priority import PRIORITY_CLASSES, class_to_priority, priority_to_class
-from policies.flowcontrol.registration import ADMISSION_KIND, QUEUE_KIND, SATURATION_KIND, register
+from policies.flowcontrol.registration import ADMISSION_KIND, QUEUE_KIND, SATURATION_KIND
 from policies.flowcontrol.types import Admitter, FlowQueue, QueuedRequest, SaturationDetector
 from policies.registry import Registry
 
@@ -45,18 +44,11 @@ class PolicySpec(_Frozen):
     params: dict[str, Any] = Field(default_factory=dict)
 
 
-@lru_cache(maxsize=1)
-def _own_registry() -> Registry:
-    reg = Registry()
-    register(reg)
-    return reg
-
-
 def default_registry() -> Registry:
-    """policies.builtin.REGISTRY once it holds the flow-control kinds, else a private one with just them."""
-    from policies.builtin import REGISTRY  # imported late: builtin may import this package
+    """The one built-in registry (imported late: policies.builtin imports this package's registration)."""
+    from policies.builtin import REGISTRY
 
-    return REGISTRY if QUEUE_KIND in REGISTRY.kinds() else _own_registry()
+    return REGISTRY
 
 
 class FlowControlConfig(_Frozen):

@@ -26,19 +26,15 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from policies.registry import Registry
 from policies.resilience.breaker import CircuitBreaker
 from policies.resilience.outlier import OutlierDetector
-from policies.resilience.registration import BREAKER_KIND, KINDS, OUTLIER_KIND, RETRY_KIND, register
+from policies.resilience.registration import BREAKER_KIND, OUTLIER_KIND, RETRY_KIND
 from policies.resilience.retry import EnvoyRetry, LadderRetry
 
 
 def default_registry() -> Registry:
-    """The built-in registry once it holds the resilience policies; until then a private one with just them."""
+    """The one built-in registry (imported late: policies.builtin imports this package's registration)."""
     from policies.builtin import REGISTRY
 
-    if all(kind in REGISTRY.kinds() for kind in KINDS):
-        return REGISTRY
-    reg = Registry()
-    register(reg)
-    return reg
+    return REGISTRY
 
 
 class _Frozen(BaseModel):
