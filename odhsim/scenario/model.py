@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
@@ -68,6 +68,8 @@ class Scenario(Frozen):
     workload: WorkloadConfig
     slos: dict[str, Slo] = Field(default_factory=_default_slos)
     outputs: OutputConfig = OutputConfig()
+    placement: Literal["first-fit-decreasing", "best-fit"] = "first-fit-decreasing"
+    """Where a new replica's GPUs go (`policies.placement`); TP groups never span nodes."""
     budget_usd_per_hour: Annotated[float, Field(gt=0.0)] | None = None
     """A cap on the pool's spend; a scale-up that would break it is refused (an event) and requests queue."""
     startup: StartupParams = StartupParams()

@@ -17,6 +17,7 @@ from odhsim.sim.gpu_pool import SimGpuPool
 from odhsim.sim.replica_factory import ReplicaFactory
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.autoscaling.config import build_autoscaler
+from policies.builtin import REGISTRY
 from policies.caching.config import build_response_cache
 from policies.cost.budget import BudgetGuard
 from policies.flowcontrol.config import build_flow_control
@@ -66,7 +67,8 @@ def build_cluster(
         cache = build_response_cache(scenario.gateway.response_cache, streams.get("response_cache"))
     gateway = Gateway(env, routes, factory.replicas, log, tenant_names, block_tokens, interval, cache)
     gateway_ref.append(gateway)
-    pool = SimGpuPool(scenario.gpu_pool)
+    placer = REGISTRY.build("placement", scenario.placement, {}, streams.get("placement"))
+    pool = SimGpuPool(scenario.gpu_pool, placer)  # type: ignore[arg-type]
     startup = StartupModel(scenario.startup)
     budget = scenario.budget_usd_per_hour
     spend = Spend(None if budget is None else BudgetGuard(budget))

@@ -16,7 +16,7 @@ import simpy
 from odhsim import catalog
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.sim.gateway import Gateway, ModelRoute
-from odhsim.sim.gpu_pool import Node, SimGpuPool
+from odhsim.sim.gpu_pool import Allocation, SimGpuPool
 from odhsim.sim.replica_base import ReplicaBase
 from odhsim.sim.replica_factory import ReplicaFactory
 from policies.autoscaling.types import Autoscaler, ScalingMetrics
@@ -69,7 +69,7 @@ class ModelController:
         self.size_bytes = catalog.model(model.profile).weight_bytes if model.profile else FIXED_MODEL_BYTES
         self.storage_uri = model.storage_uri or f"pvc://models/{model.profile or model.name}"
         self.lifecycles: dict[int, Lifecycle] = {}  # replica index -> lifecycle
-        self.nodes: dict[int, Node] = {}  # replica index -> node holding its GPUs
+        self.allocations: dict[int, Allocation] = {}  # replica index -> the GPUs it holds
         self.grants: dict[int, Any] = {}  # replica index -> queued GPU request of a pending replica
         self.starting: list[ReplicaBase] = []
         self.last_desired = len(route.replicas)
@@ -91,11 +91,11 @@ class ModelController:
         )
 
     def gpus_held(self) -> int:
-        return len(self.nodes) * self.model.tp
+        return len(self.allocations) * self.model.tp
 
     def committed_gpus(self) -> int:
         """GPUs held plus those asked for by replicas still waiting in `pending`."""
-        return (len(self.nodes) + len(self.grants)) * self.model.tp
+        return (len(self.allocations) + len(self.grants)) * self.model.tp
 
     def _budget_allows(self) -> bool:
         if self.spend is None or self.spend.guard is None:
@@ -110,10 +110,10 @@ class ModelController:
     # -- start-up of the initial replicas (already deployed: they hold GPUs and serve from t = 0) ------------
     def adopt_initial(self) -> None:
         for replica in self.route.replicas:
-            node = self.pool.allocate(self.model.gpu, self.model.tp)
-            assert node is not None, "scenario validation guarantees GPUs for the initial replicas"
-            self.nodes[replica.index] = node
-            node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
+            allocation = self.pool.allocate(self.model.gpu, self.model.tp)
+            assert allocation is not None, "scenario validation guarantees GPUs for the initial replicas"
+            self.allocations[replica.index] = allocation
+            allocation.node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
             self.lifecycles[replica.index] = Lifecycle(self.env.now, replica.name, initial=READY)
             self.states.append(
                 {"time_s": self.env.now, "model": self.model.name, "replica": replica.name, "state": READY}
@@ -149,16 +149,17 @@ class ModelController:
         )
         self.starting.append(replica)
 
-        def granted(node: Node, replica: ReplicaBase = replica) -> None:
+        def granted(allocation: Allocation, replica: ReplicaBase = replica) -> None:
             self.grants.pop(replica.index, None)
-            self._boot(replica, node)
+            self._boot(replica, allocation)
 
         self.grants[replica.index] = granted
         if not self.pool.request(self.model.gpu, self.model.tp, granted):
             self._event("pending", f"no {self.model.tp} free {self.model.gpu} GPU(s) on one node", replica.name)
 
-    def _boot(self, replica: ReplicaBase, node: Node) -> None:
-        self.nodes[replica.index] = node
+    def _boot(self, replica: ReplicaBase, allocation: Allocation) -> None:
+        self.allocations[replica.index] = allocation
+        node = allocation.node
         warm = node.cache.has(self._cache_key())
         plan = self.startup.plan(self.size_bytes, self.storage_uri, self.model.tp, cached=warm)
         steps = [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)]
@@ -174,8 +175,7 @@ class ModelController:
         self._move(replica, state)
         if state == READY:
             self.starting.remove(replica)
-            node = self.nodes[replica.index]
-            node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
+            self.allocations[replica.index].node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
             self.route.add_replica(replica)
             self.gateway.replica_ready(self.route)
             return
@@ -202,9 +202,9 @@ class ModelController:
         self._free(replica)
 
     def _free(self, replica: ReplicaBase) -> None:
-        node = self.nodes.pop(replica.index, None)
-        if node is not None:
-            self.pool.release(node, self.model.tp)
+        allocation = self.allocations.pop(replica.index, None)
+        if allocation is not None:
+            self.pool.release(allocation)
 
     # -- the autoscaler loop ------------------------------------------------------------------------------
     def metrics(self) -> ScalingMetrics:
@@ -214,7 +214,7 @@ class ModelController:
         arrived = self.gateway.arrivals[self.mi]
         rate = (arrived - self._last_arrivals) / self.observe_every_s
         self._last_arrivals = arrived
-        held = [self.factory.replicas[i] for i in self.nodes]
+        held = [self.factory.replicas[i] for i in self.allocations]
         in_flight = sum(r.in_flight for r in held) + route.queued()
         waiting = sum(r.waiting() for r in ready)
         last = self.gateway.last_arrival_s[self.mi]

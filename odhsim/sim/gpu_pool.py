@@ -7,11 +7,14 @@ A replica's tensor-parallel group stays inside one node. Requests for GPUs that 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
+from odhsim import catalog
 from odhsim.scenario.deployment import GpuPool
 from policies.lifecycle.storage import NodeModelCache
+from policies.placement.binpack import NodeState, Placement, ReplicaRequest
 
 GIB = 2**30
 
@@ -21,40 +24,70 @@ class Node:
     name: str
     gpu: str
     gpus: int
-    free: int
+    memory_bytes: float
+    free_indices: set[int]
     cache: NodeModelCache = field(repr=False)
 
+    @property
+    def free(self) -> int:
+        return len(self.free_indices)
 
-Grant = Callable[[Node], None]
+    def state(self) -> NodeState:
+        return NodeState(self.name, self.gpu, self.gpus, self.memory_bytes, tuple(sorted(self.free_indices)))
+
+
+@dataclass(frozen=True, eq=False)
+class Allocation:
+    """The GPUs one replica holds: a node and the indices of its GPUs there."""
+
+    node: Node
+    gpu_indices: tuple[int, ...]
+
+
+Grant = Callable[[Allocation], None]
+
+
+class Placer(Protocol):
+    def place(self, request: ReplicaRequest, nodes: Sequence[NodeState]) -> Placement | None: ...
 
 
 class SimGpuPool:
-    def __init__(self, pools: list[GpuPool]) -> None:
+    """GPUs are whole and exclusive per replica; where a replica goes is the placement policy's decision
+    (`policies.placement`: first-fit decreasing by default, or best fit)."""
+
+    def __init__(self, pools: list[GpuPool], placer: Placer) -> None:
+        self.placer = placer
         self.nodes: list[Node] = []
         for p in pools:
             full, rest = divmod(p.count, p.gpus_per_node)
             sizes = [p.gpus_per_node] * full + ([rest] if rest else [])
+            memory = catalog.gpu(p.gpu).memory_bytes
             for i, n in enumerate(sizes):
                 cache = NodeModelCache(p.model_cache_gb * GIB)
-                self.nodes.append(Node(f"{p.gpu.lower()}-node-{i}", p.gpu, n, n, cache))
+                self.nodes.append(Node(f"{p.gpu.lower()}-node-{i}", p.gpu, n, memory, set(range(n)), cache))
+        self._by_name = {n.name: n for n in self.nodes}
         self._waiting: deque[tuple[str, int, Grant]] = deque()
 
-    def allocate(self, gpu: str, tp: int) -> Node | None:
-        """First node of that GPU type with `tp` free GPUs (first fit), or None."""
-        for node in self.nodes:
-            if node.gpu == gpu and node.free >= tp:
-                node.free -= tp
-                return node
-        return None
+    def allocate(self, gpu: str, tp: int) -> Allocation | None:
+        """Place a `tp`-GPU replica on one node of that GPU type, or None when none has room."""
+        candidates = [n.state() for n in self.nodes if n.gpu == gpu and n.free >= tp]
+        if not candidates:
+            return None
+        placement = self.placer.place(ReplicaRequest("replica", tp, 0.0, gpu), candidates)
+        if placement is None:
+            return None
+        node = self._by_name[placement.node]
+        node.free_indices.difference_update(placement.gpu_indices)
+        return Allocation(node, placement.gpu_indices)
 
     def request(self, gpu: str, tp: int, grant: Grant) -> bool:
         """Allocate now (True, `grant` already called) or queue the request until GPUs free up (False)."""
         queued_ahead = any(w[0] == gpu for w in self._waiting)  # FIFO per GPU type
-        node = None if queued_ahead else self.allocate(gpu, tp)
-        if node is None:
+        allocation = None if queued_ahead else self.allocate(gpu, tp)
+        if allocation is None:
             self._waiting.append((gpu, tp, grant))
             return False
-        grant(node)
+        grant(allocation)
         return True
 
     def cancel(self, grant: Grant) -> bool:
@@ -65,19 +98,19 @@ class SimGpuPool:
                 return True
         return False
 
-    def release(self, node: Node, tp: int) -> None:
-        node.free += tp
+    def release(self, allocation: Allocation) -> None:
+        allocation.node.free_indices.update(allocation.gpu_indices)
         self._serve_waiting()
 
     def _serve_waiting(self) -> None:
         kept: deque[tuple[str, int, Grant]] = deque()
         while self._waiting:
             gpu, tp, grant = self._waiting.popleft()
-            node = self.allocate(gpu, tp)
-            if node is None:
+            allocation = self.allocate(gpu, tp)
+            if allocation is None:
                 kept.append((gpu, tp, grant))
             else:
-                grant(node)
+                grant(allocation)
         self._waiting = kept
 
     def free_gpus(self, gpu: str) -> int:
