@@ -276,3 +276,31 @@ def compare(
     console.print(comparison_table(result))
     if out is not None:
         console.print(f"comparison written to {out}/ (comparison.csv, runs.csv, comparison.png, <variant>/seed<N>/)")
+
+
+@app.command()
+@user_errors
+def cost(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML to run and cost.")],
+    seed: Annotated[int | None, typer.Option(help="Root seed (overrides the scenario's).")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
+) -> None:
+    """Cost report: spend per model, unit costs, idle GPU waste, always-on comparison and right-sizing."""
+    from odhsim.analysis.cost_report import TARGET_UTILIZATION, cost_report
+    from odhsim.scenario.load import load_scenario
+    from odhsim.sim.run import simulate
+
+    sc = load_scenario(scenario, set_)
+    with console.status(f"simulating {sc.name} ..."):
+        result = simulate(sc, seed=seed)
+    with console.status("measuring each GPU option's throughput for right-sizing ..."):
+        report = cost_report(result, sc)
+    by_metric = report.models.set_index("model").T.reset_index(names="metric")  # a column per model: fits a terminal
+    console.print(_frame_table(by_metric, f"cost of {sc.name} (seed {result.seed})"))
+    if len(report.rightsizing):
+        shown = report.rightsizing.set_index("model").T.reset_index(names="right-sizing")
+        console.print(_frame_table(shown, "right-sizing for the p95 arrival rate (Mélange, scipy.optimize.milp)"))
+        console.print(
+            f"throughput meeting the SLOs is taken as {TARGET_UTILIZATION:.0%} of each option's simulated "
+            "saturation throughput on the model's own request mix"
+        )
