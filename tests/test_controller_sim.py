@@ -113,3 +113,17 @@ def test_budget_cap_is_never_exceeded_and_requests_queue_instead() -> None:
     # the capped fleet costs less and its requests take longer (bigger batches on fewer replicas)
     assert s["cost_usd"] < unlimited["cost_usd"]
     assert s["e2e_p50_s"] > unlimited["e2e_p50_s"]
+
+
+def test_drain_timeout_fails_what_is_left_with_the_reason() -> None:
+    sc = rush_scenario()
+    sc["models"][0]["drain_timeout_s"] = 0.5  # far shorter than a request: a drained replica still holds some
+    res = simulate(scenario_from_dict(sc))
+    r, s = res.requests, res.summary
+    cut = r[r["reason"].astype(str).str.startswith("drain timeout")]
+    assert len(cut) > 0 and (cut["status"] == "failed").all()
+    assert s["requests"] == s["completed"] + s["failed"] and s["failed"] == len(cut)
+    assert (res.replicas["state"] == "gone").sum() >= 1
+    assert (res.timeseries["gpus"] <= 8).all()
+    patient = simulate(scenario_from_dict(rush_scenario())).summary  # the default 300 s lets every drain finish
+    assert patient["failed"] == 0

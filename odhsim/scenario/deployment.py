@@ -83,6 +83,9 @@ class ModelDeployment(Frozen):
     """Backup model (another model's name) that serves this one's requests when it has no replica."""
     autoscaling: AutoscalerConfig | None = None
     """How many replicas to run over time (KPA, the seed's rule, APA, Ray Serve, llm-d saturation); null: fixed."""
+    drain_timeout_s: Annotated[float, Field(gt=0.0)] = 300.0
+    """How long a replica being scaled away may finish its requests (Knative's default revision timeout);
+    requests still held then fail with that reason."""
     storage_uri: str | None = None
     """Where the weights come from (s3://, gs://, pvc://, hf://, oci://, https://); default pvc://models/<profile>."""
 

@@ -19,6 +19,7 @@ from odhsim.sim.gateway import Gateway, ModelRoute
 from odhsim.sim.gpu_pool import Allocation, SimGpuPool
 from odhsim.sim.replica_base import ReplicaBase
 from odhsim.sim.replica_factory import ReplicaFactory
+from odhsim.sim.request import STATUS_FAILED
 from policies.autoscaling.types import Autoscaler, ScalingMetrics
 from policies.cost.budget import BudgetGuard
 from policies.lifecycle.states import DOWNLOADING, DRAINING, GONE, LOADING, PENDING, READY, TESTING, Lifecycle
@@ -195,6 +196,19 @@ class ModelController:
         self._move(replica, DRAINING)
         if replica.in_flight == 0:
             self.retire(replica)
+        else:
+            timeout = self.env.timeout(self.model.drain_timeout_s)
+            timeout.callbacks.append(lambda _e: self._drain_timed_out(replica))
+
+    def _drain_timed_out(self, replica: ReplicaBase) -> None:
+        """Still draining after drain_timeout_s: what it holds fails with that reason (counted, not lost)."""
+        if replica.state != DRAINING:
+            return
+        held = replica.abort_all()
+        self._move(replica, GONE, f"drain timeout: {len(held)} request(s) failed")
+        self._free(replica)
+        for req in held:
+            self.gateway.finish(req, self.env.now, STATUS_FAILED, f"drain timeout ({self.model.drain_timeout_s:g} s)")
 
     def retire(self, replica: ReplicaBase) -> None:
         """A draining replica finished its last request: it leaves and frees its GPUs."""

@@ -26,6 +26,7 @@ class FixedReplica(ReplicaBase):
         self.concurrency = concurrency
         self.busy_slots = 0
         self.queue: deque[SimRequest] = deque()
+        self.serving: dict[int, SimRequest] = {}  # row -> request in a slot
 
     def waiting(self) -> int:
         return len(self.queue)
@@ -47,11 +48,14 @@ class FixedReplica(ReplicaBase):
             self._mark_busy()
         self.busy_slots += 1
         req.start_s = self.env.now
+        self.serving[req.row] = req
         done = self.env.timeout(req.service_s, req)
         done.callbacks.append(self._done)
 
     def _done(self, event: simpy.Event) -> None:
         req: SimRequest = event.value
+        if self.serving.pop(req.row, None) is None:
+            return  # aborted when the replica's drain timed out
         now = self.env.now
         self._before_change()
         self.busy_slots -= 1
@@ -63,3 +67,13 @@ class FixedReplica(ReplicaBase):
         elif self.busy_slots == 0:
             self._mark_idle()
         self.on_finish(req, now, STATUS_OK, "")
+
+    def abort_all(self) -> list[SimRequest]:
+        """Drop every request this replica holds (its drain timed out) and return them."""
+        held = [*self.serving.values(), *self.queue]
+        self.serving.clear()
+        self.queue.clear()
+        self.busy_slots = 0
+        self.in_flight = 0
+        self._mark_idle()
+        return held

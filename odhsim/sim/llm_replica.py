@@ -82,6 +82,21 @@ class LlmReplica(ReplicaBase):
     def kv_usage(self) -> float:
         return self.used_blocks / self.total_blocks if self.total_blocks else 1.0
 
+    def abort_all(self) -> list[SimRequest]:
+        """Drop every request this replica holds (its drain timed out) and return them; scheduled step ends
+        then find nothing to do."""
+        held = [*self.waiting_q, *self._prefill_batch, *self._prefilling, *self.batch.requests.values()]
+        self.waiting_q.clear()
+        self._prefill_batch, self._prefilling, self._step_chunks = [], [], []
+        self._step_decodes = False
+        self.batch = DecodeBatch(self.bs)
+        self.used_blocks = 0
+        self.in_flight = 0
+        self._token += 1  # a scheduled decode-span end is void
+        self._state = _IDLE
+        self._mark_idle()
+        return held
+
     # -- arrivals -------------------------------------------------------------------------------------------
     def submit(self, req: SimRequest) -> None:
         self._before_change()

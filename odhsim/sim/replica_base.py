@@ -97,3 +97,6 @@ class ReplicaBase:
 
     def submit(self, req: SimRequest) -> None:
         raise NotImplementedError
+
+    def abort_all(self) -> list[SimRequest]:
+        raise NotImplementedError
