@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -160,13 +159,27 @@ def test_no_request_lost_or_counted_twice(
     assert (chat_ok["prompt_tokens"] < 2048).all()
 
 
-def test_stale_metrics_are_one_scrape_old() -> None:
-    """With a long scrape interval, queue-only routing sends a burst to the same replica (llm-d PR 2515)."""
-    sc = llm_scenario(gateway={"router": {"profile": "kv-aware"}, "scrape_interval_s": 1000.0})
-    sc["workload"]["sources"][0].update(rate=50.0, duration_s=5)
-    r = simulate(scenario_from_dict(sc)).requests
-    # every endpoint looks identical for the whole run, so max-score ties are broken at random: both are used
-    assert r["replica"].nunique() == 2
-    sc["gateway"]["scrape_interval_s"] = 0.001
-    fresh = simulate(scenario_from_dict(sc)).requests
-    assert np.isfinite(fresh["finish_s"]).all()
+def test_router_sees_metrics_as_of_the_last_scrape_tick() -> None:
+    """llm-d scrapes every 50 ms: a change inside a tick is invisible until the next tick starts."""
+    import simpy
+
+    from odhsim.sim.fixed_replica import FixedReplica
+    from odhsim.sim.request import SimRequest
+
+    env = simpy.Environment()
+    replica = FixedReplica(env, 0, "r0", "m", 0.05, lambda *a: None, concurrency=4)
+    seen: list[tuple[float, int, float]] = []
+
+    def probe():  # type: ignore[no-untyped-def]
+        yield env.timeout(0.01)
+        req = SimRequest(0, env.now, 1, 1, 0, 2, 0, -1, None)
+        req.service_s = 10.0
+        replica.submit(req)  # running 0 -> 1 at t = 0.01, inside the tick that began at 0.0
+        for t in (0.02, 0.049, 0.051, 0.2):
+            yield env.timeout(t - env.now)
+            state = replica.scraped_state()
+            seen.append((t, state.running, state.scraped_at))
+
+    env.process(probe())
+    env.run(until=1.0)
+    assert seen == [(0.02, 0, 0.0), (0.049, 0, 0.0), (0.051, 1, 0.05), (0.2, 1, 0.2)]
