@@ -10,19 +10,19 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[dev,live]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/odhsim run
 
 test: $(STAMP)
-	$(VENV)/bin/ruff check odhsim policies tests notebooks
+	$(VENV)/bin/ruff check odhsim policies runtime tests notebooks
 	$(PY) -m pytest -n 2 --durations=15
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check odhsim policies tests notebooks
-	$(VENV)/bin/ruff format --check odhsim policies tests
+	$(VENV)/bin/ruff check odhsim policies runtime tests notebooks
+	$(VENV)/bin/ruff format --check odhsim policies runtime tests
 
 bench: $(STAMP)
 	$(VENV)/bin/odhsim bench --out bench.json

@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from odhsim import catalog
 from odhsim.errors import CatalogError
+from odhsim.scenario.live import LiveModelSpec
 from policies.autoscaling.config import AutoscalerConfig
 from policies.lifecycle.storage import UnknownStorageScheme, parse_storage_uri
 
@@ -88,6 +89,8 @@ class ModelDeployment(Frozen):
     requests still held then fail with that reason."""
     storage_uri: str | None = None
     """Where the weights come from (s3://, gs://, pvc://, hf://, oci://, https://); default pvc://models/<profile>."""
+    live: LiveModelSpec | None = None
+    """The torch model `odhsim serve` runs for it (see odhsim.scenario.live); the simulator ignores it."""
 
     def deploy_verdict(self) -> tuple[bool, str]:
         """The controller's validation at deploy time: (approved, reason). A model whose weights plus one
@@ -144,4 +147,7 @@ class ModelDeployment(Frozen):
                 )
         elif self.service_time is None:
             raise ValueError(f"model '{self.name}': a 'fixed' model needs `service_time`")
+        if self.live is not None and (self.live.architecture == "lm") != (self.kind == "llm"):
+            want = "live.lm" if self.kind == "llm" else "live.mlp or live.cnn"
+            raise ValueError(f"model '{self.name}': a {self.kind!r} model needs {want}, not live.{self.live.architecture}")
         return self

@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from odhsim.scenario.deployment import Frozen, GpuPool, ModelDeployment
+from odhsim.scenario.live import LiveConfig
 from odhsim.workload.config import WorkloadConfig
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.caching.config import ResponseCacheConfig
@@ -74,6 +75,8 @@ class Scenario(Frozen):
     """A cap on the pool's spend; a scale-up that would break it is refused (an event) and requests queue."""
     startup: StartupParams = StartupParams()
     """Download bandwidth and latency per storage scheme, host-to-GPU load bandwidth, readiness-test time."""
+    live: LiveConfig = LiveConfig()
+    """The gateway process of `odhsim serve` (odhsim.scenario.live); the simulator ignores it."""
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @model_validator(mode="after")
