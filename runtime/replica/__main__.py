@@ -1,0 +1,90 @@
+"""`python -m runtime.replica --model-json JSON --port P [--host H] [--device auto|cpu|cuda] [--replica-name N]`.
+
+Serves one `ReplicaConfig` under uvicorn. SIGTERM (or SIGINT) is uvicorn's graceful shutdown: stop accepting,
+let open requests finish (bounded), run the app's shutdown, exit 0. Exit 2: bad arguments or config; exit 1: the
+model failed to load (the message is in the log).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import sys
+from types import FrameType
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m runtime.replica", description="Serve one model replica over HTTP.")
+    p.add_argument("--model-json", required=True, help="ReplicaConfig as JSON")
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--replica-name", default=None, help="reported in the x-odhsim-replica header (default: model-port)")
+    p.add_argument("--graceful-timeout", type=float, default=10.0, help="seconds open requests get on SIGTERM")
+    return p.parse_args(argv)
+
+
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    # SIGTERM while starting exits at once; once serving, uvicorn shuts down gracefully, restores this handler and
+    # re-raises SIGTERM into it, so the exit status is 0 rather than -15.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("runtime").setLevel(logging.INFO)
+    from pydantic import ValidationError
+
+    from runtime.replica.config import ReplicaConfig
+
+    try:
+        config = ReplicaConfig.model_validate_json(args.model_json)
+    except ValidationError as err:
+        print(f"invalid --model-json: {err}", file=sys.stderr)
+        return 2
+
+    import uvicorn
+
+    from runtime.replica.app import create_app
+
+    failed: list[BaseException] = []
+    server: uvicorn.Server | None = None
+
+    def on_fatal(err: BaseException) -> None:
+        failed.append(err)
+        if server is not None:
+            server.should_exit = True
+
+    name = args.replica_name or f"{config.model}-{args.port}"
+    app = create_app(config, replica_name=name, device=args.device, on_fatal=on_fatal)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=args.host,
+            port=args.port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=args.graceful_timeout,
+        )
+    )
+    with contextlib.suppress(SystemExit):
+        server.run()
+    if failed:
+        print(f"replica {name}: model failed to load: {failed[0]}", file=sys.stderr)
+        return 1
+    return 0 if server.started else 1
+
+
+if __name__ == "__main__":
+    code = main()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter finalization: its garbage collection over torch's and scipy's module state takes seconds
+    # after serving, and nothing is left to save. Restarts and test teardowns stay fast.
+    os._exit(code)

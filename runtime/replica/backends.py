@@ -1,0 +1,154 @@
+"""The model behind a replica: an LM under continuous batching, or a classifier under dynamic batching.
+
+Both load in the background (the HTTP server answers health checks meanwhile), run one warm-up forward pass before
+they call themselves ready, and report the numbers /metrics exposes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.models.classifiers import Classifier, build_classifier, predict
+from runtime.models.continuous_batching import ContinuousBatchingEngine
+from runtime.models.dynamic_batching import DynamicBatcher
+from runtime.models.tiny_lm import TinyLm
+from runtime.replica.config import ReplicaConfig
+
+PLATFORM = "pytorch_torchscript"
+
+
+def default_threads() -> int:
+    """Torch intra-op threads per replica: $ODHSIM_TORCH_THREADS, else half the cores (1..4), since replicas
+    share the machine with each other and the gateway."""
+    env = os.environ.get("ODHSIM_TORCH_THREADS")
+    if env:
+        return max(1, int(env))
+    return max(1, min(4, (os.cpu_count() or 2) // 2))
+
+
+def resolve_device(device: str) -> str:
+    """`auto` is cuda when torch sees a GPU, else cpu."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be auto, cpu or cuda (got {device!r})")
+    return device
+
+
+@dataclass(frozen=True)
+class MetricsSnapshot:
+    waiting: int
+    running: int
+    kv_cache_usage: float
+    prompt_tokens_total: int
+    generation_tokens_total: int
+    request_success_total: int
+
+
+def _tensor_meta(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
+    return {"name": name, "datatype": datatype, "shape": shape}
+
+
+class LmBackend:
+    """A `TinyLm` with its `ContinuousBatchingEngine`."""
+
+    def __init__(self, config: ReplicaConfig, device: str, threads: int) -> None:
+        assert config.spec.lm is not None
+        self.config, self.device, self.threads = config, device, threads
+        self.engine: ContinuousBatchingEngine | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        lm = cfg.spec.lm
+        assert lm is not None
+        model = await asyncio.to_thread(TinyLm.build, lm, base_dir=cfg.base_dir, device=self.device)
+        engine = ContinuousBatchingEngine(
+            model, max_num_seqs=cfg.spec.max_num_seqs, max_model_len=cfg.context_len, threads=self.threads
+        )
+        await engine.start(warmup=True)
+        self.engine = engine
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
+
+    def metrics(self) -> MetricsSnapshot:
+        if self.engine is None:
+            return MetricsSnapshot(0, 0, 0.0, 0, 0, 0)
+        s = self.engine.stats()
+        tokens = (s.prompt_tokens_total, s.generation_tokens_total)
+        return MetricsSnapshot(s.waiting, s.running, s.kv_cache_usage, *tokens, s.request_success_total)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "platform": PLATFORM,
+            "inputs": [_tensor_meta("text_input", "BYTES", [1])],
+            "outputs": [_tensor_meta("text_output", "BYTES", [1])],
+        }
+
+
+class ClassifierBackend:
+    """An MLP or CNN behind a `DynamicBatcher`."""
+
+    def __init__(self, config: ReplicaConfig, device: str, threads: int) -> None:
+        self.config, self.device, self.threads = config, device, threads
+        self.spec = config.spec.mlp or config.spec.cnn
+        assert self.spec is not None
+        cnn = config.spec.cnn
+        self.row_shape: tuple[int, ...] = (cnn.channels, cnn.height, cnn.width) if cnn else (self.spec.input_dim,)
+        self.model: Classifier | None = None
+        self.batcher: DynamicBatcher | None = None
+        self.successes = 0
+
+    async def start(self) -> None:
+        model = await asyncio.to_thread(build_classifier, self.spec, base_dir=self.config.base_dir, device=self.device)
+        batcher = DynamicBatcher(
+            lambda x: predict(model, x),
+            max_batch_size=self.config.spec.max_batch_size,
+            max_batch_delay_ms=self.config.spec.max_batch_delay_ms,
+            threads=self.threads,
+        )
+        await batcher.start()
+        await batcher.run_direct(torch.zeros((1, *self.row_shape)))
+        self.model, self.batcher = model, batcher
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+    async def infer(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities [batch, classes] (float32) and labels [batch] (int64) for `rows` [batch, *row_shape]."""
+        assert self.batcher is not None
+        probs, labels = await self.batcher.submit(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)))
+        self.successes += 1
+        return probs.numpy(), labels.numpy()
+
+    def metrics(self) -> MetricsSnapshot:
+        if self.batcher is None:
+            return MetricsSnapshot(0, 0, 0.0, 0, 0, self.successes)
+        s = self.batcher.stats()
+        return MetricsSnapshot(s.waiting, s.running, 0.0, 0, 0, self.successes)
+
+    def metadata(self) -> dict[str, Any]:
+        return {
+            "platform": PLATFORM,
+            "inputs": [_tensor_meta("INPUT__0", "FP32", [-1, *self.row_shape])],
+            "outputs": [
+                _tensor_meta("probabilities", "FP32", [-1, self.spec.classes]),
+                _tensor_meta("label", "INT64", [-1]),
+            ],
+        }
+
+
+Backend = LmBackend | ClassifierBackend
+
+
+def make_backend(config: ReplicaConfig, device: str = "cpu", threads: int | None = None) -> Backend:
+    cls = LmBackend if config.kind == "llm" else ClassifierBackend
+    return cls(config, resolve_device(device), threads or default_threads())

@@ -1,0 +1,190 @@
+"""Request bodies of the replica's HTTP API, validated with pydantic, and v2 tensor decoding.
+
+Everything a client can get wrong surfaces here as `BadRequest` (the app answers 400 with its message), so no
+malformed input reaches a model and no traceback reaches a client.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Annotated, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+class BadRequest(ValueError):
+    """A client error (400); `param` names the offending field when there is one."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param = message, param
+
+
+def validate(model: type[BaseModel], data: Any) -> Any:
+    """`model.model_validate(data)`, its first error turned into `BadRequest("field: problem", field)`."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in first["loc"]) or "body"
+        raise BadRequest(f"{loc}: {first['msg']}", loc.split(".")[0] if first["loc"] else None) from None
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class GenerationOptions(_Body):
+    """Sampling fields shared by /v1/completions and LM v2 infer parameters."""
+
+    max_tokens: Annotated[int, Field(ge=1)] | None = 16
+    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 1.0
+    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
+    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
+    ignore_eos: bool = False
+    stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
+
+    @property
+    def tokens_to_generate(self) -> int:
+        return 16 if self.max_tokens is None else self.max_tokens
+
+    @property
+    def stop_strings(self) -> tuple[str, ...]:
+        if self.stop is None or self.stop == "":
+            return ()
+        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+
+
+class CompletionBody(GenerationOptions):
+    """POST /v1/completions (OpenAI; `ignore_eos` is vLLM's extension). One prompt per request."""
+
+    model: Annotated[str, Field(min_length=1)]
+    prompt: str | list[str]
+    stream: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and len(v) != 1:
+            raise ValueError(f"give one prompt (a string or a list of one string), got a list of {len(v)}")
+        return v
+
+    @property
+    def prompt_text(self) -> str:
+        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+
+class V2Tensor(_Body):
+    name: Annotated[str, Field(min_length=1)]
+    datatype: str
+    shape: list[Annotated[int, Field(ge=0)]]
+    data: Any = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2Output(_Body):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferBody(_Body):
+    """POST /v2/models/{m}/infer (Open Inference Protocol v2, JSON; Triton's binary-tensor extension accepted)."""
+
+    id: str | None = None
+    inputs: Annotated[list[V2Tensor], Field(min_length=1)]
+    outputs: list[V2Output] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+def parse_v2(body: bytes, header_length: str | None) -> tuple[V2InferBody, dict[str, bytes]]:
+    """The JSON part of an infer body and, with the binary extension, each input's raw bytes by name."""
+    blob = b""
+    if header_length is not None:
+        try:
+            n = int(header_length)
+        except ValueError:
+            raise BadRequest("Inference-Header-Content-Length is not an integer") from None
+        if not 0 < n <= len(body):
+            raise BadRequest(f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes")
+        body, blob = body[:n], body[n:]
+    try:
+        data = json.loads(body)
+    except ValueError as err:
+        raise BadRequest(f"the body is not valid JSON: {err}") from None
+    req = validate(V2InferBody, data)
+    raw: dict[str, bytes] = {}
+    offset = 0
+    for t in req.inputs:
+        size = (t.parameters or {}).get("binary_data_size")
+        if size is None:
+            continue
+        if not isinstance(size, int) or size < 0 or offset + size > len(blob):
+            raise BadRequest(f"input {t.name!r}: binary_data_size {size!r} does not fit the binary body", "inputs")
+        raw[t.name] = blob[offset : offset + size]
+        offset += size
+    return req, raw
+
+
+def fp32_tensor(t: V2Tensor, raw: bytes | None, row_shape: tuple[int, ...]) -> np.ndarray:
+    """An FP32 input of shape [batch, *row_shape] as a float32 array; `BadRequest` saying what is wrong otherwise."""
+    want = [-1, *row_shape]
+    if t.datatype != "FP32":
+        raise BadRequest(f"input {t.name!r} must be FP32, got {t.datatype}", "inputs")
+    if len(t.shape) != len(want) or tuple(t.shape[1:]) != row_shape or t.shape[0] < 1:
+        raise BadRequest(f"input {t.name!r} must have shape {want} (batch >= 1), got {t.shape}", "inputs")
+    if raw is not None:
+        if len(raw) % 4:
+            raise BadRequest(f"input {t.name!r}: {len(raw)} bytes is not a whole number of FP32 values", "inputs")
+        arr = np.frombuffer(raw, dtype="<f4")
+    else:
+        if t.data is None:
+            raise BadRequest(f"input {t.name!r} has no data", "inputs")
+        if _has_non_numbers(t.data):
+            raise BadRequest(f"input {t.name!r}: data must be numbers (flat or nested lists)", "inputs")
+        try:
+            arr = np.asarray(t.data, dtype=np.float32).reshape(-1)
+        except (TypeError, ValueError):
+            raise BadRequest(f"input {t.name!r}: data must be numbers (flat or nested lists)", "inputs") from None
+    if arr.size != math.prod(t.shape):
+        raise BadRequest(f"input {t.name!r}: shape {t.shape} needs {math.prod(t.shape)} values, got {arr.size}")
+    return arr.reshape(t.shape)
+
+
+def _has_non_numbers(data: Any) -> bool:
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, bool) or not isinstance(item, int | float):
+            return True
+    return False
+
+
+def bytes_tensor(t: V2Tensor, raw: bytes | None) -> list[str]:
+    """A BYTES input of shape [1] as its strings (JSON strings, or Triton's 4-byte length-prefixed binary)."""
+    if t.datatype != "BYTES":
+        raise BadRequest(f"input {t.name!r} must be BYTES, got {t.datatype}", "inputs")
+    if t.shape != [1]:
+        raise BadRequest(f"input {t.name!r} must have shape [1], got {t.shape}", "inputs")
+    if raw is not None:
+        out, i = [], 0
+        while i + 4 <= len(raw):
+            (n,) = struct.unpack_from("<I", raw, i)
+            out.append(raw[i + 4 : i + 4 + n].decode("utf-8", errors="replace"))
+            i += 4 + n
+    else:
+        data = t.data
+        while isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):
+            data = data[0]
+        if not isinstance(data, list) or not all(isinstance(x, str) for x in data):
+            raise BadRequest(f"input {t.name!r}: data must be a list of one string", "inputs")
+        out = data
+    if len(out) != 1:
+        raise BadRequest(f"input {t.name!r} must hold exactly one string, got {len(out)}", "inputs")
+    return out
