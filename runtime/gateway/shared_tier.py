@@ -1,0 +1,109 @@
+"""The response cache's shared tier on Redis, so gateway processes answer each other's exact repeats.
+
+`policies.caching.response_cache.TieredResponseCache` calls a `SharedTier` synchronously on the request path, so
+this uses redis-py's synchronous client with short socket timeouts (a local Redis answers in well under a
+millisecond). When Redis is down or slow, the tier never raises: it counts the error, marks itself down for a
+back-off period (during which it does not touch Redis at all, so a dead Redis costs at most one timeout per
+period), and the gateway keeps serving from its local tier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from policies.caching.tiers import CachedResponse
+
+DEFAULT_PREFIX = "odhsim:rcache:"
+
+
+class RedisSharedTier:
+    """`SharedTier` over Redis: values are the cached response bytes, stored with SET PX (the TTL)."""
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        prefix: str = DEFAULT_PREFIX,
+        backoff_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.backoff_s = float(backoff_s)
+        self.clock = clock
+        self.down_until = -float("inf")
+        self.errors = 0
+        self.skipped = 0  # calls not sent because the tier was down
+        self.last_error = ""
+
+    def _key(self, key: int) -> str:
+        return f"{self.prefix}{key:016x}"
+
+    @property
+    def is_down(self) -> bool:
+        return self.clock() < self.down_until
+
+    def _usable(self) -> bool:
+        if self.is_down:
+            self.skipped += 1
+            return False
+        return True
+
+    def _failed(self, err: Exception) -> None:
+        self.errors += 1
+        self.last_error = f"{type(err).__name__}: {err}"
+        self.down_until = self.clock() + self.backoff_s
+
+    def get(self, now: float, key: int) -> CachedResponse | None:
+        if not self._usable():
+            return None
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.get(self._key(key))
+            pipe.pttl(self._key(key))
+            value, pttl = pipe.execute()
+        except (redis.RedisError, OSError) as err:
+            self._failed(err)
+            return None
+        if value is None:
+            return None
+        expires = now + pttl / 1000.0 if isinstance(pttl, int) and pttl > 0 else None
+        return CachedResponse(bytes(value), len(value), expires)
+
+    def put(self, now: float, key: int, value: object, size_bytes: int, ttl_s: float | None) -> None:
+        if not isinstance(value, bytes):
+            raise TypeError(f"the Redis tier stores response bytes, not {type(value).__name__}")
+        if not self._usable():
+            return
+        try:
+            if ttl_s is None:
+                self.client.set(self._key(key), value)
+            else:
+                self.client.set(self._key(key), value, px=max(1, round(ttl_s * 1000.0)))
+        except (redis.RedisError, OSError) as err:
+            self._failed(err)
+
+    def close(self) -> None:
+        with contextlib.suppress(redis.RedisError, OSError):
+            self.client.close()
+
+
+def shared_tier_from_url(
+    url: str | None, *, socket_timeout_s: float = 0.1, backoff_s: float = 5.0, prefix: str = DEFAULT_PREFIX
+) -> RedisSharedTier | None:
+    """A Redis tier for `LiveConfig.redis_url` (None: no shared tier). Connects lazily, on first use."""
+    if url is None:
+        return None
+    client = redis.Redis.from_url(
+        url,
+        socket_timeout=socket_timeout_s,
+        socket_connect_timeout=socket_timeout_s,
+        retry=Retry(NoBackoff(), 0),  # no silent retries: one failure marks the tier down (see the module doc)
+        health_check_interval=0,
+    )
+    return RedisSharedTier(client, prefix=prefix, backoff_s=backoff_s)

@@ -1,0 +1,140 @@
+"""The gateway's view of one replica: its address, the metrics scraped from its /metrics, and the requests the
+gateway has outstanding there. The router only ever sees these (possibly stale) scraped numbers, as llm-d's
+endpoint picker does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from policies.routing.types import EndpointState
+
+WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+_WANTED = (WAITING, RUNNING, KV_USAGE)
+
+
+@dataclass(frozen=True, slots=True)
+class ScrapedMetrics:
+    """One scrape of a replica (vLLM's gauge names); `scraped_at` on the gateway's clock."""
+
+    waiting: int
+    running: int
+    kv_usage: float
+    scraped_at: float
+
+
+def parse_vllm_metrics(text: str, model: str) -> tuple[int, int, float]:
+    """(waiting, running, kv_usage) from Prometheus text; samples labelled with another model_name are ignored.
+
+    Missing gauges count as 0; a malformed exposition raises ValueError.
+    """
+    found = dict.fromkeys(_WANTED, 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in found and sample.labels.get("model_name", model) == model:
+                value = float(sample.value)
+                if math.isfinite(value):
+                    found[sample.name] += value
+    kv = min(1.0, max(0.0, found[KV_USAGE]))
+    return max(0, round(found[WAITING])), max(0, round(found[RUNNING])), kv
+
+
+class Upstream:
+    """One replica of one model behind the gateway."""
+
+    __slots__ = (
+        "base_url",
+        "draining",
+        "in_flight",
+        "metrics",
+        "model",
+        "name",
+        "scrape_errors",
+        "scrapes",
+        "task",
+    )
+
+    def __init__(self, model: str, name: str, base_url: str, added_at: float) -> None:
+        self.model = model
+        self.name = name
+        self.base_url = base_url.rstrip("/")
+        # A replica that just passed its readiness test is idle: fresh zeros until the first scrape lands.
+        self.metrics = ScrapedMetrics(0, 0, 0.0, added_at)
+        self.in_flight = 0
+        self.draining = False
+        self.scrape_errors = 0
+        self.scrapes = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def endpoint_state(self, healthy: bool = True) -> EndpointState:
+        m = self.metrics
+        return EndpointState(
+            name=self.name,
+            model=self.model,
+            waiting=m.waiting,
+            running=m.running,
+            kv_usage=m.kv_usage,
+            scraped_at=m.scraped_at,
+            healthy=healthy,
+        )
+
+    async def scrape(self, client: httpx.AsyncClient, clock: Callable[[], float]) -> bool:
+        """One GET /metrics; True when the metrics were refreshed (a failure keeps the old, aging ones)."""
+        try:
+            resp = await client.get(f"{self.base_url}/metrics")
+            resp.raise_for_status()
+            waiting, running, kv = parse_vllm_metrics(resp.text, self.model)
+        except (httpx.HTTPError, ValueError):
+            self.scrape_errors += 1
+            return False
+        self.scrapes += 1
+        self.metrics = ScrapedMetrics(waiting, running, kv, clock())
+        return True
+
+    async def scrape_forever(
+        self,
+        client: httpx.AsyncClient,
+        interval_s: float,
+        clock: Callable[[], float],
+        on_scraped: Callable[[Upstream], None],
+    ) -> None:
+        """Scrape every `interval_s` until cancelled; `on_scraped` runs after each refresh (the dispatch gate may
+        open when the numbers change)."""
+        while True:
+            if await self.scrape(client, clock):
+                on_scraped(self)
+            await asyncio.sleep(interval_s)
+
+    async def stop(self) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def forward_client(request_timeout_s: float) -> httpx.AsyncClient:
+    """The client for requests to replicas: pooled keep-alive connections, per-attempt timeouts."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(request_timeout_s, connect=min(request_timeout_s, 5.0)),
+        limits=httpx.Limits(max_connections=1024, max_keepalive_connections=128, keepalive_expiry=30.0),
+        follow_redirects=False,
+    )
+
+
+def scrape_client(interval_s: float) -> httpx.AsyncClient:
+    """The client for /metrics: short timeouts, so a stuck replica only ages its own metrics."""
+    timeout = max(1.0, 10.0 * interval_s)
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
+        limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+    )
