@@ -165,20 +165,33 @@ def kv_cache_capacity_tokens(
     tp: int,
     gpu_memory_utilization: float = 0.9,
     overhead_gb: float = 1.0,
+    pp: int = 1,
 ) -> int:
-    """Tokens of KV cache left on `tp` GPUs after weights and runtime overhead, as vLLM sizes its block pool.
+    """Tokens of KV cache left on a replica's GPUs after weights and runtime overhead, as vLLM sizes its block pool.
 
-    capacity = (memory * tp * utilization - weights - overhead_gb * tp) / kv_bytes_per_token, floored, >= 0.
-    `overhead_gb` (GiB per GPU) stands for the CUDA context, activations and CUDA graphs. KV heads are
-    assumed to shard evenly over the TP ranks (true for every catalogued model at tp <= 8).
+    One stage of `tp` GPUs: capacity = (memory * tp * utilization - weights - overhead_gb * tp) / kv_bytes_per_token,
+    floored, >= 0. `overhead_gb` (GiB per GPU) stands for the CUDA context, activations and CUDA graphs. KV heads
+    are assumed to shard evenly over the TP ranks (true for every catalogued model at tp <= 8).
+
+    With `pp` pipeline stages (one node each) the layers are split as evenly as they go, so the fullest stage holds
+    ceil(layers / pp) of them: that share of the weights and of every token's KV. A token's KV lives on every
+    stage, so the replica holds as many tokens as that fullest stage has room for.
     """
     if tp < 1:
         raise ValueError(f"tp must be >= 1, got {tp}")
+    if pp < 1:
+        raise ValueError(f"pp must be >= 1, got {pp}")
     if not 0.0 < gpu_memory_utilization <= 1.0:
         raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
     m, g = model(model_name), gpu(gpu_name)
-    free = g.memory_bytes * tp * gpu_memory_utilization - m.weight_bytes - overhead_gb * GIB * tp
-    return max(0, int(free // m.kv_bytes_per_token))
+    if pp > m.layers:
+        raise ValueError(f"pp={pp} exceeds {m.name}'s {m.layers} layers")
+    if pp == 1:
+        free = g.memory_bytes * tp * gpu_memory_utilization - m.weight_bytes - overhead_gb * GIB * tp
+        return max(0, int(free // m.kv_bytes_per_token))
+    share = -(-m.layers // pp) / m.layers
+    free = g.memory_bytes * tp * gpu_memory_utilization - m.weight_bytes * share - overhead_gb * GIB * tp
+    return max(0, int(free // (m.kv_bytes_per_token * share)))
 
 
 def fits(
@@ -187,12 +200,15 @@ def fits(
     tp: int,
     gpu_memory_utilization: float = 0.9,
     min_kv_tokens: int | None = None,
+    pp: int = 1,
 ) -> bool:
-    """Whether the weights fit on `tp` GPUs with room for `min_kv_tokens` of KV cache.
+    """Whether the weights fit on `tp` GPUs (per stage, `pp` stages) with room for `min_kv_tokens` of KV cache.
 
-    By default that room is one full-length sequence (model.max_context), the check vLLM makes at start-up.
+    By default that room is one full-length sequence (model.max_context), the check vLLM makes at start-up. With
+    pipeline stages the simulator serves a replica as vLLM V0 does, with `pp` virtual engines that split the KV
+    blocks evenly (odhsim.sim.pipeline_replica), so each engine's 1/pp share must hold that sequence.
     """
     m = model(model_name)
     need = m.max_context if min_kv_tokens is None else min_kv_tokens
-    capacity = kv_cache_capacity_tokens(m, gpu_name, tp, gpu_memory_utilization)
-    return capacity > 0 and capacity >= need
+    capacity = kv_cache_capacity_tokens(m, gpu_name, tp, gpu_memory_utilization, pp=pp)
+    return capacity > 0 and capacity // pp >= need

@@ -10,8 +10,11 @@ from policies.routing import filters, pickers, scorers
 
 
 def _register_routing(reg: Registry) -> None:
-    """llm-d's plugin types, spelled as llm-d spells them, plus the classic baselines and AIBrix's prefix router."""
-    from policies.routing import aibrix, prefix_affinity
+    """llm-d's plugin types, spelled as llm-d spells them, plus the classic baselines and AIBrix's prefix router,
+    and the canary traffic split between a model's revisions (kind "traffic-split")."""
+    from policies.routing import aibrix, canary, prefix_affinity
+
+    canary.register(reg)
 
     for cls in (
         filters.LowQueueFilter,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from typer.testing import CliRunner
 
-from odhsim.analysis.cost_report import cost_report, spend_by_model
+from odhsim.analysis.cost_report import MAX_PROBES, cost_report, spend_by_model
 from odhsim.cli import app
 from odhsim.scenario.load import load_scenario, scenario_from_dict
 from odhsim.sim.run import simulate
@@ -35,6 +37,13 @@ def test_rightsizing_finds_an_option_at_least_as_cheap_as_the_current_fleet() ->
     assert big["cheapest_usd_per_hour"] <= big["current_usd_per_hour"]
     assert big["saving_usd_per_hour"] == pytest.approx(big["current_usd_per_hour"] - big["cheapest_usd_per_hour"])
     assert "H100-80GB x2" in big["slo_throughput_per_replica"]  # 70B needs two 80 GB GPUs at least
+    # every option's SLO rate comes from a bounded search below its saturation throughput
+    for part in big["slo_throughput_per_replica"].split("; "):
+        rate, saturation = (float(x) for x in re.findall(r"([0-9.]+)/s", part))
+        assert 0 < rate < saturation
+    assert big["search_probes"] <= 7 * (MAX_PROBES + 1)
+    small = rows.loc["small-on-l40s"]
+    assert small["peak_rps_p95"] > 0  # its load is the fallback traffic of the rejected model
     spend = report.models.set_index("model")
     assert spend.loc["big-on-l40s", "requests_ok"] == 0 and spend.loc["small-on-l40s", "requests_ok"] > 0
 

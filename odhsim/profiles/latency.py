@@ -1,5 +1,12 @@
 """Iteration latency of an LLM replica: linear in batch terms, so decode can be fast-forwarded in closed form.
 
+Pipeline parallelism (`pipeline_model`): a token passes every stage in turn, so an iteration of a pp-stage
+replica costs the sum of its stage times plus (pp - 1) stage-to-stage activation sends over the inter-node network.
+With the layers split evenly the stage times add up to the whole model's time on one `tp` group (the per-iteration
+overhead counted once), so the pipeline's coefficients are the tp profile's plus the sends: (pp - 1) x link latency
+per iteration and (pp - 1) x hidden_size x dtype bytes / link bandwidth per token (each sequence in a decode step,
+each prompt token in a prefill).
+
 A prefill iteration costs base + per_token * tokens + per_token_sq * sum(prompt_len**2), plus an optional
 hinge per_token_above_knee * max(0, tokens - knee): measured prefill is latency-bound (cheap per token) below a
 few thousand batched tokens and compute-bound above, a kink no straight line fits. A decode step costs
@@ -13,7 +20,7 @@ from __future__ import annotations
 import functools
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +42,8 @@ COEFFICIENT_FIELDS = (
 
 @dataclass(frozen=True, slots=True)
 class LatencyModel:
-    """Coefficients (seconds) of one (model, GPU, TP) deployment; `source` is "fitted" or "roofline"."""
+    """Coefficients (seconds) of one (model, GPU, TP[, PP]) deployment; `source` is "fitted" or "roofline" (with
+    "+pp<N>" when pipeline stages were added)."""
 
     model: str
     gpu: str
@@ -49,6 +57,7 @@ class LatencyModel:
     decode_per_context_token_s: float
     prefill_knee_tokens: int = 0
     prefill_per_token_above_knee_s: float = 0.0
+    pp: int = 1
 
     def __post_init__(self) -> None:
         for name in COEFFICIENT_FIELDS:
@@ -123,9 +132,49 @@ def _fitted_gpu_names() -> dict[str, str]:
     return {p["gpu"].lower(): p["gpu"] for p in _committed().values()}
 
 
+def pipeline_model(
+    stage_sum: LatencyModel, pp: int, activation_bytes_per_token: float, link_bytes_s: float, link_latency_s: float
+) -> LatencyModel:
+    """The latency of a `pp`-stage pipeline whose stages together cost `stage_sum` (the tp profile of the whole
+    model): each iteration adds (pp - 1) sends of the activations, link_latency_s each, plus
+    activation_bytes_per_token / link_bytes_s per token sent (module doc)."""
+    if pp < 1:
+        raise ValueError(f"pp must be >= 1, got {pp}")
+    if stage_sum.pp != 1:
+        raise ValueError("stage_sum must be a profile without pipeline stages")
+    if pp == 1:
+        return stage_sum
+    if link_bytes_s <= 0 or link_latency_s < 0 or activation_bytes_per_token < 0:
+        raise ValueError("link_bytes_s must be > 0, link_latency_s and activation_bytes_per_token >= 0")
+    hops = pp - 1
+    per_token = hops * activation_bytes_per_token / link_bytes_s
+    return replace(
+        stage_sum,
+        source=f"{stage_sum.source}+pp{pp}",
+        pp=pp,
+        prefill_base_s=stage_sum.prefill_base_s + hops * link_latency_s,
+        prefill_per_token_s=stage_sum.prefill_per_token_s + per_token,
+        decode_base_s=stage_sum.decode_base_s + hops * link_latency_s,
+        decode_per_seq_s=stage_sum.decode_per_seq_s + per_token,
+    )
+
+
 @functools.cache
-def latency_model(model: str, gpu: str, tp: int) -> LatencyModel:
-    """Fitted coefficients when (model, gpu, tp) was measured, else the calibrated roofline."""
+def latency_model(
+    model: str,
+    gpu: str,
+    tp: int,
+    pp: int = 1,
+    link_bytes_s: float = 25e9,
+    link_latency_s: float = 10e-6,
+) -> LatencyModel:
+    """Fitted coefficients when (model, gpu, tp) was measured, else the calibrated roofline; with `pp` > 1 the
+    pipeline's sends over the inter-node link (bytes/s, seconds per send) are added (`pipeline_model`). The link
+    defaults are GpuPool's (200 Gb/s, 10 µs)."""
+    if pp > 1:
+        spec = catalog.model(model)
+        base = latency_model(model, gpu, tp)
+        return pipeline_model(base, pp, spec.hidden_size * spec.dtype_bytes, link_bytes_s, link_latency_s)
     from odhsim.profiles.roofline import roofline_model
 
     if tp < 1:

@@ -29,6 +29,7 @@ _COLUMNS: dict[str, tuple[type, object]] = {
     "cache_hit": (np.bool_, False),
     "fallback": (np.bool_, False),
     "cached_tokens": (np.int64, 0),
+    "version": (np.int16, -1),
 }
 
 
@@ -38,6 +39,7 @@ class RequestLog:
         self._cols = {name: np.full(capacity, fill, dtype) for name, (dtype, fill) in _COLUMNS.items()}
         self.reasons: list[str] = [""]
         self._reason_codes: dict[str, int] = {"": 0}
+        self.versions: list[str] = []  # model version labels ("v1", "v2", ...), coded in the `version` column
 
     def _grow(self, need: int) -> None:
         cap = len(self._cols["arrival_s"])
@@ -72,8 +74,15 @@ class RequestLog:
             self._reason_codes[reason] = code
         return code
 
-    def finish(self, req: SimRequest, now: float, status: str, reason: str = "") -> None:
-        """Write a request's final outcome into its row."""
+    def version_code(self, label: str) -> int:
+        """The code of a version label in the `version` column (labels are shared by every model)."""
+        if label not in self.versions:
+            self.versions.append(label)
+        return self.versions.index(label)
+
+    def finish(self, req: SimRequest, now: float, status: str, reason: str = "", version: int = -1) -> None:
+        """Write a request's final outcome into its row; `version` is the code of the model version that served
+        it (or that it was routed to), -1 for none."""
         c = self._cols
         r = req.row
         c["start_s"][r] = req.start_s
@@ -86,6 +95,7 @@ class RequestLog:
         c["cached_tokens"][r] = req.cached_tokens
         c["cache_hit"][r] = req.cache_hit
         c["fallback"][r] = req.fallback
+        c["version"][r] = version
 
     def column(self, name: str) -> np.ndarray:
         return self._cols[name][: self.n]
@@ -113,6 +123,7 @@ class RequestLog:
                 "status": status,
                 "reason": pd.Categorical.from_codes(c["reason"].astype(np.int64), categories=self.reasons),
                 "replica": replica_cat,
+                "version": pd.Categorical.from_codes(c["version"].astype(np.int64), categories=self.versions),
                 "retries": c["retries"].astype(np.int64),
                 "cache_hit": c["cache_hit"],
                 "fallback": c["fallback"],

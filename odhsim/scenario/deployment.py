@@ -4,17 +4,27 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from odhsim import catalog
 from odhsim.errors import CatalogError
 from odhsim.scenario.live import LiveModelSpec
 from policies.autoscaling.config import AutoscalerConfig
+from policies.builtin import REGISTRY
 from policies.lifecycle.storage import UnknownStorageScheme, parse_storage_uri
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldPathError(ValueError):
+    """A validator's error about one field below the model it validates: `loc` is that field's path (relative to
+    the model), so the loader can name the field and its line (odhsim.scenario.load.validation_message)."""
+
+    def __init__(self, loc: tuple[int | str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc = loc
 
 
 def _canonical_gpu(name: str) -> str:
@@ -32,6 +42,22 @@ class GpuPool(Frozen):
     gpus_per_node: Annotated[int, Field(ge=1)] = 8
     model_cache_gb: Annotated[float, Field(ge=0.0)] = 0.0
     """Node-local model cache per node (KServe LocalModelCache): a model found there starts warm (no download)."""
+    inter_node_gbps: Annotated[float, Field(gt=0.0)] = 200.0
+    """Network between nodes (Gb/s) that carries pipeline-parallel activations from one stage to the next. Default:
+    one 200 Gb/s NIC per node, HDR InfiniBand or 200 GbE RoCE (NVIDIA ConnectX-6 datasheet); AWS p4d/p4de give
+    400 Gb/s of EFA per instance, p5 3,200 Gb/s."""
+    inter_node_latency_us: Annotated[float, Field(ge=0.0)] = 10.0
+    """Fixed cost of one stage-to-stage send (wire and NIC latency of a few µs plus NCCL's point-to-point launch
+    overhead: about 10 µs for a small message over InfiniBand/RoCE)."""
+
+    @property
+    def inter_node_bytes_s(self) -> float:
+        return self.inter_node_gbps * 1e9 / 8.0
+
+    def nodes_with(self, gpus: int) -> int:
+        """How many of this pool's nodes have at least `gpus` GPUs (the last node may be smaller)."""
+        full, rest = divmod(self.count, self.gpus_per_node)
+        return (full if gpus <= self.gpus_per_node else 0) + (1 if 0 < gpus <= rest else 0)
 
     @field_validator("gpu")
     @classmethod
@@ -67,6 +93,49 @@ class ServiceTime(Frozen):
     cv: Annotated[float, Field(gt=0.0)] = 1.0
 
 
+CANARY_OVERRIDES = (
+    "profile", "gpu", "tp", "pp", "engine", "concurrency", "service_time", "storage_uri", "autoscaling",
+    "drain_timeout_s",
+)  # fmt: skip
+
+
+class CanarySpec(Frozen):
+    """A new version rolled out beside the model's current one, as KServe rolls out an InferenceService whose spec
+    changed while `canaryTrafficPercent` is set: the new (latest) revision starts through the whole lifecycle
+    (download, load, readiness test) and, once ready, takes `traffic_percent` of the model's requests while the
+    previous rolled-out revision keeps the rest. A timed `promote` action (KServe: canaryTrafficPercent 100 / removed)
+    sends everything to the new version and drains the old one; `rollback` (canaryTrafficPercent 0) sends
+    everything back and drains the canary. Fields left out are the model's own (profile, GPU, engine, ...)."""
+
+    version: str
+    traffic_percent: Annotated[float, Field(ge=0.0, le=100.0)]
+    start_s: Annotated[float, Field(ge=0.0)] = 0.0
+    """When the new spec is applied (the canary's replicas start then; traffic moves once one is ready)."""
+    replicas: Annotated[int, Field(ge=1)] | None = None
+    """Replicas of the new revision (default: the model's `replicas`, at least one)."""
+    split: str = "weighted-random"
+    """The traffic-split policy (`policies.routing.canary`): weighted-random (Istio/Envoy weighted routes, what
+    KServe's serverless mode uses) or smooth-weighted (deterministic, exact shares)."""
+    profile: str | None = None
+    gpu: str | None = None
+    tp: Annotated[int, Field(ge=1, le=64)] | None = None
+    pp: Annotated[int, Field(ge=1, le=16)] | None = None
+    engine: EngineLimits | None = None
+    concurrency: Annotated[int, Field(ge=1)] | None = None
+    service_time: ServiceTime | None = None
+    storage_uri: str | None = None
+    autoscaling: AutoscalerConfig | None = None
+    drain_timeout_s: Annotated[float, Field(gt=0.0)] | None = None
+
+    @field_validator("split")
+    @classmethod
+    def _known_split(cls, v: str) -> str:
+        known = REGISTRY.names("traffic-split")
+        if v not in known:
+            raise ValueError(f"unknown traffic-split policy {v!r}; known: {', '.join(known)}")
+        return v
+
+
 class ModelDeployment(Frozen):
     """One served model: an LLM (continuous batching) or a `fixed` model (concurrency slots)."""
 
@@ -76,6 +145,9 @@ class ModelDeployment(Frozen):
     profile: str | None = None
     gpu: str
     tp: Annotated[int, Field(ge=1, le=64)] = 1
+    pp: Annotated[int, Field(ge=1, le=16)] = 1
+    """Pipeline-parallel stages, each on its own node with `tp` GPUs: for a model that does not fit one node.
+    A replica then holds tp x pp GPUs (odhsim.sim.pipeline_replica says how it is simulated)."""
     replicas: Annotated[int, Field(ge=0)] = 1
     engine: EngineLimits = EngineLimits()
     concurrency: Annotated[int, Field(ge=1)] = 1
@@ -91,21 +163,39 @@ class ModelDeployment(Frozen):
     """Where the weights come from (s3://, gs://, pvc://, hf://, oci://, https://); default pvc://models/<profile>."""
     live: LiveModelSpec | None = None
     """The torch model `odhsim serve` runs for it (see odhsim.scenario.live); the simulator ignores it."""
+    canary: CanarySpec | None = None
+    """A second version rolled out beside this one (KServe canaryTrafficPercent); see CanarySpec."""
+    _canary: ModelDeployment | None = PrivateAttr(default=None)
+
+    @property
+    def gpus_per_replica(self) -> int:
+        return self.tp * self.pp
+
+    def canary_deployment(self) -> ModelDeployment | None:
+        """The canary's full deployment: this model's fields with the canary's overrides (validated on load)."""
+        return self._canary
 
     def deploy_verdict(self) -> tuple[bool, str]:
         """The controller's validation at deploy time: (approved, reason). A model whose weights plus one
-        max_model_len sequence of KV cache do not fit its GPUs at this TP degree is rejected, with the numbers."""
+        max_model_len sequence of KV cache do not fit its GPUs at this TP (and PP) degree is rejected, with the
+        numbers."""
         if self.kind != "llm" or self.profile is None:
             return True, f"approved: {self.replicas} x {self.kind} model on {self.gpu}"
         spec, gpu = catalog.model(self.profile), catalog.gpu(self.gpu)
         need = self.engine.max_model_len or spec.max_context
-        if not catalog.fits(self.profile, self.gpu, self.tp, self.engine.gpu_memory_utilization, need):
+        gpus = f"{self.tp} x {gpu.name}" if self.pp == 1 else f"{self.pp} stages of {self.tp} x {gpu.name}"
+        if not catalog.fits(self.profile, self.gpu, self.tp, self.engine.gpu_memory_utilization, need, pp=self.pp):
             return False, (
-                f"rejected: {spec.name} ({spec.weight_bytes / 2**30:.0f} GiB of weights) does not fit {self.tp} x "
-                f"{gpu.name} ({gpu.memory_gb:g} GB each) with room for a KV cache of {need} tokens; "
-                "raise tp or lower engine.max_model_len"
+                f"rejected: {spec.name} ({spec.weight_bytes / 2**30:.0f} GiB of weights) does not fit {gpus} "
+                f"({gpu.memory_gb:g} GB each) with room for a KV cache of {need} tokens; raise tp, add pipeline "
+                "stages across nodes (pp) or lower engine.max_model_len"
             )
-        return True, f"approved: {self.replicas} x {spec.name} on {self.tp} x {gpu.name}"
+        if self.pp == 1:
+            return True, f"approved: {self.replicas} x {spec.name} on {gpus}"
+        return True, (
+            f"approved: {self.replicas} x {spec.name} on {gpus} ({self.tp * self.pp} GPUs: tensor parallel inside "
+            f"each node, {self.pp} pipeline stages on {self.pp} nodes)"
+        )
 
     @field_validator("storage_uri")
     @classmethod
@@ -147,7 +237,44 @@ class ModelDeployment(Frozen):
                 )
         elif self.service_time is None:
             raise ValueError(f"model '{self.name}': a 'fixed' model needs `service_time`")
+        if self.pp > 1 and self.kind != "llm":
+            raise FieldPathError(("pp",), f"model '{self.name}': pipeline stages (pp) are for kind 'llm'")
+        if self.pp > 1 and self.profile is not None and self.pp > catalog.model(self.profile).layers:
+            raise FieldPathError(("pp",), f"model '{self.name}': pp={self.pp} exceeds the model's layers")
         if self.live is not None and (self.live.architecture == "lm") != (self.kind == "llm"):
             want = "live.lm" if self.kind == "llm" else "live.mlp or live.cnn"
-            raise ValueError(f"model '{self.name}': a {self.kind!r} model needs {want}, not live.{self.live.architecture}")
+            raise ValueError(
+                f"model '{self.name}': a {self.kind!r} model needs {want}, not live.{self.live.architecture}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _build_canary(self) -> ModelDeployment:
+        if self.canary is None:
+            return self
+        c = self.canary
+        if c.version == self.version:
+            raise FieldPathError(("canary", "version"), f"model '{self.name}': the canary's version must differ "
+                                 f"from the model's ({self.version!r})")  # fmt: skip
+        data: dict[str, object] = {k: getattr(self, k) for k in type(self).model_fields if k != "canary"}
+        data |= {k: getattr(c, k) for k in CANARY_OVERRIDES if getattr(c, k) is not None}
+        data |= {"version": c.version, "replicas": c.replicas or max(1, self.replicas)}
+        limit = self.engine.max_model_len
+        if c.profile is not None and c.engine is None and limit is not None:
+            try:
+                longer = limit > catalog.model(c.profile).max_context
+            except CatalogError:
+                longer = False  # the merged model's validation names the unknown profile
+            if longer:  # the model's own limit is beyond the new profile's context: use the new maximum
+                data["engine"] = self.engine.model_copy(update={"max_model_len": None})
+        try:
+            self._canary = ModelDeployment.model_validate(data)
+        except ValidationError as err:
+            first = err.errors()[0]
+            loc = tuple(p for p in first["loc"] if isinstance(p, int) or not str(p).startswith("function-"))
+            inner = getattr(first.get("ctx", {}).get("error"), "loc", ())
+            field = loc[0] if loc else (inner[0] if inner else "")
+            where = ("canary", *(loc or inner)) if field in CANARY_OVERRIDES else ("canary",)
+            msg = first["msg"].removeprefix("Value error, ")
+            raise FieldPathError(where, f"model '{self.name}' canary {c.version}: {msg}") from None
         return self

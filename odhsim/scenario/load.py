@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from odhsim.errors import ScenarioError
+from odhsim.scenario.deployment import FieldPathError
 from odhsim.scenario.model import Scenario
 
 _PATH_TOKEN = re.compile(r"([A-Za-z0-9_\-]+)|\[(\d+)\]")
@@ -62,6 +63,9 @@ def validation_message(err: ValidationError, source: str, lines: dict[tuple[int 
     parts = []
     for e in err.errors():
         loc = _clean_loc(tuple(e["loc"]))
+        cause = e.get("ctx", {}).get("error")
+        if isinstance(cause, FieldPathError):  # a validator named the field below the model it checked
+            loc = (*loc, *cause.loc)
         line = None
         probe = loc
         while probe and line is None:

@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
-from odhsim.scenario.deployment import Frozen, GpuPool, ModelDeployment
+from odhsim.scenario.deployment import FieldPathError, Frozen, GpuPool, ModelDeployment
 from odhsim.scenario.live import LiveConfig
 from odhsim.workload.config import WorkloadConfig
 from odhsim.workload.schema import PRIORITY_CLASSES
@@ -54,6 +54,17 @@ class OutputConfig(Frozen):
     timeseries_bucket_s: Annotated[float, Field(gt=0.0)] = 10.0
 
 
+class RolloutAction(Frozen):
+    """A timed step of a model's canary rollout (KServe): `promote` (canaryTrafficPercent 100: the new version
+    takes all traffic, the old one drains), `rollback` (canaryTrafficPercent 0: all traffic back, the canary
+    drains), or `traffic` (a new canaryTrafficPercent, `percent`, with both versions kept: a progressive step)."""
+
+    at_s: Annotated[float, Field(ge=0.0)]
+    action: Literal["promote", "rollback", "traffic"]
+    model: str
+    percent: Annotated[float, Field(ge=0.0, le=100.0)] | None = None
+
+
 class Scenario(Frozen):
     """A whole experiment. `duration_s` ends arrivals (null: the trace's end); requests in flight then drain
     until `hard_stop_s` after the start (null: until all finish)."""
@@ -77,6 +88,8 @@ class Scenario(Frozen):
     """Download bandwidth and latency per storage scheme, host-to-GPU load bandwidth, readiness-test time."""
     live: LiveConfig = LiveConfig()
     """The gateway process of `odhsim serve` (odhsim.scenario.live); the simulator ignores it."""
+    actions: list[RolloutAction] = Field(default_factory=list)
+    """Timed canary steps (promote, rollback, traffic) for models with a `canary`."""
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @model_validator(mode="after")
@@ -114,13 +127,24 @@ class Scenario(Frozen):
                 raise ValueError(f"gpu_pool lists {p.gpu} twice")
             pools[p.gpu] = p
         need: dict[str, int] = {}
-        for m in self.models:
-            pool = pools.get(m.gpu)
-            if pool is None:
-                raise ValueError(f"model '{m.name}' wants {m.gpu}, which gpu_pool does not have")
-            if m.tp > pool.gpus_per_node:
-                raise ValueError(f"model '{m.name}': tp={m.tp} exceeds gpus_per_node={pool.gpus_per_node} for {m.gpu}")
-            need[m.gpu] = need.get(m.gpu, 0) + m.replicas * m.tp
+        for i, m in enumerate(self.models):
+            canary = m.canary_deployment()
+            for d, at in ((m, ("models", i)), *(((canary, ("models", i, "canary")),) if canary else ())):
+                pool = pools.get(d.gpu)
+                if pool is None:
+                    raise FieldPathError((*at, "gpu"), f"model '{m.name}' wants {d.gpu}, which gpu_pool does not have")
+                if d.tp > pool.gpus_per_node:
+                    raise FieldPathError(
+                        (*at, "tp"),
+                        f"model '{m.name}': tp={d.tp} exceeds gpus_per_node={pool.gpus_per_node} for {d.gpu}",
+                    )
+                if d.pp > pool.nodes_with(d.tp):
+                    raise FieldPathError(
+                        (*at, "pp"),
+                        f"model '{m.name}': pp={d.pp} pipeline stages need {d.pp} nodes with {d.tp} x {d.gpu} each; "
+                        f"gpu_pool has {pool.nodes_with(d.tp)}",
+                    )
+            need[m.gpu] = need.get(m.gpu, 0) + m.replicas * m.gpus_per_replica
         for gpu, n in need.items():
             if n > pools[gpu].count:
                 raise ValueError(
@@ -128,6 +152,42 @@ class Scenario(Frozen):
                 )
         if self.hard_stop_s is not None and self.duration_s is not None and self.hard_stop_s < self.duration_s:
             raise ValueError("hard_stop_s must not be before duration_s")
+        return self
+
+    @model_validator(mode="after")
+    def _actions_make_sense(self) -> Scenario:
+        """Each action names a model with a canary, falls inside the run after the canary starts, and no model is
+        promoted or rolled back twice (those end its rollout)."""
+        by_name = {m.name: m for m in self.models}
+        ended: dict[str, float] = {}
+        order = sorted(range(len(self.actions)), key=lambda i: self.actions[i].at_s)
+        for i in order:
+            a = self.actions[i]
+            m = by_name.get(a.model)
+            if m is None:
+                raise FieldPathError(("actions", i, "model"), f"unknown model {a.model!r}; known: {', '.join(by_name)}")
+            if m.canary is None:
+                raise FieldPathError(("actions", i, "model"), f"model {a.model!r} has no canary to {a.action}")
+            if self.duration_s is not None and a.at_s > self.duration_s:
+                raise FieldPathError(
+                    ("actions", i, "at_s"), f"at_s={a.at_s:g} is beyond the scenario's duration_s={self.duration_s:g}"
+                )
+            if a.at_s < m.canary.start_s:
+                raise FieldPathError(
+                    ("actions", i, "at_s"),
+                    f"at_s={a.at_s:g} is before model {a.model!r}'s canary starts "
+                    f"(canary.start_s={m.canary.start_s:g})",
+                )
+            if (a.action == "traffic") != (a.percent is not None):
+                need = "a `traffic` action needs `percent`" if a.percent is None else f"`{a.action}` takes no percent"
+                raise FieldPathError(("actions", i, "percent"), need)
+            if a.model in ended:
+                raise FieldPathError(
+                    ("actions", i, "action"),
+                    f"model {a.model!r}'s rollout already ended (promote or rollback at {ended[a.model]:g} s)",
+                )
+            if a.action in ("promote", "rollback"):
+                ended[a.model] = a.at_s
         return self
 
     def slo_for(self, priority_class: str) -> Slo:

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import simpy
 
 from odhsim.results.request_log import RequestLog
 from odhsim.rng import RngStreams
-from odhsim.scenario.deployment import ServiceTime
+from odhsim.scenario.deployment import ModelDeployment, ServiceTime
 from odhsim.scenario.model import Scenario
 from odhsim.sim.controller import ModelController, Spend
 from odhsim.sim.gateway import Gateway, ModelRoute
 from odhsim.sim.gpu_pool import SimGpuPool
 from odhsim.sim.replica_factory import ReplicaFactory
+from odhsim.sim.rollout import CanaryRollout, SplitPolicy
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.autoscaling.config import build_autoscaler
 from policies.builtin import REGISTRY
@@ -36,7 +37,8 @@ def build_cluster(
     events: list[dict[str, Any]],
     states: list[dict[str, Any]],
 ) -> Gateway:
-    """Replicas, routers, flow control, caches, the gateway, the GPU pool and one controller per model;
+    """Replicas, routers, flow control, caches, the gateway, the GPU pool and one controller per model revision
+    (a model with a canary has two, and a rollout that splits its traffic and runs the scenario's actions);
     `events` and `states` collect the controllers' records (events.parquet, replicas.parquet)."""
     routes: list[ModelRoute] = []
     gateway_ref: list[Gateway] = []
@@ -55,7 +57,24 @@ def build_cluster(
         gw = scenario.gateway
         flow = None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))
         targets = tuple(scenario.slo_for(c).ttft_s for c in PRIORITY_CLASSES)
-        routes.append(ModelRoute(m.name, m.version, mine, router, gw.max_in_flight_per_replica, flow, targets))
+        route = ModelRoute(m.name, m.version, mine, router, gw.max_in_flight_per_replica, flow, targets)
+        route.version_code = log.version_code(m.version)
+        canary = m.canary_deployment()
+        if canary is not None:  # the latest revision: its own replicas, router and queue; no replica until it starts
+            tag = f"{m.name}@{canary.version}"
+            c_router = build_router(gw.router, streams.get(f"router.{tag}"))
+            c_flow = (
+                None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{tag}"))
+            )
+            latest = ModelRoute(m.name, canary.version, [], c_router, gw.max_in_flight_per_replica, c_flow, targets)
+            latest.revision, latest.primary = 1, route
+            latest.version_code = log.version_code(canary.version)
+            route.revisions.append(latest)
+            if canary.kind == "fixed" and canary.service_time != m.service_time:
+                st, rng = canary.service_time, streams.get(f"service.{tag}")
+                assert st is not None
+                factory.service_draws[(mi, 1)] = lambda st=st, rng=rng: float(draw_service_times(st, rng, 1)[0])
+        routes.append(route)
     resilience = scenario.gateway.resilience
     for m, route in zip(scenario.models, routes, strict=True):
         if m.fallback is not None:
@@ -73,21 +92,55 @@ def build_cluster(
     budget = scenario.budget_usd_per_hour
     spend = Spend(None if budget is None else BudgetGuard(budget))
     for mi, (m, route) in enumerate(zip(scenario.models, routes, strict=True)):
-        autoscaler, intervals = None, (2.0, 1.0)
         approved, reason = verdicts[mi]
         if not approved:
             route.rejection = f"model {reason}"
-        elif m.autoscaling is not None:
-            autoscaler = build_autoscaler(m.autoscaling, streams.get(f"autoscaler.{m.name}"))
-            intervals = (m.autoscaling.interval_s, m.autoscaling.metrics_interval_s)
-        controller = ModelController(
-            env, mi, m, route, gateway, factory, pool, startup, autoscaler, intervals, events, states
-        )
+        controller = _controller(env, mi, m, route, approved, f"autoscaler.{m.name}", streams, gateway, factory, pool,
+                                 startup, events, states)  # fmt: skip
         controller.spend = spend
         spend.controllers.append(controller)
         controller.adopt_initial()
         route.controller = controller
+        canary = m.canary_deployment()
+        if canary is None or m.canary is None:
+            continue
+        latest = route.revisions[1]
+        c_approved = canary.deploy_verdict()[0]
+        latest.controller = _controller(env, mi, canary, latest, c_approved, f"autoscaler.{m.name}@{canary.version}",
+                                        streams, gateway, factory, pool, startup, events, states)  # fmt: skip
+        latest.controller.spend = spend
+        latest.controller.last_desired = 0
+        spend.controllers.append(latest.controller)
+        split = cast(SplitPolicy, REGISTRY.build("traffic-split", m.canary.split, {}, streams.get(f"canary.{m.name}")))
+        route.rollout = latest.rollout = CanaryRollout(env, gateway, route, latest, m.canary, canary, split, events)
+    for action in sorted(scenario.actions, key=lambda a: a.at_s):
+        rollout = routes[scenario.model_index(action.model)].rollout
+        timer = env.timeout(action.at_s)
+        timer.callbacks.append(lambda _e, r=rollout, a=action: r.apply(a.action, a.percent))
     return gateway
+
+
+def _controller(
+    env: simpy.Environment,
+    mi: int,
+    m: ModelDeployment,
+    route: ModelRoute,
+    approved: bool,
+    stream: str,
+    streams: RngStreams,
+    gateway: Gateway,
+    factory: ReplicaFactory,
+    pool: SimGpuPool,
+    startup: StartupModel,
+    events: list[dict[str, Any]],
+    states: list[dict[str, Any]],
+) -> ModelController:
+    """A revision's controller, with its autoscaler when it has one (and was approved)."""
+    autoscaler, intervals = None, (2.0, 1.0)
+    if approved and m.autoscaling is not None:
+        autoscaler = build_autoscaler(m.autoscaling, streams.get(stream))
+        intervals = (m.autoscaling.interval_s, m.autoscaling.metrics_interval_s)
+    return ModelController(env, mi, m, route, gateway, factory, pool, startup, autoscaler, intervals, events, states)
 
 
 def draw_service_times(st: ServiceTime, rng: np.random.Generator, n: int) -> np.ndarray:

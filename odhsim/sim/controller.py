@@ -68,6 +68,7 @@ class ModelController:
         self.events = events
         self.states = states
         self.size_bytes = catalog.model(model.profile).weight_bytes if model.profile else FIXED_MODEL_BYTES
+        self.gpus_per_replica = model.gpus_per_replica  # tp x pp
         self.storage_uri = model.storage_uri or f"pvc://models/{model.profile or model.name}"
         self.lifecycles: dict[int, Lifecycle] = {}  # replica index -> lifecycle
         self.allocations: dict[int, Allocation] = {}  # replica index -> the GPUs it holds
@@ -79,6 +80,7 @@ class ModelController:
         self._budget_refused = False
         self._last_arrivals = 0
         self._poked = False
+        self.retired = False  # its revision was promoted away from or rolled back: no more scaling
 
     # -- records ------------------------------------------------------------------------------------------
     def _move(self, replica: ReplicaBase, to: str, detail: str = "") -> None:
@@ -87,21 +89,23 @@ class ModelController:
         self.states.append({"time_s": self.env.now, "model": self.model.name, "replica": replica.name, "state": to})
 
     def _event(self, kind: str, detail: str, replica: str = "") -> None:
+        if self.route.rollout is not None:  # two revisions of the model: say which one
+            detail = f"{self.model.version}: {detail}"
         self.events.append(
             {"time_s": self.env.now, "kind": kind, "model": self.model.name, "replica": replica, "detail": detail}
         )
 
     def gpus_held(self) -> int:
-        return len(self.allocations) * self.model.tp
+        return len(self.allocations) * self.gpus_per_replica
 
     def committed_gpus(self) -> int:
         """GPUs held plus those asked for by replicas still waiting in `pending`."""
-        return (len(self.allocations) + len(self.grants)) * self.model.tp
+        return (len(self.allocations) + len(self.grants)) * self.gpus_per_replica
 
     def _budget_allows(self) -> bool:
         if self.spend is None or self.spend.guard is None:
             return True
-        added = self.model.tp * self.price_per_gpu_hour
+        added = self.gpus_per_replica * self.price_per_gpu_hour
         verdict = self.spend.guard.allows(self.spend.committed_usd_per_hour(), added, self.model.name)
         if not verdict.allowed and not self._budget_refused:
             self._event("budget", verdict.reason)  # once per refusal spell, not every decision
@@ -111,10 +115,11 @@ class ModelController:
     # -- start-up of the initial replicas (already deployed: they hold GPUs and serve from t = 0) ------------
     def adopt_initial(self) -> None:
         for replica in self.route.replicas:
-            allocation = self.pool.allocate(self.model.gpu, self.model.tp)
+            allocation = self.pool.allocate(self.model.gpu, self.model.tp, self.model.pp)
             assert allocation is not None, "scenario validation guarantees GPUs for the initial replicas"
             self.allocations[replica.index] = allocation
-            allocation.node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
+            for node in allocation.nodes:
+                node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
             self.lifecycles[replica.index] = Lifecycle(self.env.now, replica.name, initial=READY)
             self.states.append(
                 {"time_s": self.env.now, "model": self.model.name, "replica": replica.name, "state": READY}
@@ -142,7 +147,7 @@ class ModelController:
             surplus -= 1
 
     def _start_one(self) -> None:
-        replica = self.factory.make(self.mi)
+        replica = self.factory.make(self.mi, self.model, self.route.revision)
         self.lifecycles[replica.index] = Lifecycle(self.env.now, replica.name, initial=PENDING)
         replica.state = PENDING
         self.states.append(
@@ -155,18 +160,23 @@ class ModelController:
             self._boot(replica, allocation)
 
         self.grants[replica.index] = granted
-        if not self.pool.request(self.model.gpu, self.model.tp, granted):
-            self._event("pending", f"no {self.model.tp} free {self.model.gpu} GPU(s) on one node", replica.name)
+        m = self.model
+        if not self.pool.request(m.gpu, m.tp, granted, m.pp):
+            where = "one node" if m.pp == 1 else f"each of {m.pp} nodes"
+            self._event("pending", f"no {m.tp} free {m.gpu} GPU(s) on {where}", replica.name)
 
     def _boot(self, replica: ReplicaBase, allocation: Allocation) -> None:
+        """Every stage's node downloads the model unless its cache has it; the tp x pp GPUs load their shards in
+        parallel."""
         self.allocations[replica.index] = allocation
-        node = allocation.node
-        warm = node.cache.has(self._cache_key())
-        plan = self.startup.plan(self.size_bytes, self.storage_uri, self.model.tp, cached=warm)
+        nodes = allocation.nodes
+        warm = all(node.cache.has(self._cache_key()) for node in nodes)
+        plan = self.startup.plan(self.size_bytes, self.storage_uri, self.gpus_per_replica, cached=warm)
         steps = [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)]
         if not warm:
             steps.insert(0, (DOWNLOADING, plan.download_s))
-        self._event("start", f"{'warm' if warm else 'cold'} start on {node.name}: {plan.total_s:.1f} s", replica.name)
+        where = "+".join(node.name for node in nodes)
+        self._event("start", f"{'warm' if warm else 'cold'} start on {where}: {plan.total_s:.1f} s", replica.name)
         self._advance(replica, steps)
 
     def _advance(self, replica: ReplicaBase, steps: list[tuple[str, float]]) -> None:
@@ -176,7 +186,8 @@ class ModelController:
         self._move(replica, state)
         if state == READY:
             self.starting.remove(replica)
-            self.allocations[replica.index].node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
+            for node in self.allocations[replica.index].nodes:
+                node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
             self.route.add_replica(replica)
             self.gateway.replica_ready(self.route)
             return
@@ -210,6 +221,11 @@ class ModelController:
         for req in held:
             self.gateway.finish(req, self.env.now, STATUS_FAILED, f"drain timeout ({self.model.drain_timeout_s:g} s)")
 
+    def retire_all(self, reason: str) -> None:
+        """The rollout retired this revision: stop autoscaling, cancel replicas still starting, drain the rest."""
+        self.retired = True
+        self.scale_to(0, reason)
+
     def retire(self, replica: ReplicaBase) -> None:
         """A draining replica finished its last request: it leaves and frees its GPUs."""
         self._move(replica, GONE, "drained")
@@ -225,13 +241,13 @@ class ModelController:
         """What the autoscaler's scrape sees now (sampled on its own interval, not on every change)."""
         route, now = self.route, self.env.now
         ready = route.replicas
-        arrived = self.gateway.arrivals[self.mi]
+        arrived = route.arrivals  # this revision's share of the model's arrivals (all of them without a canary)
         rate = (arrived - self._last_arrivals) / self.observe_every_s
         self._last_arrivals = arrived
         held = [self.factory.replicas[i] for i in self.allocations]
         in_flight = sum(r.in_flight for r in held) + route.queued()
         waiting = sum(r.waiting() for r in ready)
-        last = self.gateway.last_arrival_s[self.mi]
+        last = route.last_arrival_s
         return ScalingMetrics(
             now=now,
             ready_replicas=len(ready),
@@ -245,10 +261,11 @@ class ModelController:
         )
 
     def run(self):  # type: ignore[no-untyped-def]
-        """Observe every metrics interval, decide every decision interval (both from t = 0)."""
+        """Observe every metrics interval, decide every decision interval (both from when it starts: t = 0, or a
+        canary's start), until the rollout retires the revision."""
         assert self.autoscaler is not None
-        next_decision = 0.0
-        while True:
+        next_decision = self.env.now
+        while not self.retired:
             self.autoscaler.observe(self.metrics())
             if self.env.now >= next_decision or self._poked:
                 self._poked = False

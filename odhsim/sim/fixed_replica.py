@@ -1,9 +1,11 @@
 """A replica of a traditional ML model: `concurrency` slots and a local FIFO queue; the service time comes with
-the request (drawn at arrival from the model's own stream, so every policy variant sees the same draws)."""
+the request (drawn at arrival from the model's own stream, so every policy variant sees the same draws). A canary
+whose service time differs draws its own at submission (`draw_service`, from the canary's stream)."""
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 
 import simpy
 
@@ -27,6 +29,7 @@ class FixedReplica(ReplicaBase):
         self.busy_slots = 0
         self.queue: deque[SimRequest] = deque()
         self.serving: dict[int, SimRequest] = {}  # row -> request in a slot
+        self.draw_service: Callable[[], float] | None = None
 
     def waiting(self) -> int:
         return len(self.queue)
@@ -38,6 +41,8 @@ class FixedReplica(ReplicaBase):
         self._before_change()
         self.in_flight += 1
         req.replica = self.index
+        if self.draw_service is not None:
+            req.service_s = self.draw_service()
         if self.busy_slots < self.concurrency:
             self._start(req)
         else:

@@ -6,6 +6,10 @@ replica has room and, with llm-d's gate, while the pool is not saturated -> the 
 from metrics scraped up to one interval ago. Without a flow-control section the gateway routes at once (queues
 form inside the model servers, as with a bare llm-d endpoint picker) or holds a FIFO only while
 `max_in_flight_per_replica` leaves no replica with room. A model with no replica sends requests to its fallback.
+
+A model in a canary rollout has two revisions (its version and the canary), each a `ModelRoute` with its own
+replicas, router, queue and controller; the model's rollout (odhsim.sim.rollout) picks the revision of each
+arriving request before anything else, as KServe's ingress splits traffic between revisions.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ _NO_BLOCKS = np.zeros(0, dtype=np.int64)
 
 
 class ModelRoute:
-    """Everything the gateway keeps for one model: its replicas, router, queue and flow control."""
+    """Everything the gateway keeps for one model (for one revision of it, in a canary rollout): its replicas,
+    router, queue, flow control and controller; the model-wide parts (breaker, fallback) live on the primary."""
 
     def __init__(
         self,
@@ -57,6 +62,14 @@ class ModelRoute:
         self.breaker: CircuitBreaker | None = None
         self.controller: Any = None  # the model's ModelController (set by the cluster builder)
         self.rejection = ""  # why the deployment was rejected, when it was
+        self.revision = 0  # 0: the model's own version; 1: its canary
+        self.primary: ModelRoute = self  # the model's first route (revision 0), which holds the model-wide parts
+        self.revisions: list[ModelRoute] = [self]  # on the primary: every revision, by number
+        self.rollout: Any = None  # the model's CanaryRollout (odhsim.sim.rollout), on every revision of it
+        self.retired = False  # promoted away from or rolled back: takes no new requests
+        self.version_code = -1  # the version's code in the requests table
+        self.arrivals = 0  # requests the split sent to this revision (what its autoscaler counts)
+        self.last_arrival_s = math.nan
         self.queue: deque[SimRequest] = deque()  # FIFO used without flow control
         self.held: dict[int, SimRequest] = {}  # requests in the flow-control queue, by row
         self.pumping = False
@@ -115,19 +128,36 @@ class Gateway:
         self.in_flight += 1
         self.arrivals[req.model] += 1
         self.last_arrival_s[req.model] = req.arrival_s
+        route = self._split(self.routes[req.model], req)
+        route.arrivals += 1
+        route.last_arrival_s = req.arrival_s
         if self.cache is not None and req.blocks is not None:
+            req.cache_key = self._cache_key(route, req)
             self._lookup_cache(req)
         else:
             self._enter(req)
 
-    def _cache_key(self, req: SimRequest) -> int:
-        route = self.routes[req.model]
+    def _split(self, model: ModelRoute, req: SimRequest) -> ModelRoute:
+        """The revision of `model` (its first route) that takes `req`: the rollout's choice, else the only one."""
+        route = model if model.rollout is None else model.rollout.choose()
+        req.version = route.revision
+        return route
+
+    def serving_route(self, req: SimRequest) -> ModelRoute:
+        """The revision route that holds (or held) `req`: of its model, or of the fallback it went to."""
+        model = self.routes[req.model]
+        if req.fallback:
+            assert model.fallback is not None
+            model = model.fallback
+        return model.revisions[req.version]
+
+    def _cache_key(self, route: ModelRoute, req: SimRequest) -> int:
         sampling = (("max_tokens", req.output_tokens),)
         return response_key(route.name, route.version, sampling, block_ids=req.blocks, prompt_tokens=req.prompt_tokens)
 
     def _lookup_cache(self, req: SimRequest) -> None:
         assert self.cache is not None
-        found = self.cache.lookup(self.env.now, self._cache_key(req))
+        found = self.cache.lookup(self.env.now, req.cache_key)
         req.cache_hit = found.hit
         done = self.env.timeout(found.latency_s, req)
         done.callbacks.append(self._after_lookup)
@@ -141,15 +171,22 @@ class Gateway:
             self._enter(req)
 
     def _enter(self, req: SimRequest) -> None:
-        route = self.routes[req.model]
-        breaker_open = route.breaker is not None and not route.breaker.allow(self.env.now)
+        model = self.routes[req.model]
+        route = model.revisions[req.version]
+        if route.retired:  # promoted away from or rolled back while the response cache was looked up
+            route = self._split(model, req)
+        breaker_open = model.breaker is not None and not model.breaker.allow(self.env.now)
         unserved = not route.replicas and not route.autoscaled  # nothing will ever come up for it
-        if (breaker_open or unserved) and route.fallback is not None:
+        if (breaker_open or unserved) and model.fallback is not None:
             req.fallback = True
-            route = route.fallback
+            route = self._split(model.fallback, req)
         elif breaker_open:
             self.finish(req, self.env.now, STATUS_FAILED, "circuit breaker open and no fallback")
             return
+        self._admit(route, req)
+
+    def _admit(self, route: ModelRoute, req: SimRequest) -> None:
+        """Hand a request to one revision: the activator when it has no replica, else its queue or a replica."""
         if not route.replicas:
             if not route.autoscaled:
                 self.finish(
@@ -290,29 +327,46 @@ class Gateway:
         """Final status of a request (from a replica or the gateway itself): log it, free the slot, move on."""
         self.in_flight -= 1
         self.completed += 1
-        self.log.finish(req, now, status, reason)
+        route = self.serving_route(req)
+        self.log.finish(req, now, status, reason, route.version_code)
         if req.replica < 0:
             return
         replica = self.replicas[req.replica]
-        route = self.routes[req.model] if not req.fallback else self.routes[req.model].fallback
-        assert route is not None
         if req.route is not None:
             route.router.on_complete(now, req.route, replica.name, now - req.arrival_s, status == STATUS_OK)
         if route.flow is not None:
             route.flow.saturation.on_complete(now, req.row, replica.name)
-        if route.breaker is not None:
-            route.breaker.record(now, status == STATUS_OK)
+        breaker = route.primary.breaker
+        if breaker is not None:  # the model's breaker counts every revision's outcomes
+            breaker.record(now, status == STATUS_OK)
         if replica.state == "draining" and replica.in_flight == 0 and route.controller is not None:
             route.controller.retire(replica)
         if status == STATUS_OK and self.cache is not None and req.blocks is not None:
-            self.cache.store(now, self._cache_key(req), None, 4 * req.output_tokens)
+            self.cache.store(now, req.cache_key, None, 4 * req.output_tokens)
         if route.queued():
             self._pump(route)
 
+    def rehome(self, old: ModelRoute, new: ModelRoute) -> int:
+        """Move the requests still waiting at the gateway for revision `old` (retired: promoted away from or rolled
+        back) to revision `new`, keeping their arrival times; what `old`'s replicas hold finishes there. Returns how
+        many moved."""
+        now = self.env.now
+        waiting = list(old.queue)
+        old.queue.clear()
+        if old.flow is not None:
+            while (item := old.flow.queue.pop(now)) is not None:
+                waiting.append(old.held.pop(item.request_id))
+        for req in waiting:
+            req.version = new.revision
+            self._admit(new, req)
+        return len(waiting)
+
     def replica_ready(self, route: ModelRoute) -> None:
-        """A replica joined the route: dispatch what waited for it."""
+        """A replica joined the route: dispatch what waited for it (a canary's first one also opens its traffic)."""
+        if route.rollout is not None:
+            route.rollout.revision_ready(route)
         if route.queued():
             self._pump(route)
 
     def queued(self, model: int) -> int:
-        return self.routes[model].queued()
+        return sum(route.queued() for route in self.routes[model].revisions)

@@ -1,7 +1,8 @@
 """The simulated GPU pool: nodes of one GPU type each, whole GPUs per replica, a node-local model cache.
 
-A replica's tensor-parallel group stays inside one node. Requests for GPUs that cannot be met wait in FIFO order
-(the replica is `pending`) and are granted as soon as a release makes room.
+A replica's tensor-parallel group stays inside one node; a pipeline-parallel replica has one such group (stage)
+on each of `pp` distinct nodes. Requests for GPUs that cannot be met wait in FIFO order (the replica is `pending`)
+and are granted as soon as a release makes room.
 """
 
 from __future__ import annotations
@@ -38,10 +39,20 @@ class Node:
 
 @dataclass(frozen=True, eq=False)
 class Allocation:
-    """The GPUs one replica holds: a node and the indices of its GPUs there."""
+    """The GPUs one replica holds: a node and the indices of its GPUs there; pipeline stages 2..pp, each on
+    another node, in `more_stages`."""
 
     node: Node
     gpu_indices: tuple[int, ...]
+    more_stages: tuple[tuple[Node, tuple[int, ...]], ...] = ()
+
+    @property
+    def stages(self) -> tuple[tuple[Node, tuple[int, ...]], ...]:
+        return ((self.node, self.gpu_indices), *self.more_stages)
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        return tuple(node for node, _ in self.stages)
 
 
 Grant = Callable[[Allocation], None]
@@ -66,26 +77,30 @@ class SimGpuPool:
                 cache = NodeModelCache(p.model_cache_gb * GIB)
                 self.nodes.append(Node(f"{p.gpu.lower()}-node-{i}", p.gpu, n, memory, set(range(n)), cache))
         self._by_name = {n.name: n for n in self.nodes}
-        self._waiting: deque[tuple[str, int, Grant]] = deque()
+        self._waiting: deque[tuple[str, int, int, Grant]] = deque()
 
-    def allocate(self, gpu: str, tp: int) -> Allocation | None:
-        """Place a `tp`-GPU replica on one node of that GPU type, or None when none has room."""
+    def allocate(self, gpu: str, tp: int, pp: int = 1) -> Allocation | None:
+        """Place a replica of `pp` stages of `tp` GPUs (each stage on its own node of that GPU type), or None when
+        the nodes have no room."""
         candidates = [n.state() for n in self.nodes if n.gpu == gpu and n.free >= tp]
-        if not candidates:
+        if len(candidates) < pp:
             return None
-        placement = self.placer.place(ReplicaRequest("replica", tp, 0.0, gpu), candidates)
+        placement = self.placer.place(ReplicaRequest("replica", tp, 0.0, gpu, pp), candidates)
         if placement is None:
             return None
-        node = self._by_name[placement.node]
-        node.free_indices.difference_update(placement.gpu_indices)
-        return Allocation(node, placement.gpu_indices)
+        stages = []
+        for name, indices in placement.stages:
+            node = self._by_name[name]
+            node.free_indices.difference_update(indices)
+            stages.append((node, indices))
+        return Allocation(stages[0][0], stages[0][1], tuple(stages[1:]))
 
-    def request(self, gpu: str, tp: int, grant: Grant) -> bool:
+    def request(self, gpu: str, tp: int, grant: Grant, pp: int = 1) -> bool:
         """Allocate now (True, `grant` already called) or queue the request until GPUs free up (False)."""
         queued_ahead = any(w[0] == gpu for w in self._waiting)  # FIFO per GPU type
-        allocation = None if queued_ahead else self.allocate(gpu, tp)
+        allocation = None if queued_ahead else self.allocate(gpu, tp, pp)
         if allocation is None:
-            self._waiting.append((gpu, tp, grant))
+            self._waiting.append((gpu, tp, pp, grant))
             return False
         grant(allocation)
         return True
@@ -93,22 +108,23 @@ class SimGpuPool:
     def cancel(self, grant: Grant) -> bool:
         """Withdraw a queued request (a pending replica scaled away before it got GPUs)."""
         for item in self._waiting:
-            if item[2] is grant:
+            if item[3] is grant:
                 self._waiting.remove(item)
                 return True
         return False
 
     def release(self, allocation: Allocation) -> None:
-        allocation.node.free_indices.update(allocation.gpu_indices)
+        for node, indices in allocation.stages:
+            node.free_indices.update(indices)
         self._serve_waiting()
 
     def _serve_waiting(self) -> None:
-        kept: deque[tuple[str, int, Grant]] = deque()
+        kept: deque[tuple[str, int, int, Grant]] = deque()
         while self._waiting:
-            gpu, tp, grant = self._waiting.popleft()
-            allocation = self.allocate(gpu, tp)
+            gpu, tp, pp, grant = self._waiting.popleft()
+            allocation = self.allocate(gpu, tp, pp)
             if allocation is None:
-                kept.append((gpu, tp, grant))
+                kept.append((gpu, tp, pp, grant))
             else:
                 grant(allocation)
         self._waiting = kept

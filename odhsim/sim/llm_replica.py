@@ -69,8 +69,9 @@ class LlmReplica(ReplicaBase):
                 kv_capacity_tokens // max(1, prefix_block_tokens), cpu_tokens // max(1, prefix_block_tokens),
                 prefix_block_tokens,
             )  # fmt: skip
-            # each of the TP GPUs copies its shard of a token's KV over its own link
-            self._offload_s_per_token = bytes_per_token / (engine.kv_offload_bandwidth_gb_s * 1e9 * latency.tp)
+            # each of the tp x pp GPUs copies its shard of a token's KV over its own link
+            links = latency.tp * latency.pp
+            self._offload_s_per_token = bytes_per_token / (engine.kv_offload_bandwidth_gb_s * 1e9 * links)
 
     # -- metrics (vLLM names: num_requests_waiting, num_requests_running, kv_cache_usage_perc) ----------------
     def waiting(self) -> int:

@@ -40,6 +40,8 @@ class ReplicaBase:
         self.on_finish = on_finish
         self.in_flight = 0
         self.model_index = 0
+        self.revision = 0  # which of its model's revisions (0: the model's version, 1: its canary)
+        self.parent: ReplicaBase | None = None  # the pipeline replica this is a virtual engine of, if any
         self.state = "ready"  # lifecycle state (the controller moves it; the gateway routes only to ready ones)
         self.busy_s = 0.0
         self._busy_since = math.nan
@@ -59,6 +61,8 @@ class ReplicaBase:
 
     def _before_change(self) -> None:
         """Call before any change to waiting/running/kv: keeps the metrics of the current scrape tick."""
+        if self.parent is not None:  # the pipeline replica publishes sums over its engines: it keeps them first
+            self.parent._before_change()
         tick = int(self.env.now / self.scrape_interval_s)
         if tick != self._published_tick:
             self._published = None

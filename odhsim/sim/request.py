@@ -23,6 +23,7 @@ class SimRequest:
         "arrival_s",
         "blocks",
         "cache_hit",
+        "cache_key",
         "cached_tokens",
         "ctx",
         "fallback",
@@ -44,6 +45,7 @@ class SimRequest:
         "session",
         "start_s",
         "tenant",
+        "version",
     )
 
     def __init__(
@@ -82,3 +84,5 @@ class SimRequest:
         self.running_epoch = 0
         self.service_s = 0.0
         self.route: RouteRequest | None = None
+        self.version = 0  # revision of the serving model: 0 its own version, 1 its canary
+        self.cache_key = 0  # response-cache key, fixed at arrival (model, version chosen, prompt, sampling)

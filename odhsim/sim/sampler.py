@@ -35,9 +35,6 @@ class TimeseriesSampler:
         self._last_busy = [0.0] * len(gateway.replicas)
         self._last_t = 0.0
         self.stopped = False
-        self._prices = [catalog.gpu(m.gpu).price_per_gpu_hour for m in scenario.models]
-        # busy GPUs draw the decode power (decode dominates an LLM replica's busy time), idle ones the idle power
-        self._power = [(catalog.gpu(m.gpu).idle_w, catalog.gpu(m.gpu).decode_w) for m in scenario.models]
 
     def process(self):  # type: ignore[no-untyped-def]
         while True:
@@ -48,37 +45,54 @@ class TimeseriesSampler:
                 return
 
     def sample(self) -> None:
+        """One row per model; a model in a canary rollout sums its revisions, each costed at its own GPU's price
+        and power."""
         now = self.env.now
         dt = now - self._last_t
         if dt <= 0:
             return
         rows = self.rows
-        busy_by_model = [0.0] * len(self.scenario.models)
+        busy: dict[tuple[int, int], float] = {}  # (model, revision) -> seconds computed in this bucket
         last = self._last_busy
         for r in self.gateway.replicas:  # every replica ever made: draining ones still compute
             b = r.busy_time()
             if r.index >= len(last):
                 last.extend([0.0] * (r.index + 1 - len(last)))
-            busy_by_model[r.model_index] += b - last[r.index]
+            key = (r.model_index, r.revision)
+            busy[key] = busy.get(key, 0.0) + (b - last[r.index])
             last[r.index] = b
-        for mi, (m, route) in enumerate(zip(self.scenario.models, self.gateway.routes, strict=True)):
-            reps = route.replicas
-            held = route.controller.gpus_held() if route.controller is not None else len(reps) * m.tp
-            gpus = held
-            gpu_hours = gpus * dt / 3600.0  # every GPU held (starting, ready, draining) costs money
-            busy_frac = busy_by_model[mi] / (held / m.tp * dt) if held else 0.0
-            idle_w, busy_w = self._power[mi]
+        for mi, (m, model) in enumerate(zip(self.scenario.models, self.gateway.routes, strict=True)):
+            reps = [r for rev in model.revisions for r in rev.replicas]
+            gpus = 0
+            gpu_hours = cost = energy_wh = busy_s = replica_s = 0.0
+            for rev in model.revisions:
+                d = rev.controller.model if rev.controller is not None else m
+                g = catalog.gpu(d.gpu)
+                held = (
+                    rev.controller.gpus_held() if rev.controller is not None else len(rev.replicas) * d.gpus_per_replica
+                )
+                hours = held * dt / 3600.0  # every GPU held (starting, ready, draining) costs money
+                rev_busy = busy.get((mi, rev.revision), 0.0)
+                rev_replica_s = held / d.gpus_per_replica * dt
+                frac = rev_busy / rev_replica_s if held else 0.0
+                gpus += held
+                gpu_hours += hours
+                cost += hours * g.price_per_gpu_hour
+                # busy GPUs draw the decode power (decode dominates an LLM replica's busy time), idle ones idle power
+                energy_wh += hours * (g.idle_w + frac * (g.decode_w - g.idle_w))
+                busy_s += rev_busy
+                replica_s += rev_replica_s
             rows["time_s"].append(now)
             rows["model"].append(m.name)
             rows["arrivals"].append(self.gateway.arrivals[mi] - self._last_arrivals[mi])
-            rows["queue_len"].append(route.queued() + sum(r.waiting() for r in reps))
+            rows["queue_len"].append(sum(rev.queued() for rev in model.revisions) + sum(r.waiting() for r in reps))
             rows["running"].append(sum(r.running() for r in reps))
             rows["ready_replicas"].append(len(reps))
             rows["kv_usage"].append(sum(r.kv_usage() for r in reps) / len(reps) if reps else 0.0)
-            rows["gpu_busy"].append(busy_frac)
+            rows["gpu_busy"].append(busy_s / replica_s if gpus else 0.0)
             rows["gpus"].append(gpus)
             rows["gpu_hours"].append(gpu_hours)
-            rows["cost_usd"].append(gpu_hours * self._prices[mi])
-            rows["energy_kwh"].append(gpu_hours * (idle_w + busy_frac * (busy_w - idle_w)) / 1000.0)
+            rows["cost_usd"].append(cost)
+            rows["energy_kwh"].append(energy_wh / 1000.0)
             self._last_arrivals[mi] = self.gateway.arrivals[mi]
         self._last_t = now

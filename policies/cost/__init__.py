@@ -5,10 +5,12 @@ from policies.cost.rightsizing import (
     GpuOption,
     InfeasibleWorkload,
     MelangeRightsizer,
+    RateSearch,
     RightsizingParams,
     RightsizingResult,
     WorkloadBucket,
     homogeneous_cost,
+    max_rate_meeting_slo,
     rightsize,
 )
 
@@ -19,9 +21,11 @@ __all__ = [
     "GpuOption",
     "InfeasibleWorkload",
     "MelangeRightsizer",
+    "RateSearch",
     "RightsizingParams",
     "RightsizingResult",
     "WorkloadBucket",
     "homogeneous_cost",
+    "max_rate_meeting_slo",
     "rightsize",
 ]

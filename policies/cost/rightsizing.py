@@ -22,12 +22,17 @@ homogeneous fleet (one option serving everything; the comparison Mélange report
 
 A bucket with load that no option can serve within the SLO makes the problem infeasible: `InfeasibleWorkload`
 names the bucket. Buckets with zero rate are ignored.
+
+The throughput table comes from `max_rate_meeting_slo`: for one option and bucket, the highest arrival rate at which
+a caller-supplied check (a short simulation whose latency percentiles meet the SLOs) passes, found by bisection in
+log space below a rate known to be unsustainable (the option's saturation throughput), to a stated relative
+tolerance and a bounded number of probes.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -266,3 +271,61 @@ def rightsize(
     utilization = {o.name: float(load[gi] / y[gi]) for gi, o in enumerate(options) if y[gi] > 0}
     cost = float(sum(o.cost_usd_per_hour * counts[o.name] for o in options))
     return RightsizingResult(counts, cost, base_cost, base_label, assignment, utilization)
+
+
+@dataclass(frozen=True, slots=True)
+class RateSearch:
+    """The answer of `max_rate_meeting_slo`: the highest rate seen to meet the SLO (0.0: not even the floor did),
+    the lowest rate known not to (or the unsustainable upper bound), every probe (rate, met) in order, and the
+    relative tolerance asked for."""
+
+    rate: float
+    failing: float
+    probes: tuple[tuple[float, bool], ...]
+    rel_tol: float
+
+    @property
+    def converged(self) -> bool:
+        """Whether the bracket closed to the tolerance (else the probe budget ran out first)."""
+        return self.rate == 0.0 or self.failing / self.rate <= 1.0 + self.rel_tol + 1e-12
+
+
+def max_rate_meeting_slo(
+    meets: Callable[[float], bool],
+    upper: float,
+    *,
+    rel_tol: float = 0.05,
+    floor_fraction: float = 1.0 / 64.0,
+    max_probes: int = 10,
+) -> RateSearch:
+    """Highest arrival rate r < `upper` with `meets(r)`, to within `rel_tol` of r.
+
+    `upper` must be a rate the option cannot sustain (its saturation throughput): however a short run looks, a
+    queue fed faster than it drains grows without bound, so no rate at or above it counts. The search probes
+    `floor_fraction * upper` first; if that light load already misses the SLO (a request served alone is too
+    slow) the answer is 0. Otherwise it bisects the bracket [meeting, failing] at its geometric mean until
+    failing / meeting <= 1 + rel_tol or `max_probes` probes were spent (floor included). `meets` is assumed
+    monotone (met below some rate, missed above); the caller keeps its noise down with common random numbers.
+    The true rate then lies in [rate, failing): `rate` is conservative by at most rel_tol.
+    """
+    if not upper > 0 or not math.isfinite(upper):
+        raise ValueError(f"upper must be a positive finite rate, got {upper}")
+    if not 0 < rel_tol < 1 or not 0 < floor_fraction < 1 or max_probes < 1:
+        raise ValueError("need 0 < rel_tol < 1, 0 < floor_fraction < 1 and max_probes >= 1")
+    probes: list[tuple[float, bool]] = []
+
+    def probe(rate: float) -> bool:
+        met = bool(meets(rate))
+        probes.append((rate, met))
+        return met
+
+    lo, hi = floor_fraction * upper, upper
+    if not probe(lo):
+        return RateSearch(0.0, lo, tuple(probes), rel_tol)
+    while hi / lo > 1.0 + rel_tol and len(probes) < max_probes:
+        mid = math.sqrt(lo * hi)
+        if probe(mid):
+            lo = mid
+        else:
+            hi = mid
+    return RateSearch(lo, hi, tuple(probes), rel_tol)

@@ -7,6 +7,10 @@ Model of the cluster:
   node by taking different GPUs of it.
 - A replica asks for `tp` GPUs of one type (or any type), each with at least `memory_per_gpu_bytes`. Tensor
   parallelism never spans nodes: all `tp` GPUs come from one node, else the replica does not fit there.
+- With `pp` pipeline stages a replica asks for `pp` such groups, each stage on its own node (stages talk over the
+  inter-node network; a stage's TP group stays inside its node). Stages are placed one after another, each by the
+  policy's rule among the nodes no earlier stage took; since one node takes at most one stage, that is the same as
+  taking the `pp` fitting nodes the policy ranks first. Too few fitting nodes: the replica does not fit.
 - The chosen GPUs are the node's lowest free indices.
 
 Policies:
@@ -76,33 +80,45 @@ class NodeState:
 
 @dataclass(frozen=True, slots=True)
 class ReplicaRequest:
-    """What one replica needs: `tp` GPUs of `gpu_type` (None: any type) with `memory_per_gpu_bytes` each."""
+    """What one replica needs: `pp` stages (nodes) of `tp` GPUs of `gpu_type` (None: any type) with
+    `memory_per_gpu_bytes` each."""
 
     name: str
     tp: int = 1
     memory_per_gpu_bytes: float = 0.0
     gpu_type: str | None = None
+    pp: int = 1
 
     def __post_init__(self) -> None:
         if self.tp < 1:
             raise ValueError(f"replica '{self.name}': tp must be >= 1")
+        if self.pp < 1:
+            raise ValueError(f"replica '{self.name}': pp must be >= 1")
         if self.memory_per_gpu_bytes < 0:
             raise ValueError(f"replica '{self.name}': memory_per_gpu_bytes must be >= 0")
 
     @property
     def memory_need_bytes(self) -> float:
-        return self.tp * self.memory_per_gpu_bytes
+        return self.tp * self.pp * self.memory_per_gpu_bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Placement:
+    """Where a replica went: its first stage's node and GPUs; `more_stages` holds pipeline stages 2..pp."""
+
     node: str
     gpu_indices: tuple[int, ...]
     replica: str = ""
+    more_stages: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def stages(self) -> tuple[tuple[str, tuple[int, ...]], ...]:
+        """(node, GPU indices) of every stage, first stage first (one entry without pipeline parallelism)."""
+        return ((self.node, self.gpu_indices), *self.more_stages)
 
 
 def fits(request: ReplicaRequest, node: NodeState) -> bool:
-    """Right GPU type, enough memory per GPU, and `tp` free GPUs on this one node."""
+    """Right GPU type, enough memory per GPU, and `tp` free GPUs on this one node (for one stage)."""
     return (
         (request.gpu_type is None or request.gpu_type == node.gpu_type)
         and node.gpu_memory_bytes >= request.memory_per_gpu_bytes
@@ -111,8 +127,9 @@ def fits(request: ReplicaRequest, node: NodeState) -> bool:
 
 
 def apply(nodes: Sequence[NodeState], placement: Placement) -> tuple[NodeState, ...]:
-    """The nodes after `placement` took its GPUs."""
-    return tuple(n.without(placement.gpu_indices) if n.name == placement.node else n for n in nodes)
+    """The nodes after `placement` took its GPUs (every stage's)."""
+    taken = dict(placement.stages)
+    return tuple(n.without(taken[n.name]) if n.name in taken else n for n in nodes)
 
 
 def decreasing_order(requests: Sequence[ReplicaRequest]) -> list[int]:
@@ -143,15 +160,20 @@ class _BinPacker:
         raise NotImplementedError
 
     def place(self, request: ReplicaRequest, nodes: Sequence[NodeState]) -> Placement | None:
-        """Where one replica goes, or None when no single node can hold all its GPUs."""
+        """Where one replica goes, or None when no single node can hold all its GPUs (with pipeline stages: when
+        fewer than `pp` distinct nodes can each hold a stage)."""
         names = [n.name for n in nodes]
         if len(set(names)) != len(names):
             raise ValueError("node names must be unique")
         candidates = [(self._key(request, n, i), n) for i, n in enumerate(nodes) if fits(request, n)]
-        if not candidates:
+        if len(candidates) < request.pp:
             return None
-        _, node = min(candidates, key=lambda c: c[0])
-        return Placement(node.name, tuple((node.free_gpu_indices or ())[: request.tp]), request.name)
+        if request.pp == 1:
+            chosen = [min(candidates, key=lambda c: c[0])[1]]
+        else:
+            chosen = [n for _, n in sorted(candidates, key=lambda c: c[0])[: request.pp]]
+        stages = tuple((n.name, tuple((n.free_gpu_indices or ())[: request.tp])) for n in chosen)
+        return Placement(stages[0][0], stages[0][1], request.name, stages[1:])
 
     def pack(self, requests: Sequence[ReplicaRequest], nodes: Sequence[NodeState]) -> list[Placement | None]:
         """Place a batch (results in the input order; None for a replica that did not fit)."""
