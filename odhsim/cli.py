@@ -103,6 +103,10 @@ def run(
 
         result = simulate(sc, seed=seed, progress=progress)
     print_summary(result.summary, f"{sc.name} (seed {result.seed})")
+    if any(m.canary is not None for m in sc.models):
+        from odhsim.results.summary import by_version
+
+        console.print(_frame_table(by_version(result.requests), "by model and version"))
     if out is not None:
         result.write(out)
         console.print(f"results written to {out}/")
@@ -286,21 +290,111 @@ def cost(
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
 ) -> None:
     """Cost report: spend per model, unit costs, idle GPU waste, always-on comparison and right-sizing."""
-    from odhsim.analysis.cost_report import TARGET_UTILIZATION, cost_report
+    from odhsim.analysis.cost_report import REL_TOL, SEARCH_REQUESTS, SLO_PERCENTILE, cost_report
     from odhsim.scenario.load import load_scenario
     from odhsim.sim.run import simulate
 
     sc = load_scenario(scenario, set_)
     with console.status(f"simulating {sc.name} ..."):
         result = simulate(sc, seed=seed)
-    with console.status("measuring each GPU option's throughput for right-sizing ..."):
-        report = cost_report(result, sc)
+    with console.status("right-sizing ...") as status:
+        report = cost_report(
+            result, sc, progress=lambda done, total, what: status.update(f"right-sizing {done}/{total}: {what}")
+        )
     by_metric = report.models.set_index("model").T.reset_index(names="metric")  # a column per model: fits a terminal
     console.print(_frame_table(by_metric, f"cost of {sc.name} (seed {result.seed})"))
     if len(report.rightsizing):
         shown = report.rightsizing.set_index("model").T.reset_index(names="right-sizing")
         console.print(_frame_table(shown, "right-sizing for the p95 arrival rate (Mélange, scipy.optimize.milp)"))
         console.print(
-            f"throughput meeting the SLOs is taken as {TARGET_UTILIZATION:.0%} of each option's simulated "
-            "saturation throughput on the model's own request mix"
+            f"per-replica throughput: the highest Poisson rate at which p{SLO_PERCENTILE:g} TTFT and E2E meet the "
+            f"SLOs (bisection below saturation, {SEARCH_REQUESTS} requests per probe, {REL_TOL:.0%} tolerance)"
         )
+
+
+@app.command()
+@user_errors
+def serve(
+    scenario: Annotated[Path, typer.Argument(help="Scenario YAML with `live:` sections (see scenarios/live.yaml).")],
+    port: Annotated[
+        int | None, typer.Option(help="Gateway port (default: the scenario's live.port; 0: any free).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="Where replicas run their torch models: auto | cpu | cuda.")] = "auto",
+    out: Annotated[
+        Path | None, typer.Option(help="Write events/replicas.parquet, replica logs, serve.json here.")
+    ] = None,
+    duration: Annotated[
+        float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
+    ] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value (repeatable).")] = None,
+) -> None:
+    """Serve a scenario for real: gateway + replica processes, deploy flow, autoscaling, restarts (Ctrl-C stops)."""
+    from odhsim.scenario.load import load_scenario
+    from runtime.serve import serve as serve_live
+
+    sc = load_scenario(scenario, set_)
+    raise typer.Exit(serve_live(sc, port=port, device=device, out_dir=out, duration_s=duration, console=console))
+
+
+@app.command()
+@user_errors
+def replay(
+    source: Annotated[Path, typer.Argument(help="A trace file (Azure, Mooncake, plain CSV) or a scenario YAML.")],
+    target: Annotated[str, typer.Option(help="Base URL of the live gateway, e.g. http://127.0.0.1:8000.")],
+    speed: Annotated[float, typer.Option(help="Replay at this multiple of the trace's rate.")] = 1.0,
+    limit: Annotated[int | None, typer.Option(help="Send at most this many requests.")] = None,
+    max_duration: Annotated[float | None, typer.Option(help="Send only requests due in the first S seconds.")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Write requests.parquet (the simulator's schema) + summary.json.")
+    ] = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="API key for every request (default: per tenant from $ODHSIM_API_KEYS).")
+    ] = None,
+    max_prompt_tokens: Annotated[int, typer.Option(help="Clip prompts to this many tokens.")] = 256,
+    max_output_tokens: Annotated[int, typer.Option(help="Clip outputs to this many tokens.")] = 64,
+    model: Annotated[
+        str | None, typer.Option(help="Model a trace file's requests go to (default: the target's first).")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Most requests outstanding at once.")] = 256,
+    straggler_timeout: Annotated[
+        float, typer.Option(help="After the last send, wait at most this long; the rest end as unfinished.")
+    ] = 60.0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Replay a trace or a scenario's workload open-loop against a live endpoint; results like `odhsim run`'s."""
+    from runtime.replay import replay as replay_live
+
+    with Progress(
+        TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.fields[sent]:>6,} sent"),
+        TextColumn("{task.fields[done]:>6,}/{task.fields[planned]:,} done"), TimeElapsedColumn(),
+        console=err_console, disable=quiet, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("replay", total=None, sent=0, done=0, planned=0)
+
+        def progress(sent: int, done: int, total: int) -> None:
+            bar.update(task, total=total, completed=done, sent=sent, done=done, planned=total)
+
+        result = replay_live(
+            source, target, speed=speed, limit=limit, max_duration_s=max_duration, api_key=api_key, out_dir=out,
+            progress=progress, max_prompt_tokens=max_prompt_tokens, max_output_tokens=max_output_tokens,
+            model=model, concurrency=concurrency, straggler_timeout_s=straggler_timeout,
+        )  # fmt: skip
+    print_summary(result.summary, f"{result.scenario_name} live replay against {target}")
+    if out is not None:
+        console.print(f"results written to {out}/")
+
+
+@app.command("bench-live")
+@user_errors
+def bench_live(
+    device: Annotated[str, typer.Option(help="Where the replicas run: auto | cpu | cuda.")] = "auto",
+    requests: Annotated[int, typer.Option(help="Requests in the Azure-conversation-shaped replay.")] = 2000,
+    out: Annotated[Path | None, typer.Option(help="Keep the replay's results and the serve records here.")] = None,
+) -> None:
+    """Live runtime figures: gateway overhead vs direct, continuous-batching ratio, a 2,000-request trace replay."""
+    from runtime.bench_live import bench_tables, run_bench_live
+
+    with console.status("running the live benchmark (starts `odhsim serve`, replays a trace) ..."):
+        figures = run_bench_live(device=device, requests=requests, out_dir=out)
+    for table in bench_tables(figures):
+        console.print(table)

@@ -1,7 +1,9 @@
 """Replica processes: start `python -m runtime.replica` on a free local port, wait until it is ready, stop it.
 
 Used by the controller and by tests. Output goes to a log file (never a pipe, which would fill and block the
-replica); errors quote the log's tail. Every `ReplicaProcess` still alive when this interpreter exits is killed.
+replica); errors quote the log's tail. Every `ReplicaProcess` still alive when this interpreter exits is killed,
+and a replica whose parent dies (even by SIGKILL, when no exit handler runs) shuts itself down: see
+`parent_watch_env` and `runtime.replica.__main__`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +29,8 @@ from runtime.replica.config import ReplicaConfig
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _LIVE: set[ReplicaProcess] = set()  # strong refs: a forgotten handle must still be killed at exit
+PARENT_PID_ENV = "ODHSIM_PARENT_PID"
+PARENT_DEATHSIG_ENV = "ODHSIM_PARENT_DEATHSIG"
 
 
 class ReplicaStartError(RuntimeError):
@@ -37,6 +42,17 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def parent_watch_env() -> dict[str, str]:
+    """What tells a replica to exit when this process dies: this pid (the replica polls `os.getppid()` for a
+    change), and on Linux whether it may also ask the kernel for SIGTERM at its parent's death
+    (prctl PR_SET_PDEATHSIG). The kernel sends that signal when the *thread* that started the child exits, so it is
+    asked for only when the start runs on the main thread; a start from a worker thread (`asyncio.to_thread`)
+    relies on the poll alone."""
+    on_main = threading.current_thread() is threading.main_thread()
+    deathsig = sys.platform.startswith("linux") and on_main
+    return {PARENT_PID_ENV: str(os.getpid()), PARENT_DEATHSIG_ENV: "1" if deathsig else "0"}
 
 
 class ReplicaProcess:
@@ -65,7 +81,8 @@ class ReplicaProcess:
         env: dict[str, str] | None = None,
     ) -> ReplicaProcess:
         """Launch a replica of `config` (returns at once; call `wait_ready`). `env` entries are added to the child's
-        environment (e.g. ODHSIM_TORCH_THREADS). Without `log_path` the log is a temporary file, removed on stop."""
+        environment (e.g. ODHSIM_TORCH_THREADS). Without `log_path` the log is a temporary file, removed on stop.
+        The replica exits by itself if this process dies (`parent_watch_env`)."""
         port = port or free_port(host)
         own_log = log_path is None
         if log_path is None:
@@ -73,7 +90,7 @@ class ReplicaProcess:
             os.close(fd)
             log_path = tmp
         log_path = Path(log_path)
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}), **parent_watch_env()}
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), child_env.get("PYTHONPATH")) if p)
         cmd = [
             sys.executable, "-m", "runtime.replica", "--model-json", config.model_dump_json(),

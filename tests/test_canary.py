@@ -4,6 +4,7 @@ and scenario errors that name the field."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 
 from odhsim.errors import ScenarioError
 from odhsim.results.run_result import RunResult, load_results
-from odhsim.results.summary import latency_columns
+from odhsim.results.summary import by_version, latency_columns
 from odhsim.scenario.load import load_scenario, scenario_from_dict
 from odhsim.sim.run import simulate
 from policies.builtin import REGISTRY
@@ -306,3 +307,23 @@ def test_an_action_for_a_model_without_a_canary_is_refused() -> None:
     }
     with pytest.raises(ScenarioError, match=r"actions\[0\]\.model: model 'chat' has no canary to promote"):
         scenario_from_dict(sc)
+
+
+def test_by_version_table_on_hand_made_rows() -> None:
+    rows = pd.DataFrame(
+        {
+            "model": pd.Categorical(["chat"] * 4),
+            "version": pd.Categorical(["v1", "v1", "v2", ""]),
+            "status": pd.Categorical(["ok", "ok", "failed", "ok"]),
+            "arrival_s": [0.0, 1.0, 2.0, 3.0],
+            "first_token_s": [0.5, 1.1, float("nan"), 3.2],
+            "finish_s": [2.0, 1.5, float("nan"), 4.0],
+            "output_tokens": [10, 10, 10, 10],
+        }
+    )
+    table = by_version(rows).set_index("version")
+    assert list(table.index) == ["v1", "v2"]  # the row without a version (in flight at a hard stop) is left out
+    assert table.loc["v1", "requests"] == 2 and table.loc["v1", "ok"] == 2
+    assert table.loc["v1", "ttft_p50_s"] == pytest.approx(0.3)  # median of 0.5 and 0.1
+    assert table.loc["v1", "e2e_p99_s"] == pytest.approx(0.5 + 0.99 * (2.0 - 0.5))
+    assert table.loc["v2", "ok"] == 0 and math.isnan(table.loc["v2", "ttft_p99_s"])

@@ -44,7 +44,6 @@ WARMUP_FRACTION = 0.1
 REL_TOL = 0.05
 MAX_PROBES = 10
 SAMPLE_REQUESTS = SEARCH_REQUESTS  # kept for callers of the earlier name
-TARGET_UTILIZATION = 1.0  # no longer used (the rate is searched for); kept so older imports still work
 
 ProgressFn = Callable[[int, int, str], None]
 """progress(options_done, options_total, what is being measured now)."""

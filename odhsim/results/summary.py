@@ -98,3 +98,34 @@ def summarize(
     if extra:
         summary.update(extra)
     return summary
+
+
+def by_version(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per (model, version): requests, ok, and TTFT / E2E percentiles of the ok ones; how a canary compares with
+    the stable revision it shares traffic with. One row per pair that served at least one request."""
+    lat = latency_columns(requests)
+    frame = pd.DataFrame(
+        {
+            "model": requests["model"].astype(str),
+            "version": requests["version"].astype(str),
+            "ok": (requests["status"] == "ok").to_numpy(),
+            "ttft_s": lat["ttft_s"],
+            "e2e_s": lat["e2e_s"],
+        }
+    )
+    frame = frame[frame["version"] != ""]
+    rows = []
+    for (model, version), g in frame.groupby(["model", "version"], sort=True):
+        ttft, e2e = g["ttft_s"].dropna().to_numpy(), g["e2e_s"].dropna().to_numpy()
+        rows.append(
+            {
+                "model": model,
+                "version": version,
+                "requests": len(g),
+                "ok": int(g["ok"].sum()),
+                "ttft_p50_s": _pct(ttft, 50),
+                "ttft_p99_s": _pct(ttft, 99),
+                "e2e_p99_s": _pct(e2e, 99),
+            }
+        )
+    return pd.DataFrame(rows, columns=["model", "version", "requests", "ok", "ttft_p50_s", "ttft_p99_s", "e2e_p99_s"])

@@ -48,6 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("odhsim.gateway")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+RETRIES_HEADER = "x-odhsim-retries"
+"""On every answer whose request went to a replica: its attempts beyond the first (a move to the fallback model
+included); on a stream, the retries made before the attempt that is relayed began."""
 _OPENAI_TYPE = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -105,6 +108,13 @@ def error_response(
     else:
         body = {"error": message}
     return JSONResponse(body, status_code=status, headers=h)
+
+
+def _mark_retries(resp: Response, job: Job | None) -> Response:
+    """Add `x-odhsim-retries` to an answer (an error included) whose request reached a replica."""
+    if job is not None and job.attempts and RETRIES_HEADER not in resp.headers:
+        resp.headers[RETRIES_HEADER] = str(job.retries)
+    return resp
 
 
 def _cache_key(route_name: str, version: str, req: CompletionRequest, tokens: list[int], blocks: np.ndarray) -> int:
@@ -268,7 +278,12 @@ def create_app(gateway: Gateway) -> FastAPI:
         return resp
 
     def answer(result: Buffered, job: Job, extra: dict[str, str]) -> Response:
-        headers = {"x-odhsim-replica": result.replica, "x-odhsim-model": result.model, **extra}
+        headers = {
+            "x-odhsim-replica": result.replica,
+            "x-odhsim-model": result.model,
+            RETRIES_HEADER: str(job.retries),
+            **extra,
+        }
         status = result.status
         gateway.metrics.count(job.model, status, "ok" if status < 400 else "replica_refused")
         return Response(result.body, status_code=status, media_type=result.content_type, headers=headers)
@@ -291,6 +306,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     async def completions(request: Request) -> Response:
         label = ["unknown"]
         job_ref: list[Job] = []
+        seen: list[Job] = []
 
         async def work() -> Response:
             principal = principal_of(request)
@@ -312,6 +328,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             blocks = block_ids(tokens)
             job = gateway.new_job(request.state.request_id, req.model, priority, principal.tenant, len(tokens), blocks)
             job_ref.append(job)
+            seen.append(job)
             key = None
             extra: dict[str, str] = {}
             if req.deterministic and not req.stream and isinstance(gateway.cache, TieredResponseCache):
@@ -331,6 +348,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                 headers = {
                     "x-odhsim-replica": result.response.headers.get("x-odhsim-replica", result.attempt.upstream.name),
                     "x-odhsim-model": result.model,
+                    RETRIES_HEADER: str(job.retries),  # sent before the body: the retries before this attempt
                     "cache-control": "no-cache",
                 }
                 return RelayStream(end, headers)
@@ -339,7 +357,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             return answer(result, job, extra)
 
         try:
-            return await guarded(request, lambda: label[0], work)
+            return _mark_retries(await guarded(request, lambda: label[0], work), seen[0] if seen else None)
         finally:
             for job in job_ref:
                 gateway.end_job(job)
@@ -410,7 +428,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             return answer(result, job, {})
 
         try:
-            return await guarded(request, lambda: label, work)
+            return _mark_retries(await guarded(request, lambda: label, work), job_ref[0] if job_ref else None)
         finally:
             for job in job_ref:
                 gateway.end_job(job)

@@ -506,6 +506,7 @@ class Gateway:
                 route = job.route
                 assert route is not None
                 job.attempted.add(route.name)
+                job.attempts += 1
                 attempt = Attempt(self, job, route, upstream, self.clock())
                 try:
                     assert self._client is not None

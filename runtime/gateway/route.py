@@ -53,10 +53,16 @@ class Job:
     slot: asyncio.Future[Upstream] | None = None
     exclude: set[str] = field(default_factory=set)
     failures: int = 0
+    attempts: int = 0  # tries sent to a replica, on any model (the fallback included)
     retrying: bool = False
     probes: list[ModelRoute] = field(default_factory=list)  # half-open breakers that let it through as a probe
     attempted: set[str] = field(default_factory=set)  # models that got an attempt
     _route_requests: dict[str, RouteRequest] = field(default_factory=dict)
+
+    @property
+    def retries(self) -> int:
+        """Attempts beyond the first (a move to the fallback model included): the `x-odhsim-retries` header."""
+        return max(0, self.attempts - 1)
 
     @property
     def served_model(self) -> str:

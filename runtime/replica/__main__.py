@@ -3,17 +3,28 @@
 Serves one `ReplicaConfig` under uvicorn. SIGTERM (or SIGINT) is uvicorn's graceful shutdown: stop accepting,
 let open requests finish (bounded), run the app's shutdown, exit 0. Exit 2: bad arguments or config; exit 1: the
 model failed to load (the message is in the log).
+
+Started by `runtime.processes.ReplicaProcess`, it never outlives its parent: with $ODHSIM_PARENT_PID set it asks
+Linux for SIGTERM when the parent dies ($ODHSIM_PARENT_DEATHSIG=1, prctl PR_SET_PDEATHSIG), and a daemon thread
+checks `os.getppid()` every 0.5 s and sends itself SIGTERM once the parent is gone (the same graceful shutdown).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import sys
+import threading
+import time
+from collections.abc import Mapping
 from types import FrameType
+
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PARENT_POLL_S = 0.5
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -31,11 +42,42 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+def _parent_gone(parent: int) -> bool:
+    return os.getppid() != parent
+
+
+def _watch_parent(parent: int, grace_s: float) -> None:
+    """Poll for the parent's death (the process is then re-parented); SIGTERM this process once it is gone, and
+    end it outright if the graceful shutdown has not after `grace_s`."""
+    while not _parent_gone(parent):
+        time.sleep(PARENT_POLL_S)
+    print(f"replica: parent process {parent} is gone; shutting down", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)
+    time.sleep(grace_s)
+    os._exit(0)
+
+
+def die_with_parent(environ: Mapping[str, str], grace_s: float) -> None:
+    """Exit with the parent named in $ODHSIM_PARENT_PID (see the module doc); nothing without it."""
+    value = environ.get("ODHSIM_PARENT_PID", "")
+    if not value.isdigit():
+        return
+    parent = int(value)
+    if environ.get("ODHSIM_PARENT_DEATHSIG") == "1" and sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    if _parent_gone(parent):  # it died before the request above took effect: no signal will come
+        raise SystemExit(0)
+    threading.Thread(target=_watch_parent, args=(parent, grace_s), name="parent-watch", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     # SIGTERM while starting exits at once; once serving, uvicorn shuts down gracefully, restores this handler and
     # re-raises SIGTERM into it, so the exit status is 0 rather than -15.
     signal.signal(signal.SIGTERM, _exit_cleanly)
+    die_with_parent(os.environ, args.graceful_timeout + 5.0)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("runtime").setLevel(logging.INFO)
     from pydantic import ValidationError

@@ -264,3 +264,42 @@ def test_request_ids_health_and_metrics(env: Env) -> None:
     assert 'odhsim_gateway_replicas_ready{model="chat"} 2.0' in text
     assert "# TYPE odhsim_gateway_retries_total counter" in text
     assert "# TYPE odhsim_gateway_cache_hits_total counter" in text
+
+
+@pytest.mark.timeout(60)
+def test_retries_header_counts_the_attempts_beyond_the_first() -> None:
+    # Round-robin goes in name order from the smallest: every request tries "a-bad" first, then "b-good".
+    bad, good = FakeReplica("chat", "a-bad", fail="500"), FakeReplica("chat", "b-good")
+    retry = {"type": "envoy-budget", "params": {"max_retries": 1, "base_interval_s": 0.001}}
+    sc = scenario({"router": {"profile": "round-robin"}, "resilience": {"retry": retry}})
+    with (
+        fake_replicas(bad, good) as (sb, sg),
+        serve_gateway(sc, {"chat": [("a-bad", sb.url), ("b-good", sg.url)]}) as (gw, srv),
+        httpx.Client(base_url=srv.url, timeout=10.0) as http,
+    ):
+        plain = http.post("/v1/completions", json={"model": "chat", "prompt": "r", "max_tokens": 2}, headers=auth())
+        assert plain.status_code == 200, plain.text
+        assert plain.headers["x-odhsim-replica"] == "b-good" and plain.headers["x-odhsim-retries"] == "1"
+        assert (bad.hits, good.hits) == (1, 1)
+
+        body = {"model": "chat", "prompt": "s", "max_tokens": 3, "stream": True}
+        with http.stream("POST", "/v1/completions", json=body, headers=auth()) as r:
+            lines = [ln for ln in r.iter_lines() if ln]
+        assert r.status_code == 200 and lines[-1] == "data: [DONE]"
+        assert r.headers["x-odhsim-replica"] == "b-good" and r.headers["x-odhsim-retries"] == "1"
+        assert (bad.hits, good.hits) == (2, 2)
+
+        bad.fail = None  # healthy now: the next request (a-bad's turn) is answered at its first attempt
+        first = http.post("/v1/completions", json={"model": "chat", "prompt": "t", "max_tokens": 2}, headers=auth())
+        assert first.status_code == 200 and first.headers["x-odhsim-replica"] == "a-bad"
+        assert first.headers["x-odhsim-retries"] == "0"
+
+        bad.fail = good.fail = "500"  # both fail: one retry, then the policy gives up; the 502 says so too
+        failed = http.post("/v1/completions", json={"model": "chat", "prompt": "u", "max_tokens": 2}, headers=auth())
+        assert failed.status_code == 502 and failed.json()["error"]["code"] == "upstream_failed"
+        assert failed.headers["x-odhsim-retries"] == "1"
+        assert (bad.hits, good.hits) == (4, 3)
+
+        refused = http.post("/v1/completions", json={"model": "chat"}, headers=auth())
+        assert refused.status_code == 400 and "x-odhsim-retries" not in refused.headers  # never reached a replica
+        assert gw.metrics.value("odhsim_gateway_retries_total", {"model": "chat"}) == 3

@@ -1,12 +1,17 @@
 """The response cache's Redis tier against a real redis-server: TTL and prefix, a second gateway finding a response
-the first one cached, and a gateway that keeps serving (local tier, no client error) when Redis dies."""
+the first one cached, and a gateway that keeps serving (local tier, no client error) when Redis dies.
+
+With $ODHSIM_TEST_REDIS_URL set (the CI starts a redis-server and exports it) the second-gateway test uses that
+server under a key prefix of its own, deleting only its own keys; tests that kill Redis always start their own."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -14,8 +19,11 @@ import httpx
 import pytest
 import redis
 
+from runtime.gateway.core import build_gateway
 from runtime.gateway.shared_tier import DEFAULT_PREFIX, RedisSharedTier, shared_tier_from_url
-from tests.runtime.gateway_fakes import FakeReplica, auth, fake_replicas, scenario, serve_gateway
+from tests.runtime.gateway_fakes import FakeReplica, auth, fake_replicas, make_keys, scenario, serve_gateway
+
+TEST_REDIS_ENV = "ODHSIM_TEST_REDIS_URL"
 
 CACHE = {"response_cache": {"type": "tiered", "params": {"shared": True}}}
 
@@ -50,6 +58,36 @@ def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
         client.close()
         proc.kill()
         proc.wait(10)
+
+
+@contextmanager
+def shared_redis() -> Iterator[str]:
+    """$ODHSIM_TEST_REDIS_URL's server when set (it must answer), else a redis-server of this test's own."""
+    url = os.environ.get(TEST_REDIS_ENV)
+    if not url:
+        with redis_server() as (own, _):
+            yield own
+        return
+    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        client.ping()
+    except redis.RedisError as err:
+        pytest.fail(f"${TEST_REDIS_ENV}={url} does not answer: {type(err).__name__}: {err}")
+    finally:
+        client.close()
+    yield url
+
+
+def _delete_prefix(url: str, prefix: str) -> int:
+    """Delete the keys under `prefix` (only those: the server may be shared); how many there were."""
+    client = redis.Redis.from_url(url, socket_timeout=2.0, socket_connect_timeout=2.0)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        return len(keys)
+    finally:
+        client.close()
 
 
 def _greedy(prompt: str) -> dict[str, object]:
@@ -89,24 +127,40 @@ def test_redis_tier_stores_bytes_with_ttl_under_its_prefix() -> None:
 @pytest.mark.timeout(60)
 def test_a_second_gateway_finds_the_cached_response_through_redis() -> None:
     r1, r2 = FakeReplica("chat", "one"), FakeReplica("chat", "two")
-    with redis_server() as (url, _), fake_replicas(r1, r2) as (s1, s2):
+    prefix = f"odhsim-test:{uuid.uuid4().hex}:"  # this run's keys only, on a server others may share
+    with shared_redis() as url, fake_replicas(r1, r2) as (s1, s2):
         sc = scenario(CACHE, live={"redis_url": url})
-        with (
-            serve_gateway(sc, {"chat": [("one", s1.url)]}) as (gw1, g1),
-            serve_gateway(sc, {"chat": [("two", s2.url)]}) as (gw2, g2),
-        ):
-            assert isinstance(gw1.cache.shared, RedisSharedTier)  # built from live.redis_url
-            assert gw1.cache is not gw2.cache
-            first = _post(g1.url, _greedy("shared across gateways"))
-            assert first.status_code == 200 and first.headers["x-odhsim-cache"] == "miss"
-            other = _post(g2.url, _greedy("shared across gateways"))
-            assert other.status_code == 200 and other.headers["x-odhsim-cache"] == "hit"
-            assert other.content == first.content
-            assert (r1.hits, r2.hits) == (1, 0)  # the second gateway never asked its replica
-            assert gw2.metrics.value("odhsim_gateway_cache_hits_total", {"model": "chat", "tier": "shared"}) == 1
-            again = _post(g2.url, _greedy("shared across gateways"))  # promoted into gateway 2's local tier
-            assert again.headers["x-odhsim-cache"] == "hit"
-            assert gw2.metrics.value("odhsim_gateway_cache_hits_total", {"model": "chat", "tier": "local"}) == 1
+        built = build_gateway(sc, keys=make_keys())  # the tier comes from live.redis_url (connects lazily)
+        assert isinstance(built.cache.shared, RedisSharedTier) and built.cache.shared is built.shared_tier
+        assert built.shared_tier.prefix == DEFAULT_PREFIX
+        built.shared_tier.close()
+        tier1, tier2 = (shared_tier_from_url(url, prefix=prefix) for _ in range(2))
+        assert tier1 is not None and tier2 is not None
+        try:
+            with (
+                serve_gateway(sc, {"chat": [("one", s1.url)]}, shared_tier=tier1) as (gw1, g1),
+                serve_gateway(sc, {"chat": [("two", s2.url)]}, shared_tier=tier2) as (gw2, g2),
+            ):
+                assert gw1.cache.shared is tier1 and gw2.cache.shared is tier2
+                assert gw1.cache is not gw2.cache
+                first = _post(g1.url, _greedy("shared across gateways"))
+                assert first.status_code == 200 and first.headers["x-odhsim-cache"] == "miss"
+                other = _post(g2.url, _greedy("shared across gateways"))
+                assert other.status_code == 200 and other.headers["x-odhsim-cache"] == "hit"
+                assert other.content == first.content
+                assert (r1.hits, r2.hits) == (1, 0)  # the second gateway never asked its replica
+                shared_hits = {"model": "chat", "tier": "shared"}
+                assert gw2.metrics.value("odhsim_gateway_cache_hits_total", shared_hits) == 1
+                again = _post(g2.url, _greedy("shared across gateways"))  # promoted into gateway 2's local tier
+                assert again.headers["x-odhsim-cache"] == "hit"
+                local_hits = {"model": "chat", "tier": "local"}
+                assert gw2.metrics.value("odhsim_gateway_cache_hits_total", local_hits) == 1
+            assert tier1.errors == tier2.errors == 0
+        finally:
+            tier1.close()
+            tier2.close()
+            stored = _delete_prefix(url, prefix)
+        assert stored == 1  # the one response, under this run's prefix
 
 
 @pytest.mark.timeout(60)

@@ -1,0 +1,372 @@
+"""`odhsim serve SCENARIO`: the gateway (uvicorn), one controller per model and their replica processes, in one
+asyncio event loop.
+
+Start: keys (live.api_keys_file, else $ODHSIM_API_KEYS), `build_gateway`, the controllers (autoscalers built as
+the simulator builds them: `build_autoscaler(section, RngStreams(seed).get("autoscaler.<model>"))`), the listening
+socket, uvicorn, then every model's deploy flow. Stop (SIGINT / SIGTERM / `duration_s`): uvicorn stops accepting and
+lets the requests it holds finish (bounded), the controllers drain and terminate every replica (SIGTERM, then
+SIGKILL), and, with `out_dir`, events.parquet and replicas.parquet are written (events.jsonl and serve.json are
+kept current while it runs, so tests and tools can follow it). Every process is stopped on every way out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+from rich.console import Console
+from rich.table import Table
+
+from odhsim.errors import OdhsimError
+from odhsim.results.run_result import RunResult
+from odhsim.rng import RngStreams
+from odhsim.scenario.deployment import ModelDeployment
+from odhsim.scenario.live import RestartBackoffSpec
+from odhsim.scenario.model import Scenario
+from policies.autoscaling.config import build_autoscaler
+from policies.lifecycle.states import READY, RestartBackoff
+from runtime.controller import ControllerSettings, EventLog, LiveEvent, ModelController
+from runtime.readiness import HttpProber
+
+SHUTDOWN_GRACE_S = 30.0
+"""The most uvicorn waits for open requests once it stops accepting."""
+
+
+class ServeError(OdhsimError):
+    """`odhsim serve` cannot start (keys, port, missing live extra); the CLI prints it and exits 2."""
+
+
+def restart_backoff(spec: RestartBackoffSpec) -> RestartBackoff:
+    """The controllers' CrashLoopBackOff from the scenario's `live.restart_backoff`."""
+    return RestartBackoff(base_s=spec.base_s, factor=spec.factor, max_s=spec.max_s, reset_after_s=spec.reset_after_s)
+
+
+def controller_settings(scenario: Scenario) -> ControllerSettings:
+    """The controllers' settings for a scenario: the defaults, with its restart back-off."""
+    return ControllerSettings(backoff=restart_backoff(scenario.live.restart_backoff))
+
+
+class _Server:
+    """uvicorn.Server without its own signal handling: serve() owns SIGINT/SIGTERM so it can drain replicas."""
+
+    def __init__(self, app: Any, live_host: str, graceful_s: float) -> None:
+        import uvicorn
+
+        class Quiet(uvicorn.Server):
+            def capture_signals(self) -> contextlib.AbstractContextManager[None]:
+                return contextlib.nullcontext()
+
+        config = uvicorn.Config(
+            app, host=live_host, lifespan="on", log_level="warning", access_log=False,
+            timeout_graceful_shutdown=graceful_s, timeout_keep_alive=30,
+        )  # fmt: skip
+        self.server = Quiet(config)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise ServeError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _spawner(scenario: Scenario, device: str, log_dir: Path | None) -> Callable[[ModelDeployment, str], Any]:
+    from runtime.processes import ReplicaProcess
+    from runtime.replica.config import ReplicaConfig
+
+    def spawn(model: ModelDeployment, name: str) -> Any:
+        config = ReplicaConfig.from_deployment(model, scenario.base_dir)
+        log_path = None if log_dir is None else log_dir / f"{name}.log"
+        return ReplicaProcess.start(config, name=name, device=device, log_path=log_path)
+
+    return spawn
+
+
+class LiveStack:
+    """The whole live system of one scenario; `await start()`, then `await stop()` (always, in a finally)."""
+
+    def __init__(
+        self,
+        scenario: Scenario,
+        *,
+        port: int | None = None,
+        device: str = "auto",
+        out_dir: str | Path | None = None,
+        settings: ControllerSettings | None = None,
+        spawn: Callable[[ModelDeployment, str], Any] | None = None,
+    ) -> None:
+        self.scenario = scenario
+        self.port = scenario.live.port if port is None else port
+        self.device = device
+        self.out_dir = None if out_dir is None else Path(out_dir)
+        self.settings = settings or controller_settings(scenario)  # given settings are used as they are
+        self._spawn = spawn
+        self.run_id = f"{scenario.name}-live-seed{scenario.seed}"
+        t0 = time.monotonic()
+        self.clock: Callable[[], float] = lambda: time.monotonic() - t0
+        self.log = EventLog(self.clock, self._sink)
+        self.controllers: dict[str, ModelController] = {}
+        self.gateway: Any = None
+        self.url = ""
+        self._events_file: Any = None
+        self._client: httpx.AsyncClient | None = None
+        self._server: Any = None
+        self._server_task: asyncio.Task[None] | None = None
+        self._stopped = False
+
+    # -- records ---------------------------------------------------------------------------------------------
+    def _sink(self, ev: LiveEvent) -> None:
+        if self._events_file is not None:
+            self._events_file.write(json.dumps(dataclasses.asdict(ev)) + "\n")
+            self._events_file.flush()
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "run_id": self.run_id,
+            "time_s": self.clock(),
+            "models": [c.status() for c in self.controllers.values()],
+        }
+
+    def _write_status(self) -> None:
+        if self.out_dir is None:
+            return
+        tmp = self.out_dir / "serve.json.tmp"
+        tmp.write_text(json.dumps(self.status(), indent=1))
+        tmp.replace(self.out_dir / "serve.json")
+
+    # -- start -----------------------------------------------------------------------------------------------
+    def _keys(self) -> Any:
+        from runtime.gateway.auth import KeyFileError, load_keys
+
+        live = self.scenario.live
+        try:
+            keys = load_keys(live.api_keys_file, self.scenario.base_dir)
+        except KeyFileError as err:
+            raise ServeError(str(err)) from None
+        if len(keys) == 0 and not live.allow_anonymous:
+            raise ServeError(
+                "no API keys: set $ODHSIM_API_KEYS (key:tenant:priority,...) or live.api_keys_file, "
+                "or set live.allow_anonymous: true"
+            )
+        return keys
+
+    async def start(self) -> None:
+        try:
+            from runtime.gateway import build_gateway
+        except ImportError as err:  # pragma: no cover - depends on the installation
+            raise ServeError(f"the live runtime needs the `live` extra (pip install -e '.[live]'): {err}") from None
+        sc = self.scenario
+        keys = self._keys()
+        sock = _bind(sc.live.host, self.port)
+        try:
+            self.port = sock.getsockname()[1]
+            host = f"[{sc.live.host}]" if ":" in sc.live.host else sc.live.host
+            self.url = f"http://{host}:{self.port}"
+            if self.out_dir is not None:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                (self.out_dir / "logs").mkdir(exist_ok=True)
+                self._events_file = (self.out_dir / "events.jsonl").open("w", encoding="utf-8")
+            self.gateway = build_gateway(sc, keys=keys, clock=self.clock)
+            self._client = httpx.AsyncClient(trust_env=False, timeout=10.0)
+            prober = HttpProber(self._client, test_timeout_s=60.0)
+            log_dir = None if self.out_dir is None else self.out_dir / "logs"
+            spawn = self._spawn or _spawner(sc, self.device, log_dir)
+            streams = RngStreams(sc.seed)
+            for m in sc.models:
+                autoscaler, intervals = None, (2.0, 1.0)
+                if m.autoscaling is not None:
+                    autoscaler = build_autoscaler(m.autoscaling, streams.get(f"autoscaler.{m.name}"))
+                    intervals = (m.autoscaling.interval_s, m.autoscaling.metrics_interval_s)
+                self.controllers[m.name] = ModelController(
+                    m, gateway=self.gateway, log=self.log, spawn=spawn, prober=prober, autoscaler=autoscaler,
+                    intervals=intervals, settings=self.settings, on_change=self._write_status,
+                )  # fmt: skip
+            self.gateway.on_cold_request = self._cold
+            self.gateway.on_replica_failure = self._replica_failure
+            self._server = _Server(self.gateway.app, sc.live.host, SHUTDOWN_GRACE_S).server
+            self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="uvicorn")
+            while not self._server.started:
+                if self._server_task.done():
+                    raise ServeError(f"the gateway did not start: {self._server_task.exception()!r}")
+                await asyncio.sleep(0.02)
+        except BaseException:
+            sock.close()
+            raise
+        for c in self.controllers.values():
+            await c.start()
+        self._write_status()
+
+    def _cold(self, model: str) -> None:
+        c = self.controllers.get(model)
+        if c is not None:
+            c.poke()
+
+    def _replica_failure(self, model: str, name: str, reason: str) -> None:
+        c = self.controllers.get(model)
+        if c is not None:
+            c.replica_failed(name, reason)
+
+    async def wait_deployed(self, timeout_s: float | None = None) -> None:
+        """Until every model's initial replicas have settled (ready, or failed once) or were rejected."""
+        await asyncio.wait_for(asyncio.gather(*(c.deployed.wait() for c in self.controllers.values())), timeout_s)
+
+    def server_failed(self) -> BaseException | None:
+        task = self._server_task
+        if task is None or not task.done():
+            return None
+        return task.exception() if not task.cancelled() else asyncio.CancelledError()
+
+    # -- stop ------------------------------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop accepting, let open requests finish, drain and stop every replica, write the records. Idempotent;
+        every process is killed even when a step fails."""
+        if self._stopped:
+            return
+        self._stopped = True
+        try:
+            if self._server is not None and self._server_task is not None:
+                self._server.should_exit = True
+                try:
+                    await asyncio.wait_for(asyncio.shield(self._server_task), SHUTDOWN_GRACE_S + 10.0)
+                except (TimeoutError, Exception):
+                    self._server.force_exit = True
+                    self._server_task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await self._server_task
+            await asyncio.gather(*(c.stop() for c in self.controllers.values()), return_exceptions=True)
+        finally:
+            for c in self.controllers.values():
+                c.kill_all()
+            if self._client is not None:
+                await self._client.aclose()
+            self.log.event("stop", "", "", "all replicas stopped")
+            self._write_outputs()
+
+    def _write_outputs(self) -> None:
+        if self.out_dir is None or self.gateway is None:  # nothing ran
+            return
+        self._write_status()
+        if self._events_file is not None:
+            self._events_file.close()
+            self._events_file = None
+        empty = pd.DataFrame()
+        tagged = RunResult.tag(
+            scenario_name=self.scenario.name, run_id=self.run_id, seed=self.scenario.seed, summary={},
+            requests=empty, replicas=self.log.states_frame(), timeseries=empty, events=self.log.events_frame(),
+        )  # fmt: skip
+        tagged.events.to_parquet(self.out_dir / "events.parquet", index=False)
+        tagged.replicas.to_parquet(self.out_dir / "replicas.parquet", index=False)
+
+
+def ready_table(stack: LiveStack) -> Table:
+    table = Table(title=f"{stack.scenario.name}: {stack.url}", header_style="bold")
+    for col in ("model", "replica", "state", "url", "pid"):
+        table.add_column(col)
+    for c in stack.controllers.values():
+        if c.rejection is not None:
+            table.add_row(c.name, "-", "[red]rejected[/]", c.rejection, "")
+        for r in c.replicas:
+            if r.state == "gone":
+                continue
+            state = f"[green]{r.state}[/]" if r.state == READY else f"[yellow]{r.state}[/]"
+            proc = r.proc
+            table.add_row(c.name, r.name, state, proc.url if proc else "", str(proc.pid) if proc else "")
+    return table
+
+
+async def serve_async(
+    scenario: Scenario,
+    *,
+    port: int | None = None,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    duration_s: float | None = None,
+    console: Console | None = None,
+    settings: ControllerSettings | None = None,
+) -> int:
+    """Run until SIGINT / SIGTERM or `duration_s`; then stop everything. Returns the exit code (0)."""
+    console = console or Console()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    handled: list[int] = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            handled.append(sig)
+    stack = LiveStack(scenario, port=port, device=device, out_dir=out_dir, settings=settings)
+    try:
+        await stack.start()
+        models = ", ".join(stack.controllers)
+        console.print(f"[bold]odhsim serve[/]: gateway on [cyan]{stack.url}[/] (models: {models}); deploying ...")
+
+        async def announce() -> None:
+            await stack.wait_deployed()
+            console.print(ready_table(stack))
+            console.print("Ctrl-C (SIGINT) or SIGTERM stops: drain, then stop every replica.")
+
+        announcer = asyncio.create_task(announce())
+        deadline = None if duration_s is None else loop.time() + duration_s
+        while not stop.is_set():
+            if stack.server_failed() is not None:
+                raise ServeError(f"the gateway stopped unexpectedly: {stack.server_failed()!r}")
+            timeout = 0.5 if deadline is None else max(0.0, min(0.5, deadline - loop.time()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout)
+            if deadline is not None and loop.time() >= deadline:
+                break
+        announcer.cancel()
+        console.print("stopping: draining requests, then stopping every replica ...")
+    finally:
+        await stack.stop()
+        for sig in handled:
+            loop.remove_signal_handler(sig)
+    restarts = sum(r.lifecycle.restarts for c in stack.controllers.values() for r in c.replicas)
+    where = f"; events.parquet and replicas.parquet in {out_dir}/" if out_dir is not None else ""
+    console.print(f"stopped: {len(stack.log.events)} events, {restarts} restart(s){where}")
+    return 0
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
+def serve(
+    scenario: Scenario,
+    *,
+    port: int | None = None,
+    device: str = "auto",
+    out_dir: str | Path | None = None,
+    duration_s: float | None = None,
+    console: Console | None = None,
+) -> int:
+    """`odhsim serve`: run the scenario live in one event loop (uvloop when installed); the exit code."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ServeError(f"--device must be auto, cpu or cuda, got {device!r}")
+    if duration_s is not None and duration_s <= 0:
+        raise ServeError(f"--duration must be > 0, got {duration_s}")
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        return runner.run(
+            serve_async(scenario, port=port, device=device, out_dir=out_dir, duration_s=duration_s, console=console)
+        )
