@@ -273,6 +273,9 @@ class ModelController:
         or failed once), as the simulator's controller starts with its initial replicas ready."""
         approved, reason = self.verdict()
         self.log.event("deploy", self.name, "", reason)
+        if self.model.canary is not None:  # said, not silently dropped: the live engine serves one revision
+            detail = f"canary {self.model.canary.version} is simulated only; serving {self.model.version}"
+            self.log.event("canary", self.name, "", detail)
         if not approved:
             self.rejection = f"model '{self.name}' {reason}"
             reject = getattr(self.gateway, "reject_model", None)

@@ -426,3 +426,17 @@ def test_stop_terminates_everything_in_any_state() -> None:
         assert all(r.state == "gone" for r in h.ctl.replicas)
 
     run(main())
+
+
+@pytest.mark.timeout(30)
+def test_a_canary_is_said_to_be_simulated_only_and_the_stable_version_serves() -> None:
+    async def main() -> None:
+        h = Harness(deployment(canary={"version": "v2", "traffic_percent": 10}))
+        await h.ctl.start()
+        await asyncio.wait_for(h.ctl.deployed.wait(), 3)
+        canary = [e for e in h.log.events if e.kind == "canary"]
+        assert [e.detail for e in canary] == ["canary v2 is simulated only; serving v1"]
+        assert [c for c in h.gateway.calls if c[0] == "add"] == [("add", "chat-v1-0"), ("add", "chat-v1-1")]
+        await h.ctl.stop()
+
+    run(main())
