@@ -38,6 +38,7 @@ from runtime.gateway.protocol import (
     check_v2_request,
     lm_parameters,
     parse_json,
+    parse_v2_body,
     v2_metadata,
     validate,
 )
@@ -402,7 +403,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             principal = principal_of(request)
             route = route_for(model, principal)
             body = await read_body(request.headers, request.stream(), limits.max_body_bytes)
-            doc = parse_json(body)
+            doc = parse_v2_body(body, request.headers.get("inference-header-content-length"))
             req: V2InferRequest = validate(V2InferRequest, doc)
             tensor, flat = check_v2_request(req, route.deployment)
             priority = priority_of(request, principal)

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import struct
 from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from runtime.v2_binary import BinaryBodyError, binary_slices, decode_bytes_tensor, split_body
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -103,30 +104,19 @@ class V2InferBody(_Body):
 
 def parse_v2(body: bytes, header_length: str | None) -> tuple[V2InferBody, dict[str, bytes]]:
     """The JSON part of an infer body and, with the binary extension, each input's raw bytes by name."""
-    blob = b""
-    if header_length is not None:
-        try:
-            n = int(header_length)
-        except ValueError:
-            raise BadRequest("Inference-Header-Content-Length is not an integer") from None
-        if not 0 < n <= len(body):
-            raise BadRequest(f"Inference-Header-Content-Length {n} is outside the body of {len(body)} bytes")
-        body, blob = body[:n], body[n:]
+    try:
+        body, blob = split_body(body, header_length)
+    except BinaryBodyError as err:
+        raise BadRequest(str(err)) from None
     try:
         data = json.loads(body)
     except ValueError as err:
         raise BadRequest(f"the body is not valid JSON: {err}") from None
     req = validate(V2InferBody, data)
-    raw: dict[str, bytes] = {}
-    offset = 0
-    for t in req.inputs:
-        size = (t.parameters or {}).get("binary_data_size")
-        if size is None:
-            continue
-        if not isinstance(size, int) or size < 0 or offset + size > len(blob):
-            raise BadRequest(f"input {t.name!r}: binary_data_size {size!r} does not fit the binary body", "inputs")
-        raw[t.name] = blob[offset : offset + size]
-        offset += size
+    try:
+        raw = binary_slices([(t.name, (t.parameters or {}).get("binary_data_size")) for t in req.inputs], blob)
+    except BinaryBodyError as err:
+        raise BadRequest(str(err), "inputs") from None
     return req, raw
 
 
@@ -173,11 +163,10 @@ def bytes_tensor(t: V2Tensor, raw: bytes | None) -> list[str]:
     if t.shape != [1]:
         raise BadRequest(f"input {t.name!r} must have shape [1], got {t.shape}", "inputs")
     if raw is not None:
-        out, i = [], 0
-        while i + 4 <= len(raw):
-            (n,) = struct.unpack_from("<I", raw, i)
-            out.append(raw[i + 4 : i + 4 + n].decode("utf-8", errors="replace"))
-            i += 4 + n
+        try:
+            out = decode_bytes_tensor(raw)
+        except BinaryBodyError as err:
+            raise BadRequest(f"input {t.name!r}: {err}", "inputs") from None
     else:
         data = t.data
         while isinstance(data, list) and len(data) == 1 and isinstance(data[0], list):

@@ -26,11 +26,7 @@ import yaml
 from odhsim.results.run_result import load_results
 from runtime.replay import replay_async
 
-pytest.importorskip("torch")
-pytest.importorskip("runtime.processes")
-pytest.importorskip("runtime.gateway")
-
-KEYS = "e2e-key:team-a:critical,e2e-key-b:team-b:high"
+KEYS = "e2e-key:team-a:critical,e2e-key-b:team-b:high,e2e-key-clf:team-c:low:clf"
 AUTH = {"Authorization": "Bearer e2e-key"}
 TINY_LM = {"lm": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_seq_len": 128, "seed": 1}, "max_num_seqs": 8}
 SCENARIO: dict[str, Any] = {
@@ -236,6 +232,82 @@ def test_requests_to_a_rejected_model_fail_with_the_reason(live: Live) -> None:
     resp = httpx.post(f"{live.url}/v1/completions", json=body, headers=AUTH, timeout=30)
     assert resp.status_code >= 500
     assert "does not fit" in resp.json()["error"]["message"]
+
+
+@pytest.mark.timeout(90)
+def test_official_clients_through_the_real_gateway_and_bad_input_answers(live: Live) -> None:
+    """openai and tritonclient (KServe v2) against `odhsim serve`; greedy output is the same on every replica and
+    every call; each bad input gets its status and a JSON error while the stack keeps serving."""
+    import numpy as np
+    import openai
+    import tritonclient.http as triton
+
+    live.wait("chat and clf ready", lambda: _ready(live, "chat", 2) and _ready(live, "clf", 1), 60)
+    client = openai.OpenAI(base_url=live.url + "/v1", api_key="e2e-key", max_retries=0, timeout=20.0)
+    assert {m.id for m in client.models.list().data} >= {"chat", "clf"}
+    texts = set()
+    for _ in range(3):  # no response cache in this scenario: every call generates
+        done = client.completions.create(
+            model="chat", prompt="The gateway routes", max_tokens=12, temperature=0.0, extra_body={"ignore_eos": True}
+        )
+        texts.add(done.choices[0].text)
+        assert done.usage is not None and done.usage.prompt_tokens == len("The gateway routes") + 1
+        assert done.usage.completion_tokens == 12 and done.choices[0].finish_reason == "length"
+    for replica in live.replicas("chat").values():  # prefix affinity pins one prompt to one replica: ask each
+        direct = openai.OpenAI(base_url=replica["url"] + "/v1", api_key="unused", max_retries=0, timeout=20.0)
+        again = direct.completions.create(
+            model="chat", prompt="The gateway routes", max_tokens=12, temperature=0.0, extra_body={"ignore_eos": True}
+        )
+        texts.add(again.choices[0].text)
+    assert len(texts) == 1  # same weights seed, greedy: the same answer on every replica and every call
+    streamed = client.completions.create(
+        model="chat", prompt="The gateway routes", max_tokens=12, temperature=0.0, stream=True,
+        extra_body={"ignore_eos": True},
+    )  # fmt: skip
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == texts.pop()
+
+    host = live.url.removeprefix("http://")
+    v2 = triton.InferenceServerClient(url=host)
+    headers = {"Authorization": "Bearer e2e-key"}
+    assert v2.is_server_live() and v2.is_model_ready("clf", headers=headers)
+    rows = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    inp = triton.InferInput("INPUT__0", [3, 8], "FP32")
+    inp.set_data_from_numpy(rows)
+    result = v2.infer("clf", [inp], headers=headers)
+    probs, labels = result.as_numpy("probabilities"), result.as_numpy("label")
+    assert probs.shape == (3, 3) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+    assert (labels == probs.argmax(axis=1)).all()
+    v2.close()
+
+    def post(path: str, body: Any, key: str | None = "e2e-key", **kw: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        if isinstance(body, bytes):
+            return httpx.post(live.url + path, content=body, headers={**headers, "content-type": "application/json"})
+        return httpx.post(live.url + path, json=body, headers=headers, timeout=20, **kw)
+
+    def v2_body(shape: list[int], datatype: str) -> dict[str, Any]:
+        return {"inputs": [{"name": "INPUT__0", "shape": shape, "datatype": datatype, "data": [0] * shape[1]}]}
+
+    ok = {"model": "chat", "prompt": "hi", "max_tokens": 2}
+    cases = [
+        (post("/v1/completions", b"{not json"), 400),
+        (post("/v1/completions", {"model": "chat"}), 400),  # no prompt
+        (post("/v1/completions", {**ok, "max_tokens": "many"}), 400),
+        (post("/v1/completions", {**ok, "max_tokens": -1}), 400),
+        (post("/v1/completions", {**ok, "max_tokens": 10**9}), 400),
+        (post("/v1/completions", {**ok, "prompt": "x" * 100}), 400),  # over max_prompt_tokens (64)
+        (post("/v1/completions", {**ok, "prompt": "x" * 2_000_000}), 413),
+        (post("/v1/completions", {**ok, "model": "nope"}), 404),
+        (post("/v1/completions", ok, key=None), 401),
+        (post("/v1/completions", ok, key="wrong"), 401),
+        (post("/v1/completions", ok, key="e2e-key-clf"), 403),  # this key may use clf only
+        (post("/v2/models/clf/infer", v2_body([1, 5], "FP32")), 400),  # clf takes 8 features
+        (post("/v2/models/clf/infer", v2_body([1, 8], "INT8")), 400),
+    ]
+    for i, (resp, status) in enumerate(cases):
+        assert resp.status_code == status, (i, resp.status_code, resp.text[:200])
+        assert "error" in resp.json(), (i, resp.text[:200])
+    assert post("/v1/completions", ok).status_code == 200  # still serving
 
 
 @pytest.mark.timeout(120)
