@@ -39,8 +39,22 @@ def user_errors(fn: F) -> F:
         except OdhsimError as err:
             err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(2) from None
+        except ModuleNotFoundError as err:
+            if err.name is None or err.name.split(".")[0] not in LIVE_EXTRA_MODULES:
+                raise
+            err_console.print(
+                f"[bold red]error:[/] the live runtime needs its extra (missing module {err.name!r}): "
+                "pip install -e '.\\[live]'  (or `make test`, which installs it)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+# what `pip install -e '.[live]'` adds; a command needing one of them says so instead of printing a traceback
+LIVE_EXTRA_MODULES = frozenset({"torch", "fastapi", "uvicorn", "uvloop", "httptools", "prometheus_client", "redis"})
 
 
 def _fmt(value: Any) -> str:

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from typer.testing import CliRunner
 
 from odhsim.cli import app
@@ -111,3 +112,16 @@ def test_compare_command_writes_the_comparison(tmp_path: Path) -> None:
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
     bad = runner.invoke(app, ["compare", str(REPO_ROOT / "scenarios" / "default.yaml"), "--policy", "x=nope"])
     assert bad.exit_code == 2 and "nope" in bad.output and "Traceback" not in bad.output
+
+
+def test_live_commands_without_the_live_extra_say_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    for name in [m for m in sys.modules if m == "runtime" or m.startswith("runtime.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if `pip install -e '.[live]'` had not run
+    live = str(REPO_ROOT / "scenarios" / "live.yaml")
+    result = runner.invoke(app, ["serve", live], env={"ODHSIM_API_KEYS": "k:t:normal"})
+    assert result.exit_code == 2
+    assert "missing module 'fastapi'" in result.output and "pip install -e '.[live]'" in result.output
+    assert "Traceback" not in result.output
