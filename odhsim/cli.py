@@ -405,10 +405,11 @@ def bench_live(
     requests: Annotated[int, typer.Option(help="Requests in the Azure-conversation-shaped replay.")] = 2000,
     out: Annotated[Path | None, typer.Option(help="Keep the replay's results and the serve records here.")] = None,
 ) -> None:
-    """Live runtime figures: gateway overhead vs direct, continuous-batching ratio, a 2,000-request trace replay."""
+    """Live runtime figures: gateway overhead vs direct, continuous-batching ratio, a 2,000-request trace replay,
+    and priority under overload (critical vs low at 2.5 x capacity)."""
     from runtime.bench_live import bench_tables, run_bench_live
 
-    with console.status("running the live benchmark (starts `odhsim serve`, replays a trace) ..."):
+    with console.status("running the live benchmark (starts `odhsim serve`, replays a trace, overloads it) ..."):
         figures = run_bench_live(device=device, requests=requests, out_dir=out)
     for table in bench_tables(figures):
         console.print(table)

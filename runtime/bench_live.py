@@ -8,9 +8,10 @@
    ../shared/data's copy when present, else a generated workload of the same shape) with prompt and output token
    counts divided by 8 and time compressed so it lasts about a minute: what a 2-core CPU can serve. Zero errors
    are expected; TTFT and end-to-end percentiles are reported.
+4. Priority under overload: `runtime.bench_priority` (its own `odhsim serve`, see that module).
 
-It runs the real `odhsim serve` (a subprocess: gateway + replica processes) on scenarios/live.yaml's chat model
-with two replicas and no autoscaling (a fixed capacity, so the figures compare from run to run).
+Sections 1-3 run the real `odhsim serve` (a subprocess: gateway + replica processes) on scenarios/live.yaml's chat
+model with two replicas and no autoscaling (a fixed capacity, so the figures compare from run to run).
 """
 
 from __future__ import annotations
@@ -88,12 +89,12 @@ def azure_shaped(requests: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
 class ServeProcess:
     """`odhsim serve` in a subprocess, stopped (SIGTERM, then SIGKILL of it and its replicas) on exit."""
 
-    def __init__(self, scenario: Path, out: Path, device: str) -> None:
+    def __init__(self, scenario: Path, out: Path, device: str, keys: str = f"{BENCH_KEY}:bench:critical") -> None:
         self.out = out
         exe = Path(sys.executable).with_name("odhsim")
         cmd = [str(exe), "serve", str(scenario), "--port", "0", "--out", str(out), "--device", device]
-        env = {**os.environ, "ODHSIM_API_KEYS": f"{BENCH_KEY}:bench:critical"}
-        self.log = (out.parent / "serve.log").open("wb")
+        env = {**os.environ, "ODHSIM_API_KEYS": keys}
+        self.log = (out.parent / f"{out.name}.log").open("wb")
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
     def status(self) -> dict[str, Any]:
@@ -223,6 +224,9 @@ def run_bench_live(*, device: str = "auto", requests: int = 2000, out_dir: str |
         figures["replay"] = replay_trace(url, trace_path, span, root / "replay" if out_dir is not None else None)
     finally:
         serve.stop()
+    from runtime.bench_priority import priority_overload
+
+    figures["priority"] = priority_overload(root, device)
     return figures
 
 
@@ -237,8 +241,13 @@ def _table(title: str, rows: dict[str, Any]) -> Table:
 
 def bench_tables(figures: dict[str, Any]) -> list[Table]:
     where = f"{figures['machine']}, device {figures['device']}"
-    return [
+    tables = [
         _table(f"gateway overhead ({where}): 1-token completion, interleaved", figures["overhead"]),
         _table("continuous batching (in-process, tokens/s)", figures["batching"]),
         _table(f"replay: {figures['source']}, tokens / {TOKEN_SCALE}", figures["replay"]),
     ]
+    if "priority" in figures:
+        from runtime.bench_priority import priority_tables
+
+        tables.extend(priority_tables(figures["priority"]))
+    return tables

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -271,6 +272,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             resp = error_response(path, e.status, e.message, reason, e.param)
         except GatewayError as e:
             resp = error_response(path, e.status, e.message, e.reason)
+        except ClientDisconnect:  # the client left while its body was being read: nobody to answer, still counted
+            resp = error_response(path, 499, "client closed the connection", "client_closed")
         except Exception:
             log.exception("unexpected error answering %s", path)
             resp = error_response(path, 500, "internal gateway error", "internal")

@@ -303,3 +303,24 @@ def test_retries_header_counts_the_attempts_beyond_the_first() -> None:
         refused = http.post("/v1/completions", json={"model": "chat"}, headers=auth())
         assert refused.status_code == 400 and "x-odhsim-retries" not in refused.headers  # never reached a replica
         assert gw.metrics.value("odhsim_gateway_retries_total", {"model": "chat"}) == 3
+
+
+@pytest.mark.timeout(30)
+def test_client_leaving_mid_body_is_counted_499_not_an_internal_error(env: Env) -> None:
+    import socket
+    import time
+
+    host, port = env.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        head = (
+            f"POST /v1/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY_ALL}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 200\r\n\r\n"
+        )
+        sock.sendall(head.encode() + b'{"model": "chat", "prompt": "')  # then leaves, 200 bytes promised
+    pattern = 'odhsim_gateway_requests_total{model="unknown",reason="client_closed",status="499"} 1.0'
+    deadline = time.monotonic() + 10
+    while pattern not in (text := env.http.get("/metrics").text):
+        assert time.monotonic() < deadline, [x for x in text.splitlines() if "requests_total{" in x]
+        time.sleep(0.05)
+    assert 'reason="internal"' not in text
+    assert env.complete({"model": "chat", "prompt": "x", "max_tokens": 1}, auth()).status_code == 200
