@@ -11,9 +11,10 @@ import json
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from odhsim.scenario.deployment import ModelDeployment
+from runtime.openai_prompt import OnePrompt
 from runtime.v2_binary import BinaryBodyError, inline_binary_inputs, split_body
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -82,11 +83,10 @@ class _Strict(BaseModel):
 
 
 # -- OpenAI completions ----------------------------------------------------------------------------------------
-class CompletionRequest(_Strict):
+class CompletionRequest(_Strict, OnePrompt):
     """POST /v1/completions: the fields the replicas implement; other OpenAI fields are ignored, not forwarded."""
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    prompt: str | list[str]
     max_tokens: int | None = 16
     temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 1.0
     top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
@@ -95,16 +95,6 @@ class CompletionRequest(_Strict):
     ignore_eos: bool = False
     stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
 
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and len(v) != 1:
-            raise ValueError(f"give one prompt (a string or a list of one string), got a list of {len(v)}")
-        return v
-
-    @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
     @property
     def tokens_to_generate(self) -> int:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from runtime.models.classifiers import Classifier, build_classifier, predict
-from runtime.models.continuous_batching import ContinuousBatchingEngine
+from runtime.models.continuous_batching import ContinuousBatchingEngine, EngineStats
 from runtime.models.dynamic_batching import DynamicBatcher
 from runtime.models.tiny_lm import TinyLm
 from runtime.replica.config import ReplicaConfig
@@ -39,16 +38,6 @@ def resolve_device(device: str) -> str:
     if device not in ("cpu", "cuda"):
         raise ValueError(f"device must be auto, cpu or cuda (got {device!r})")
     return device
-
-
-@dataclass(frozen=True)
-class MetricsSnapshot:
-    waiting: int
-    running: int
-    kv_cache_usage: float
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    request_success_total: int
 
 
 def _tensor_meta(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
@@ -78,12 +67,10 @@ class LmBackend:
         if self.engine is not None:
             await self.engine.close()
 
-    def metrics(self) -> MetricsSnapshot:
+    def metrics(self) -> EngineStats:
         if self.engine is None:
-            return MetricsSnapshot(0, 0, 0.0, 0, 0, 0)
-        s = self.engine.stats()
-        tokens = (s.prompt_tokens_total, s.generation_tokens_total)
-        return MetricsSnapshot(s.waiting, s.running, s.kv_cache_usage, *tokens, s.request_success_total)
+            return EngineStats(0, 0, 0.0, 0, 0, 0)
+        return self.engine.stats()
 
     def metadata(self) -> dict[str, Any]:
         return {
@@ -129,11 +116,11 @@ class ClassifierBackend:
         self.successes += 1
         return probs.numpy(), labels.numpy()
 
-    def metrics(self) -> MetricsSnapshot:
+    def metrics(self) -> EngineStats:
         if self.batcher is None:
-            return MetricsSnapshot(0, 0, 0.0, 0, 0, self.successes)
+            return EngineStats(0, 0, 0.0, 0, 0, self.successes)
         s = self.batcher.stats()
-        return MetricsSnapshot(s.waiting, s.running, 0.0, 0, 0, self.successes)
+        return EngineStats(s.waiting, s.running, 0.0, 0, 0, self.successes)
 
     def metadata(self) -> dict[str, Any]:
         return {

@@ -4,7 +4,7 @@ Written by hand rather than through prometheus_client: six samples, and no regis
 
 from __future__ import annotations
 
-from runtime.replica.backends import MetricsSnapshot
+from runtime.models.continuous_batching import EngineStats
 
 _FAMILIES = (
     ("vllm:num_requests_waiting", "gauge", "Number of requests waiting to be processed.", "waiting"),
@@ -20,7 +20,7 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def exposition(model: str, snap: MetricsSnapshot) -> str:
+def exposition(model: str, snap: EngineStats) -> str:
     """Text exposition format 0.0.4, every sample labelled `model_name`."""
     label = f'{{model_name="{_label(model)}"}}'
     lines: list[str] = []

@@ -11,8 +11,9 @@ import math
 from typing import Annotated, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from runtime.openai_prompt import OnePrompt
 from runtime.v2_binary import BinaryBodyError, binary_slices, decode_bytes_tensor, split_body
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -61,23 +62,12 @@ class GenerationOptions(_Body):
         return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
 
 
-class CompletionBody(GenerationOptions):
+class CompletionBody(GenerationOptions, OnePrompt):
     """POST /v1/completions (OpenAI; `ignore_eos` is vLLM's extension). One prompt per request."""
 
     model: Annotated[str, Field(min_length=1)]
-    prompt: str | list[str]
     stream: bool = False
 
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, v: str | list[str]) -> str | list[str]:
-        if isinstance(v, list) and len(v) != 1:
-            raise ValueError(f"give one prompt (a string or a list of one string), got a list of {len(v)}")
-        return v
-
-    @property
-    def prompt_text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
 
 class V2Tensor(_Body):
