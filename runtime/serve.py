@@ -31,10 +31,9 @@ from odhsim.errors import OdhsimError
 from odhsim.results.run_result import RunResult
 from odhsim.rng import RngStreams
 from odhsim.scenario.deployment import ModelDeployment
-from odhsim.scenario.live import RestartBackoffSpec
 from odhsim.scenario.model import Scenario
 from policies.autoscaling.config import build_autoscaler
-from policies.lifecycle.states import READY, RestartBackoff
+from policies.lifecycle.states import READY, RestartBackoff, RestartBackoffParams
 from runtime.controller import ControllerSettings, EventLog, LiveEvent, ModelController
 from runtime.readiness import HttpProber
 
@@ -46,7 +45,7 @@ class ServeError(OdhsimError):
     """`odhsim serve` cannot start (keys, port, missing live extra); the CLI prints it and exits 2."""
 
 
-def restart_backoff(spec: RestartBackoffSpec) -> RestartBackoff:
+def restart_backoff(spec: RestartBackoffParams) -> RestartBackoff:
     """The controllers' CrashLoopBackOff from the scenario's `live.restart_backoff`."""
     return RestartBackoff(base_s=spec.base_s, factor=spec.factor, max_s=spec.max_s, reset_after_s=spec.reset_after_s)
 

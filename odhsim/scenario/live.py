@@ -30,6 +30,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from policies.lifecycle.states import RestartBackoffParams
+
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -120,25 +122,6 @@ class RequestLimits(_Frozen):
     """v2 infer: most rows in one request's input tensor."""
 
 
-class RestartBackoffSpec(_Frozen):
-    """How long a crashed (or failed-to-start) replica waits before its restart: Kubernetes CrashLoopBackOff.
-
-    Restart n waits base_s * factor**(n-1), capped at max_s; a replica that ran reset_after_s or longer before it
-    crashed starts again at restart 1. The defaults are the kubelet's (initial back-off 10 s, doubling, at most
-    300 s, reset after 10 minutes). `odhsim serve` builds `policies.lifecycle.states.RestartBackoff` from it."""
-
-    base_s: Annotated[float, Field(gt=0.0)] = 10.0
-    factor: Annotated[float, Field(ge=1.0)] = 2.0
-    max_s: Annotated[float, Field(gt=0.0)] = 300.0
-    reset_after_s: Annotated[float, Field(gt=0.0)] = 600.0
-
-    @model_validator(mode="after")
-    def _cap_above_base(self) -> RestartBackoffSpec:
-        if self.max_s < self.base_s:
-            raise ValueError(f"max_s ({self.max_s:g}) must be >= base_s ({self.base_s:g})")
-        return self
-
-
 class LiveConfig(_Frozen):
     """The gateway process of `odhsim serve` (the controller runs inside it).
 
@@ -150,7 +133,7 @@ class LiveConfig(_Frozen):
     redis_url             the shared response-cache tier (a real Redis); null: in-process only
     request_timeout_s     the gateway gives up on one attempt at a replica after this long
     scrape_interval_s     how often the gateway scrapes every replica's /metrics (the router's view)
-    restart_backoff       the delay before a crashed replica restarts (CrashLoopBackOff; `RestartBackoffSpec`)
+    restart_backoff       the delay before a crashed replica restarts (CrashLoopBackOff; policies.lifecycle)
     """
 
     host: str = "127.0.0.1"
@@ -161,4 +144,4 @@ class LiveConfig(_Frozen):
     limits: RequestLimits = RequestLimits()
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
     scrape_interval_s: Annotated[float, Field(gt=0.0)] = 0.1
-    restart_backoff: RestartBackoffSpec = RestartBackoffSpec()
+    restart_backoff: RestartBackoffParams = RestartBackoffParams()

@@ -14,10 +14,10 @@ import pytest
 from pydantic import ValidationError
 
 from odhsim.scenario.deployment import ModelDeployment
-from odhsim.scenario.live import LiveConfig, RestartBackoffSpec
+from odhsim.scenario.live import LiveConfig
 from odhsim.scenario.model import Scenario
 from policies.autoscaling.types import ScaleDecision, ScalingMetrics
-from policies.lifecycle.states import RestartBackoff
+from policies.lifecycle.states import RestartBackoff, RestartBackoffParams
 from runtime.controller import ControllerSettings, EventLog, ModelController
 from runtime.readiness import ReadinessError
 from runtime.serve import controller_settings, restart_backoff
@@ -246,11 +246,11 @@ def test_restart_backoff_spec_defaults_and_validation() -> None:
     assert [backoff.next_delay(n) for n in range(1, 8)] == [10, 20, 40, 80, 160, 300, 300]
     assert backoff.attempt_after(3, 599.0) == 4 and backoff.attempt_after(3, 600.0) == 1
     with pytest.raises(ValidationError, match="max_s"):
-        RestartBackoffSpec(base_s=20, max_s=10)
+        RestartBackoffParams(base_s=20, max_s=10)
     with pytest.raises(ValidationError, match="extra"):
-        RestartBackoffSpec.model_validate({"base": 1})
+        RestartBackoffParams.model_validate({"base": 1})
     with pytest.raises(ValidationError):
-        RestartBackoffSpec(base_s=0)
+        RestartBackoffParams(base_s=0)
     with pytest.raises(ValidationError, match="frozen"):
         spec.base_s = 1.0  # type: ignore[misc]
 
