@@ -32,6 +32,7 @@ import yaml
 from rich.table import Table
 
 from runtime.bench_live import BenchError, ServeProcess, _pct, bench_scenario
+from runtime.replay import refusal_status
 
 # section 4: priority under overload
 PRIORITY_KEYS = {"critical": "bench-critical", "low": "bench-low"}
@@ -257,24 +258,13 @@ class StreamClient:
         return "ok", "", first, end
 
 
-TIMEOUT_REASONS = ("queue_ttl", "request_timeout")
-"""The gateway's reasons for a request that waited too long (counted as timed out, not failed)."""
-
-
 def error_outcome(status_code: int, body: bytes, header_reason: str | None) -> tuple[str, str]:
-    """(status, reason) of a refused request: 429 is shed; the gateway's timeout reasons (and 408 / 504) are
-    timeout; anything else failed. The reason is `<code> <slug>`, the slug from the OpenAI error's `code` (else the
-    gateway's `x-odhsim-reason` header)."""
+    """(status, reason) of a refused request, classified as `odhsim replay` does (`refusal_status`). The reason is
+    `<code> <slug>`, the slug from the OpenAI error's `code` (else the gateway's `x-odhsim-reason` header)."""
     slug = header_reason or ""
     with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
         slug = str(json.loads(body)["error"]["code"] or slug)
-    if status_code == 429:
-        status = "shed"
-    elif slug in TIMEOUT_REASONS or status_code in (408, 504):
-        status = "timeout"
-    else:
-        status = "failed"
-    return status, f"{status_code} {slug}".strip()
+    return refusal_status(status_code, slug), f"{status_code} {slug}".strip()
 
 
 _STREAM_ERROR = b'data: {"error"'

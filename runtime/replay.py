@@ -246,14 +246,18 @@ def _error_outcome(status_code: int, body: bytes, headers: httpx.Headers) -> Out
             message = str(err)
     except ValueError:
         pass
-    if status_code == 429:
-        status = STATUS_SHED
-    elif slug in TIMEOUT_REASONS or status_code in (408, 504):
-        status = STATUS_TIMEOUT
-    else:
-        status = STATUS_FAILED
     reason = f"HTTP {status_code} {slug + ': ' if slug else ''}{message}"
-    return Outcome(status, reason.strip()[:300], retries=_retries(headers))
+    return Outcome(refusal_status(status_code, slug), reason.strip()[:300], retries=_retries(headers))
+
+
+def refusal_status(status_code: int, slug: str) -> str:
+    """The simulator's status for a request the gateway did not answer with 200: 429 is shed; the gateway's
+    timeout reasons (and 408 / 504) are timeout; anything else failed."""
+    if status_code == 429:
+        return STATUS_SHED
+    if slug in TIMEOUT_REASONS or status_code in (408, 504):
+        return STATUS_TIMEOUT
+    return STATUS_FAILED
 
 
 def _retries(headers: httpx.Headers) -> int:
