@@ -356,8 +356,10 @@ def replay(
     source: Annotated[Path, typer.Argument(help="A trace file (Azure, Mooncake, plain CSV) or a scenario YAML.")],
     target: Annotated[str, typer.Option(help="Base URL of the live gateway, e.g. http://127.0.0.1:8000.")],
     speed: Annotated[float, typer.Option(help="Replay at this multiple of the trace's rate.")] = 1.0,
-    limit: Annotated[int | None, typer.Option(help="Send at most this many requests.")] = None,
-    max_duration: Annotated[float | None, typer.Option(help="Send only requests due in the first S seconds.")] = None,
+    limit: Annotated[int, typer.Option(help="Send at most this many requests (a replay is always bounded).")] = 10_000,
+    max_duration: Annotated[
+        float, typer.Option(help="Send only requests due in the first S seconds of the replay.")
+    ] = 900.0,
     out: Annotated[
         Path | None, typer.Option(help="Write requests.parquet (the simulator's schema) + summary.json.")
     ] = None,

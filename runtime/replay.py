@@ -51,6 +51,10 @@ class ReplayError(OdhsimError):
     """Bad replay input (source, target, options); the CLI prints it and exits 2."""
 
 
+DEFAULT_LIMIT, DEFAULT_MAX_DURATION_S = 10_000, 900.0
+"""A replay is bounded unless its caller passes None: a whole public trace at its own pace can last for hours."""
+
+
 @dataclass(frozen=True)
 class ReplayOptions:
     """speed: arrivals at `speed` x the trace's rate; limit / max_duration_s: stop sending after that many requests
@@ -59,8 +63,8 @@ class ReplayOptions:
     requests go (default: the target's first model)."""
 
     speed: float = 1.0
-    limit: int | None = None
-    max_duration_s: float | None = None
+    limit: int | None = DEFAULT_LIMIT
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S
     max_prompt_tokens: int = 256
     max_output_tokens: int = 64
     concurrency: int = 256
@@ -503,8 +507,8 @@ async def replay_async(
     target_url: str,
     *,
     speed: float = 1.0,
-    limit: int | None = None,
-    max_duration_s: float | None = None,
+    limit: int | None = DEFAULT_LIMIT,
+    max_duration_s: float | None = DEFAULT_MAX_DURATION_S,
     api_key: str | None = None,
     api_keys: Mapping[str, str] | None = None,
     out_dir: str | Path | None = None,

@@ -267,3 +267,10 @@ def test_retries_column_comes_from_the_gateways_header(tmp_path: Path) -> None:
     status = req["status"].astype(str).tolist()
     assert status[3] == "failed" and retries[3] == 2  # an error answer carries its retries too
     assert set(status) == {"ok", "failed"}
+
+
+def test_a_replay_is_bounded_by_default() -> None:
+    opts = ReplayOptions()
+    assert (opts.limit, opts.max_duration_s) == (10_000, 900.0)
+    with pytest.raises(ReplayError, match="--limit"):
+        ReplayOptions(limit=0)
