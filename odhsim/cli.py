@@ -366,8 +366,12 @@ def replay(
     api_key: Annotated[
         str | None, typer.Option(help="API key for every request (default: per tenant from $ODHSIM_API_KEYS).")
     ] = None,
-    max_prompt_tokens: Annotated[int, typer.Option(help="Clip prompts to this many tokens.")] = 256,
-    max_output_tokens: Annotated[int, typer.Option(help="Clip outputs to this many tokens.")] = 64,
+    max_prompt_tokens: Annotated[
+        int | None, typer.Option(help="Clip prompts (default: a scenario's live.limits; 256 for a trace).")
+    ] = None,
+    max_output_tokens: Annotated[
+        int | None, typer.Option(help="Clip outputs (default: a scenario's live.limits; 64 for a trace).")
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model a trace file's requests go to (default: the target's first).")
     ] = None,

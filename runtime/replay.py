@@ -52,6 +52,9 @@ class ReplayError(OdhsimError):
 
 
 DEFAULT_LIMIT, DEFAULT_MAX_DURATION_S = 10_000, 900.0
+TRACE_MAX_PROMPT_TOKENS, TRACE_MAX_OUTPUT_TOKENS = 256, 64
+"""Token clips of a trace file's requests when none are given (what the tiny live LMs serve); a scenario's
+requests are clipped to its own `live.limits` unless smaller clips are given."""
 """A replay is bounded unless its caller passes None: a whole public trace at its own pace can last for hours."""
 
 
@@ -65,8 +68,8 @@ class ReplayOptions:
     speed: float = 1.0
     limit: int | None = DEFAULT_LIMIT
     max_duration_s: float | None = DEFAULT_MAX_DURATION_S
-    max_prompt_tokens: int = 256
-    max_output_tokens: int = 64
+    max_prompt_tokens: int | None = None
+    max_output_tokens: int | None = None
     concurrency: int = 256
     request_timeout_s: float = 120.0
     straggler_timeout_s: float = 60.0
@@ -80,7 +83,9 @@ class ReplayOptions:
             raise ReplayError(f"--limit must be >= 1, got {self.limit}")
         if self.max_duration_s is not None and not self.max_duration_s > 0:
             raise ReplayError(f"--max-duration must be > 0, got {self.max_duration_s}")
-        if self.max_prompt_tokens < 2 or self.max_output_tokens < 1:
+        if (self.max_prompt_tokens is not None and self.max_prompt_tokens < 2) or (
+            self.max_output_tokens is not None and self.max_output_tokens < 1
+        ):
             raise ReplayError("--max-prompt-tokens must be >= 2 and --max-output-tokens >= 1")
         if self.concurrency < 1 or self.request_timeout_s <= 0 or self.straggler_timeout_s < 0:
             raise ReplayError("concurrency >= 1, request timeout > 0 and straggler timeout >= 0 are required")
@@ -100,6 +105,8 @@ class ReplayPlan:
     scenario: Scenario | None = None
     clipped_prompts: int = 0
     clipped_outputs: int = 0
+    max_prompt_tokens: int = TRACE_MAX_PROMPT_TOKENS
+    max_output_tokens: int = TRACE_MAX_OUTPUT_TOKENS
 
 
 # -- the plan ------------------------------------------------------------------------------------------------
@@ -142,13 +149,14 @@ def load_plan(source: str | Path, opts: ReplayOptions) -> ReplayPlan:
         kinds = {m.name: m.kind for m in scenario.models}
         versions = {m.name: m.version for m in scenario.models}
         limits = scenario.live.limits
-        max_prompt = min(opts.max_prompt_tokens, limits.max_prompt_tokens)
-        max_output = min(opts.max_output_tokens, limits.max_tokens)
+        max_prompt = min(opts.max_prompt_tokens or limits.max_prompt_tokens, limits.max_prompt_tokens)
+        max_output = min(opts.max_output_tokens or limits.max_tokens, limits.max_tokens)
     else:
         batch = _take(open_trace(path).batches(), opts, None)
         name, seed, tenants, kinds, versions = path.stem, 0, ["default"], {}, {}
         models = [opts.model or ""]  # resolved against the target when not given
-        max_prompt, max_output = opts.max_prompt_tokens, opts.max_output_tokens
+        max_prompt = opts.max_prompt_tokens or TRACE_MAX_PROMPT_TOKENS
+        max_output = opts.max_output_tokens or TRACE_MAX_OUTPUT_TOKENS
     if len(batch) == 0:
         raise ReplayError(f"{path}: no requests to replay (check --limit / --max-duration)")
     prompt = np.clip(batch.prompt_tokens, 2, max_prompt)
@@ -167,6 +175,8 @@ def load_plan(source: str | Path, opts: ReplayOptions) -> ReplayPlan:
         scenario=scenario,
         clipped_prompts=int((batch.prompt_tokens > max_prompt).sum()),
         clipped_outputs=int((batch.output_tokens > max_output).sum()),
+        max_prompt_tokens=int(max_prompt),
+        max_output_tokens=int(max_output),
     )
 
 
@@ -480,8 +490,8 @@ async def run_replay(
         "stragglers_cut": len(pending),
         "clipped_prompts": plan.clipped_prompts,
         "clipped_outputs": plan.clipped_outputs,
-        "max_prompt_tokens": opts.max_prompt_tokens,
-        "max_output_tokens": opts.max_output_tokens,
+        "max_prompt_tokens": plan.max_prompt_tokens,
+        "max_output_tokens": plan.max_output_tokens,
     }
     return frame, end_s, time.perf_counter() - wall0, extra
 

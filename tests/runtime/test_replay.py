@@ -274,3 +274,14 @@ def test_a_replay_is_bounded_by_default() -> None:
     assert (opts.limit, opts.max_duration_s) == (10_000, 900.0)
     with pytest.raises(ReplayError, match="--limit"):
         ReplayOptions(limit=0)
+
+
+def test_a_scenario_replay_clips_to_its_own_live_limits_by_default(tmp_path: Path) -> None:
+    doc = {**SCENARIO, "live": {"limits": {"max_prompt_tokens": 300, "max_tokens": 20}}}
+    path = tmp_path / "limits.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    plan = load_plan(path, ReplayOptions())
+    assert (plan.max_prompt_tokens, plan.max_output_tokens) == (300, 20)  # not the trace defaults 256 / 64
+    assert plan.requests.prompt_tokens.max() == 300 and plan.requests.output_tokens.max() <= 20
+    smaller = load_plan(path, ReplayOptions(max_prompt_tokens=100))
+    assert smaller.max_prompt_tokens == 100 and smaller.requests.prompt_tokens.max() == 100
