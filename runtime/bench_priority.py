@@ -197,7 +197,7 @@ def class_figures(answers: Sequence[Answer], ttft_slo_s: float | None = None) ->
 
 
 def _body(row: int) -> dict[str, Any]:
-    from runtime.replay import synth_prompt
+    from runtime.replay_plan import synth_prompt
 
     return {
         "model": "chat",

@@ -17,7 +17,8 @@ from odhsim.results.run_result import load_results
 from odhsim.scenario.load import load_scenario
 from odhsim.sim.run import simulate
 from odhsim.workload.schema import PRIORITY_CLASSES
-from runtime.replay import KeyChooser, ReplayError, ReplayOptions, load_plan, replay_async, synth_prompt
+from runtime.replay import KeyChooser, replay_async
+from runtime.replay_plan import ReplayError, ReplayOptions, load_plan, synth_prompt
 from runtime.tokenizer import count_tokens
 
 SCENARIO: dict[str, Any] = {
