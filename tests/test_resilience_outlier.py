@@ -106,7 +106,7 @@ def test_max_ejection_percent(hosts: int, percent: float, always_one: bool, most
 
 
 def test_ejection_cap_frees_up_when_a_host_returns() -> None:
-    d = _detector(3)
+    d = _detector(3, always_eject_one_host=True)
     _fail(d, 0.0, "h0", 5)
     _fail(d, 0.0, "h1", 5)
     assert d.ejected(0.0) == {"h0"}
@@ -124,7 +124,7 @@ def _traffic(d: OutlierDetector, now: float, per_host: dict[str, tuple[int, int]
 
 def test_success_rate_ejection_constructed_case() -> None:
     # Envoy's own example: rates {50, 100, 100, 100, 100} -> mean 90, stdev 20, threshold 90 - 1.9*20 = 52.
-    d = _detector(5, consecutive_5xx=1000)
+    d = _detector(5, consecutive_5xx=1000, always_eject_one_host=True)
     counts = {"h0": (100, 50), "h1": (100, 100), "h2": (100, 100), "h3": (100, 100), "h4": (100, 100)}
     _traffic(d, 5.0, counts)
     d.evaluate(10.0, _hosts(5))
@@ -135,7 +135,7 @@ def test_success_rate_ejection_constructed_case() -> None:
 
 
 def test_no_success_rate_ejection_when_only_four_hosts_have_enough_volume() -> None:
-    d = _detector(5, consecutive_5xx=1000)
+    d = _detector(5, consecutive_5xx=1000, always_eject_one_host=True)
     counts = {"h0": (100, 50), "h1": (100, 100), "h2": (100, 100), "h3": (100, 100), "h4": (99, 99)}
     _traffic(d, 5.0, counts)
     d.evaluate(10.0, _hosts(5))
@@ -144,11 +144,11 @@ def test_no_success_rate_ejection_when_only_four_hosts_have_enough_volume() -> N
 
 
 def test_success_rate_uses_only_the_last_interval() -> None:
-    d = _detector(5, consecutive_5xx=1000)
+    d = _detector(5, consecutive_5xx=1000, always_eject_one_host=True)
     _traffic(d, 5.0, {"h0": (100, 50), **{f"h{i}": (100, 100) for i in range(1, 5)}})
     d.evaluate(10.0, _hosts(5))  # h0 ejected
     assert d.ejected(10.0) == {"h0"}
-    d2 = _detector(5, consecutive_5xx=1000)
+    d2 = _detector(5, consecutive_5xx=1000, always_eject_one_host=True)
     _traffic(d2, 5.0, {"h0": (60, 30), **{f"h{i}": (60, 60) for i in range(1, 5)}})
     d2.evaluate(10.0, _hosts(5))  # below the volume
     _traffic(d2, 15.0, {"h0": (60, 30), **{f"h{i}": (60, 60) for i in range(1, 5)}})
@@ -158,12 +158,12 @@ def test_success_rate_uses_only_the_last_interval() -> None:
 
 def test_failure_percentage_detected_but_enforced_only_when_switched_on() -> None:
     counts = {"h0": (50, 5), **{f"h{i}": (50, 50) for i in range(1, 5)}}  # h0 fails 90%
-    off = _detector(5, consecutive_5xx=1000)
+    off = _detector(5, consecutive_5xx=1000, always_eject_one_host=True)
     _traffic(off, 1.0, counts)
     off.evaluate(10.0, _hosts(5))
     assert off.ejected(10.0) == set()
     assert off.counters["ejections_detected_failure_percentage"] == 1
-    on = _detector(5, consecutive_5xx=1000, enforce_failure_percentage=True)
+    on = _detector(5, consecutive_5xx=1000, always_eject_one_host=True, enforce_failure_percentage=True)
     _traffic(on, 1.0, counts)
     on.evaluate(10.0, _hosts(5))
     assert on.ejected(10.0) == {"h0"}
@@ -171,7 +171,7 @@ def test_failure_percentage_detected_but_enforced_only_when_switched_on() -> Non
 
 
 def test_host_membership_follows_evaluate() -> None:
-    d = _detector(3)
+    d = _detector(3, always_eject_one_host=True)
     _fail(d, 0.0, "h2", 5)
     d.evaluate(10.0, ["h0", "h1"])
     assert d.ejected(10.0) == set() and d.hosts == ["h0", "h1"]
@@ -209,6 +209,7 @@ def test_params_and_registration() -> None:
         50,
     )
     assert p.enforce_failure_percentage is False
+    assert p.always_eject_one_host is False  # Envoy's DetectorConfig default
     assert OutlierDetectionParams(base_ejection_time_s=400).effective_max_ejection_time_s == 400.0
     reg = Registry()
     register(reg)

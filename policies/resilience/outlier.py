@@ -22,7 +22,8 @@ api/envoy/config/cluster/v3/outlier_detection.proto:
   being ejected soon after it returns.
 - The cap on ejections (Envoy >= 1.27, PRs 27624 and 27909): a new ejection is allowed when
   100 * (ejected + 1) / hosts <= max_ejection_percent, or, with `always_eject_one_host` (Envoy >= 1.31, default
-  false in Envoy), when no host is ejected. A refused ejection counts as `ejections_overflow`.
+  false), when no host is ejected. So at the default 10% a cluster of fewer than 10 hosts ejects no one unless
+  `always_eject_one_host` is set. A refused ejection counts as `ejections_overflow`.
 - `enforcing_*` are the percent chances that a detected outlier is actually ejected, drawn from the injected
   generator (no draw at 0 or 100).
 
@@ -52,9 +53,8 @@ class OutlierDetectionParams(PolicyParams):
     """`outlier-detection` / `envoy`: Envoy's field names (durations in seconds), Envoy's defaults.
 
     Deliberate differences: `success_rate_stdev_factor` is the factor itself (1.9), not Envoy's thousandths
-    (1900); `enforce_failure_percentage` is a switch for Envoy's `enforcing_failure_percentage` (0 or 100);
-    `always_eject_one_host` defaults to true here (the project's reference: "at most 10% of hosts, at least 1"),
-    false in Envoy: set it false for current Envoy, where fewer than 10 hosts means no ejection at 10%.
+    (1900); `enforce_failure_percentage` is a switch for Envoy's `enforcing_failure_percentage` (0 or 100).
+    `always_eject_one_host` defaults to false as in Envoy's DetectorConfig: set it true for small clusters.
     """
 
     consecutive_5xx: Annotated[int, Field(ge=1)] = 5
@@ -63,7 +63,7 @@ class OutlierDetectionParams(PolicyParams):
     max_ejection_time_s: Annotated[float | None, Field(gt=0.0)] = None  # None: max(300 s, base_ejection_time_s)
     max_ejection_time_jitter_s: Annotated[float, Field(ge=0.0)] = 0.0
     max_ejection_percent: Annotated[float, Field(ge=0.0, le=100.0)] = 10.0
-    always_eject_one_host: bool = True
+    always_eject_one_host: bool = False
     enforcing_consecutive_5xx: Annotated[float, Field(ge=0.0, le=100.0)] = 100.0
     enforcing_success_rate: Annotated[float, Field(ge=0.0, le=100.0)] = 100.0
     success_rate_minimum_hosts: Annotated[int, Field(ge=0)] = 5
