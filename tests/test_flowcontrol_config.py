@@ -105,9 +105,11 @@ def test_config_defaults_are_llm_d_flow_control() -> None:
     cfg = FlowControlConfig()
     assert (cfg.queue.type, cfg.saturation.type, cfg.admission.type) == ("strict-priority", "utilization", "always")
     assert cfg.gate_dispatch_on_saturation and cfg.deadline == "ttl"
-    assert cfg.ttl_s == dict.fromkeys(PRIORITY_CLASSES, 60.0)
+    assert cfg.ttl_s == {}  # llm-d's DefaultRequestTTL is 0: no TTL
     fc = build_flow_control(None, np.random.default_rng(0))
     assert isinstance(fc.queue, StrictPriorityQueue)
+    assert fc.ttl_s == {} and fc.expires_at(1.0, "high") == INF
+    fc = build_flow_control({"ttl_s": {"high": 60}}, np.random.default_rng(0))
     assert fc.deadline_for(1.0, "high", ttft_target_s=3.0) == 61.0  # ttl mode ignores the TTFT target
     assert build_flow_control({"queue": "edf", "ttl_s": {}}, np.random.default_rng(0)).ttl_s == {}
 

@@ -28,7 +28,7 @@ MIXED = [  # (rid, class, deadline)
     [
         ("fcfs", [1, 2, 3, 4, 5, 6, 7]),
         ("strict-priority", [3, 6, 5, 2, 4, 1, 7]),
-        ("edf", [4, 7, 2, 5, 3, 1, 6]),  # deadline, ties (2 and 5 at 5.0; 4 and 7 at 1.0) first come first
+        ("edf", [3, 6, 5, 4, 2, 7, 1]),  # bands from high to low, deadline inside a band (llm-d's EDF per band)
     ],
 )
 def test_dispatch_order(name, expected) -> None:
@@ -88,11 +88,11 @@ def test_capacity_rejection_messages() -> None:
     assert len(q2) == 2
 
 
-def test_default_band_capacity_is_llm_d_5000() -> None:
-    q = FcfsQueue()
-    for rid in range(5000):
+def test_default_band_capacity_is_unlimited_as_llm_d() -> None:
+    q = FcfsQueue()  # llm-d: band and global MaxRequests default to 0, no limit (registry/config.go)
+    for rid in range(6000):
         assert q.push(0, item(rid, "high")).accepted
-    assert q.push(0, item(5000, "high")).reason == "capacity: band high full (5000)"
+    assert len(q) == 6000
 
 
 # Each case: queue params, queued items (rid, class, priority), the arrival, expected evicted rid or rejection.
@@ -238,7 +238,7 @@ def test_heavy_churn_against_a_reference(name) -> None:
                 ready = [(x, o) for x, o in ready if x.tenant == got.tenant]
             rank = {
                 "fcfs": lambda x, o: o,
-                "edf": lambda x, o: (x.deadline, o),
+                "edf": lambda x, o: (-x.priority, x.deadline, o),
             }.get(name, lambda x, o: (-x.priority, o))
             assert got == min(ready, key=lambda p: rank(*p))[0]
             del model[got.request_id]

@@ -49,7 +49,7 @@ def _expected_first(name: str, bands: bool, ready: list[tuple[QueuedRequest, int
     if name == "fcfs":
         rank = lambda x, o: o  # noqa: E731
     elif name == "edf":
-        rank = lambda x, o: (x.deadline, o)  # noqa: E731
+        rank = lambda x, o: (-x.priority, x.deadline, o)  # noqa: E731
     else:  # strict-priority, and inside a WFQ flow: strict priority then FCFS
         rank = lambda x, o: (-x.priority, o)  # noqa: E731
     best = min(rank(x, o) for x, o in ready)
@@ -57,7 +57,7 @@ def _expected_first(name: str, bands: bool, ready: list[tuple[QueuedRequest, int
 
 
 def make_machine(name: str, **extra) -> type[RuleBasedStateMachine]:
-    bands = name == "strict-priority" or bool(extra.get("within_bands"))
+    bands = name in ("strict-priority", "edf") or bool(extra.get("within_bands"))
 
     class QueueMachine(RuleBasedStateMachine):
         @initialize()

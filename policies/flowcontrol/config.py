@@ -9,8 +9,9 @@
       deadline: slo                       # EDF deadline: ttl (enqueue + TTL) | slo (enqueue + class TTFT target)
 
 `queue: fcfs` is short for `queue: {type: fcfs}`. Defaults are llm-d's with flow control enabled: strict-priority
-bands with FCFS inside, the utilization detector, no admission shedding (the queue's capacity and TTL do it),
-the dispatch gate on, and llm-d's 60 s request TTL for every class. Types and params are checked at load time.
+bands with FCFS inside, the utilization detector, no admission shedding, the dispatch gate on, no request cap and
+no TTL (llm-d's DefaultRequestTTL is 0: a queued request waits until its client gives up). Types and params are
+checked at load time.
 """
 
 from __future__ import annotations
@@ -28,9 +29,6 @@ from policies.flowcontrol.priority import PRIORITY_CLASSES, class_to_priority, p
 from policies.flowcontrol.registration import ADMISSION_KIND, QUEUE_KIND, SATURATION_KIND
 from policies.flowcontrol.types import Admitter, FlowQueue, QueuedRequest, SaturationDetector
 from policies.registry import Registry
-
-DEFAULT_TTL_S = 60.0
-"""llm-d's defaultRequestTTL (pkg/epp/flowcontrol/controller/config.go)."""
 
 _KIND_OF_FIELD = {"queue": QUEUE_KIND, "saturation": SATURATION_KIND, "admission": ADMISSION_KIND}
 
@@ -56,9 +54,7 @@ class FlowControlConfig(_Frozen):
     saturation: PolicySpec = PolicySpec(type="utilization")
     admission: PolicySpec = PolicySpec(type="always")
     gate_dispatch_on_saturation: bool = True
-    ttl_s: dict[str, Annotated[float, Field(gt=0.0)] | None] = Field(
-        default_factory=lambda: dict.fromkeys(PRIORITY_CLASSES, DEFAULT_TTL_S)
-    )
+    ttl_s: dict[str, Annotated[float, Field(gt=0.0)] | None] = Field(default_factory=dict)
     deadline: Literal["ttl", "slo"] = "ttl"
 
     @field_validator("queue", "saturation", "admission", mode="before")

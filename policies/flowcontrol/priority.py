@@ -2,7 +2,7 @@
 
 llm-d (llm-d-router, InferenceObjective.spec.priority) gives every request an integer priority: unset means 0,
 larger is more important, and priority < 0 means *sheddable* (the old Gateway API Inference Extension had three
-criticalities: Critical, Standard, Sheddable). The seed document (via ../shared/docs/POLICY_REFERENCE.md section 2)
+criticalities: Critical, Standard, Sheddable). The seed document (its policy reference, section 2)
 uses four classes: critical, high, normal, low. They map as follows:
 
     class      index  llm-d priority   meaning

@@ -1,11 +1,13 @@
 """What every flow-control queue shares: capacity, eviction under pressure, TTL expiry, removal, per-class counts.
 
-Capacity (llm-d, pkg/epp/flowcontrol/registry/config.go): each priority band holds at most 5,000 requests by
-default (here per priority class), plus an optional global `max_items` (llm-d's MaxRequests, 0 = unlimited there,
-None here). When an arriving item finds no room it may evict one queued item with priority < 0 whose priority is
-strictly lower than its own; the victim is the lowest priority, then the most recently enqueued. (llm-d applies
-this priority-then-newest order, eviction/ordering/priority_time.go, to dispatched in-flight requests; here it
-picks among queued ones.) Otherwise the arrival is rejected with a reason naming the full band or queue.
+Capacity (llm-d, pkg/epp/flowcontrol/registry/config.go and controller/internal/processor.go `hasCapacity`): a
+band's MaxRequests and the global MaxRequests default to 0, which llm-d treats as no limit, so by default nothing
+caps the request count here either (per-class `capacity` and the total `max_items` are None). llm-d's default cap
+is on bytes (1 GB per band); these queues do not see request bodies, so they have no byte cap (docs/upstream.md).
+When an arriving item finds no room it may evict one queued item with priority < 0 whose priority is strictly
+lower than its own; the victim is the lowest priority, then the most recently enqueued. (llm-d applies this
+priority-then-newest order, eviction/ordering/priority_time.go, to dispatched in-flight requests; here it picks
+among queued ones.) Otherwise the arrival is rejected with a reason naming the full band or queue.
 
 Every structure is a heap or deque with lazy deletion: a removed, evicted or expired item is marked and skipped
 when it reaches the front; a structure whose dead entries outnumber its live ones is rebuilt (amortised O(1)).
@@ -29,8 +31,8 @@ from policies.flowcontrol.priority import PRIORITY_CLASSES
 from policies.flowcontrol.types import PushResult, QueuedRequest
 from policies.registry import PolicyParams
 
-DEFAULT_BAND_CAPACITY = 5000
-"""llm-d's default per-band request capacity (defaultPriorityBandMaxRequests)."""
+DEFAULT_BAND_CAPACITY: int | None = None
+"""llm-d's default per-band request capacity: MaxRequests 0, no limit (the 5,000 in its comment is never applied)."""
 
 _QUEUED, _PENDING, _DEAD = 0, 1, 2
 _COMPACT_SLACK = 64
@@ -38,16 +40,16 @@ _INF = math.inf
 
 
 class QueueParams(PolicyParams):
-    """Capacity shared by every queue policy: per class (missing classes keep 5,000) and an optional total."""
+    """Capacity shared by every queue policy: per class (a missing class or None: no limit) and an optional total."""
 
-    capacity: dict[str, Annotated[int, Field(ge=0)]] = Field(
+    capacity: dict[str, Annotated[int, Field(ge=0)] | None] = Field(
         default_factory=lambda: dict.fromkeys(PRIORITY_CLASSES, DEFAULT_BAND_CAPACITY)
     )
     max_items: Annotated[int, Field(ge=0)] | None = None
 
     @field_validator("capacity")
     @classmethod
-    def _known_classes(cls, v: dict[str, int]) -> dict[str, int]:
+    def _known_classes(cls, v: dict[str, int | None]) -> dict[str, int | None]:
         unknown = sorted(set(v) - set(PRIORITY_CLASSES))
         if unknown:
             raise ValueError(f"unknown priority class {unknown[0]!r}; known: {', '.join(PRIORITY_CLASSES)}")
@@ -77,8 +79,8 @@ class QueueBase:
     Params: type[PolicyParams] = QueueParams
     __slots__ = ("_cap", "_class_len", "_exp", "_live", "_max", "_n_exp", "_n_shed", "_pending", "_seq", "_shed")
 
-    def __init__(self, capacity: Mapping[str, int] | None = None, max_items: int | None = None) -> None:
-        caps = dict.fromkeys(PRIORITY_CLASSES, DEFAULT_BAND_CAPACITY)
+    def __init__(self, capacity: Mapping[str, int | None] | None = None, max_items: int | None = None) -> None:
+        caps: dict[str, int | None] = dict.fromkeys(PRIORITY_CLASSES, DEFAULT_BAND_CAPACITY)
         if capacity:
             unknown = sorted(set(capacity) - set(PRIORITY_CLASSES))
             if unknown:
@@ -119,10 +121,11 @@ class QueueBase:
         if n_cls is None:
             raise ValueError(f"unknown priority class {cls!r}; known: {', '.join(PRIORITY_CLASSES)}")
         evicted: tuple[QueuedRequest, ...] = ()
-        if n_cls >= self._cap[cls]:
+        cap = self._cap[cls]
+        if cap is not None and n_cls >= cap:
             victim = self._victim(cls, item.priority)
             if victim is None:
-                return PushResult(False, f"capacity: band {cls} full ({self._cap[cls]})")
+                return PushResult(False, f"capacity: band {cls} full ({cap})")
             self._kill(victim)
             evicted = (victim.item,)
         elif self._max is not None and len(self._live) >= self._max:

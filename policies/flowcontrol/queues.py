@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from heapq import heapify, heappop, heappush
+from typing import Any
 
 from policies.flowcontrol.queue_base import (
     _COMPACT_SLACK,
@@ -28,7 +29,7 @@ class FcfsQueue(QueueBase):
     TYPE = "fcfs"
     __slots__ = ("_fifo", "_garbage")
 
-    def __init__(self, capacity: Mapping[str, int] | None = None, max_items: int | None = None) -> None:
+    def __init__(self, capacity: Mapping[str, int | None] | None = None, max_items: int | None = None) -> None:
         super().__init__(capacity, max_items)
         self._fifo: deque[_Slot] = deque()
         self._garbage = 0
@@ -57,15 +58,15 @@ class _HeapOrderQueue(QueueBase):
 
     __slots__ = ("_garbage", "_heap")
 
-    def __init__(self, capacity: Mapping[str, int] | None = None, max_items: int | None = None) -> None:
+    def __init__(self, capacity: Mapping[str, int | None] | None = None, max_items: int | None = None) -> None:
         super().__init__(capacity, max_items)
-        self._heap: list[tuple[float, int, _Slot]] = []
+        self._heap: list[tuple[Any, ...]] = []  # (key..., seq, slot): the slot is last
         self._garbage = 0
 
     def _order_pop(self) -> _Slot | None:
         heap = self._heap
         while heap:
-            slot = heappop(heap)[2]
+            slot: _Slot = heappop(heap)[-1]
             if slot.state == _QUEUED:
                 return slot
             self._garbage -= 1
@@ -74,7 +75,7 @@ class _HeapOrderQueue(QueueBase):
     def _order_discard(self, slot: _Slot) -> None:
         self._garbage += 1
         if self._garbage > _COMPACT_SLACK and 2 * self._garbage > len(self._heap):
-            self._heap = heap = [e for e in self._heap if e[2].state == _QUEUED]
+            self._heap = heap = [e for e in self._heap if e[-1].state == _QUEUED]
             heapify(heap)
             self._garbage = 0
 
@@ -90,10 +91,14 @@ class StrictPriorityQueue(_HeapOrderQueue):
 
 
 class EdfQueue(_HeapOrderQueue):
-    """Earliest deadline first over the whole queue, ties FCFS (llm-d's EDF / SLO-deadline ordering)."""
+    """Strict priority bands, earliest deadline first inside a band, ties FCFS.
+
+    llm-d's EDF (and SLO-deadline) ordering policy orders the items of one flow queue; the dispatch cycle walks the
+    priority bands from highest to lowest, so a later deadline in a higher band still goes first.
+    """
 
     TYPE = "edf"
     __slots__ = ()
 
     def _order_push(self, slot: _Slot) -> None:
-        heappush(self._heap, (slot.item.deadline, slot.seq, slot))
+        heappush(self._heap, (-slot.item.priority, slot.item.deadline, slot.seq, slot))

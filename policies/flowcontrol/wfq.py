@@ -133,7 +133,7 @@ class WfqClassQueue(QueueBase):
     def __init__(
         self,
         shares: Mapping[str, float] | None = None,
-        capacity: Mapping[str, int] | None = None,
+        capacity: Mapping[str, int | None] | None = None,
         max_items: int | None = None,
     ) -> None:
         super().__init__(capacity, max_items)
@@ -179,7 +179,7 @@ class WfqTenantQueue(QueueBase):
         weights: Mapping[str, float] | None = None,
         default_weight: float = 1.0,
         within_bands: bool = False,
-        capacity: Mapping[str, int] | None = None,
+        capacity: Mapping[str, int | None] | None = None,
         max_items: int | None = None,
     ) -> None:
         super().__init__(capacity, max_items)
