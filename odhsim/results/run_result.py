@@ -13,14 +13,19 @@ import pandas as pd
 TABLES = ("requests", "replicas", "timeseries", "events")
 
 
-def _json_safe(value: Any) -> Any:
-    """Plain JSON: NaN and infinities become null, numpy scalars Python numbers, nested mappings recurse."""
+def json_safe(value: Any) -> Any:
+    """Plain JSON: NaN and infinities become null, numpy scalars Python numbers, paths strings; mappings, lists
+    and tuples recurse."""
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if hasattr(value, "item"):
-        return _json_safe(value.item())
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item") and not isinstance(value, str):
+        return json_safe(value.item())
     return value
 
 
@@ -56,7 +61,7 @@ class RunResult:
         for name in TABLES:
             getattr(self, name).to_parquet(out / f"{name}.parquet", index=False)
         (out / "summary.json").write_text(
-            json.dumps(_json_safe(self.summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
+            json.dumps(json_safe(self.summary), indent=2, allow_nan=False) + "\n", encoding="utf-8"
         )
         return out
 

@@ -43,15 +43,13 @@ def slo_met(requests: pd.DataFrame, scenario: Scenario) -> np.ndarray:
         return ok & (lat["ttft_s"].to_numpy() <= ttft_target) & (lat["e2e_s"].to_numpy() <= e2e_target)
 
 
-def summarize(
-    requests: pd.DataFrame,
-    timeseries: pd.DataFrame,
-    scenario: Scenario,
-    *,
-    end_s: float,
-    wall_s: float,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+def slos_used(scenario: Any) -> dict[str, dict[str, float | None]]:
+    """The TTFT / end-to-end targets each priority class was held to (null: no target), as written in summaries."""
+    return {c: {"ttft_s": scenario.slo_for(c).ttft_s, "e2e_s": scenario.slo_for(c).e2e_s} for c in PRIORITY_CLASSES}
+
+
+def _request_metrics(requests: pd.DataFrame, met: np.ndarray, span: float) -> dict[str, Any]:
+    """Counts, latency percentiles, throughput and SLO figures of one set of requests (a model's or all)."""
     status = requests["status"]
     n = len(requests)
     counts = {s: int((status == s).sum()) for s in ("ok", "shed", "failed", "timeout", "unfinished")}
@@ -59,11 +57,8 @@ def summarize(
     ttft = lat["ttft_s"].dropna().to_numpy()
     tpot = lat["tpot_s"].dropna().to_numpy()
     e2e = lat["e2e_s"].dropna().to_numpy()
-    met = slo_met(requests, scenario)
     ok = (status == "ok").to_numpy()
-    span = end_s if end_s > 0 else float("nan")
-    summary: dict[str, Any] = {
-        "scenario": scenario.name,
+    return {
         "requests": n,
         "completed": counts["ok"],
         "shed": counts["shed"],
@@ -81,23 +76,74 @@ def summarize(
         "output_tokens_per_s": float(requests["output_tokens"].to_numpy()[ok].sum()) / span,
         "goodput_rps": float(met.sum()) / span,
         "slo_attainment": float(met.mean()) if n else float("nan"),
+        "slo_missed": int(n - met.sum()),
         "prefix_cache_hit_rate": _token_hit_rate(requests, ok),
-        "response_cache_hit_rate": float(requests["cache_hit"].to_numpy().mean()) if n else 0.0,
-        "gpu_hours": float(timeseries["gpu_hours"].sum()) if len(timeseries) else 0.0,
-        "cost_usd": float(timeseries["cost_usd"].sum()) if len(timeseries) else 0.0,
-        "energy_kwh": float(timeseries["energy_kwh"].sum()) if len(timeseries) else 0.0,
-        "sim_end_s": end_s,
-        "wall_s": wall_s,
-        "sim_requests_per_wall_s": n / wall_s if wall_s > 0 else float("nan"),
     }
+
+
+def summarize(
+    requests: pd.DataFrame,
+    timeseries: pd.DataFrame,
+    scenario: Scenario,
+    *,
+    end_s: float,
+    wall_s: float,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Pooled metrics, the same per model (`by_model`), the SLOs used (`slos`) and run-level `warnings`.
+
+    `slo_missed` counts requests that did not finish ok within their class's targets (shed, failed, timed-out and
+    unfinished requests miss too), so `slo_attainment` = 1 - slo_missed / requests."""
+    n = len(requests)
+    met = slo_met(requests, scenario)
+    span = end_s if end_s > 0 else float("nan")
+    summary: dict[str, Any] = {"scenario": scenario.name, **_request_metrics(requests, met, span)}
+    summary.update(
+        {
+            "response_cache_hit_rate": float(requests["cache_hit"].to_numpy().mean()) if n else 0.0,
+            "gpu_hours": float(timeseries["gpu_hours"].sum()) if len(timeseries) else 0.0,
+            "cost_usd": float(timeseries["cost_usd"].sum()) if len(timeseries) else 0.0,
+            "energy_kwh": float(timeseries["energy_kwh"].sum()) if len(timeseries) else 0.0,
+            "sim_end_s": end_s,
+            "wall_s": wall_s,
+            "sim_requests_per_wall_s": n / wall_s if wall_s > 0 else float("nan"),
+        }
+    )
     if len(timeseries):
         by_model = timeseries.groupby("model", observed=True)[["cost_usd", "gpu_hours"]].sum()
         summary["cost_usd_by_model"] = {str(k): float(v) for k, v in by_model["cost_usd"].items()}
         summary["gpu_hours_by_model"] = {str(k): float(v) for k, v in by_model["gpu_hours"].items()}
-    summary["cost_per_1k_requests_usd"] = summary["cost_usd"] / counts["ok"] * 1000 if counts["ok"] else float("nan")
+    completed = summary["completed"]
+    summary["cost_per_1k_requests_usd"] = summary["cost_usd"] / completed * 1000 if completed else float("nan")
+    summary["by_model"] = _by_model(requests, met, span, summary)
+    summary["slos"] = slos_used(scenario)
     if extra:
         summary.update(extra)
+    summary.setdefault("warnings", [])
     return summary
+
+
+def _model_names(requests: pd.DataFrame) -> list[str]:
+    """Every model the requests table knows (its categories: models that got no request included), in order."""
+    col = requests["model"]
+    if isinstance(col.dtype, pd.CategoricalDtype):
+        return [str(c) for c in col.cat.categories]
+    return sorted({str(v) for v in col.unique()})
+
+
+def _by_model(
+    requests: pd.DataFrame, met: np.ndarray, span: float, pooled: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Per requested model: the pooled metrics over its requests, and its GPU-hours and cost."""
+    names = requests["model"].astype(str).to_numpy()
+    out: dict[str, dict[str, Any]] = {}
+    for name in _model_names(requests):
+        mine = names == name
+        metrics = _request_metrics(requests[mine], met[mine], span)
+        metrics["gpu_hours"] = pooled.get("gpu_hours_by_model", {}).get(name, 0.0)
+        metrics["cost_usd"] = pooled.get("cost_usd_by_model", {}).get(name, 0.0)
+        out[name] = metrics
+    return out
 
 
 def by_version(requests: pd.DataFrame) -> pd.DataFrame:
@@ -129,3 +175,39 @@ def by_version(requests: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows, columns=["model", "version", "requests", "ok", "ttft_p50_s", "ttft_p99_s", "e2e_p99_s"])
+
+
+def unserved_models(
+    scenario: Scenario, requests: pd.DataFrame, replicas: pd.DataFrame, events: pd.DataFrame
+) -> dict[str, str]:
+    """Models that never had a ready replica in the run, each with why: the deploy rejection's reason, `replicas: 0`
+    without an autoscaler, or the reason its requests failed with. A model that never got a request and could have
+    scaled from zero is not listed (nothing asked it to serve)."""
+    ready = set(replicas.loc[replicas["state"] == "ready", "model"].astype(str))
+    rejected: dict[str, str] = {}
+    deploys = events[events["kind"] == "deploy"]
+    for model, detail in zip(deploys["model"].astype(str), deploys["detail"].astype(str), strict=True):
+        if detail.startswith("rejected"):
+            rejected.setdefault(model, detail)
+    asked = requests["model"].astype(str).to_numpy()
+    out: dict[str, str] = {}
+    for m in scenario.models:
+        if m.name in ready:
+            continue
+        mine = requests[asked == m.name]
+        if m.name in rejected:
+            out[m.name] = f"deploy {rejected[m.name]}"
+        elif m.replicas == 0 and m.autoscaling is None:
+            out[m.name] = "replicas: 0 and no autoscaler, so no replica ever starts"
+        elif len(mine):
+            reasons = mine.loc[mine["status"] != "ok", "reason"].astype(str)
+            reasons = reasons[reasons != ""]
+            why = f": {reasons.value_counts().index[0]}" if len(reasons) else ""
+            out[m.name] = f"no replica became ready during the run{why}"
+        else:
+            continue
+        if len(mine):
+            served = int((mine["status"] == "ok").sum())
+            by = f"{served:,} served by its fallback {m.fallback!r}" if m.fallback else "none served"
+            out[m.name] += f" ({len(mine):,} requests, {by})"
+    return out

@@ -12,7 +12,7 @@ import simpy
 
 from odhsim.results.request_log import RequestLog
 from odhsim.results.run_result import RunResult
-from odhsim.results.summary import summarize
+from odhsim.results.summary import summarize, unserved_models
 from odhsim.rng import RngStreams
 from odhsim.scenario.model import Scenario
 from odhsim.sim.arrivals import ArrivalFeeder
@@ -22,6 +22,32 @@ from odhsim.workload.build import build_workload
 
 ProgressFn = Callable[[float, float | None, int], None]
 """progress(simulated_now_s, simulated_horizon_s or None, requests_arrived)."""
+
+
+PROGRESS_WALL_S = (0.1, 0.4)
+"""Each progress chunk aims at this much wall time: the bar moves whatever the horizon (1e9 s included)."""
+
+
+def _run_in_chunks(
+    env: simpy.Environment,
+    done: simpy.Event,
+    stop: float,
+    step: float,
+    stopped: Callable[[], bool],
+    report: Callable[[], None] | None,
+) -> None:
+    """Run until `done` fires or `stop`; with `report`, in chunks of simulated time sized so that one takes
+    PROGRESS_WALL_S of wall time (doubling or halving the step), reporting after each."""
+    if report is None:
+        env.run(until=done if math.isinf(stop) else done | env.timeout(stop))
+        return
+    low, high = PROGRESS_WALL_S
+    while not stopped() and env.now < stop:
+        t0 = time.perf_counter()
+        env.run(until=done | env.timeout(min(step, stop - env.now)))
+        report()
+        took = time.perf_counter() - t0
+        step = step * 2 if took < low else step / 2 if took > high else step
 
 
 def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressFn | None = None) -> RunResult:
@@ -48,16 +74,14 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         )
 
     sampler = TimeseriesSampler(env, scenario, gateway, finished)
-    env.process(sampler.process())
+    sampler_done = env.process(sampler.process())
     horizon = scenario.hard_stop_s or scenario.duration_s
-    step = max(scenario.outputs.timeseries_bucket_s, (horizon or 3600.0) / 200)
     stop = scenario.hard_stop_s if scenario.hard_stop_s is not None else math.inf
     # The sampler ends the run once arrivals are over and nothing is in flight (SimPy's run(until=...) leaves
-    # its own marker event queued, so "no events left" cannot serve as the end condition).
-    while not sampler.stopped and env.now < stop:
-        env.run(until=min(env.now + step, stop))
-        if progress is not None:
-            progress(env.now, horizon, arrivals.arrived)
+    # its own marker event queued, so "no events left" cannot serve as the end condition). The run stops at that
+    # event, so where the progress chunks fall never changes the results.
+    _run_in_chunks(env, sampler_done, stop, scenario.outputs.timeseries_bucket_s, lambda: sampler.stopped,
+                   None if progress is None else lambda: progress(env.now, horizon, arrivals.arrived))  # fmt: skip
     hard_stopped = not sampler.stopped
     sampler.sample()
     end_s = env.now
@@ -97,6 +121,7 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
             "hard_stopped": hard_stopped,
             "seed": seed,
             "run_id": run_id,
+            "unserved_models": unserved_models(scenario, requests, replicas, events),
             **({"response_cache": gateway.cache.stats()} if gateway.cache is not None else {}),
         },
     )

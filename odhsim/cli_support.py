@@ -1,0 +1,89 @@
+"""What every CLI command shares: consoles that do not cut tables when piped, output paths checked before a run,
+JSON for `--json`, and loud warnings. Kept out of cli.py so the commands stay short."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+
+from odhsim.errors import OdhsimError
+from odhsim.results.run_result import json_safe
+
+PIPED_WIDTH = 1000
+"""Console width when output is not a terminal (and $COLUMNS is unset): wide enough that no table is cut."""
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    """A rich console; piped output gets PIPED_WIDTH columns instead of rich's 80, so tables and paths stay whole."""
+    stream = sys.stderr if stderr else sys.stdout
+    try:
+        piped = not stream.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        piped = True
+    wide = piped and "COLUMNS" not in os.environ
+    return Console(stderr=stderr, width=PIPED_WIDTH if wide else None)
+
+
+class OutPathError(OdhsimError):
+    """An --out path that cannot be written; raised before any simulation runs."""
+
+
+def _first_existing(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return Path.cwd()
+
+
+def check_out_dir(path: Path | None, option: str = "--out") -> None:
+    """`path` must be a folder or creatable as one: not a file, not under a file, and writable."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise OutPathError(f"{option} {path}: is a file; give a folder (it is created if missing)")
+    base = _first_existing(path)
+    if not base.is_dir():
+        raise OutPathError(f"{option} {path}: {base} is a file, so no folder can be made under it")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise OutPathError(f"{option} {path}: {base} is not writable")
+
+
+def check_out_file(path: Path | None, option: str = "--out") -> None:
+    """`path` must be a file or creatable as one: not a folder, its parent not under a file, and writable."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise OutPathError(f"{option} {path}: is a folder; give a file name")
+    base = _first_existing(path.parent)
+    if not base.is_dir():
+        raise OutPathError(f"{option} {path}: {base} is a file, so nothing can be written under it")
+    if not os.access(base, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise OutPathError(f"{option} {path}: not writable")
+
+
+def check_seed(seed: int | None, what: str = "--seed") -> None:
+    """Seeds feed numpy's SeedSequence, which takes non-negative integers only."""
+    if seed is not None and seed < 0:
+        raise OdhsimError(f"{what}: {seed} is negative; a seed is a non-negative integer")
+
+
+def to_json(value: Any) -> str:
+    """Plain JSON (NaN and infinities as null) for `--json` output."""
+    return json.dumps(json_safe(value), indent=2, allow_nan=False)
+
+
+def frame_records(frame: Any) -> list[dict[str, Any]]:
+    """A DataFrame as a list of row dicts, ready for to_json."""
+    return [{str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")]
+
+
+def print_warnings(console: Console, warnings: list[str] | None, prefix: str = "warning") -> None:
+    """Each run-level warning in yellow, escaped (warnings carry model names, paths and user text)."""
+    for text in warnings or []:
+        console.print(f"[bold yellow]{prefix}:[/] [yellow]{escape(str(text))}[/]", soft_wrap=True, highlight=False)
