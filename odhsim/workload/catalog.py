@@ -1,7 +1,8 @@
 """The catalogue of public traces (`traces/catalog.yaml`) and a checksum-verifying downloader.
 
-Why: the traces are public but not ours to redistribute, so the repository keeps only their names, URLs,
-licences and sha256 sums; `fetch_trace` downloads one on request, streaming to a temporary file that is renamed
+Why: the repository carries the small public traces itself (traces/, each with its licence) so a fresh clone
+runs its tests and scenarios offline; `local_copy` finds that committed copy. The week-long Azure 2024 traces are
+too large to commit, so `fetch_trace` downloads a trace on request, streaming to a temporary file that is renamed
 into place only after its checksum matches, so a half-finished or corrupted download never looks like a trace.
 """
 
@@ -22,6 +23,8 @@ from odhsim.errors import CatalogError, TraceError
 
 CATALOG_PATH = Path(__file__).resolve().parents[2] / "traces" / "catalog.yaml"
 """The manifest in the repository's `traces/` folder (a data folder, not a Python package)."""
+TRACES_DIR = CATALOG_PATH.parent
+"""Where the committed copies live; an entry's `local` path is relative to it."""
 _CHUNK = 1 << 20
 
 
@@ -40,6 +43,8 @@ class TraceEntry:
     description: str = ""
     sha256: str | None = None
     bytes: int | None = None
+    local: str | None = None
+    """The committed copy under traces/ (relative path), or None when the trace is only downloadable."""
 
 
 def load_catalog(path: Path | str | None = None) -> dict[str, TraceEntry]:
@@ -57,6 +62,16 @@ def get_entry(name: str, catalog: dict[str, TraceEntry] | None = None) -> TraceE
     if name not in catalog:
         raise CatalogError(f"unknown trace {name!r}; known: {', '.join(catalog)}")
     return catalog[name]
+
+
+def local_copy(entry: TraceEntry, traces_dir: Path = TRACES_DIR) -> Path:
+    """The repository's committed copy of `entry`; CatalogError when it has none or the file is missing."""
+    if entry.local is None:
+        raise CatalogError(f"{entry.name}: no committed copy; download it with `odhsim traces fetch {entry.name}`")
+    path = traces_dir / entry.local
+    if not path.is_file():
+        raise CatalogError(f"{entry.name}: committed copy missing: {path} (restore it with `git checkout -- traces/`)")
+    return path
 
 
 def sha256_file(path: Path) -> str:
