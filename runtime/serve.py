@@ -184,6 +184,9 @@ class LiveStack:
                 (self.out_dir / "logs").mkdir(exist_ok=True)
                 self._events_file = (self.out_dir / "events.jsonl").open("w", encoding="utf-8")
             self.gateway = build_gateway(sc, keys=keys, clock=self.clock)
+            tier = self.gateway.shared_tier
+            if tier is not None and hasattr(tier, "on_change"):
+                tier.on_change = self._shared_tier_changed
             self._client = httpx.AsyncClient(trust_env=False, timeout=10.0)
             prober = HttpProber(self._client, test_timeout_s=60.0)
             log_dir = None if self.out_dir is None else self.out_dir / "logs"
@@ -212,6 +215,10 @@ class LiveStack:
         for c in self.controllers.values():
             await c.start()
         self._write_status()
+
+    def _shared_tier_changed(self, up: bool, detail: str) -> None:
+        """The response cache's Redis tier went down or came back: an event (requests go on meanwhile)."""
+        self.log.event("shared_tier_up" if up else "shared_tier_down", "", "", detail[:300])
 
     def _cold(self, model: str) -> None:
         c = self.controllers.get(model)

@@ -56,6 +56,20 @@ def test_key_pinned_value() -> None:
     assert response_key("m", "1", (), prompt="p") == 0xC744DA63EB3AEE6A
 
 
+def test_key_is_scoped_per_tenant_unless_shared() -> None:
+    shared = response_key(**BASE)
+    a, b = response_key(**BASE, tenant="team-a"), response_key(**BASE, tenant="team-b")
+    assert len({shared, a, b}) == 3  # each tenant its own key, and neither is the shared key
+    assert response_key(**BASE, tenant="team-a") == a
+    assert response_key(**BASE, tenant="") not in {shared, a}  # an empty tenant name is still a tenant
+    scoped = build_response_cache({"type": "tiered"}, np.random.default_rng(0))
+    assert scoped.share_across_tenants is False and scoped.key_tenant("team-a") == "team-a"
+    explicit = build_response_cache({"type": "tiered", "share_across_tenants": True}, np.random.default_rng(0))
+    assert explicit.share_across_tenants is True and explicit.key_tenant("team-a") is None
+    with pytest.raises(ValueError, match="share_across_tenants"):
+        ResponseCacheConfig.model_validate({"type": "tiered", "share_across_tenants": "sometimes"})
+
+
 @pytest.mark.parametrize(
     "change",
     [

@@ -7,7 +7,10 @@ both, so one scenario file drives both engines.
     live:
       port: 8000
       api_keys_file: keys.txt      # lines `key:tenant:priority[:model,model...]`; else $ODHSIM_API_KEYS
-      redis_url: redis://127.0.0.1:6379/0
+      redis_url: redis://127.0.0.1:6379/0   # password: redis://:PASS@host or $ODHSIM_REDIS_PASSWORD
+      redis_prefix: null           # default odhsim:<scenario name>:rcache:
+      metrics_auth: none           # or key: GET /metrics needs an API key
+      transport: {max_header_bytes: 16384, request_read_timeout_s: 30, keep_alive_s: 30}
       limits: {max_body_bytes: 1048576, max_prompt_tokens: 1024, max_tokens: 256}
       restart_backoff: {base_s: 10, factor: 2, max_s: 300, reset_after_s: 600}   # CrashLoopBackOff
     models:
@@ -122,6 +125,21 @@ class RequestLimits(_Frozen):
     """v2 infer: most rows in one request's input tensor."""
 
 
+class TransportLimits(_Frozen):
+    """HTTP limits of the gateway's and the replicas' servers, applied before a request reaches the app.
+
+    max_header_bytes        request line + headers; more is answered 431 and the connection closed
+    request_read_timeout_s  from a request's first byte (or a new connection) until its whole body arrived; a client
+                            slower than that is answered 408 and disconnected, so slow clients cannot hold
+                            connections and memory indefinitely
+    keep_alive_s            how long an idle keep-alive connection is kept between requests
+    """
+
+    max_header_bytes: Annotated[int, Field(ge=1024, le=1_048_576)] = 16_384
+    request_read_timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = 30.0
+    keep_alive_s: Annotated[int, Field(ge=1, le=3600)] = 30
+
+
 class LiveConfig(_Frozen):
     """The gateway process of `odhsim serve` (the controller runs inside it).
 
@@ -130,7 +148,13 @@ class LiveConfig(_Frozen):
     api_keys_file         lines `key:tenant:priority[:model,...]` (# comments); relative to the scenario file.
                           Without it the keys come from $ODHSIM_API_KEYS (`key:tenant:priority,...`)
     allow_anonymous       serve requests without a key as tenant "anonymous", priority normal (off: 401)
-    redis_url             the shared response-cache tier (a real Redis); null: in-process only
+    redis_url             the shared response-cache tier (a real Redis); null: in-process only. Its password comes
+                          from the URL (redis://:PASS@host) or $ODHSIM_REDIS_PASSWORD
+    redis_prefix          the tier's key prefix; default `odhsim:<scenario name>:rcache:`
+    metrics_auth          `none`: GET /metrics answers anyone (Prometheus scrapes without credentials; the gateway
+                          listens on 127.0.0.1 by default, and the counters hold no prompt, answer or key);
+                          `key`: it needs a valid API key, as models do (set it when the gateway is reachable by others)
+    transport             header size, request read timeout, keep-alive (TransportLimits)
     request_timeout_s     the gateway gives up on one attempt at a replica after this long
     scrape_interval_s     how often the gateway scrapes every replica's /metrics (the router's view)
     restart_backoff       the delay before a crashed replica restarts (CrashLoopBackOff; policies.lifecycle)
@@ -141,7 +165,10 @@ class LiveConfig(_Frozen):
     api_keys_file: str | None = None
     allow_anonymous: bool = False
     redis_url: str | None = None
+    redis_prefix: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9:._\-]+$")] | None = None
+    metrics_auth: Literal["none", "key"] = "none"
     limits: RequestLimits = RequestLimits()
+    transport: TransportLimits = TransportLimits()
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
     scrape_interval_s: Annotated[float, Field(gt=0.0)] = 0.1
     restart_backoff: RestartBackoffParams = RestartBackoffParams()

@@ -153,7 +153,11 @@ class Gateway:
 
     def _cache_key(self, route: ModelRoute, req: SimRequest) -> int:
         sampling = (("max_tokens", req.output_tokens),)
-        return response_key(route.name, route.version, sampling, block_ids=req.blocks, prompt_tokens=req.prompt_tokens)
+        assert self.cache is not None
+        tenant = self.cache.key_tenant(self.tenant_names[req.tenant] if self.tenant_names else "")
+        return response_key(
+            route.name, route.version, sampling, block_ids=req.blocks, prompt_tokens=req.prompt_tokens, tenant=tenant
+        )
 
     def _lookup_cache(self, req: SimRequest) -> None:
         assert self.cache is not None

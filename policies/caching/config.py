@@ -3,13 +3,16 @@
     gateway:
       response_cache:
         type: tiered            # or: none
+        share_across_tenants: false   # default: each tenant has its own entries (true: one tenant's answer serves all)
         params:                 # TieredCacheParams; every key optional
           local_max_entries: 10000
           local_max_bytes: 268435456
           ttl_s: 300
           shared: true
 
-The type and its params are validated when the configuration is loaded, so a typo fails at load time.
+The type and its params are validated when the configuration is loaded, so a typo fails at load time. Entries are
+scoped per tenant by default: a shared entry would hand tenant B tenant A's answer and tell B, through the hit, that
+someone sent the same prompt. `share_across_tenants: true` trades that isolation for hit rate, explicitly.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class ResponseCacheConfig(BaseModel):
 
     type: Annotated[str, Field(min_length=1)] = "tiered"
     params: dict[str, Any] = Field(default_factory=dict)
+    share_across_tenants: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> ResponseCacheConfig:
@@ -55,4 +59,6 @@ def build_response_cache(
         return NullResponseCache()
     cfg = config if isinstance(config, ResponseCacheConfig) else ResponseCacheConfig.model_validate(config)
     reg = registry if registry is not None else default_registry()
-    return cast(TieredResponseCache | NullResponseCache, reg.build(KIND, cfg.type, cfg.params, rng))
+    cache = cast(TieredResponseCache | NullResponseCache, reg.build(KIND, cfg.type, cfg.params, rng))
+    cache.share_across_tenants = cfg.share_across_tenants
+    return cache

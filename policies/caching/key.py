@@ -2,7 +2,9 @@
 
 The key is blake2b (8-byte digest, personalised) over a canonical, length-prefixed encoding of the model, its
 version, the sampling parameters (a mapping is sorted by key, so dict ordering never matters) and the prompt's
-identity (its text, its prefix block ids, its token count: whichever the caller has). Python's `hash()` is salted
+identity (its text, its prefix block ids, its token count: whichever the caller has) and, unless the cache is shared
+across tenants, the tenant: a tenant must never receive another tenant's answer (nor learn from a hit that someone
+sent the same prompt). Python's `hash()` is salted
 per process (PYTHONHASHSEED) and is never used, so a key computed by the simulator, the gateway and a Redis-backed
 shared tier in another process agree.
 
@@ -105,12 +107,14 @@ def response_key(
     prompt: str | None = None,
     block_ids: Sequence[int] | np.ndarray | None = None,
     prompt_tokens: int | None = None,
+    tenant: str | None = None,
 ) -> int:
     """The unsigned 64-bit cache key of one request; equal requests give equal keys in every process.
 
     At least one of `prompt`, `block_ids`, `prompt_tokens` must name the prompt (a key without one would make every
     request of a model look like a repeat). Each given field is part of the key, and an absent field differs from
-    any present value.
+    any present value. `tenant` scopes the key to one tenant (None: a key every tenant shares, for caches configured
+    with `share_across_tenants`); a key without a tenant equals the key this function gave before tenants existed.
     """
     if prompt is None and block_ids is None and prompt_tokens is None:
         raise ValueError("a response key needs the prompt, its block ids or its token count")
@@ -124,5 +128,7 @@ def response_key(
         _frame(b"N", b"") if block_ids is None else _block_bytes(block_ids),
         _encode(None if prompt_tokens is None else int(prompt_tokens)),
     ]
+    if tenant is not None:  # an extra frame: framing keeps it apart from every tenant-less key
+        parts.append(_frame(b"T", str(tenant).encode("utf-8")))
     digest = hashlib.blake2b(b"".join(parts), digest_size=8, person=_PERSON).digest()
     return int.from_bytes(digest, "big")

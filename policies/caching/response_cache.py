@@ -42,6 +42,7 @@ class TieredResponseCache:
         "_stores",
         "local",
         "local_latency_s",
+        "share_across_tenants",
         "shared",
         "shared_latency_s",
         "shared_ttl_s",
@@ -67,6 +68,12 @@ class TieredResponseCache:
         self._misses = 0
         self._shared_errors = 0
         self._stores = 0
+        self.share_across_tenants = False
+
+    def key_tenant(self, tenant: str) -> str | None:
+        """The tenant a response key is scoped to: the tenant itself, or None when the cache is configured to share
+        answers across tenants (`response_cache.share_across_tenants`)."""
+        return None if self.share_across_tenants else tenant
 
     def lookup(self, now: float, key: int) -> CacheLookup:
         hit = self.local.get_entry(now, key)
@@ -131,10 +138,14 @@ class TieredResponseCache:
 class NullResponseCache:
     """Caching switched off: every lookup misses at no cost, stores are dropped."""
 
-    __slots__ = ("_misses",)
+    __slots__ = ("_misses", "share_across_tenants")
 
     def __init__(self) -> None:
         self._misses = 0
+        self.share_across_tenants = False
+
+    def key_tenant(self, tenant: str) -> str | None:
+        return None if self.share_across_tenants else tenant
 
     def lookup(self, now: float, key: int) -> CacheLookup:
         self._misses += 1

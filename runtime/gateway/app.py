@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policies.caching.key import response_key
 from policies.caching.response_cache import TieredResponseCache
+from runtime.errors import SEQUENCE_FAILED, SEQUENCE_FAILED_MARK, SEQUENCE_FAILED_STATUS, new_error_id
 from runtime.gateway.auth import ANONYMOUS, Principal, bearer_token, lower_priority
 from runtime.gateway.forward import Buffered, Streaming, UpstreamCall
 from runtime.gateway.limits import LimitError, block_ids, check_completion, check_rows, prompt_tokens, read_body
@@ -119,12 +120,32 @@ def _mark_retries(resp: Response, job: Job | None) -> Response:
     return resp
 
 
-def _cache_key(route_name: str, version: str, req: CompletionRequest, tokens: list[int], blocks: np.ndarray) -> int:
+def _cache_key(
+    route_name: str, version: str, req: CompletionRequest, tokens: list[int], blocks: np.ndarray, tenant: str | None
+) -> int:
     # The prompt text is part of the key besides the block ids: block ids cover only whole 16-token blocks, so two
-    # prompts differing in their last few tokens would otherwise share a key.
+    # prompts differing in their last few tokens would otherwise share a key. The tenant scopes it (None: shared).
     return response_key(
-        route_name, version, req.sampling(), prompt=req.prompt_text, block_ids=blocks, prompt_tokens=len(tokens)
+        route_name,
+        version,
+        req.sampling(),
+        prompt=req.prompt_text,
+        block_ids=blocks,
+        prompt_tokens=len(tokens),
+        tenant=tenant,
     )
+
+
+def _with_fresh_id(body: bytes) -> bytes:
+    """A cached completion under a new id: a hit is a new response, and must not reveal the original's id."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(doc, dict) and "id" in doc:
+        doc["id"] = f"cmpl-{uuid.uuid4().hex}"
+        return json.dumps(doc, separators=(",", ":")).encode()
+    return body
 
 
 class _StreamEnd:
@@ -137,12 +158,17 @@ class _StreamEnd:
         self.job = job
         self.done = False
 
-    def finish(self, ok: bool | None, failure: str | None = None, detail: str = "") -> None:
+    def finish(
+        self, ok: bool | None, failure: str | None = None, detail: str = "", request_fault: bool = False
+    ) -> None:
+        """`request_fault`: the replica ended the stream with the request's own failure (a healthy replica)."""
         if self.done:
             return
         self.done = True
         self.s.attempt.done(ok, failure, detail)
-        if ok is True:
+        if request_fault:
+            self.gateway.metrics.count(self.model_label, SEQUENCE_FAILED_STATUS, SEQUENCE_FAILED)
+        elif ok is True:
             self.gateway.metrics.count(self.model_label, 200, "ok")
         elif ok is False:
             self.gateway.metrics.count(self.model_label, 502, "stream_aborted")
@@ -171,14 +197,18 @@ async def _relay(end: _StreamEnd) -> AsyncIterator[bytes]:
     """The replica's SSE bytes as they come; a replica failing mid-stream ends the stream with an error event.
 
     The outcome is recorded when `[DONE]` arrives, before it is relayed, so a client that has read the whole
-    stream finds it counted."""
+    stream finds it counted. A stream the replica ended with the request's own failure (its `sequence_failed`
+    error event, then `[DONE]`) is counted as that, and not against the replica."""
     tail = b""
+    request_fault = False
     failed: tuple[str, str] | None = None
     try:
         async for chunk in _chunks(end.s):
-            tail = (tail + chunk)[-16:]
+            window = tail + chunk
+            request_fault = request_fault or SEQUENCE_FAILED_MARK in window
+            tail = window[-64:]
             if b"[DONE]" in tail:
-                end.finish(True)
+                end.finish(True, request_fault=request_fault)
             yield chunk
     except httpx.HTTPError as err:
         kind = "timeout" if isinstance(err, httpx.TimeoutException) else "reset"
@@ -275,8 +305,9 @@ def create_app(gateway: Gateway) -> FastAPI:
         except ClientDisconnect:  # the client left while its body was being read: nobody to answer, still counted
             resp = error_response(path, 499, "client closed the connection", "client_closed")
         except Exception:
-            log.exception("unexpected error answering %s", path)
-            resp = error_response(path, 500, "internal gateway error", "internal")
+            error_id = new_error_id()
+            log.exception("unexpected error answering %s (error id %s)", path, error_id)
+            resp = error_response(path, 500, f"internal gateway error; error id {error_id}", "internal")
         if count:
             gateway.metrics.count(model_label(), resp.status_code, resp.headers["x-odhsim-reason"])
         return resp
@@ -315,9 +346,11 @@ def create_app(gateway: Gateway) -> FastAPI:
         async def work() -> Response:
             principal = principal_of(request)
             body = await read_body(request.headers, request.stream(), limits.max_body_bytes)
-            req: CompletionRequest = validate(CompletionRequest, parse_json(body))
-            if req.model in gateway.routes:
-                label[0] = req.model
+            doc = parse_json(body)
+            named = doc.get("model") if isinstance(doc, dict) else None
+            if isinstance(named, str) and named in gateway.routes:
+                label[0] = named  # a refused body naming a known model is counted under that model
+            req: CompletionRequest = validate(CompletionRequest, doc)
             route = route_for(req.model, principal)
             if route.deployment.kind != "llm":
                 raise HttpError(
@@ -336,13 +369,15 @@ def create_app(gateway: Gateway) -> FastAPI:
             key = None
             extra: dict[str, str] = {}
             if req.deterministic and not req.stream and isinstance(gateway.cache, TieredResponseCache):
-                key = _cache_key(route.name, route.version, req, tokens, blocks)
+                key = _cache_key(
+                    route.name, route.version, req, tokens, blocks, gateway.cache.key_tenant(principal.tenant)
+                )
                 found = gateway.cache.lookup(gateway.clock(), key)
                 if found.hit and isinstance(found.value, bytes):
                     gateway.metrics.cache_hits.labels(req.model, found.tier or "local").inc()
                     gateway.metrics.count(req.model, 200, "cache_hit")
                     headers = {"x-odhsim-cache": "hit", "x-odhsim-model": req.model}
-                    return Response(found.value, media_type="application/json", headers=headers)
+                    return Response(_with_fresh_id(found.value), media_type="application/json", headers=headers)
                 extra["x-odhsim-cache"] = "miss"
             call = UpstreamCall(path=lambda m: "/v1/completions", body=req.upstream_body, stream=req.stream)
             result = await gateway.serve(job, call)
@@ -415,7 +450,7 @@ def create_app(gateway: Gateway) -> FastAPI:
                 params = lm_parameters(req)
                 tokens = prompt_tokens(flat[0])
                 try:
-                    check_completion(len(tokens), params.max_tokens, limits)
+                    check_completion(len(tokens), params.tokens_to_generate, limits)
                 except LimitError as err:
                     param = "parameters.max_tokens" if err.param == "max_tokens" else "inputs"
                     raise LimitError(err.status, err.message, param) from None

@@ -111,7 +111,7 @@ class Gateway:
         if isinstance(self.cache, TieredResponseCache) and self.cache.shared is not None and shared_tier is not None:
             self.cache.shared = shared_tier  # the scenario asked for a shared tier: the runtime's is Redis
         self.shared_tier = shared_tier
-        self.metrics = GatewayMetrics(self._gauges)
+        self.metrics = GatewayMetrics(self._gauges, self._shared_tier_in_use)
         self._ids = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
         self._scraper: httpx.AsyncClient | None = None
@@ -563,6 +563,9 @@ class Gateway:
         return decision.backoff_s
 
     # -- gauges --------------------------------------------------------------------------------------------------
+    def _shared_tier_in_use(self) -> SharedTier | None:
+        return self.cache.shared if isinstance(self.cache, TieredResponseCache) else None
+
     def _gauges(self) -> dict[str, dict[str, float]]:
         now = self.clock()
         out: dict[str, dict[str, float]] = {}
@@ -588,10 +591,11 @@ def build_gateway(
     """The standard construction: RngStreams(scenario.seed), the scenario's keys (file or $ODHSIM_API_KEYS) unless
     given, and the Redis tier from `live.redis_url` unless one is given."""
     from runtime.gateway.auth import load_keys
-    from runtime.gateway.shared_tier import shared_tier_from_url
+    from runtime.gateway.shared_tier import scenario_prefix, shared_tier_from_url
 
     if keys is None:
         keys = load_keys(scenario.live.api_keys_file, scenario.base_dir)
     if shared_tier is None:
-        shared_tier = shared_tier_from_url(scenario.live.redis_url)
+        prefix = scenario.live.redis_prefix or scenario_prefix(scenario.name)
+        shared_tier = shared_tier_from_url(scenario.live.redis_url, prefix=prefix)
     return Gateway(scenario, RngStreams(scenario.seed), keys=keys, shared_tier=shared_tier, clock=clock)

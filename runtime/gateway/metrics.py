@@ -8,10 +8,10 @@ configured model name or "unknown", `reason` a short slug (the detailed text goe
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -41,8 +41,46 @@ class _StateCollector(Collector):
             yield family
 
 
+@runtime_checkable
+class TierHealth(Protocol):
+    """What /metrics reads of the shared cache tier (runtime.gateway.shared_tier.RedisSharedTier)."""
+
+    up: bool
+    errors: int
+    skipped: int
+
+
+class _TierCollector(Collector):
+    """The shared tier's health at scrape time: an outage of Redis is otherwise invisible (requests still succeed
+    from the local tier and the replicas)."""
+
+    def __init__(self, tier: Callable[[], object]) -> None:
+        self._tier = tier
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        tier = self._tier()
+        if not isinstance(tier, TierHealth):  # no shared tier, or the in-memory one (it cannot fail)
+            return
+        yield GaugeMetricFamily(
+            "odhsim_gateway_shared_tier_up", "The shared cache tier (Redis) answered its last call: 1, else 0.",
+            value=1.0 if tier.up else 0.0,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "odhsim_gateway_shared_tier_errors", "Calls to the shared cache tier that failed.", value=tier.errors
+        )
+        yield CounterMetricFamily(
+            "odhsim_gateway_shared_tier_skipped",
+            "Calls not sent to the shared cache tier while it was marked down (its back-off).",
+            value=tier.skipped,
+        )
+
+
 class GatewayMetrics:
-    def __init__(self, snapshot: Callable[[], dict[str, dict[str, float]]]) -> None:
+    def __init__(
+        self,
+        snapshot: Callable[[], dict[str, dict[str, float]]],
+        shared_tier: Callable[[], object] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self.requests = Counter(
             "odhsim_gateway_requests",
@@ -69,6 +107,8 @@ class GatewayMetrics:
             registry=self.registry,
         )
         self.registry.register(_StateCollector(snapshot))
+        if shared_tier is not None:
+            self.registry.register(_TierCollector(shared_tier))
 
     def count(self, model: str, status: int, reason: str) -> None:
         self.requests.labels(model, str(status), reason).inc()

@@ -4,12 +4,19 @@
 this uses redis-py's synchronous client with short socket timeouts (a local Redis answers in well under a
 millisecond). When Redis is down or slow, the tier never raises: it counts the error, marks itself down for a
 back-off period (during which it does not touch Redis at all, so a dead Redis costs at most one timeout per
-period), and the gateway keeps serving from its local tier.
+period), and the gateway keeps serving from its local tier. Its health is visible: `up` (the last call's outcome),
+`errors`, and `on_change(up, detail)` called when it goes down or comes back (serve records it as an event).
+
+Redis is shared infrastructure, so the tier authenticates (the password from the URL, `redis://:PASS@host`, or
+$ODHSIM_REDIS_PASSWORD, so it need not sit in a scenario file) and keeps its keys under a prefix per scenario
+(`live.redis_prefix`; default `odhsim:<scenario>:rcache:`), so two deployments on one Redis never read each other's
+entries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 
@@ -20,6 +27,13 @@ from redis.retry import Retry
 from policies.caching.tiers import CachedResponse
 
 DEFAULT_PREFIX = "odhsim:rcache:"
+PASSWORD_ENV = "ODHSIM_REDIS_PASSWORD"
+ChangeCallback = Callable[[bool, str], None]
+
+
+def scenario_prefix(scenario_name: str) -> str:
+    """The default key prefix of a scenario's entries: `odhsim:<scenario>:rcache:`."""
+    return f"odhsim:{scenario_name}:rcache:"
 
 
 class RedisSharedTier:
@@ -40,6 +54,8 @@ class RedisSharedTier:
         self.errors = 0
         self.skipped = 0  # calls not sent because the tier was down
         self.last_error = ""
+        self.up = True  # the last call's outcome (True before the first: the tier connects lazily)
+        self.on_change: ChangeCallback | None = None
 
     def _key(self, key: int) -> str:
         return f"{self.prefix}{key:016x}"
@@ -58,6 +74,19 @@ class RedisSharedTier:
         self.errors += 1
         self.last_error = f"{type(err).__name__}: {err}"
         self.down_until = self.clock() + self.backoff_s
+        self._set_up(False, self.last_error)
+
+    def _ok(self) -> None:
+        if not self.up:
+            self._set_up(True, "answering again")
+
+    def _set_up(self, up: bool, detail: str) -> None:
+        if up == self.up:
+            return
+        self.up = up
+        if self.on_change is not None:
+            with contextlib.suppress(Exception):  # an observer's failure must not fail a request
+                self.on_change(up, detail)
 
     def get(self, now: float, key: int) -> CachedResponse | None:
         if not self._usable():
@@ -70,6 +99,7 @@ class RedisSharedTier:
         except (redis.RedisError, OSError) as err:
             self._failed(err)
             return None
+        self._ok()
         if value is None:
             return None
         expires = now + pttl / 1000.0 if isinstance(pttl, int) and pttl > 0 else None
@@ -87,6 +117,8 @@ class RedisSharedTier:
                 self.client.set(self._key(key), value, px=max(1, round(ttl_s * 1000.0)))
         except (redis.RedisError, OSError) as err:
             self._failed(err)
+            return
+        self._ok()
 
     def close(self) -> None:
         with contextlib.suppress(redis.RedisError, OSError):
@@ -94,13 +126,23 @@ class RedisSharedTier:
 
 
 def shared_tier_from_url(
-    url: str | None, *, socket_timeout_s: float = 0.1, backoff_s: float = 5.0, prefix: str = DEFAULT_PREFIX
+    url: str | None,
+    *,
+    socket_timeout_s: float = 0.1,
+    backoff_s: float = 5.0,
+    prefix: str = DEFAULT_PREFIX,
+    password: str | None = None,
 ) -> RedisSharedTier | None:
-    """A Redis tier for `LiveConfig.redis_url` (None: no shared tier). Connects lazily, on first use."""
+    """A Redis tier for `LiveConfig.redis_url` (None: no shared tier). Connects lazily, on first use.
+
+    The password: the URL's when it has one, else `password`, else $ODHSIM_REDIS_PASSWORD (unset: none)."""
     if url is None:
         return None
+    if password is None:
+        password = os.environ.get(PASSWORD_ENV) or None
     client = redis.Redis.from_url(
         url,
+        password=password,  # a password in the URL takes precedence (redis-py applies the URL's options last)
         socket_timeout=socket_timeout_s,
         socket_connect_timeout=socket_timeout_s,
         retry=Retry(NoBackoff(), 0),  # no silent retries: one failure marks the tier down (see the module doc)

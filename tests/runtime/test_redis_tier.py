@@ -132,7 +132,7 @@ def test_a_second_gateway_finds_the_cached_response_through_redis() -> None:
         sc = scenario(CACHE, live={"redis_url": url})
         built = build_gateway(sc, keys=make_keys())  # the tier comes from live.redis_url (connects lazily)
         assert isinstance(built.cache.shared, RedisSharedTier) and built.cache.shared is built.shared_tier
-        assert built.shared_tier.prefix == DEFAULT_PREFIX
+        assert built.shared_tier.prefix == "odhsim:gateway-test:rcache:"  # per scenario, unless live.redis_prefix
         built.shared_tier.close()
         tier1, tier2 = (shared_tier_from_url(url, prefix=prefix) for _ in range(2))
         assert tier1 is not None and tier2 is not None
@@ -147,7 +147,8 @@ def test_a_second_gateway_finds_the_cached_response_through_redis() -> None:
                 assert first.status_code == 200 and first.headers["x-odhsim-cache"] == "miss"
                 other = _post(g2.url, _greedy("shared across gateways"))
                 assert other.status_code == 200 and other.headers["x-odhsim-cache"] == "hit"
-                assert other.content == first.content
+                assert other.json()["choices"] == first.json()["choices"]
+                assert other.json()["id"] != first.json()["id"]  # a hit answers under a fresh id
                 assert (r1.hits, r2.hits) == (1, 0)  # the second gateway never asked its replica
                 shared_hits = {"model": "chat", "tier": "shared"}
                 assert gw2.metrics.value("odhsim_gateway_cache_hits_total", shared_hits) == 1
