@@ -35,6 +35,15 @@ class GatewayConfig(Frozen):
     response_cache: ResponseCacheConfig | None = None
     resilience: ResilienceConfig | None = None
 
+    @field_validator("router", mode="before")
+    @classmethod
+    def _router_file(cls, v: object, info: ValidationInfo) -> object:
+        """`router: {file: epp.yaml}`: an llm-d EndpointPickerConfig file, relative to the scenario file."""
+        from odhsim.importers.epp import resolve_router_file
+
+        base = Path(info.context["base_dir"]) if info.context and "base_dir" in info.context else Path.cwd()
+        return resolve_router_file(v, base)
+
 
 class Slo(Frozen):
     ttft_s: Annotated[float, Field(gt=0.0)] | None = None

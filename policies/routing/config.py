@@ -1,8 +1,10 @@
 """The scenario's `gateway.router` section (llm-d EPP-config style) and `build_router` making the Router.
 
-Either a named profile (`profile: llm-d-default`) or the long form: plugins (name, type, params), filters and
-scorers referring to plugins by name (scorer weight defaults to 1), one picker. References, plugin kinds and
-each plugin's parameters are checked when the configuration is validated, so mistakes surface at load time.
+Either a named profile (`profile: llm-d-default`), the long form: plugins (name, type, params), filters and
+scorers referring to plugins by name (scorer weight defaults to 1), one picker; or llm-d's own
+EndpointPickerConfig pasted as users write it (apiVersion, kind, plugins, schedulingProfiles), which
+`policies.routing.epp_config` turns into the long form. References, plugin kinds and each plugin's parameters are
+checked when the configuration is validated, so mistakes surface at load time.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from policies.errors import PolicyConfigError
 from policies.registry import Registry
+from policies.routing.epp_config import is_epp_config, translate_epp
 from policies.routing.framework import SchedulerProfile
 from policies.routing.profiles import profile_names, profile_spec
 
@@ -45,6 +48,19 @@ class RouterConfig(_Frozen):
     filters: tuple[str, ...] | None = None
     scorers: tuple[ScorerRef, ...] | None = None
     picker: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_epp_config(cls, v: Any) -> Any:
+        # llm-d's EndpointPickerConfig as written for the EPP; `file:` is read by the scenario loader.
+        if isinstance(v, dict) and set(v) == {"file"}:
+            raise ValueError(
+                "`router: {file: ...}` is read by the scenario loader (relative to the scenario file); "
+                "here pass the EndpointPickerConfig's contents"
+            )
+        if is_epp_config(v):
+            return translate_epp(v).router
+        return v
 
     @field_validator("scorers", mode="before")
     @classmethod
