@@ -15,6 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from odhsim.scenario.deployment import ModelDeployment
 from runtime.openai_prompt import OnePrompt
+from runtime.sampling_params import (
+    UNSUPPORTED_FIELDS,
+    SamplingOptions,
+    UnsupportedCompletionFields,
+)
+from runtime.unicode_text import lone_surrogate_message, lone_surrogate_path
 from runtime.v2_binary import BinaryBodyError, inline_binary_inputs, split_body
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
@@ -39,13 +45,18 @@ def parse_json(body: bytes) -> Any:
     if not body:
         raise ProtocolError("request body is empty; expected a JSON object")
     try:
-        return json.loads(body, parse_constant=_reject_constant)
+        text = body.decode("utf-8")  # strict: json.loads(bytes) would let surrogates through (surrogatepass)
+        doc = json.loads(text, parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise ProtocolError("request body is not UTF-8") from None
     except json.JSONDecodeError as err:
         raise ProtocolError(f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
     except (ValueError, RecursionError) as err:
         raise ProtocolError(f"malformed JSON: {err}") from None
+    bad = lone_surrogate_path(doc, text)
+    if bad is not None:
+        raise ProtocolError(lone_surrogate_message(bad), bad.split(".")[0])
+    return doc
 
 
 def parse_v2_body(body: bytes, header_length: str | None) -> Any:
@@ -72,7 +83,7 @@ def validate(model: type[BaseModel], doc: Any) -> Any:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         path = _field_path(tuple(p for p in first["loc"] if not str(p).startswith("function-")))
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "missing":
             msg = "field required"
         raise ProtocolError(f"{path}: {msg}", path.split(".")[0] if path != "body" else None) from None
@@ -83,22 +94,12 @@ class _Strict(BaseModel):
 
 
 # -- OpenAI completions ----------------------------------------------------------------------------------------
-class CompletionRequest(_Strict, OnePrompt):
-    """POST /v1/completions: the fields the replicas implement; other OpenAI fields are ignored, not forwarded."""
+class CompletionRequest(_Strict, SamplingOptions, UnsupportedCompletionFields, OnePrompt):
+    """POST /v1/completions: the fields the replicas implement (runtime/sampling_params.py has the rules, shared
+    with the replicas); the OpenAI fields they do not implement are refused unless neutral; others are ignored."""
 
     model: Annotated[str, Field(min_length=1, max_length=256)]
-    max_tokens: int | None = 16
-    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
-    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
     stream: bool = False
-    ignore_eos: bool = False
-    stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
-
-
-    @property
-    def tokens_to_generate(self) -> int:
-        return 16 if self.max_tokens is None else self.max_tokens
 
     @property
     def deterministic(self) -> bool:
@@ -119,7 +120,7 @@ class CompletionRequest(_Strict, OnePrompt):
 
     def upstream_body(self, model: str) -> dict[str, Any]:
         """The body sent to a replica serving `model` (the fallback's name when falling back)."""
-        body = self.model_dump(exclude_none=True)
+        body = self.model_dump(exclude_none=True, exclude=UNSUPPORTED_FIELDS)
         body["model"] = model
         body["max_tokens"] = self.tokens_to_generate
         return body
@@ -261,12 +262,8 @@ def v2_metadata(m: ModelDeployment) -> dict[str, Any]:
     }
 
 
-class V2LmParameters(_Strict):
-    """`parameters` of a v2 infer request to a language model."""
-
-    max_tokens: int = 16
-    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 1.0
-    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
+class V2LmParameters(_Strict, SamplingOptions):
+    """`parameters` of a v2 infer request to a language model: the completion's sampling fields, same rules."""
 
 
 def lm_parameters(req: V2InferRequest) -> V2LmParameters:

@@ -23,6 +23,7 @@ from typing import Literal
 
 import torch
 
+from runtime.errors import new_error_id
 from runtime.models.sampling import request_generator, sample
 from runtime.models.tiny_lm import KvCache, TinyLm
 from runtime.tokenizer import EOS, VOCAB_SIZE
@@ -38,6 +39,23 @@ class ContextLengthError(ValueError):
 
 class EngineClosedError(RuntimeError):
     """The engine is not running (not started yet, or closed)."""
+
+
+class SequenceFailedError(RuntimeError):
+    """This request's own step failed (non-finite logits, or its sampling raised); the rest of its batch went on.
+
+    Carries only an error id: the detail is logged under it, never shown to the client."""
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"sequence failed; error id {error_id}")
+        self.error_id = error_id
+
+
+@dataclass(frozen=True, slots=True)
+class _RowFault:
+    """What `_step` returns in place of a token for a row that failed alone."""
+
+    detail: str
 
 
 @dataclass(frozen=True)
@@ -302,8 +320,10 @@ class ContinuousBatchingEngine:
             sampling = [(s.params, s.generator) for s in (*decode, *admitted)]
             try:
                 tokens = await loop.run_in_executor(self._executor, self._step, moves, inputs, prefill, sampling)
-            except Exception as err:  # a failed step fails the batch, not the engine
-                log.exception("engine step failed")
+            except Exception:  # the forward pass itself failed: that fails the batch, not the engine
+                error_id = new_error_id()
+                log.exception("engine step failed (error id %s); failing the %d running", error_id, len(self._running))
+                err = RuntimeError(f"engine step failed; error id {error_id}")
                 for seq in self._running:
                     self._finish(seq, "abort", time.monotonic(), error=err)
                 self._running.clear()
@@ -316,7 +336,10 @@ class ContinuousBatchingEngine:
             for seq in decode:
                 seq.cache_len += 1
             for seq, tok in zip((*decode, *admitted), tokens, strict=True):
-                self._accept(seq, tok, now)
+                if isinstance(tok, _RowFault):
+                    self._fail_alone(seq, tok, now)
+                else:
+                    self._accept(seq, tok, now)
 
     def _step(
         self,
@@ -324,22 +347,52 @@ class ContinuousBatchingEngine:
         inputs: tuple[list[int], list[int]],
         prefill: list[tuple[int, list[int]]],
         sampling: list[tuple[SamplingParams, torch.Generator | None]],
-    ) -> list[int]:
-        """Worker thread: compact the cache, decode the running rows in one pass, prefill the new ones; sample."""
+    ) -> list[int | _RowFault]:
+        """Worker thread: compact the cache, decode the running rows in one pass, prefill the new ones; sample.
+
+        A row whose logits are not finite, or whose sampling raises, yields a `_RowFault` for its sequence alone
+        (its cache slot is cleared, so a later sequence in that slot cannot read a stale NaN); the other rows are
+        sampled as usual. The finiteness check is one reduction over the decode batch."""
         cache = self._cache
         assert cache is not None
         for src, dst, length in moves:
             cache.move(src, dst, length)
         rows: list[torch.Tensor] = []
+        finite: list[bool] = []
         tokens, positions = inputs
         if tokens:
             logits = self.model.decode(
                 torch.tensor(tokens), torch.tensor(positions), cache, span=max(positions) + 1
             ).cpu()
             rows.extend(logits.unbind(0))
+            ok = torch.isfinite(logits).all(dim=-1)
+            finite.extend([True] * len(tokens) if bool(ok.all()) else ok.tolist())
         for slot, ids in prefill:
-            rows.append(self.model.prefill(ids, cache, slot).cpu())
-        return [sample(row, p.temperature, p.top_p, gen) for row, (p, gen) in zip(rows, sampling, strict=True)]
+            row = self.model.prefill(ids, cache, slot).cpu()
+            rows.append(row)
+            finite.append(bool(torch.isfinite(row).all()))
+        out: list[int | _RowFault] = []
+        for slot, (row, (p, gen)) in enumerate(zip(rows, sampling, strict=True)):
+            if not finite[slot]:
+                out.append(self._fault(cache, slot, "the model produced non-finite logits for this sequence"))
+                continue
+            try:
+                out.append(sample(row, p.temperature, p.top_p, gen))
+            except (RuntimeError, ValueError) as err:
+                out.append(self._fault(cache, slot, f"sampling failed: {err}"))
+        return out
+
+    @staticmethod
+    def _fault(cache: KvCache, slot: int, detail: str) -> _RowFault:
+        cache.k[:, slot].zero_()
+        cache.v[:, slot].zero_()
+        return _RowFault(detail)
+
+    def _fail_alone(self, seq: _Sequence, fault: _RowFault, now: float) -> None:
+        """Fail one sequence with a generic error carrying an id; the detail goes to the log under that id."""
+        error_id = new_error_id()
+        log.error("request %s failed alone (error id %s): %s", seq.request_id, error_id, fault.detail)
+        self._finish(seq, "abort", now, error=SequenceFailedError(error_id))
 
     def _accept(self, seq: _Sequence, tok: int, now: float) -> None:
         seq.output_ids.append(tok)

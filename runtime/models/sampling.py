@@ -1,12 +1,16 @@
 """Next-token choice: greedy, or temperature / top-p sampling from a per-request generator.
 
 Each request owns its `torch.Generator`, so a seeded request draws the same tokens whatever else shares its batch.
+Temperature is read as vLLM reads it (runtime/sampling_params.py): below SAMPLING_EPS greedy, else at least
+MIN_TEMPERATURE, so no temperature a caller passes can overflow the scaled logits.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from runtime.sampling_params import effective_temperature
 
 
 def request_generator(seed: int | None) -> torch.Generator:
@@ -20,8 +24,12 @@ def request_generator(seed: int | None) -> torch.Generator:
 
 
 def sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Generator | None) -> int:
-    """One token from `logits` [vocab] (CPU float32): argmax when temperature is 0, else nucleus sampling."""
-    if temperature <= 0.0 or generator is None:
+    """One token from `logits` [vocab] (CPU float32, finite): argmax when greedy, else nucleus sampling.
+
+    Raises RuntimeError when the scaled distribution is not finite (logits near float32's limit); the caller fails
+    that one sequence."""
+    temperature = effective_temperature(temperature)
+    if temperature == 0.0 or generator is None:
         return int(torch.argmax(logits))
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p < 1.0:

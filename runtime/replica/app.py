@@ -23,12 +23,20 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from runtime.errors import (
+    SEQUENCE_FAILED,
+    SEQUENCE_FAILED_STATUS,
+    internal_error_message,
+    new_error_id,
+    sequence_failed_message,
+)
 from runtime.models.continuous_batching import (
     ContextLengthError,
     EngineClosedError,
     GenerationResult,
     GenerationStream,
     SamplingParams,
+    SequenceFailedError,
 )
 from runtime.replica.backends import Backend, ClassifierBackend, LmBackend, make_backend
 from runtime.replica.config import ReplicaConfig
@@ -40,6 +48,7 @@ from runtime.replica.schemas import (
     V2InferBody,
     bytes_tensor,
     fp32_tensor,
+    parse_json,
     parse_v2,
     validate,
 )
@@ -107,11 +116,12 @@ class _ReplicaHeader:
 
         try:
             await self.app(scope, receive, send_with_header)
-        except Exception as err:
-            log.exception("unhandled error on %s", scope.get("path"))
+        except Exception:
+            error_id = new_error_id()
+            log.exception("unhandled error on %s (error id %s)", scope.get("path"), error_id)
             if started:
                 raise
-            resp = _error_for(scope.get("path", ""), 500, f"internal error: {type(err).__name__}: {err}")
+            resp = _error_for(scope.get("path", ""), 500, internal_error_message(error_id))
             await resp(scope, receive, send_with_header)
 
 
@@ -247,6 +257,8 @@ def _v2_routes(app: FastAPI, state: ReplicaState) -> None:
             return Response(status_code=499)
         except EngineClosedError as err:
             return v2_error(503, str(err))
+        except SequenceFailedError as err:
+            return v2_error(SEQUENCE_FAILED_STATUS, sequence_failed_message(err.error_id))
         body: dict[str, Any] = {
             "model_name": cfg.model,
             "model_version": cfg.version,
@@ -315,7 +327,10 @@ async def _lm_infer(
     t = _single_input(req, "text_input")
     (prompt,) = bytes_tensor(t, raw.get(t.name))
     params = {**(t.parameters or {}), **(req.parameters or {})}
-    opts = validate(GenerationOptions, params)
+    try:
+        opts = validate(GenerationOptions, params)
+    except BadRequest as err:
+        raise BadRequest(f"parameters.{err.message}", "parameters") from None
     stream = _submit(backend, prompt, opts)
     try:
         result = await _until_disconnect(request, stream.result())
@@ -346,11 +361,7 @@ def _openai_routes(app: FastAPI, state: ReplicaState) -> None:
     @app.post("/v1/completions")
     async def completions(request: Request) -> Response:
         try:
-            data = json.loads(await request.body())
-        except ValueError as err:
-            return openai_error(400, f"the body is not valid JSON: {err}")
-        try:
-            body = validate(CompletionBody, data)
+            body = validate(CompletionBody, parse_json(await request.body()))
         except BadRequest as err:
             return openai_error(400, err.message, err.param)
         backend = state.backend
@@ -375,6 +386,8 @@ def _openai_routes(app: FastAPI, state: ReplicaState) -> None:
             result = await _until_disconnect(request, stream.result())
         except ClientGone:
             return Response(status_code=499)
+        except SequenceFailedError as err:
+            return openai_error(SEQUENCE_FAILED_STATUS, sequence_failed_message(err.error_id), code=SEQUENCE_FAILED)
         finally:
             stream.cancel()
         if result.finish_reason == "abort":
@@ -418,8 +431,18 @@ async def _sse(stream: GenerationStream, cid: str, created: int, model: str) -> 
         else:
             err = {"message": "the request was aborted (the replica is shutting down)", "type": "server_error"}
             yield f"data: {json.dumps({'error': {**err, 'param': None, 'code': None}})}\n\n"
-    except Exception as exc:  # a failed engine step: tell the client in-band, the status line is already sent
-        err = {"message": f"generation failed: {exc}", "type": "server_error", "param": None, "code": None}
+    except SequenceFailedError as exc:  # this request alone failed: its own fault, the stream ends normally
+        err = {
+            "message": sequence_failed_message(exc.error_id),
+            "type": "invalid_request_error",
+            "param": None,
+            "code": SEQUENCE_FAILED,
+        }
+        yield f"data: {json.dumps({'error': err})}\n\ndata: [DONE]\n\n"
+    except Exception:  # a failed engine step: tell the client in-band (no [DONE]), the status line is already sent
+        error_id = new_error_id()
+        log.exception("stream %s failed (error id %s)", cid, error_id)
+        err = {"message": internal_error_message(error_id), "type": "server_error", "param": None, "code": None}
         yield f"data: {json.dumps({'error': err})}\n\n"
     finally:
         stream.cancel()

@@ -14,9 +14,9 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from runtime.openai_prompt import OnePrompt
+from runtime.sampling_params import SamplingOptions, UnsupportedCompletionFields
+from runtime.unicode_text import lone_surrogate_message, lone_surrogate_path
 from runtime.v2_binary import BinaryBodyError, binary_slices, decode_bytes_tensor, split_body
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class BadRequest(ValueError):
@@ -27,6 +27,21 @@ class BadRequest(ValueError):
         self.message, self.param = message, param
 
 
+def parse_json(body: bytes) -> Any:
+    """A JSON body as strict UTF-8, with no lone surrogate in any string or key; `BadRequest` naming the field."""
+    try:
+        text = body.decode("utf-8")
+        doc = json.loads(text)
+    except UnicodeDecodeError:
+        raise BadRequest("the body is not UTF-8") from None
+    except (ValueError, RecursionError) as err:
+        raise BadRequest(f"the body is not valid JSON: {err}") from None
+    bad = lone_surrogate_path(doc, text)
+    if bad is not None:
+        raise BadRequest(lone_surrogate_message(bad), bad.split(".")[0])
+    return doc
+
+
 def validate(model: type[BaseModel], data: Any) -> Any:
     """`model.model_validate(data)`, its first error turned into `BadRequest("field: problem", field)`."""
     try:
@@ -34,40 +49,24 @@ def validate(model: type[BaseModel], data: Any) -> Any:
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         loc = ".".join(str(p) for p in first["loc"]) or "body"
-        raise BadRequest(f"{loc}: {first['msg']}", loc.split(".")[0] if first["loc"] else None) from None
+        msg = first["msg"].removeprefix("Value error, ")
+        raise BadRequest(f"{loc}: {msg}", loc.split(".")[0] if first["loc"] else None) from None
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class GenerationOptions(_Body):
-    """Sampling fields shared by /v1/completions and LM v2 infer parameters."""
-
-    max_tokens: Annotated[int, Field(ge=1)] | None = 16
-    temperature: Annotated[float, Field(ge=0.0, le=2.0, allow_inf_nan=False)] = 1.0
-    top_p: Annotated[float, Field(gt=0.0, le=1.0, allow_inf_nan=False)] = 1.0
-    seed: Annotated[int, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
-    ignore_eos: bool = False
-    stop: str | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=4)] | None = None
-
-    @property
-    def tokens_to_generate(self) -> int:
-        return 16 if self.max_tokens is None else self.max_tokens
-
-    @property
-    def stop_strings(self) -> tuple[str, ...]:
-        if self.stop is None or self.stop == "":
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
+class GenerationOptions(_Body, SamplingOptions):
+    """Sampling fields shared by /v1/completions and LM v2 infer parameters (runtime/sampling_params.py: the same
+    rules as the gateway's)."""
 
 
-class CompletionBody(GenerationOptions, OnePrompt):
+class CompletionBody(GenerationOptions, UnsupportedCompletionFields, OnePrompt):
     """POST /v1/completions (OpenAI; `ignore_eos` is vLLM's extension). One prompt per request."""
 
     model: Annotated[str, Field(min_length=1)]
     stream: bool = False
-
 
 
 class V2Tensor(_Body):
@@ -98,11 +97,7 @@ def parse_v2(body: bytes, header_length: str | None) -> tuple[V2InferBody, dict[
         body, blob = split_body(body, header_length)
     except BinaryBodyError as err:
         raise BadRequest(str(err)) from None
-    try:
-        data = json.loads(body)
-    except ValueError as err:
-        raise BadRequest(f"the body is not valid JSON: {err}") from None
-    req = validate(V2InferBody, data)
+    req = validate(V2InferBody, parse_json(body))
     try:
         raw = binary_slices([(t.name, (t.parameters or {}).get("binary_data_size")) for t in req.inputs], blob)
     except BinaryBodyError as err:

@@ -232,7 +232,7 @@ def test_v2_metadata_infer_and_bad_tensors(env: Env) -> None:
     lm = {"inputs": [{"name": "text_input", "shape": [1], "datatype": "BYTES", "data": ["hi"]}]}
     assert env.http.post("/v2/models/chat/infer", json=lm, headers=auth()).status_code == 200
     neg = env.http.post("/v2/models/chat/infer", json={**lm, "parameters": {"max_tokens": -1}}, headers=auth())
-    assert neg.status_code == 400 and "max_tokens must be >= 1" in neg.json()["error"]
+    assert neg.status_code == 400 and "max_tokens: Input should be greater than or equal to 1" in neg.json()["error"]
     typ = env.http.post("/v2/models/chat/infer", json={**lm, "parameters": {"max_tokens": "9"}}, headers=auth())
     assert typ.status_code == 400 and "parameters.max_tokens" in typ.json()["error"]
     assert env.http.post("/v2/models/digits/infer", json=_v2(), headers=auth()).status_code == 200
