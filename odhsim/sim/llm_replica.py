@@ -6,6 +6,17 @@ one per *span* of pure decode steps during which the running batch does not chan
 of: a request finishing, the KV cache running out of blocks, or a new arrival (which shortens the span to the
 end of the step in flight, as vLLM would admit it at the next step). Time over a span comes in closed form from
 the latency model; `DecodeBatch` keeps the bookkeeping that makes a span O(1) in the batch size.
+
+Context limit: a request's `output_tokens` is the max_tokens its client sent (a trace replay sends the trace's
+output length with ignore_eos, as `odhsim replay` and `vllm bench serve` do). vLLM's OpenAI server refuses a
+request with HTTP 400 when prompt + max_tokens > max_model_len, before the engine sees it
+(vllm/entrypoints/openai/serving_engine.py, `OpenAIServing._validate_input`: "'max_tokens' or
+'max_completion_tokens' is too large" up to v0.17, "you requested M output tokens and your prompt contains T input
+tokens" since); the engine's own length cap (vllm/v1/core/sched/utils.py, `check_stop`: num_tokens >= max_model_len
+-> FINISHED_LENGTH_CAPPED) is reached only when max_tokens was not given, and the server then sets it to
+max_model_len - prompt, which is the same point. So the replica fails such a request at arrival with that reason
+(as this project's live replicas answer 400) instead of capping it: no request generates past max_model_len, and
+every `ok` row generated exactly its `output_tokens`.
 """
 
 from __future__ import annotations
@@ -48,6 +59,8 @@ class LlmReplica(ReplicaBase):
         self.watermark_blocks = max(1, int(0.01 * self.total_blocks))  # vLLM keeps 1% free for decode growth
         self.used_blocks = 0
         self.max_model_len = max_model_len
+        self._prompt_too_long = "prompt longer than the engine's max_model_len"
+        self._request_too_long = f"prompt + max_tokens > max_model_len {max_model_len} (vLLM answers 400)"
         self.waiting_q: deque[SimRequest] = deque()
         self.batch = DecodeBatch(self.bs)
         self.preemptions = 0
@@ -103,9 +116,11 @@ class LlmReplica(ReplicaBase):
         self._before_change()
         self.in_flight += 1
         req.replica = self.index
-        if self.max_model_len is not None and req.prompt_tokens >= self.max_model_len:
+        limit = self.max_model_len
+        if limit is not None and req.prompt_tokens + req.output_tokens > limit:
             self.in_flight -= 1
-            self.on_finish(req, self.env.now, STATUS_FAILED, "prompt longer than the engine's max_model_len")
+            reason = self._prompt_too_long if req.prompt_tokens >= limit else self._request_too_long
+            self.on_finish(req, self.env.now, STATUS_FAILED, reason)
             return
         if ceil_div(req.prompt_tokens + 1, self.bs) > self.total_blocks:
             self.in_flight -= 1
