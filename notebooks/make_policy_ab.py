@@ -80,9 +80,9 @@ cells = [
         if not TRACE.exists():
             raise FileNotFoundError(
                 f'This notebook replays the Mooncake conversation trace, expected at {TRACE} (the path in '
-                f'{SCENARIO}, relative to that file), and it is missing. Download it with '
-                '`odhsim traces fetch mooncake-conversation` and point workload.sources[0].path of the scenario '
-                'at conversation_trace.jsonl.'
+                f'{SCENARIO}, relative to that file), and it is missing: the repository carries it as '
+                'traces/mooncake/conversation_trace.jsonl (restore it with `git checkout -- traces/`, or '
+                '`odhsim traces fetch mooncake-conversation --dest traces/mooncake`).'
             )
         print(f'trace: {TRACE}; arrivals spread over jitter_s = {JITTER_S:g} s')
         """

@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED = REPO_ROOT.parent / "shared" / "data"
-AZURE_CONV = SHARED / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
+AZURE_CONV = REPO_ROOT / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"  # committed (CC-BY-4.0)
 
 
 def _peak_rss_mb() -> float:

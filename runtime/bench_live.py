@@ -5,7 +5,7 @@
 2. Continuous batching: `runtime.bench_batching.measure_batching` on the scenario's LM (tokens/s at 16 in flight
    vs one at a time, in-process).
 3. A replay of 2,000 requests shaped like the Azure LLM conversation trace (the first 2,000 rows of
-   ../shared/data's copy when present, else a generated workload of the same shape) with prompt and output token
+   the repository's copy in traces/, else a generated workload of the same shape) with prompt and output token
    counts divided by 8 and time compressed so it lasts about a minute: what a 2-core CPU can serve. Zero errors
    are expected; TTFT and end-to-end percentiles are reported.
 4. Priority under overload: `runtime.bench_priority` (its own `odhsim serve`, see that module).

@@ -1,4 +1,4 @@
-"""Shared test helpers: where the shared public data lives, and small scenario builders."""
+"""Shared test helpers: where the repository's public data lives, and small scenario builders."""
 
 from __future__ import annotations
 
@@ -8,14 +8,15 @@ from typing import Any
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+DATA_DIR = REPO_ROOT / "traces"
+"""The public data the repository carries (traces, Splitwise's perf_model.csv, prices): see traces/README.md."""
 
 
-def shared_file(*parts: str) -> Path:
-    """A file under ../shared/data, or skip the test when this checkout has no shared data."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"shared data not available: {path}")
+def data_file(*parts: str) -> Path:
+    """A committed data file under traces/; a missing one FAILS the test (every clone carries them, so never skip)."""
+    path = DATA_DIR.joinpath(*parts)
+    if not path.is_file():
+        pytest.fail(f"committed data file missing: {path} (traces/README.md lists what the repository carries)")
     return path
 
 

@@ -9,9 +9,10 @@ import pytest
 
 from odhsim import catalog
 from odhsim.errors import CatalogError
+from tests.conftest import DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-PRICES_CSV = REPO.parent / "shared" / "data" / "pricing" / "aws_gpu_ondemand_skypilot_catalog.csv"
+PRICES_CSV = DATA_DIR / "pricing" / "aws_gpu_ondemand_skypilot_catalog.csv"
 
 EXPECTED_GPUS = ["A100-40GB", "A100-80GB", "H100-80GB", "H200", "L40S", "A10G", "L4", "T4"]
 EXPECTED_MODELS = ["llama2-7b", "llama2-13b", "llama2-70b", "llama3-8b", "llama3-70b", "bloom-176b"]
@@ -58,7 +59,6 @@ def test_key_datasheet_figures() -> None:
     assert catalog.gpu("H200").memory_gb == 141
 
 
-@pytest.mark.skipif(not PRICES_CSV.exists(), reason="../shared/data is not present")
 def test_prices_match_the_skypilot_snapshot() -> None:
     prices = pd.read_csv(PRICES_CSV).set_index("InstanceType")["price_per_gpu_hour"]
     rows = {

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from odhsim.cli import app
-from tests.conftest import REPO_ROOT, shared_file
+from tests.conftest import REPO_ROOT, data_file
 
 runner = CliRunner()
 
@@ -78,7 +78,7 @@ def test_bad_override_is_a_clear_error() -> None:
 
 
 def test_traces_info_on_the_azure_trace() -> None:
-    path = shared_file("traces", "azure_llm_2023", "AzureLLMInferenceTrace_conv.csv")
+    path = data_file("azure_llm_2023", "AzureLLMInferenceTrace_conv.csv")
     result = runner.invoke(app, ["traces", "info", str(path)])
     assert result.exit_code == 0, result.output
     assert "19366" in result.output.replace(",", "")
@@ -93,7 +93,7 @@ def test_traces_info_malformed_names_line(tmp_path: Path) -> None:
 
 
 def test_profiles_fit_prints_held_out_error() -> None:
-    shared_file("profiles", "splitwise", "perf_model.csv")
+    data_file("splitwise", "perf_model.csv")
     result = runner.invoke(app, ["profiles", "fit"])
     assert result.exit_code == 0, result.output
     assert "target < 10%: ok" in result.output

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from odhsim.scenario.load import scenario_from_dict
 from odhsim.sim.run import simulate
-from tests.conftest import shared_file
+from tests.conftest import data_file
 
 
 def llm_scenario(**over: Any) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def test_hard_stop_reports_requests_in_flight() -> None:
 
 
 def test_prefix_aware_routing_reuses_cached_prefixes_on_mooncake() -> None:
-    path = shared_file("traces", "mooncake", "conversation_trace.jsonl")
+    path = data_file("mooncake", "conversation_trace.jsonl")
 
     def run(profile: str) -> dict[str, Any]:
         sc = llm_scenario(

@@ -2,7 +2,7 @@
 
 Runs `scenarios/mooncake_prefix.yaml` (6 x llama3.1-8b / H100 with a host-memory prefix tier) on 3 common seeds,
 as `notebooks/policy_ab.ipynb` does, and round robin vs llm-d on the trace's raw (3-second-quantized) timestamps,
-where llm-d's routing concentrates same-instant bursts. Skipped when the shared copy of the trace is absent.
+where llm-d's routing concentrates same-instant bursts. The trace is the repository's copy (traces/mooncake).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 
 from odhsim.analysis import Comparison, parse_variants, run_comparison
 from odhsim.analysis.diagnostics import burst_concentration
-from tests.conftest import REPO_ROOT, shared_file
+from tests.conftest import REPO_ROOT, data_file
 
 SCENARIO = REPO_ROOT / "scenarios" / "mooncake_prefix.yaml"
 VARIANTS = ("rr=round-robin", "lr=least-request", "llmd=llm-d-default")
@@ -24,7 +24,7 @@ SEEDS = 3
 
 @pytest.fixture(scope="module")
 def comparison() -> Comparison:
-    shared_file("traces", "mooncake", "conversation_trace.jsonl")
+    data_file("mooncake", "conversation_trace.jsonl")
     return run_comparison(SCENARIO, parse_variants(VARIANTS), seeds=SEEDS, keep_results=True)
 
 
@@ -93,7 +93,7 @@ def test_llmd_default_has_a_lower_ttft_p50_than_round_robin(comparison: Comparis
 @pytest.fixture(scope="module")
 def raw_comparison() -> Comparison:
     """rr vs llmd replaying the trace's raw timestamps, quantized to ~3 s: each instant is a burst."""
-    shared_file("traces", "mooncake", "conversation_trace.jsonl")
+    data_file("mooncake", "conversation_trace.jsonl")
     variants = parse_variants([VARIANTS[0], VARIANTS[2]])
     return run_comparison(
         SCENARIO, variants, seeds=SEEDS, overrides=["workload.sources[0].jitter_s=0"], keep_results=True

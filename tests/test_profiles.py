@@ -17,12 +17,12 @@ from odhsim.errors import CatalogError
 from odhsim.profiles import LatencyModel, latency_model
 from odhsim.profiles.latency import COEFFICIENT_FIELDS, COEFFICIENTS_PATH, load_coefficients
 from odhsim.profiles.roofline import CALIBRATED, roofline_model
+from tests.conftest import DATA_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-PERF_CSV = REPO.parent / "shared" / "data" / "profiles" / "splitwise" / "perf_model.csv"
-needs_data = pytest.mark.skipif(not PERF_CSV.exists(), reason="../shared/data is not present")
+PERF_CSV = DATA_DIR / "splitwise" / "perf_model.csv"  # committed: a missing copy fails these tests
 
-# Facts from ../shared/data/README.md: llama2-70b TP8, batch 1, 512-token prompt, medians over 45 rows (seconds)
+# Facts read off traces/splitwise/perf_model.csv: llama2-70b TP8, batch 1, 512-token prompt, 45-row medians (s)
 MEASURED = {"H100-80GB": (0.054, 0.0306), "A100-80GB": (0.093, 0.045)}
 
 
@@ -154,7 +154,6 @@ def test_bigger_gpus_are_faster() -> None:
     assert fast.prefill_s(2048) < slow.prefill_s(2048)
 
 
-@needs_data
 def test_holdout_error_below_ten_percent() -> None:
     from odhsim.profiles.fit import evaluate_holdout
 
@@ -168,7 +167,6 @@ def test_holdout_error_below_ten_percent() -> None:
     assert (groups["decode_mdape_pct"] < 5.0).all()
 
 
-@needs_data
 def test_committed_coefficients_match_a_fresh_fit() -> None:
     from odhsim.profiles.fit import fit_profiles
 
@@ -180,7 +178,6 @@ def test_committed_coefficients_match_a_fresh_fit() -> None:
             assert committed[key][name] == pytest.approx(entry[name], rel=1e-4, abs=1e-12), (key, name)
 
 
-@needs_data
 def test_roofline_within_25_percent_of_measurements() -> None:
     from odhsim.profiles.roofline import roofline_errors
 
@@ -190,7 +187,6 @@ def test_roofline_within_25_percent_of_measurements() -> None:
     assert (table["decode_mdape_pct"] < 25.0).all()
 
 
-@needs_data
 def test_calibration_reproduces_committed_factors() -> None:
     from odhsim.profiles.roofline import calibrate_roofline, rounded
 
@@ -199,7 +195,6 @@ def test_calibration_reproduces_committed_factors() -> None:
         assert getattr(fresh, field.name) == pytest.approx(getattr(CALIBRATED, field.name), rel=0.05), field.name
 
 
-@needs_data
 def test_run_fit_returns_tables() -> None:
     from odhsim.profiles.fit import run_fit
 

@@ -1,4 +1,4 @@
-"""Trace catalogue and downloader, tested offline with httpx.MockTransport serving the local ../shared copies."""
+"""Trace catalogue and downloader, tested offline with httpx.MockTransport serving the repository's copies."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from odhsim.workload.catalog import (
     load_catalog,
     sha256_file,
 )
+from tests.conftest import DATA_DIR, data_file
 
-TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
+TRACES = DATA_DIR
 LOCAL = {
     "azure-2023-conv": TRACES / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv",
     "azure-2023-code": TRACES / "azure_llm_2023" / "AzureLLMInferenceTrace_code.csv",
@@ -55,18 +56,15 @@ def test_catalogue_lists_the_public_traces() -> None:
 
 
 @pytest.mark.parametrize("name", sorted(LOCAL))
-def test_recorded_checksums_match_the_shared_copies(name: str) -> None:
-    if not LOCAL[name].is_file():
-        pytest.skip("shared traces not present")
+def test_recorded_checksums_match_the_committed_copies(name: str) -> None:
+    data_file(*LOCAL[name].relative_to(DATA_DIR).parts)
     entry = get_entry(name)
     assert sha256_file(LOCAL[name]) == entry.sha256
     assert LOCAL[name].stat().st_size == entry.bytes
 
 
 def test_fetch_verifies_and_renames_into_place(tmp_path: Path) -> None:
-    src = LOCAL["mooncake-conversation"]
-    if not src.is_file():
-        pytest.skip("shared traces not present")
+    src = data_file("mooncake", "conversation_trace.jsonl")
     client, seen = serving(src.read_bytes())
     path = fetch_trace("mooncake-conversation", tmp_path / "dl", client)
     assert path == tmp_path / "dl" / "conversation_trace.jsonl"

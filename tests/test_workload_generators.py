@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,8 +27,9 @@ from odhsim.workload.generators import (
 )
 from odhsim.workload.loaders import summarize
 from odhsim.workload.schema import NO_SESSION, RequestBatch, concat
+from tests.conftest import DATA_DIR, data_file
 
-TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
+TRACES = DATA_DIR
 CONV_2023 = "azure_llm_2023/AzureLLMInferenceTrace_conv.csv"
 COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens", "model", "priority", "tenant", "session", "block_ids")
 
@@ -233,8 +233,7 @@ def test_adding_a_source_keeps_the_others_numbers() -> None:
 
 
 def test_build_with_traces() -> None:
-    if not (TRACES / "mooncake" / "conversation_trace.jsonl").is_file():
-        pytest.skip("shared traces not present")
+    data_file("mooncake", "conversation_trace.jsonl")
     cfg = {
         "sources": [
             {"kind": "trace", "path": "mooncake/conversation_trace.jsonl", "window": [0, 600], "time_scale": 0.5},

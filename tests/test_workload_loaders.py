@@ -1,4 +1,4 @@
-"""Trace loaders: real public traces (skipped when ../shared/data is absent) and synthetic good/bad files."""
+"""Trace loaders: the real public traces the repository carries (traces/) and synthetic good/bad files."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import pytest
 from odhsim.errors import TraceError
 from odhsim.workload.loaders import MOONCAKE_BLOCK_TOKENS, open_trace, summarize, trace_info
 from odhsim.workload.schema import NO_SESSION, PRIORITY_CLASSES, RequestBatch, concat
+from tests.conftest import DATA_DIR, data_file
 
-TRACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "traces"
+TRACES = DATA_DIR
 CONV = TRACES / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
 CODE = TRACES / "azure_llm_2023" / "AzureLLMInferenceTrace_code.csv"
 WEEK = TRACES / "azure_llm_2024" / "AzureLLMInferenceTrace_1week_rows_from_notebook.csv"
@@ -21,9 +22,7 @@ COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens", "model", "priority", "
 
 
 def need(path: Path) -> Path:
-    if not path.is_file():
-        pytest.skip(f"{path} not present")
-    return path
+    return data_file(*path.relative_to(DATA_DIR).parts)  # fails, never skips, when a committed trace is missing
 
 
 def load(path: Path, **kw: object) -> RequestBatch:

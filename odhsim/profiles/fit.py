@@ -1,8 +1,9 @@
 """Fit LatencyModel coefficients to Splitwise's measured latencies (perf_model.csv) and check them on held-out rows.
 
-The table is read from ../shared/data at fit time only and never copied into the repository: only the fitted
-coefficients (odhsim/data/latency_coefficients.json) are committed. Fits minimise RELATIVE error (non-negative
-least squares on rows weighted by 1/y) because the acceptance metric is the median absolute percentage error.
+The table is the repository's copy, traces/splitwise/perf_model.csv (MIT, see traces/README.md), read at fit time
+only: the simulator loads the fitted coefficients (odhsim/data/latency_coefficients.json), never the table.
+Fits minimise RELATIVE error (non-negative least squares on rows weighted by 1/y) because the acceptance metric is
+the median absolute percentage error.
 The prefill knee is picked from KNEE_GRID: for a fixed knee the model is linear, so each candidate is one NNLS.
 """
 
@@ -21,7 +22,7 @@ from odhsim.errors import OdhsimError
 from odhsim.profiles.latency import COEFFICIENT_FIELDS, COEFFICIENTS_PATH, LatencyModel, profile_key
 
 REPO_ROOT = Path(odhsim.__file__).resolve().parents[1]
-DEFAULT_PERF_CSV = REPO_ROOT.parent / "shared" / "data" / "profiles" / "splitwise" / "perf_model.csv"
+DEFAULT_PERF_CSV = REPO_ROOT / "traces" / "splitwise" / "perf_model.csv"
 HARDWARE_NAMES = {"a100-80gb": "A100-80GB", "h100-80gb": "H100-80GB", "h100-80gb-pcap": "H100-80GB-PCAP"}
 HOLDOUT_PROMPTS = frozenset({256, 1024, 4096})
 HOLDOUT_BATCHES = frozenset({2, 8, 32})
@@ -41,7 +42,7 @@ def load_measurements(csv_path: Path | str = DEFAULT_PERF_CSV) -> tuple[pd.DataF
     """
     path = Path(csv_path)
     if not path.exists():
-        raise OdhsimError(f"profile data not found: {path} (it lives in ../shared/data and is not shipped)")
+        raise OdhsimError(f"profile data not found: {path} (the repository's copy is traces/splitwise/perf_model.csv)")
     raw = pd.read_csv(path)
     raw = raw.assign(gpu=raw["hardware"].map(lambda h: HARDWARE_NAMES.get(h, h.upper())), tp=raw["tensor_parallel"])
     keys = [*GROUP, "prompt_size", "batch_size"]
