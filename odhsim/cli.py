@@ -211,7 +211,7 @@ def traces_fetch(
 @profiles_app.command("fit")
 @user_errors
 def profiles_fit(
-    csv: Annotated[Path | None, typer.Option(help="Splitwise perf_model.csv (default: ../shared/data/...).")] = None,
+    csv: Annotated[Path | None, typer.Option(help="Splitwise perf_model.csv (default: traces/splitwise/).")] = None,
     write: Annotated[bool, typer.Option(help="Rewrite odhsim/data/latency_coefficients.json from all rows.")] = False,
 ) -> None:
     """Refit the latency profiles and print the error on held-out prompt/batch sizes."""
