@@ -6,6 +6,7 @@ available names is easy to read and a duplicate name is caught instead of silent
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,16 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from policies.errors import PolicyConfigError
 
 Factory = Callable[[Any, np.random.Generator], object]
+
+
+def _problem(error: Any, model: type[BaseModel]) -> str:
+    """pydantic's message; for an unknown top-level key, the closest parameter name (or the known ones)."""
+    loc = error["loc"]
+    if error["type"] != "extra_forbidden" or len(loc) != 1:
+        return str(error["msg"])
+    known = list(model.model_fields)
+    close = difflib.get_close_matches(str(loc[0]), known, n=1, cutoff=0.6)
+    return f"unknown parameter; did you mean {close[0]!r}?" if close else f"unknown parameter; known: {known}"
 
 
 class PolicyParams(BaseModel):
@@ -88,7 +99,8 @@ class Registry:
             return entry.params_model.model_validate(params or {})
         except ValidationError as err:
             problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {e['msg']}" for e in err.errors()
+                f"{'.'.join(str(p) for p in e['loc']) or '(params)'}: {_problem(e, entry.params_model)}"
+                for e in err.errors()
             )
             raise PolicyConfigError(f"invalid params for {kind} '{name}': {problems}") from None
 

@@ -15,7 +15,9 @@ from policies.lifecycle.storage import UnknownStorageScheme, parse_storage_uri
 
 
 class Frozen(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """Scenario sections: unknown keys and non-finite numbers (an infinite duration never ends a run) refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FieldPathError(ValueError):
@@ -65,12 +67,19 @@ class GpuPool(Frozen):
         return _canonical_gpu(v)
 
 
+VLLM_BLOCK_SIZES = (1, 8, 16, 32, 64, 128, 256)
+"""The KV block sizes vLLM accepts: `BlockSize = Literal[1, 8, 16, 32, 64, 128, 256]` in vLLM's
+vllm/config/cache.py (older releases stopped at 128; the newest check block_size against each attention
+backend's supported kernel sizes instead)."""
+
+
 class EngineLimits(Frozen):
     """vLLM-like engine limits (names follow vLLM's engine arguments)."""
 
     max_num_seqs: Annotated[int, Field(ge=1)] = 256
     max_num_batched_tokens: Annotated[int, Field(ge=16)] = 16384
-    block_size: Annotated[int, Field(ge=1, le=1024)] = 16
+    block_size: int = 16
+    """Tokens per KV block; one of VLLM_BLOCK_SIZES, as vLLM refuses others."""
     gpu_memory_utilization: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     enable_prefix_caching: bool = True
     scheduler: Literal["chunked-prefill", "prefill-first"] = "chunked-prefill"
@@ -83,6 +92,13 @@ class EngineLimits(Frozen):
     max_model_len: Annotated[int, Field(ge=16)] | None = None
     """Longest context a request may have (vLLM's max_model_len); default: the model's own maximum. The KV
     cache must hold at least one sequence of this length, and longer prompts are refused."""
+
+    @field_validator("block_size")
+    @classmethod
+    def _vllm_block_size(cls, v: int) -> int:
+        if v not in VLLM_BLOCK_SIZES:
+            raise ValueError(f"block_size {v} is not one vLLM accepts: {', '.join(map(str, VLLM_BLOCK_SIZES))}")
+        return v
 
 
 class ServiceTime(Frozen):
@@ -170,6 +186,24 @@ class ModelDeployment(Frozen):
     @property
     def gpus_per_replica(self) -> int:
         return self.tp * self.pp
+
+    def tp_problem(self) -> str | None:
+        """Why vLLM would refuse this model's tensor-parallel degree, or None. vLLM's ModelConfig checks that tp
+        divides the attention heads (vllm/config: verify_with_parallel_config), and its QKV projection either
+        splits the KV heads over the ranks or replicates them, so tp must divide them or be a multiple of them."""
+        if self.kind != "llm" or self.profile is None:
+            return None
+        spec = catalog.model(self.profile)
+        heads, kv = spec.num_heads, spec.num_kv_heads
+        ok = [t for t in range(1, 65) if heads % t == 0 and (kv % t == 0 or t % kv == 0)]
+        if heads % self.tp:
+            return f"tp={self.tp} does not divide {spec.name}'s {heads} attention heads; vLLM allows tp in {ok}"
+        if kv % self.tp and self.tp % kv:
+            return (
+                f"tp={self.tp} neither divides {spec.name}'s {kv} KV heads nor is a multiple of them; "
+                f"vLLM allows tp in {ok}"
+            )
+        return None
 
     def canary_deployment(self) -> ModelDeployment | None:
         """The canary's full deployment: this model's fields with the canary's overrides (validated on load)."""

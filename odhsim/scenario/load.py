@@ -1,25 +1,32 @@
 """Reading scenario files: YAML -> dict -> (overrides) -> Scenario, with errors that name file, line and field.
 
-Loading has no side effects: nothing is written and no trace is opened here.
+Loading writes nothing and, unless `check_files` is asked for, opens no trace: `odhsim validate` asks, so a
+missing trace, a missing column or a header-only file is reported with the line of the field that names it.
 """
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
-from odhsim.errors import ScenarioError
+from odhsim.errors import OdhsimError, ScenarioError
+from odhsim.scenario.checks import NON_FINITE_HINT, non_finite
 from odhsim.scenario.deployment import FieldPathError
+from odhsim.scenario.fieldpaths import Loc, field_names, yaml_loc
 from odhsim.scenario.model import Scenario
+from odhsim.workload.build import resolve_trace_path, trace_refs
+from odhsim.workload.loaders import open_trace
 
 _PATH_TOKEN = re.compile(r"([A-Za-z0-9_\-]+)|\[(\d+)\]")
 
 
-def _format_loc(loc: tuple[int | str, ...]) -> str:
+def _format_loc(loc: Loc) -> str:
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -29,15 +36,44 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return out or "(top level)"
 
 
-def yaml_lines(text: str) -> dict[tuple[int | str, ...], int]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last one
+    silently, so a typo'd copy of a section would win without a word). Merge keys (`<<`) may still override."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first given on line {first})", key_node.start_mark
+                    )
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load(text: str) -> Any:
+    """yaml.safe_load that refuses duplicate keys in a mapping."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def yaml_lines(text: str) -> dict[Loc, int]:
     """Map each field path in a YAML document to its 1-based line, so errors can point at the line."""
-    lines: dict[tuple[int | str, ...], int] = {}
+    lines: dict[Loc, int] = {}
     try:
         root = yaml.compose(text)
     except yaml.YAMLError:
         return lines
 
-    def walk(node: yaml.Node, path: tuple[int | str, ...]) -> None:
+    def walk(node: yaml.Node, path: Loc) -> None:
         lines[path] = node.start_mark.line + 1
         if isinstance(node, yaml.MappingNode):
             for key, value in node.value:
@@ -54,30 +90,50 @@ def yaml_lines(text: str) -> dict[tuple[int | str, ...], int]:
     return lines
 
 
-def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
+def _clean_loc(loc: Loc) -> Loc:
     """Drop pydantic's internal loc parts (union branch tags, validator names) so paths read like the YAML."""
     return tuple(p for p in loc if isinstance(p, int) or not str(p).startswith(("function-", "tagged-union")))
 
 
-def validation_message(err: ValidationError, source: str, lines: dict[tuple[int | str, ...], int]) -> str:
+def where(loc: Loc, source: str, lines: Mapping[Loc, int], set_by: Mapping[Loc, str] | None = None) -> str:
+    """What to blame for the value at `loc`: the `--set` that wrote it, else the file and the nearest line."""
+    for path, item in (set_by or {}).items():
+        if loc[: len(path)] == path or (path[: len(loc)] == loc and loc not in lines):
+            return f"--set {item}"
+    line = None
+    probe = loc
+    while probe and line is None:
+        line = lines.get(probe)
+        probe = probe[:-1]
+    return f"{source} line {line}" if line else source
+
+
+def _unknown_field(err: Any, loc: Loc, shown: Loc) -> str:
+    """'unknown field X', with the closest known field name of that section (or the known names)."""
+    known = field_names(err.title, loc[:-1])
+    msg = f"unknown field {shown[-1]!r}"
+    close = difflib.get_close_matches(str(shown[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"{msg}; did you mean {close[0]!r}?"
+    return f"{msg}; known: {', '.join(known)}" if known else msg
+
+
+def validation_message(
+    err: ValidationError, source: str, lines: Mapping[Loc, int], set_by: Mapping[Loc, str] | None = None
+) -> str:
     parts = []
     for e in err.errors():
         loc = _clean_loc(tuple(e["loc"]))
         cause = e.get("ctx", {}).get("error")
         if isinstance(cause, FieldPathError):  # a validator named the field below the model it checked
             loc = (*loc, *cause.loc)
-        line = None
-        probe = loc
-        while probe and line is None:
-            line = lines.get(probe)
-            probe = probe[:-1]
-        where = f"{source} line {line}" if line else source
+        shown = yaml_loc(err.title, loc)
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
-            msg = f"unknown field {loc[-1]!r}"
+            msg = _unknown_field(err, loc, shown)
         elif e["type"] == "missing":
             msg = "required field is missing"
-        parts.append(f"{where}: {_format_loc(loc)}: {msg}")
+        parts.append(f"{where(shown, source, lines, set_by)}: {_format_loc(shown)}: {msg}")
     return "\n".join(parts)
 
 
@@ -107,7 +163,7 @@ def parse_overrides(items: list[str] | None) -> list[tuple[list[int | str], Any]
             raise ScenarioError(f"--set {item!r}: expected path=value, for example models[0].replicas=4")
         path, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = safe_load(raw) if raw != "" else ""
         except yaml.YAMLError as err:
             raise ScenarioError(f"--set {item!r}: value is not valid YAML ({err})") from None
         out.append((parse_path(path.strip()), value))
@@ -140,20 +196,60 @@ def apply_overrides(data: dict[str, Any], overrides: list[tuple[list[int | str],
     return data
 
 
+def override_sources(items: list[str] | None) -> dict[Loc, str]:
+    """Field path -> the `--set` item that wrote it, so an error about that value blames the option, not a line."""
+    return {tuple(path): item for item in items or [] for path, _ in parse_overrides([item])}
+
+
+def _refuse_non_finite(
+    value: Any, title: str, source: str, lines: Mapping[Loc, int], set_by: Mapping[Loc, str] | None
+) -> None:
+    bad = list(non_finite(value))
+    if bad:
+        raise ScenarioError(
+            "\n".join(
+                f"{where(yaml_loc(title, loc), source, lines, set_by)}: {_format_loc(yaml_loc(title, loc))}: "
+                f"{v} {NON_FINITE_HINT}"
+                for loc, v in bad
+            )
+        )
+
+
 def scenario_from_dict(
     data: dict[str, Any],
     *,
     source: str = "<scenario>",
-    lines: dict[tuple[int | str, ...], int] | None = None,
+    lines: dict[Loc, int] | None = None,
     base_dir: Path | None = None,
+    set_by: Mapping[Loc, str] | None = None,
 ) -> Scenario:
+    """Validate a scenario mapping. Every number must be finite (an infinite duration never ends a run): YAML's
+    `.inf`/`.nan` are refused before validation, and strings such as "inf" that a float field parsed, after."""
+    lines = lines or {}
+    _refuse_non_finite(data, "Scenario", source, lines, set_by)
     try:
-        return Scenario.model_validate(data, context={"base_dir": base_dir or Path.cwd()})
+        sc = Scenario.model_validate(data, context={"base_dir": base_dir or Path.cwd()})
     except ValidationError as err:
-        raise ScenarioError(validation_message(err, source, lines or {})) from None
+        raise ScenarioError(validation_message(err, source, lines, set_by)) from None
+    _refuse_non_finite(sc, "Scenario", source, lines, set_by)
+    return sc
 
 
-def read_yaml_file(path: Path, label: str) -> tuple[Any, dict[tuple[int | str, ...], int]]:
+def check_trace_files(
+    sc: Scenario, *, source: str, lines: Mapping[Loc, int], set_by: Mapping[Loc, str] | None = None
+) -> None:
+    """Open every trace the workload names, reading only its header and first data row: the file exists, its
+    format is known, the required columns are there and it has at least one request. Errors name the field."""
+    model_names = [m.name for m in sc.models]
+    for loc, ref in trace_refs(sc.workload):
+        try:
+            path = resolve_trace_path(ref.path, sc.base_dir, _format_loc(loc))
+            open_trace(path, ref.format, trace_filter=ref.trace_filter, model_names=model_names)
+        except OdhsimError as err:
+            raise ScenarioError(f"{where(loc, source, lines, set_by)}: {_format_loc(loc)}: {err}") from None
+
+
+def read_yaml_file(path: Path, label: str) -> tuple[Any, dict[Loc, int]]:
     """Parse a YAML file: (data, field path -> line). Errors name `label` (the file, or what it is for) and the
     line, never a traceback."""
     try:
@@ -163,7 +259,7 @@ def read_yaml_file(path: Path, label: str) -> tuple[Any, dict[tuple[int | str, .
     except OSError as err:
         raise ScenarioError(f"{label}: cannot read ({err.strerror})") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -172,7 +268,7 @@ def read_yaml_file(path: Path, label: str) -> tuple[Any, dict[tuple[int | str, .
     return data, yaml_lines(text)
 
 
-def read_scenario_dict(path: Path) -> tuple[dict[str, Any], dict[tuple[int | str, ...], int]]:
+def read_scenario_dict(path: Path) -> tuple[dict[str, Any], dict[Loc, int]]:
     if not path.exists():
         raise ScenarioError(f"{path}: no such scenario file")
     data, lines = read_yaml_file(path, str(path))
@@ -181,9 +277,14 @@ def read_scenario_dict(path: Path) -> tuple[dict[str, Any], dict[tuple[int | str
     return data, lines
 
 
-def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
-    """Load and validate a scenario file, applying `--set path=value` overrides first."""
+def load_scenario(path: str | Path, overrides: list[str] | None = None, *, check_files: bool = False) -> Scenario:
+    """Load and validate a scenario file, applying `--set path=value` overrides first; with `check_files`, also
+    open the traces it names (header and first row; see `check_trace_files`)."""
     p = Path(path)
     data, lines = read_scenario_dict(p)
     data = apply_overrides(data, parse_overrides(overrides))
-    return scenario_from_dict(data, source=str(p), lines=lines, base_dir=p.resolve().parent)
+    set_by = override_sources(overrides)
+    sc = scenario_from_dict(data, source=str(p), lines=lines, base_dir=p.resolve().parent, set_by=set_by)
+    if check_files:
+        check_trace_files(sc, source=str(p), lines=lines, set_by=set_by)
+    return sc

@@ -147,6 +147,9 @@ class Scenario(Frozen):
                         (*at, "tp"),
                         f"model '{m.name}': tp={d.tp} exceeds gpus_per_node={pool.gpus_per_node} for {d.gpu}",
                     )
+                why = d.tp_problem()
+                if why is not None:
+                    raise FieldPathError((*at, "tp"), f"model '{m.name}': {why}")
                 if d.pp > pool.nodes_with(d.tp):
                     raise FieldPathError(
                         (*at, "pp"),
@@ -161,6 +164,18 @@ class Scenario(Frozen):
                 )
         if self.hard_stop_s is not None and self.duration_s is not None and self.hard_stop_s < self.duration_s:
             raise ValueError("hard_stop_s must not be before duration_s")
+        return self
+
+    @model_validator(mode="after")
+    def _workload_names_models(self) -> Scenario:
+        """Model weights in the workload (and each source's) name served models: a typo would send no traffic."""
+        names = [m.name for m in self.models]
+        sections = [(("workload", "models"), self.workload.models)]
+        sections += [(("workload", "sources", i, "models"), s.models) for i, s in enumerate(self.workload.sources)]
+        for at, weights in sections:
+            for key in weights or {}:
+                if key not in names:
+                    raise FieldPathError((*at, key), f"unknown model {key!r}; known: {', '.join(names)}")
         return self
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@ detection, and the streaming workload summary. Kept apart from `loaders` so each
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import re
@@ -20,6 +21,10 @@ from odhsim.workload.schema import RequestBatch
 
 AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
 PLAIN_COLUMNS = ("arrival_s", "prompt_tokens", "output_tokens")
+MAX_TOKENS = 10_000_000
+"""The most prompt or output tokens one request may have: ten times the longest context of any served model
+(Llama 4 Scout: 10 M). Larger counts are malformed rows; the token histograms are sized by the largest count,
+so an unbounded one (1e12) would need terabytes."""
 KEEP_LINES = 10
 """How many skipped line numbers `TraceStats.skipped_lines` keeps."""
 
@@ -54,32 +59,37 @@ class Checker:
             self.bad |= mask
 
 
-def _shown(v: object) -> str:
+def shown(v: object) -> str:
+    """A cell as a message shows it: strings quoted, numbers plain (str(np.float64(nan)) is 'nan', not its repr)."""
     return repr(v) if isinstance(v, str) else str(v)
 
 
-def int_column(chk: Checker, col: pd.Series, label: str) -> np.ndarray:
-    """Integer column; non-integers and negatives are flagged (and zeroed)."""
+def int_column(chk: Checker, col: pd.Series, label: str, maximum: int | None = None) -> np.ndarray:
+    """Integer column; non-integers, negatives and values above `maximum` are flagged (and zeroed)."""
     if pd.api.types.is_integer_dtype(col.dtype):
-        vals = col.to_numpy(np.int64)
+        num = col.to_numpy(np.int64)
     else:
         num = pd.to_numeric(col, errors="coerce").to_numpy(np.float64, na_value=np.nan)
         bad = ~np.isfinite(num) | (num != np.floor(num))
         chk.flag(
             bad,
             lambda i: (
-                f"{label} {_shown(col.iloc[i])} is not an integer" if pd.notna(col.iloc[i]) else f"{label} is missing"
+                f"{label} {shown(col.iloc[i])} is not an integer" if pd.notna(col.iloc[i]) else f"{label} is missing"
             ),
         )
-        vals = np.where(bad, 0, num).astype(np.int64)
-    chk.flag(vals < 0, lambda i: f"{label} {vals[i]} is negative")
-    return np.maximum(vals, 0)
+        num = np.where(bad, 0, num)
+    chk.flag(num < 0, lambda i: f"{label} {int(num[i])} is negative")
+    if maximum is not None:
+        big = num > maximum
+        chk.flag(big, lambda i: f"{label} {int(num[i])} exceeds the maximum of {maximum:,}")
+        num = np.where(big, 0, num)  # before the cast: 1e30 does not fit an int64
+    return np.maximum(num, 0).astype(np.int64)
 
 
 def name_column(chk: Checker, col: pd.Series, label: str, names: Sequence[str]) -> np.ndarray:
     index = {n: i for i, n in enumerate(names)}
     codes = col.map(index).to_numpy(np.float64, na_value=np.nan)
-    chk.flag(np.isnan(codes), lambda i: f"{label} {_shown(col.iloc[i])} is not one of {list(names)}")
+    chk.flag(np.isnan(codes), lambda i: f"{label} {shown(col.iloc[i])} is not one of {list(names)}")
     return np.nan_to_num(codes).astype(np.int64)
 
 
@@ -88,6 +98,19 @@ def read_header(path: Path) -> list[str]:
         return [str(c) for c in pd.read_csv(path, nrows=0).columns]
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
         raise TraceError(f"{path}: cannot read a CSV header ({e})") from None
+
+
+def has_data_row(path: Path, *, json_lines: bool) -> bool:
+    """Whether a trace has a non-blank line after its header (JSON lines: at all), reading no further."""
+    opener: Any = gzip.open if path.name.endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            lines = iter(f)
+            if not json_lines:
+                next(lines, None)
+            return any(text.strip() for text in lines)
+    except (OSError, EOFError) as e:
+        raise TraceError(f"{path}: cannot read ({e})") from None
 
 
 def detect_format(path: Path) -> str:
@@ -129,6 +152,8 @@ def mooncake_row(text: str) -> tuple[float, int, int, list[int]]:
             raise ValueError(f"{k} {v!r} is not an integer")
         if v < 0:
             raise ValueError(f"{k} {v} is negative")
+        if v > MAX_TOKENS:
+            raise ValueError(f"{k} {v} exceeds the maximum of {MAX_TOKENS:,}")
         lengths.append(int(v))
     h = d.get("hash_ids", [])
     if not isinstance(h, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in h):

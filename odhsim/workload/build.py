@@ -69,12 +69,27 @@ class Workload:
         return tf.limit(merged, self.max_requests)
 
 
-def _resolve(path: str, base_dir: Path, where: str) -> Path:
+def resolve_trace_path(path: str, base_dir: Path, where: str) -> Path:
+    """A trace path from the scenario, relative to the scenario's folder; TraceError names both when absent."""
     p = Path(path).expanduser()
     p = p if p.is_absolute() else base_dir / p
     if not p.is_file():
         raise TraceError(f"{p}: trace file not found ({where})")
     return p
+
+
+def trace_refs(cfg: WorkloadConfig) -> list[tuple[tuple[int | str, ...], TraceSource | ResampleDist]]:
+    """Every trace file the workload reads, with the path of its `path` field (for errors that name the line)."""
+    refs: list[tuple[tuple[int | str, ...], TraceSource | ResampleDist]] = []
+    for i, src in enumerate(cfg.sources):
+        if isinstance(src, TraceSource):
+            refs.append((("workload", "sources", i, "path"), src))
+            continue
+        for column in ("prompt_tokens", "output_tokens"):
+            dist = getattr(src, column)
+            if isinstance(dist, ResampleDist):
+                refs.append((("workload", "sources", i, column, "path"), dist))
+    return refs
 
 
 def _weights(weights: Mapping[str, float] | None, names: Sequence[str], where: str) -> np.ndarray | None:
@@ -117,7 +132,7 @@ class _Lengths:
             if d.median is not None and d.sigma is not None:
                 return LogNormalLength.from_median(d.median, d.sigma, d.min, d.max)
             return LogNormalLength.from_mean_cv(d.mean or 1.0, d.cv or 0.0, d.min, d.max)
-        path = _resolve(d.path, self.base_dir, where)
+        path = resolve_trace_path(d.path, self.base_dir, where)
         key = (path, d.format, d.trace_filter)
         if key not in self.cache:
             reader = open_trace(path, d.format, chunk_rows=self.chunk_rows, trace_filter=d.trace_filter)
@@ -146,7 +161,7 @@ def build_workload(
     readers: dict[int, TraceReader] = {}
     for i, src in enumerate(cfg.sources):
         if isinstance(src, TraceSource):
-            path = _resolve(src.path, base_dir, f"workload.sources[{i}].path")
+            path = resolve_trace_path(src.path, base_dir, f"workload.sources[{i}].path")
             readers[i] = open_trace(
                 path,
                 src.format,

@@ -24,14 +24,17 @@ import pandas as pd
 from odhsim.errors import TraceError
 from odhsim.workload._traceutil import (
     AZURE_COLUMNS,
+    MAX_TOKENS,
     PLAIN_COLUMNS,
     Checker,
     TraceStats,
     detect_format,
+    has_data_row,
     int_column,
     mooncake_row,
     name_column,
     read_header,
+    shown,
     summarize,
 )
 from odhsim.workload.schema import NO_SESSION, PRIORITY_CLASSES, RequestBatch
@@ -84,12 +87,27 @@ class TraceReader:
         self.block_tokens = MOONCAKE_BLOCK_TOKENS if self.format == "mooncake" else None
         self.stats = TraceStats()
         self._header = [] if self.format == "mooncake" else read_header(self.path)
+        self._check_start()
         usable = {"model": model_names is not None, "tenant": tenant_names is not None}
         provided = {c for c in _ATTRS if c in self._header and usable.get(c, True)}
         if self.format != "csv":
             provided = {"blocks"} if self.format == "mooncake" else set()
         self.provides: frozenset[str] = frozenset(provided)
         """Request columns taken from the file (attribute assignment leaves them alone)."""
+
+    def _check_start(self) -> None:
+        """Cheap checks at open (header and first data row only): required columns, and at least one request,
+        so a header-only file is an error rather than a run of 0 requests."""
+        if self.format != "mooncake":
+            need = AZURE_COLUMNS if self.format != "csv" else PLAIN_COLUMNS
+            missing = [c for c in need if c not in self._header]
+            if missing:
+                raise TraceError(f"{self.path} line 1: missing column(s) {missing}; found {self._header}")
+            if self.trace_filter is not None and "trace" not in self._header:
+                raise TraceError(f"{self.path}: trace_filter given but the file has no 'trace' column")
+        if not has_data_row(self.path, json_lines=self.format == "mooncake"):
+            after = " after its header" if self._header else ""
+            raise TraceError(f"{self.path}: no requests: the file has no data rows{after}")
 
     @property
     def skipped(self) -> int:
@@ -117,12 +135,6 @@ class TraceReader:
     # --- CSV ------------------------------------------------------------------------------------------------
     def _csv_chunks(self, st: _Pass) -> Iterator[RequestBatch]:
         azure = self.format != "csv"
-        need = AZURE_COLUMNS if azure else PLAIN_COLUMNS
-        missing = [c for c in need if c not in self._header]
-        if missing:
-            raise TraceError(f"{self.path} line 1: missing column(s) {missing}; found {self._header}")
-        if self.trace_filter is not None and "trace" not in self._header:
-            raise TraceError(f"{self.path}: trace_filter given but the file has no 'trace' column")
         # Every column is read (no usecols), so pandas rejects rows with too many fields, not ignores them.
         dtypes = {c: str for c in ("TIMESTAMP", "trace", "model", "tenant", "priority") if c in self._header}
         reader = pd.read_csv(
@@ -175,9 +187,12 @@ class TraceReader:
             per_second, (p, o) = 1e9, ("ContextTokens", "GeneratedTokens")
         else:
             num = pd.to_numeric(df["arrival_s"], errors="coerce").to_numpy(np.float64, na_value=np.nan)
-            chk.flag(~np.isfinite(num), lambda i: f"arrival_s {df['arrival_s'].iloc[i]!r} is not a number")
+            chk.flag(~np.isfinite(num), lambda i: f"arrival_s {shown(df['arrival_s'].iloc[i])} is not a finite number")
             key, per_second, (p, o) = num, 1.0, ("prompt_tokens", "output_tokens")
-        extra = {"prompt_tokens": int_column(chk, df[p], p), "output_tokens": int_column(chk, df[o], o)}
+        extra = {
+            "prompt_tokens": int_column(chk, df[p], p, MAX_TOKENS),
+            "output_tokens": int_column(chk, df[o], o, MAX_TOKENS),
+        }
         if "model" in self.provides:
             extra["model"] = name_column(chk, df["model"], "model", self.model_names or ())
         if "tenant" in self.provides:

@@ -1,0 +1,104 @@
+"""Checks on a scenario beyond its schema: numbers that must be finite, and settings that are valid but costly.
+
+Why apart from the models: a non-finite number can hide in any section (policy params are free-form dicts), so
+one walk over the whole tree finds it; and a warning (a duration of years, ten million requests) is not an error,
+so `validation_warnings` returns text for the CLI to print before a run instead of refusing the scenario.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel
+
+from odhsim.scenario.model import Scenario
+from odhsim.workload.config import SpikeSource, TraceSource
+
+Loc = tuple[int | str, ...]
+
+LONG_DURATION_S = 7 * 86_400.0
+"""A duration_s beyond a week of simulated time earns a warning: the run simulates (and samples the timeseries)
+until duration_s even when arrivals stop earlier, so its cost grows with the duration, not the request count."""
+MANY_REQUESTS = 10_000_000
+"""Above this many expected requests a warning says so: the request table alone then takes gigabytes."""
+
+
+def non_finite(value: Any, loc: Loc = ()) -> Iterator[tuple[Loc, float]]:
+    """Every float in `value` (dicts, lists, tuples, pydantic models, nested) that is inf or NaN, with its path."""
+    if isinstance(value, bool | int | str) or value is None:
+        return
+    if isinstance(value, float | np.floating):
+        if not math.isfinite(value):
+            yield loc, float(value)
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from non_finite(v, (*loc, k))
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from non_finite(v, (*loc, i))
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from non_finite(getattr(value, name), (*loc, name))
+
+
+NON_FINITE_HINT = "is not a finite number; give a finite value (null, where a field allows it, means no limit)"
+
+
+def expected_requests(scenario: Scenario) -> tuple[float, int, float]:
+    """(requests the synthetic sources are expected to send before duration_s, trace sources of unknown size,
+    when the last synthetic arrival is expected in seconds). Mean rates: a diurnal source averages its `rate`."""
+    cfg, stop = scenario.workload, scenario.duration_s if scenario.duration_s is not None else math.inf
+    total, unknown, last = 0.0, 0, 0.0
+    for src in cfg.sources:
+        if isinstance(src, TraceSource):
+            if src.limit is None:
+                unknown += 1
+            else:
+                total += src.limit
+            continue
+        if isinstance(src, SpikeSource):
+            inside = min(max(stop - src.start_s, 0.0), src.length_s) / src.length_s
+            total += src.requests * inside
+            last = max(last, min(stop, src.start_s + src.length_s)) if inside else last
+            continue
+        own_end = src.start_s + src.duration_s if src.duration_s is not None else math.inf
+        if src.requests is not None:
+            own_end = min(own_end, src.start_s + src.requests / src.rate)
+        end = min(own_end, stop)
+        span = max(end - src.start_s, 0.0)
+        total += src.rate * span
+        last = max(last, end if span else 0.0)
+    if cfg.max_requests is not None:
+        total = min(total, float(cfg.max_requests))
+    return total, unknown, last
+
+
+def _human_span(seconds: float) -> str:
+    for unit, size in (("years", 365.25 * 86_400), ("days", 86_400.0), ("hours", 3_600.0)):
+        if seconds >= size:
+            return f"{seconds / size:,.1f} {unit}"
+    return f"{seconds:,.0f} s"
+
+
+def validation_warnings(scenario: Scenario) -> list[str]:
+    """Valid settings that make a run very long or very large, each as one line naming the field; [] when none."""
+    out: list[str] = []
+    count, unknown, last = expected_requests(scenario)
+    traces = f" plus the rows of {unknown} trace source(s)" if unknown else ""
+    d = scenario.duration_s
+    if d is not None and d > LONG_DURATION_S:
+        buckets = d / scenario.outputs.timeseries_bucket_s
+        ends = f"; arrivals end at about {last:,.0f} s but the run goes on to duration_s" if last < d / 2 else ""
+        out.append(
+            f"duration_s: {d:g} s ({_human_span(d)} of simulated time): about {count:,.0f} requests expected{traces}"
+            f", {buckets:,.0f} timeseries buckets of {scenario.outputs.timeseries_bucket_s:g} s{ends}"
+        )
+    if count > MANY_REQUESTS:
+        out.append(
+            f"workload: about {count:,.0f} requests expected{traces} (more than {MANY_REQUESTS:,}); "
+            "lower duration_s or the rates, or set workload.max_requests"
+        )
+    return out
