@@ -9,10 +9,19 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from odhsim.cli_support import (
+    check_out_dir,
+    check_out_file,
+    check_seed,
+    frame_records,
+    make_console,
+    print_warnings,
+    to_json,
+)
 from odhsim.errors import OdhsimError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +33,8 @@ profiles_app = typer.Typer(no_args_is_help=True, help="GPU latency profiles.")
 app.add_typer(traces_app, name="traces")
 app.add_typer(profiles_app, name="profiles")
 
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()  # piped output is not cut at 80 columns
+err_console = make_console(stderr=True)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -37,14 +46,17 @@ def user_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except OdhsimError as err:
-            err_console.print(f"[bold red]error:[/] {err}", highlight=False, markup=True, soft_wrap=True)
+            err_console.print(f"[bold red]error:[/] {escape(str(err))}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except ModuleNotFoundError as err:
             if err.name is None or err.name.split(".")[0] not in LIVE_EXTRA_MODULES:
                 raise
             err_console.print(
-                f"[bold red]error:[/] the live runtime needs its extra (missing module {err.name!r}): "
-                "pip install -e '.\\[live]'  (or `make test`, which installs it)",
+                "[bold red]error:[/] "
+                + escape(
+                    f"the live runtime needs its extra (missing module {err.name!r}): "
+                    "pip install -e '.[live]'  (or `make test`, which installs it)"
+                ),
                 highlight=False,
                 soft_wrap=True,
             )
@@ -57,7 +69,7 @@ def user_errors(fn: F) -> F:
 LIVE_EXTRA_MODULES = frozenset({"torch", "fastapi", "uvicorn", "uvloop", "httptools", "prometheus_client", "redis"})
 
 
-def _fmt(value: Any) -> str:
+def _plain(value: Any) -> str:
     if isinstance(value, float):
         if value != value:
             return "-"
@@ -65,22 +77,95 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _fmt(value: Any) -> str:
+    """A table cell: 4 significant digits, '-' for NaN; text escaped so brackets in names and paths survive."""
+    return escape(_plain(value))
+
+
+def _echo_json(value: Any) -> None:
+    """`--json`: plain JSON on stdout, nothing else there (progress and warnings go to stderr)."""
+    typer.echo(to_json(value))
+
+
 SUMMARY_ROWS = (
     "requests", "completed", "shed", "failed", "timeout", "in_flight_at_stop", "ttft_p50_s", "ttft_p99_s",
     "tpot_p50_s", "e2e_p50_s", "e2e_p99_s", "throughput_rps", "output_tokens_per_s", "goodput_rps",
-    "slo_attainment", "prefix_cache_hit_rate", "preemptions", "gpu_hours", "cost_usd", "wall_s",
+    "slo_attainment", "slo_missed", "prefix_cache_hit_rate", "preemptions", "gpu_hours", "cost_usd", "wall_s",
     "sim_requests_per_wall_s",
 )  # fmt: skip
 
 
-def print_summary(summary: dict[str, Any], title: str) -> None:
-    table = Table(title=title, show_header=True, header_style="bold")
+def summary_table(summary: dict[str, Any], title: str) -> Table:
+    """The pooled metrics, and a column per model when the run has more than one (`summary["by_model"]`)."""
+    by_model: dict[str, dict[str, Any]] = summary.get("by_model") or {}
+    per_model = len(by_model) > 1
+    table = Table(title=escape(title), show_header=True, header_style="bold")
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("all models" if per_model else "value", justify="right")
+    for name in by_model if per_model else ():
+        table.add_column(escape(name), justify="right")
     for key in SUMMARY_ROWS:
         if key in summary:
-            table.add_row(key, _fmt(summary[key]))
-    console.print(table)
+            cells = [_fmt(summary[key])]
+            if per_model:
+                cells += [_fmt(m[key]) if key in m else "" for m in by_model.values()]
+            table.add_row(key, *cells)
+    return table
+
+
+def slo_line(slos: dict[str, dict[str, float | None]]) -> str:
+    """'SLOs (TTFT / end-to-end): critical 1 s / 30 s, ..., low none': the targets slo_missed counts against."""
+
+    def target(v: float | None) -> str:
+        return "-" if v is None else f"{v:g} s"
+
+    parts = [
+        f"{c} {target(t['ttft_s'])} / {target(t['e2e_s'])}" if t["ttft_s"] or t["e2e_s"] else f"{c} none"
+        for c, t in slos.items()
+    ]
+    return "SLOs (TTFT / end-to-end) per priority class: " + ", ".join(parts)
+
+
+def print_summary(summary: dict[str, Any], title: str) -> None:
+    """The summary table, the SLOs it was measured against, then every run-level warning in yellow."""
+    console.print(summary_table(summary, title))
+    if summary.get("slos"):
+        console.print(escape(slo_line(summary["slos"])), highlight=False, soft_wrap=True)
+    print_warnings(err_console, summary.get("warnings"))
+
+
+def report_unserved(unserved: dict[str, str], n_models: int, *, allow_empty: bool) -> None:
+    """Name, in red, every model that could not serve and why; exit 3 when none could (unless --allow-empty)."""
+    for model, why in unserved.items():
+        err_console.print(
+            f"[bold red]model {escape(model)} could not serve:[/] {escape(why)}", highlight=False, soft_wrap=True
+        )
+    if unserved and len(unserved) >= n_models:
+        if allow_empty:
+            err_console.print("[bold yellow]no model could serve; accepted (--allow-empty)[/]")
+            return
+        err_console.print(
+            "[bold red]error:[/] no model could serve any request, so these results measure nothing; "
+            "fix the models above, or pass --allow-empty to accept such a run (exit status 3)",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(3)
+
+
+def scenario_warnings(sc: Any) -> list[str]:
+    """What is legal but likely wrong in a scenario, said before it runs: models that cannot serve (deploy
+    verdict, no replicas and no autoscaler), plus the scenario module's validation warnings."""
+    out = []
+    for m in sc.models:
+        approved, reason = m.deploy_verdict()
+        if not approved:
+            out.append(f"model {m.name!r} will be rejected at deploy: {reason}")
+        elif m.replicas == 0 and m.autoscaling is None:
+            out.append(f"model {m.name!r} has replicas: 0 and no autoscaler, so it can never serve")
+    from odhsim.scenario.checks import validation_warnings
+
+    return out + validation_warnings(sc)
 
 
 @app.command()
@@ -93,13 +178,21 @@ def run(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value (repeatable).")] = None,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    allow_empty: Annotated[
+        bool, typer.Option(help="Exit 0 even when no model could serve (otherwise such a run exits 3).")
+    ] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the summary as JSON instead of tables.")] = False,
 ) -> None:
-    """Simulate a scenario and print its summary."""
+    """Simulate a scenario and print its summary (pooled and per model, with the SLOs used)."""
     from odhsim.scenario.load import load_scenario
     from odhsim.sim.run import simulate
 
+    check_seed(seed)
+    check_out_dir(out)
     path = scenario or DEFAULT_SCENARIO
     sc = load_scenario(path, set_)
+    check_seed(sc.seed if seed is None else seed, "seed")
+    print_warnings(err_console, scenario_warnings(sc))
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -110,20 +203,25 @@ def run(
         disable=quiet,
         transient=True,
     ) as bar:
-        task = bar.add_task(sc.name, total=None, now=0.0, arrived=0)
+        task = bar.add_task(escape(sc.name), total=None, now=0.0, arrived=0)
 
         def progress(now: float, horizon: float | None, arrived: int) -> None:
             bar.update(task, total=horizon, completed=min(now, horizon) if horizon else now, now=now, arrived=arrived)
 
         result = simulate(sc, seed=seed, progress=progress)
-    print_summary(result.summary, f"{sc.name} (seed {result.seed})")
-    if any(m.canary is not None for m in sc.models):
-        from odhsim.results.summary import by_version
+    if json_:
+        _echo_json(result.summary)
+        print_warnings(err_console, result.summary.get("warnings"))
+    else:
+        print_summary(result.summary, f"{sc.name} (seed {result.seed})")
+        if any(m.canary is not None for m in sc.models):
+            from odhsim.results.summary import by_version
 
-        console.print(_frame_table(by_version(result.requests), "by model and version"))
+            console.print(_frame_table(by_version(result.requests), "by model and version"))
     if out is not None:
         result.write(out)
-        console.print(f"results written to {out}/")
+        (err_console if json_ else console).print(escape(f"results written to {out}/"), highlight=False)
+    report_unserved(result.summary.get("unserved_models") or {}, len(sc.models), allow_empty=allow_empty)
 
 
 @app.command()
@@ -132,12 +230,14 @@ def validate(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML to check.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
 ) -> None:
-    """Check a scenario file without running it."""
+    """Check a scenario file without running it (traces: header and first row)."""
     from odhsim.scenario.load import load_scenario
 
-    sc = load_scenario(scenario, set_)
+    sc = load_scenario(scenario, set_, check_files=True)
+    check_seed(sc.seed, "seed")
     replicas = sum(m.replicas for m in sc.models)
-    console.print(f"{scenario}: ok ({sc.name}: {len(sc.models)} models, {replicas} replicas)")
+    console.print(escape(f"{scenario}: ok ({sc.name}: {len(sc.models)} models, {replicas} replicas)"), highlight=False)
+    print_warnings(err_console, scenario_warnings(sc))
 
 
 def main() -> None:  # pragma: no cover - console entry
@@ -145,9 +245,9 @@ def main() -> None:  # pragma: no cover - console entry
 
 
 def _frame_table(df: Any, title: str) -> Table:
-    table = Table(title=title, header_style="bold")
+    table = Table(title=escape(title), header_style="bold")
     for col in df.columns:
-        table.add_column(str(col), justify="right" if df[col].dtype.kind in "iuf" else "left")
+        table.add_column(escape(str(col)), justify="right" if df[col].dtype.kind in "iuf" else "left")
     for row in df.itertuples(index=False):
         table.add_row(*(_fmt(v) for v in row))
     return table
@@ -160,21 +260,25 @@ def traces_info(
     format: Annotated[str, typer.Option(help="auto | azure2023 | azure2024 | mooncake | csv")] = "auto",
     skip_bad_rows: Annotated[bool, typer.Option(help="Skip and count malformed rows instead of stopping.")] = False,
     trace_filter: Annotated[str | None, typer.Option(help="Keep only rows whose `trace` column equals this.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the figures as JSON instead of a table.")] = False,
 ) -> None:
     """Request count, span, rate and token-length percentiles of a trace (one streaming pass)."""
     from odhsim.workload.loaders import trace_info
 
-    with console.status(f"reading {path} ..."):
+    with err_console.status(escape(f"reading {path} ...")):
         info = trace_info(path, format=format, on_error="skip" if skip_bad_rows else "raise", trace_filter=trace_filter)
-    table = Table(title=str(path), header_style="bold")
+    if json_:
+        _echo_json(info)
+        return
+    table = Table(title=escape(str(path)), header_style="bold")
     table.add_column("field")
     table.add_column("value", justify="right")
     for key, value in info.items():
         if isinstance(value, dict):
-            value = "  ".join(f"{k} {_fmt(v)}" for k, v in value.items())
+            value = "  ".join(f"{k} {_plain(v)}" for k, v in value.items())
         elif isinstance(value, list):
             value = ", ".join(map(str, value[:10])) or "-"
-        table.add_row(key, _fmt(value))
+        table.add_row(escape(key), _fmt(value))
     console.print(table)
 
 
@@ -189,7 +293,7 @@ def traces_list() -> None:
         table.add_column(col)
     for entry in load_catalog().values():
         d = describe(entry)
-        table.add_row(d["name"], str(d.get("format", "")), str(d.get("license", "")), str(d.get("url", "")))
+        table.add_row(*(_fmt(d.get(k, "")) for k in ("name", "format", "license", "url")))
     console.print(table)
 
 
@@ -203,9 +307,9 @@ def traces_fetch(
     """Download a catalogued public trace and check it against its recorded sha256."""
     from odhsim.workload.catalog import fetch_trace
 
-    with console.status(f"downloading {name} ..."):
+    with err_console.status(escape(f"downloading {name} ...")):
         path = fetch_trace(name, dest, force=force)
-    console.print(f"{name}: {path}")
+    console.print(escape(f"{name}: {path}"), highlight=False)
 
 
 @profiles_app.command("fit")
@@ -213,12 +317,20 @@ def traces_fetch(
 def profiles_fit(
     csv: Annotated[Path | None, typer.Option(help="Splitwise perf_model.csv (default: traces/splitwise/).")] = None,
     write: Annotated[bool, typer.Option(help="Rewrite odhsim/data/latency_coefficients.json from all rows.")] = False,
+    json_: Annotated[
+        bool, typer.Option("--json", help="Print the held-out errors and coefficients as JSON instead of tables.")
+    ] = False,
 ) -> None:
     """Refit the latency profiles and print the error on held-out prompt/batch sizes."""
     from odhsim.profiles.fit import DEFAULT_PERF_CSV, run_fit
 
-    with console.status("fitting latency profiles ..."):
+    with err_console.status("fitting latency profiles ..."):
         errors, coefficients = run_fit(csv or DEFAULT_PERF_CSV, write=write)
+    if json_:
+        _echo_json({"held_out_error": frame_records(errors), "coefficients": frame_records(coefficients)})
+        if write:
+            err_console.print("coefficients written to odhsim/data/latency_coefficients.json")
+        return
     shown = errors.rename(
         columns={
             "prefill_mdape_pct": "prefill MdAPE %",
@@ -245,14 +357,21 @@ def bench(
     out: Annotated[Path | None, typer.Option(help="Also save the cases as a JSON list here.")] = None,
     mmc_requests: Annotated[int, typer.Option(help="Requests in the M/M/c case.")] = 1_000_000,
     rounds: Annotated[int, typer.Option(help="Alternating M/M/c rounds (medians are reported).")] = 3,
+    json_: Annotated[bool, typer.Option("--json", help="Print the cases as JSON instead of a table.")] = False,
 ) -> None:
     """Simulator speed and memory: Azure conversation trace (1x, 10x compressed) and 1 M-request M/M/c vs SimPy."""
     import pandas as pd
 
     from odhsim.bench import run_bench, write_bench
 
-    with console.status("running benchmark cases (each in its own process) ..."):
+    check_out_file(out)
+    with err_console.status("running benchmark cases (each in its own process) ..."):
         cases = run_bench(mmc_requests=mmc_requests, rounds=rounds)
+    if json_:
+        _echo_json(cases)
+        if out is not None:
+            write_bench(cases, out)
+        return
     frame = pd.DataFrame(cases)
     shown = [c for c in ("name", "requests", "wall_s", "sim_requests_per_wall_s", "peak_rss_mb", "offered_load",
                          "ratio_vs_simpy") if c in frame.columns]  # fmt: skip
@@ -260,7 +379,7 @@ def bench(
     console.print("targets: trace case >= 10,000 req/wall-s; M/M/c ratio_vs_simpy >= 0.5; peak RSS (1 M) < 1,500 MB")
     if out is not None:
         write_bench(cases, out)
-        console.print(f"saved to {out}")
+        console.print(escape(f"saved to {out}"), highlight=False)
 
 
 @app.command()
@@ -276,10 +395,12 @@ def compare(
         Path | None, typer.Option(help="Keep each run, comparison.csv, runs.csv and comparison.png.")
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field: path=value.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the comparison rows as JSON, not a table.")] = False,
 ) -> None:
     """A/B comparison: every variant on the same workloads (common random numbers), paired statistics vs the first."""
     from odhsim.analysis import comparison_table, parse_variants, run_comparison
 
+    check_out_dir(out)
     variants = parse_variants(policy)
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
@@ -288,12 +409,20 @@ def compare(
         task = bar.add_task("comparing", total=len(variants) * seeds)
 
         def progress(variant: str, seed: int, done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total, description=f"{variant} seed {seed}")
+            bar.update(task, completed=done, total=total, description=escape(f"{variant} seed {seed}"))
 
         result = run_comparison(scenario, variants, seeds=seeds, overrides=set_, out_dir=out, progress=progress)
-    console.print(comparison_table(result))
+    if json_:
+        _echo_json({"baseline": result.baseline, "seeds": result.seeds, "rows": frame_records(result.table)})
+    else:
+        console.print(comparison_table(result))
+    for variant, texts in result.warnings.items():
+        print_warnings(err_console, texts, prefix=f"warning ({variant})")
     if out is not None:
-        console.print(f"comparison written to {out}/ (comparison.csv, runs.csv, comparison.png, <variant>/seed<N>/)")
+        (err_console if json_ else console).print(
+            escape(f"comparison written to {out}/ (comparison.csv, runs.csv, comparison.png, <variant>/seed<N>/)"),
+            highlight=False,
+        )
 
 
 @app.command()
@@ -302,19 +431,36 @@ def cost(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML to run and cost.")],
     seed: Annotated[int | None, typer.Option(help="Root seed (overrides the scenario's).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
 ) -> None:
     """Cost report: spend per model, unit costs, idle GPU waste, always-on comparison and right-sizing."""
     from odhsim.analysis.cost_report import REL_TOL, SEARCH_REQUESTS, SLO_PERCENTILE, cost_report
     from odhsim.scenario.load import load_scenario
     from odhsim.sim.run import simulate
 
+    check_seed(seed)
     sc = load_scenario(scenario, set_)
-    with console.status(f"simulating {sc.name} ..."):
+    check_seed(sc.seed if seed is None else seed, "seed")
+    print_warnings(err_console, scenario_warnings(sc))
+    with err_console.status(escape(f"simulating {sc.name} ...")):
         result = simulate(sc, seed=seed)
-    with console.status("right-sizing ...") as status:
+    report_unserved(result.summary.get("unserved_models") or {}, len(sc.models), allow_empty=True)
+    with err_console.status("right-sizing ...") as status:
         report = cost_report(
-            result, sc, progress=lambda done, total, what: status.update(f"right-sizing {done}/{total}: {what}")
+            result,
+            sc,
+            progress=lambda done, total, what: status.update(escape(f"right-sizing {done}/{total}: {what}")),
         )
+    if json_:
+        _echo_json(
+            {
+                "scenario": sc.name,
+                "seed": result.seed,
+                "models": frame_records(report.models),
+                "rightsizing": frame_records(report.rightsizing),
+            }
+        )
+        return
     by_metric = report.models.set_index("model").T.reset_index(names="metric")  # a column per model: fits a terminal
     console.print(_frame_table(by_metric, f"cost of {sc.name} (seed {result.seed})"))
     if len(report.rightsizing):
@@ -346,6 +492,7 @@ def serve(
     from odhsim.scenario.load import load_scenario
     from runtime.serve import serve as serve_live
 
+    check_out_dir(out)
     sc = load_scenario(scenario, set_)
     raise typer.Exit(serve_live(sc, port=port, device=device, out_dir=out, duration_s=duration, console=console))
 
@@ -384,6 +531,7 @@ def replay(
     """Replay a trace or a scenario's workload open-loop against a live endpoint; results like `odhsim run`'s."""
     from runtime.replay import replay as replay_live
 
+    check_out_dir(out)
     with Progress(
         TextColumn("[bold]replay"), BarColumn(), TextColumn("{task.fields[sent]:>6,} sent"),
         TextColumn("{task.fields[done]:>6,}/{task.fields[planned]:,} done"), TimeElapsedColumn(),
@@ -401,7 +549,7 @@ def replay(
         )  # fmt: skip
     print_summary(result.summary, f"{result.scenario_name} live replay against {target}")
     if out is not None:
-        console.print(f"results written to {out}/")
+        console.print(escape(f"results written to {out}/"), highlight=False)
 
 
 @app.command("bench-live")
@@ -415,7 +563,33 @@ def bench_live(
     and priority under overload (critical vs low at 2.5 x capacity)."""
     from runtime.bench_live import bench_tables, run_bench_live
 
+    check_out_dir(out)
     with console.status("running the live benchmark (starts `odhsim serve`, replays a trace, overloads it) ..."):
         figures = run_bench_live(device=device, requests=requests, out_dir=out)
     for table in bench_tables(figures):
         console.print(table)
+
+
+@app.command("list")
+@user_errors
+def list_(
+    what: Annotated[str, typer.Argument(help="gpus | profiles | policies | autoscalers | traces")],
+    json_: Annotated[bool, typer.Option("--json", help="Print the rows as JSON instead of a table.")] = False,
+) -> None:
+    """What a scenario may name: GPUs, model profiles, policies and autoscalers with their parameters and defaults,
+    catalogued traces."""
+    from odhsim.listing import format_params, listing
+
+    rows = listing(what)
+    if json_:
+        _echo_json(rows)
+        return
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    title = escape(f"odhsim list {what} ({len(rows)})")
+    table = Table(title=title, header_style="bold", show_lines="params" in columns)
+    for col in columns:
+        table.add_column("parameters (name=default)" if col == "params" else col, overflow="fold")
+    for row in rows:
+        cells = [format_params(row[c]) if c == "params" else row.get(c, "") for c in columns]
+        table.add_row(*(_fmt(c) for c in cells))
+    console.print(table)

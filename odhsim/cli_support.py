@@ -13,7 +13,6 @@ from rich.console import Console
 from rich.markup import escape
 
 from odhsim.errors import OdhsimError
-from odhsim.results.run_result import json_safe
 
 PIPED_WIDTH = 1000
 """Console width when output is not a terminal (and $COLUMNS is unset): wide enough that no table is cut."""
@@ -75,6 +74,8 @@ def check_seed(seed: int | None, what: str = "--seed") -> None:
 
 def to_json(value: Any) -> str:
     """Plain JSON (NaN and infinities as null) for `--json` output."""
+    from odhsim.results.run_result import json_safe  # pandas: only when JSON is asked for
+
     return json.dumps(json_safe(value), indent=2, allow_nan=False)
 
 

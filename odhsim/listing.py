@@ -37,10 +37,11 @@ def params_of(model: type[BaseModel]) -> list[dict[str, Any]]:
     return out
 
 
-def format_params(params: list[dict[str, Any]]) -> str:
-    """'name=default, other (required)' for a table cell; '-' when a policy takes no parameters."""
+def format_params(params: list[dict[str, Any]], sep: str = "\n") -> str:
+    """'name=default' per parameter ('name (required)' without a default), one a line by default for a table cell;
+    '-' when a policy takes no parameters."""
     cells = [f"{p['name']} (required)" if p["required"] else f"{p['name']}={p['default']!r}" for p in params]
-    return ", ".join(cells) or "-"
+    return sep.join(cells) or "-"
 
 
 def _policies(kinds: set[str] | None, exclude: set[str]) -> list[dict[str, Any]]:

@@ -12,7 +12,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -98,16 +98,21 @@ class Comparison:
     results: dict[tuple[str, int], RunResult] = field(default_factory=dict)
     """(variant, seed) -> RunResult; filled when results were written (out_dir) or kept (keep_results)."""
     out_dir: Path | None = None
+    warnings: dict[str, list[str]] = field(default_factory=dict)
+    """variant -> its runs' distinct run-level warnings (summary["warnings"], models that could not serve)."""
 
 
 def _seed_list(base_seed: int, seeds: int | Sequence[int]) -> list[int]:
     if isinstance(seeds, int):
         if seeds < 1:
             raise ScenarioError(f"--seeds must be at least 1, got {seeds}")
-        return [base_seed + i for i in range(seeds)]
-    out = [int(s) for s in seeds]
+        out = [base_seed + i for i in range(seeds)]
+    else:
+        out = [int(s) for s in seeds]
     if not out:
         raise ScenarioError("give at least one seed")
+    if min(out) < 0:
+        raise ScenarioError(f"seeds must be non-negative integers, got {min(out)}")
     if len(set(out)) != len(out):
         raise ScenarioError(f"seeds must be distinct, got {out}")
     return out
@@ -171,6 +176,7 @@ def run_comparison(
     keep = keep_results or out is not None
     results: dict[tuple[str, int], RunResult] = {}
     records: dict[str, list[dict[str, object]]] = {name: [] for name in names}
+    found_warnings: dict[str, list[str]] = {}
     total, done = len(variants) * len(seed_list), 0
     for seed in seed_list:
         for name, sc in scenarios.items():
@@ -178,6 +184,7 @@ def run_comparison(
             records[name] += [
                 {"variant": name, "seed": seed, "metric": m, "value": _as_float(result.summary[m])} for m in METRICS
             ]
+            _add_warnings(found_warnings.setdefault(name, []), result.summary)
             if out is not None:
                 result.write(out / name / f"seed{seed}")
             if keep:
@@ -188,10 +195,19 @@ def run_comparison(
     # Variant-major rows (baseline first), seeds in the order given.
     runs = pd.DataFrame([r for name in names for r in records[name]], columns=["variant", "seed", "metric", "value"])
     table = comparison_frame(runs, names, seed_list)
-    comparison = Comparison(names[0], names, seed_list, runs, table, results, out)
+    comparison = Comparison(
+        names[0], names, seed_list, runs, table, results, out, {k: v for k, v in found_warnings.items() if v}
+    )
     if out is not None:
         write_comparison(comparison, out)
     return comparison
+
+
+def _add_warnings(found: list[str], summary: dict[str, Any]) -> None:
+    """Append a run's warnings and unserved models to its variant's list, each text once."""
+    unserved = summary.get("unserved_models") or {}
+    texts = [*summary.get("warnings", []), *(f"model {m} could not serve: {w}" for m, w in unserved.items())]
+    found.extend(t for t in dict.fromkeys(texts) if t not in found)
 
 
 def _as_float(value: object) -> float:

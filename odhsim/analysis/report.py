@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+from rich.markup import escape
 from rich.table import Table
 
 from odhsim.analysis.compare import Comparison
@@ -39,18 +40,18 @@ def comparison_header(comparison: Comparison) -> str:
 def comparison_table(comparison: Comparison) -> Table:
     """Rows per metric; per variant its mean value, and for non-baseline variants Δ = variant − baseline."""
     table = Table(
-        title=comparison_header(comparison),
+        title=escape(comparison_header(comparison)),
         caption="Δ: mean paired difference over seeds [95% t CI]; * paired t-test p < 0.05",
         header_style="bold",
     )
     table.add_column("metric")
-    for name in comparison.variants:
-        table.add_column(name, justify="right")
+    for name in comparison.variants:  # variant names are the user's: escaped so "[x]" is not taken as markup
+        table.add_column(escape(name), justify="right")
         if name != comparison.baseline:
-            table.add_column(f"Δ {name}", justify="right")
+            table.add_column(escape(f"Δ {name}"), justify="right")
     df = comparison.table
     for metric in dict.fromkeys(df["metric"]):
-        cells = [metric]
+        cells = [escape(str(metric))]
         rows = df[df["metric"] == metric].set_index("variant")
         for name in comparison.variants:
             r = rows.loc[name]
