@@ -23,11 +23,11 @@ def cached(owner: PrefixCacheScorer | AibrixPrefixCachePicker, coverage: dict[st
 
 
 def affinity(
-    coverage: dict[str, int], seed: int = 0, **kwargs: float
+    coverage: dict[str, int], seed: int = 0, **kwargs: object
 ) -> tuple[PrefixCacheAffinityFilter, list[EndpointState]]:
     prefix = PrefixCacheScorer()
     cached(prefix, coverage)
-    flt = PrefixCacheAffinityFilter(rng(seed), **{"exploration_probability": 0.0, **kwargs})
+    flt = PrefixCacheAffinityFilter(rng(seed), **{"exploration_probability": 0.0, **kwargs})  # type: ignore[arg-type]
     flt.bind_prefix(prefix)
     return flt, [EndpointState(name, "m") for name in coverage]
 
@@ -98,7 +98,7 @@ def test_affinity_explores_one_percent_of_the_time() -> None:
 def test_affinity_leaves_sticky_endpoint_when_its_ttft_is_5s_worse(
     sticky_waiting: int, other_waiting: int, leaves: bool
 ) -> None:
-    flt, _ = affinity({"sticky": 10, "other": 0})
+    flt, _ = affinity({"sticky": 10, "other": 0}, predictor=LinearTtftPredictor())
     endpoints = [
         EndpointState("sticky", "m", waiting=sticky_waiting),
         EndpointState("other", "m", waiting=other_waiting),

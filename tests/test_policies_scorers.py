@@ -85,55 +85,43 @@ def test_active_request_scorer_counts_dispatch_and_complete() -> None:
     assert s.count("e1") == 1
 
 
-def test_active_request_scorer_idle_threshold_busy_score_and_timeout() -> None:
-    s = ActiveRequestScorer(idle_threshold=1, max_busy_score=0.5, request_timeout_s=10.0)
+def test_active_request_scorer_idle_threshold_and_busy_score_no_timeout() -> None:
+    s = ActiveRequestScorer(idle_threshold=1, max_busy_score=0.5)
     for rid, ep in [(1, "e0"), (2, "e0"), (3, "e0"), (4, "e0"), (5, "e1"), (6, "e1")]:
         s.on_dispatch(0.0, req(rid), ep)
     s.on_dispatch(5.0, req(7), "e2")
     # counts 4, 2, 1: e2 idle (<= 1) -> 1; busy: (4 - c) / 4 * 0.5
     assert s.score(5.0, req(), eps(0, 0, 0)) == pytest.approx([0.0, 0.25, 1.0])
-    assert s.score(10.0, req(), eps(0, 0, 0)) == pytest.approx([1.0, 1.0, 1.0])  # the t=0 ones expired
-    assert [s.count(n) for n in ("e0", "e1", "e2")] == [0, 0, 1]
-    s.on_complete(11.0, req(1), "e0", 11.0, True)  # completion after expiry: no negative count
-    assert s.count("e0") == 0
+    # llm-d ignores the deprecated requestTimeout: counts stay until the end of the stream, however long
+    assert s.score(1e6, req(), eps(0, 0, 0)) == pytest.approx([0.0, 0.25, 1.0])
+    s.on_complete(1e6, req(1), "e0", 1e6, False)  # a failed request is released too
+    assert [s.count(n) for n in ("e0", "e1", "e2")] == [3, 2, 1]
 
 
-def test_active_request_scorer_without_timeout_keeps_no_expiry_queue() -> None:
-    s = ActiveRequestScorer(request_timeout_s=None)
-    for rid in range(100):
-        s.on_dispatch(float(rid), req(rid), "e0")
-        s.on_complete(float(rid), req(rid), "e0", 0.0, True)
-    assert s.count("e0") == 0 and len(s._order) == 0
-
-
-def test_token_load_scorer_without_prefix() -> None:
+def test_token_load_scorer_counts_in_flight_tokens_only() -> None:
     s = TokenLoadScorer(queue_threshold_tokens=10_000, output_ratio=1.5)
     r1 = req(1, prompt=1000)
-    # load of a 1000-token prompt = 1000 uncached + 1500 estimated output
-    assert s.score(0.0, r1, eps(0, 0)) == pytest.approx([0.75, 0.75])
+    assert s.score(0.0, r1, eps(0, 0)) == [1.0, 1.0]  # nothing in flight: the incoming request is not counted
     s.on_dispatch(0.0, r1, "e0")
-    assert s.inflight_tokens("e0") == 2500
-    assert s.score(0.0, req(2, prompt=1000), eps(0, 0)) == pytest.approx([0.5, 0.75])
-    assert s.score(0.0, req(3, prompt=20_000), eps(0, 0)) == pytest.approx([0.0, 0.0])  # capped at threshold
+    assert s.inflight_tokens("e0") == 2500  # 1000 input + 1.5 x 1000 estimated output
+    assert s.score(0.0, req(2, prompt=1000), eps(0, 0)) == pytest.approx([0.75, 1.0])
+    assert s.score(0.0, req(3, prompt=20_000), eps(0, 0)) == pytest.approx([0.75, 1.0])  # same for any size
+    for rid in range(10, 14):
+        s.on_dispatch(0.0, req(rid, prompt=1000), "e1")
+    assert s.score(0.0, req(), eps(0, 0)) == pytest.approx([0.75, 0.0])  # 10,000 tokens: capped at the threshold
     s.on_complete(1.0, r1, "e0", 1.0, True)
     assert s.inflight_tokens("e0") == 0
 
 
-def test_token_load_uses_prefix_hits_for_uncached_tokens() -> None:
+def test_token_load_ignores_prefix_hits() -> None:
     prefix, tokens = PrefixCacheScorer(), TokenLoadScorer(queue_threshold_tokens=1000)
     router = SchedulerProfile([], [(prefix, 1.0), (tokens, 1.0)], RoundRobinPicker())
-    assert tokens.prefix is prefix  # wired by the profile
     blocks = [11, 12, 13, 14]
     first = RouteRequest(1, "m", 64, block_ids=np.array(blocks), block_tokens=16)
-    router.on_dispatch(0.0, first, "e0")  # no pick: the load is computed at dispatch
-    assert tokens.inflight_tokens("e0") == 64 + 96
+    router.on_dispatch(0.0, first, "e0")
     second = RouteRequest(2, "m", 64, block_ids=np.array(blocks), block_tokens=16)
-    # e0 holds all four blocks: uncached 0 -> load 96, T = 160 + 96; e1: 64 + 96
-    assert tokens.score(0.0, second, eps(0, 0)) == pytest.approx([1 - 256 / 1000, 1 - 160 / 1000])
-    # through pick -> dispatch: the load scored for the chosen endpoint is what gets added
-    decision = router.pick(0.0, second, [EndpointState("e0", "m")])
-    router.on_dispatch(0.0, second, decision.endpoint)
-    assert tokens.inflight_tokens("e0") == 160 + 96
+    router.on_dispatch(0.0, second, "e0")  # all four blocks cached on e0: still 64 + 96 tokens
+    assert tokens.inflight_tokens("e0") == 2 * (64 + 96)
     router.on_complete(1.0, first, "e0", 1.0, True)
     router.on_complete(1.0, second, "e0", 1.0, True)
     assert tokens.inflight_tokens("e0") == 0
@@ -145,8 +133,8 @@ def test_token_load_uses_prefix_hits_for_uncached_tokens() -> None:
 )
 def test_session_affinity(session: int, last: str | None, expected: list[float]) -> None:
     s = SessionAffinityScorer()
-    s.on_dispatch(0.0, req(1, session=7), "e1")
-    s.on_dispatch(0.0, req(2, session=NO_SESSION), "e2")  # no session: nothing recorded
+    s.on_complete(0.0, req(1, session=7), "e1", 1.0, True)
+    s.on_complete(0.0, req(2, session=NO_SESSION), "e2", 1.0, True)  # no session: nothing recorded
     assert s.score(0.0, req(3, session=session), eps(0, 0, 0)) == expected
 
 

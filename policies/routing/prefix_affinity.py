@@ -1,14 +1,18 @@
 """llm-d's prefix-cache affinity gate: narrow the candidates to the endpoints already holding the prompt.
 
 The filter reads prefix scores (matched blocks / blocks of this prompt) from the profile's prefix-cache scorer,
-bound by the profile like the token-load scorer's; without one every score is 0 and the filter keeps everything,
-as llm-d's does when no prefix-cache scorer produced match info.
+bound by the profile; without one every score is 0 and the filter keeps everything, as llm-d's does when no
+prefix-cache scorer produced match info.
+
+llm-d's TTFT load gate (filter/prefixcacheaffinity/plugin.go at 520af478) reads TTFT predictions from its
+latency-predictor sidecar; without one every endpoint's best TTFT is MaxFloat64, the gap is 0 and the gate never
+breaks. That is odhsim's default too (`ttft_predictor: none`); `ttft_predictor: linear` is odhsim's own stand-in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 from pydantic import Field
@@ -47,6 +51,7 @@ class PrefixCacheAffinityParams(PolicyParams):
     affinity_threshold: Annotated[float, Field(le=1.0)] = 0.80
     exploration_probability: Annotated[float, Field(ge=0.0, le=1.0)] = 0.01
     max_ttft_penalty_s: Annotated[float, Field(ge=0.0)] = 5.0
+    ttft_predictor: Literal["none", "linear"] = "none"
     queue_s_per_request: Annotated[float, Field(ge=0.0)] = 0.1
     prefill_s_per_token: Annotated[float, Field(ge=0.0)] = 1e-4
 
@@ -58,12 +63,12 @@ class PrefixCacheAffinityFilter(Plugin):
     1. one candidate or threshold <= 0: keep all (no random draw);
     2. with probability exploration_probability (1 %): keep all, so other endpoints get to cache the prefix;
     3. no sticky endpoint: keep all;
-    4. TTFT load gate (max_ttft_penalty_s > 0 and some endpoint is not sticky): if the best sticky endpoint's
-       predicted TTFT exceeds the best non-sticky one's by more than max_ttft_penalty_s (5 s), keep all;
+    4. TTFT load gate (a predictor, max_ttft_penalty_s > 0 and some endpoint is not sticky): if the best sticky
+       endpoint's predicted TTFT exceeds the best non-sticky one's by more than max_ttft_penalty_s (5 s), keep all;
     5. otherwise keep only the sticky endpoints.
 
-    `predictor` maps (endpoint, request, matched blocks) to a predicted TTFT; the default is
-    `LinearTtftPredictor(queue_s_per_request, prefill_s_per_token)`.
+    `predictor` maps (endpoint, request, matched blocks) to a predicted TTFT; None (the default, as llm-d without
+    its latency predictor) never breaks stickiness; `ttft_predictor: linear` uses `LinearTtftPredictor`.
     """
 
     TYPE = "prefix-cache-affinity-filter"
@@ -83,12 +88,14 @@ class PrefixCacheAffinityFilter(Plugin):
         self.threshold = affinity_threshold
         self.exploration_probability = exploration_probability
         self.max_ttft_penalty_s = max_ttft_penalty_s
-        self.predictor: TtftPredictor = predictor if predictor is not None else LinearTtftPredictor()
+        self.predictor: TtftPredictor | None = predictor
         self.prefix: PrefixCacheScorer | None = None
 
     @classmethod
     def from_params(cls, params: PrefixCacheAffinityParams, rng: np.random.Generator) -> PrefixCacheAffinityFilter:
-        predictor = LinearTtftPredictor(params.queue_s_per_request, params.prefill_s_per_token)
+        predictor = None
+        if params.ttft_predictor == "linear":
+            predictor = LinearTtftPredictor(params.queue_s_per_request, params.prefill_s_per_token)
         return cls(rng, params.affinity_threshold, params.exploration_probability, params.max_ttft_penalty_s, predictor)
 
     def bind_prefix(self, prefix: PrefixCacheScorer) -> None:
@@ -104,8 +111,8 @@ class PrefixCacheAffinityFilter(Plugin):
         sticky, others = self._split(request, endpoints)
         if not sticky:
             return endpoints
-        if self.max_ttft_penalty_s > 0.0 and others:
-            predict = self.predictor
+        predict = self.predictor
+        if predict is not None and self.max_ttft_penalty_s > 0.0 and others:
             best_sticky = min(predict(endpoints[i], request, m) for i, m in sticky)
             best_other = min(predict(endpoints[i], request, m) for i, m in others)
             if best_sticky - best_other > self.max_ttft_penalty_s:

@@ -98,7 +98,12 @@ class LoadAwareScorer(Plugin):
 
 
 class SessionAffinityScorer(Plugin):
-    """1 for the endpoint that served the request's session last (recorded at dispatch), else 0."""
+    """1 for the endpoint named by the request's session token, else 0 (scorer/sessionaffinity).
+
+    llm-d sets the `x-session-token` response header (the serving endpoint, base64) at end of stream and the
+    client sends it back; odhsim keeps that token per session id and binds it when a request completes with a
+    response (`on_complete` with ok), so a request sent before its predecessor finished carries the older token.
+    """
 
     TYPE = "session-affinity-scorer"
     Params = NoParams
@@ -118,8 +123,8 @@ class SessionAffinityScorer(Plugin):
             return [0.0] * len(endpoints)
         return [1.0 if e.name == target else 0.0 for e in endpoints]
 
-    def on_dispatch(self, now: float, request: RouteRequest, endpoint: str) -> None:
-        if request.session != NO_SESSION:
+    def on_complete(self, now: float, request: RouteRequest, endpoint: str, latency_s: float, ok: bool) -> None:
+        if ok and request.session != NO_SESSION:
             self._last[request.session] = endpoint
 
 
