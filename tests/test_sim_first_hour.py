@@ -54,3 +54,52 @@ def test_a_pipeline_replica_applies_the_same_context_limit(tmp_path: Path) -> No
     r = simulate(scenario_from_dict(sc)).requests.sort_values("arrival_s", ignore_index=True)
     assert list(r["status"].astype(str)) == ["failed", "ok"]
     assert r.loc[0, "reason"] == "prompt + max_tokens > max_model_len 8192 (vLLM answers 400)"
+
+
+# -- prefix-aware routing without prefix data --------------------------------------------------------------------
+
+
+def _mooncake(tmp_path: Path) -> str:
+    path = tmp_path / "mooncake.jsonl"
+    rows = [f'{{"timestamp": {i * 200}, "input_length": 1200, "output_length": 20, "hash_ids": [0, 1, {i + 2}]}}\n'
+            for i in range(10)]  # fmt: skip
+    path.write_text("".join(rows))
+    return str(path)
+
+
+def _warnings(sc: dict[str, Any]) -> list[str]:
+    return simulate(scenario_from_dict(sc)).summary["warnings"]
+
+
+def test_prefix_routing_warns_exactly_when_the_workload_has_no_prefix_blocks(tmp_path: Path) -> None:
+    trace = _trace(tmp_path, [(0.1 * i, 500, 10) for i in range(10)])
+    for profile, plugin in [
+        ("prefix-aware", "prefix-cache-scorer"),
+        ("llm-d-default", "prefix-cache-scorer"),
+        ("aibrix-prefix-cache", "aibrix-prefix-cache-picker"),
+    ]:
+        sc = _chat_scenario(trace)
+        sc["gateway"]["router"] = {"profile": profile}
+        (warning,) = [w for w in _warnings(sc) if "prefix" in w]
+        assert plugin in warning and profile in warning and "no prefix blocks" in warning
+    # no warning when the router ignores prefixes (or weighs them 0) or the workload has blocks
+    plain = trace
+    round_robin = _chat_scenario(plain)
+    synthetic = _chat_scenario(plain) | {"gateway": {"router": {"profile": "prefix-aware"}}}
+    synthetic["workload"] = {**synthetic["workload"], "prefix": {"system_blocks": 4}}
+    mooncake = _chat_scenario(_mooncake(tmp_path)) | {"gateway": {"router": {"profile": "llm-d-default"}}}
+    zero_weight = _chat_scenario(plain) | {
+        "gateway": {
+            "router": {
+                "plugins": [
+                    {"name": "prefix", "type": "prefix-cache-scorer"},
+                    {"name": "queue", "type": "queue-scorer"},
+                    {"name": "max", "type": "max-score-picker"},
+                ],
+                "scorers": [{"plugin": "prefix", "weight": 0.0}, {"plugin": "queue", "weight": 1.0}],
+                "picker": "max",
+            }
+        }
+    }
+    for sc in (round_robin, synthetic, mooncake, zero_weight):
+        assert [w for w in _warnings(sc) if "prefix" in w] == []

@@ -17,6 +17,7 @@ from odhsim.rng import RngStreams
 from odhsim.scenario.model import Scenario
 from odhsim.sim.arrivals import ArrivalFeeder
 from odhsim.sim.cluster import build_cluster
+from odhsim.sim.run_warnings import run_warnings
 from odhsim.sim.sampler import TimeseriesSampler
 from odhsim.workload.build import build_workload
 
@@ -125,6 +126,7 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
             **({"response_cache": gateway.cache.stats()} if gateway.cache is not None else {}),
         },
     )
+    summary.setdefault("warnings", []).extend(run_warnings(scenario, workload))
     return RunResult.tag(
         scenario_name=scenario.name,
         run_id=run_id,
