@@ -133,6 +133,8 @@ def validation_message(
             msg = _unknown_field(err, loc, shown)
         elif e["type"] == "missing":
             msg = "required field is missing"
+        elif e["type"] == "finite_number":  # a string such as "inf" or "1e999" that a float field parsed
+            msg = f"{e['input']} {NON_FINITE_HINT}"
         parts.append(f"{where(shown, source, lines, set_by)}: {_format_loc(shown)}: {msg}")
     return "\n".join(parts)
 

@@ -153,7 +153,7 @@ def mooncake_row(text: str) -> tuple[float, int, int, list[int]]:
         if v < 0:
             raise ValueError(f"{k} {v} is negative")
         if v > MAX_TOKENS:
-            raise ValueError(f"{k} {v} exceeds the maximum of {MAX_TOKENS:,}")
+            raise ValueError(f"{k} {int(v)} exceeds the maximum of {MAX_TOKENS:,}")
         lengths.append(int(v))
     h = d.get("hash_ids", [])
     if not isinstance(h, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in h):
