@@ -19,6 +19,7 @@ import yaml
 from odhsim.errors import ScenarioError
 from odhsim.scenario.load import load_scenario, scenario_from_dict
 from odhsim.sim.run import simulate
+from policies.builtin import REGISTRY
 from policies.routing.config import RouterConfig, build_router
 from policies.routing.epp_config import EppConfigError, go_duration_s, translate_epp
 from policies.routing.framework import plugin_name
@@ -181,13 +182,25 @@ def test_deploy_epp_config_equals_the_odhsim_long_form() -> None:
 
 
 def test_camel_case_parameters_reach_the_odhsim_plugin() -> None:
-    router = _build(yaml.safe_load(DEPLOY_SIM_EPP_CONFIG))
-    (scorer, weight), *_ = router.scorers
-    assert weight == 2.0
-    assert scorer._max_blocks == 256
-    assert scorer.index.capacity == 31250  # lruCapacityPerServer -> lru_capacity_per_endpoint
-    cfg = translate_epp(yaml.safe_load(DEPLOY_SIM_EPP_CONFIG)).router
-    assert cfg["plugins"][0]["params"] == {"max_prefix_blocks_to_match": 256, "lru_capacity_per_endpoint": 31250}
+    pasted = RouterConfig.model_validate(yaml.safe_load(DEPLOY_SIM_EPP_CONFIG))
+    odhsim_form = {
+        "plugins": [
+            {
+                "name": "prefix-cache-scorer",
+                "type": "prefix-cache-scorer",
+                "params": {"max_prefix_blocks_to_match": 256, "lru_capacity_per_endpoint": 31250},
+            },
+            {"name": "max-score-picker", "type": "max-score-picker"},
+        ],
+        "filters": [],
+        "scorers": [{"plugin": "prefix-cache-scorer", "weight": 2}],
+        "picker": "max-score-picker",
+    }
+    assert pasted == RouterConfig.model_validate(odhsim_form)  # lruCapacityPerServer -> lru_capacity_per_endpoint
+    params = REGISTRY.validate("scorer", "prefix-cache-scorer", pasted.plugins[0].params)
+    assert (params.lru_capacity_per_endpoint, params.max_prefix_blocks_to_match) == (31250, 256)
+    (scorer, weight), *_ = _build(yaml.safe_load(DEPLOY_SIM_EPP_CONFIG)).scorers
+    assert (type(scorer).TYPE, weight) == ("prefix-cache-scorer", 2.0)
 
 
 def test_estimate_config_keeps_declared_picker_and_both_scorers() -> None:
@@ -288,7 +301,8 @@ def test_mistakes_name_the_field_and_list_what_is_known(mutate: Any, needle: str
         translate_epp(cfg)
     assert needle in str(err.value)
     if "unknown parameter" in needle:
-        assert "known: lruCapacityPerServer, maxPrefixBlocksToMatch" in str(err.value)
+        known = str(err.value).split("known: ", 1)[1].split(", ")
+        assert {"lruCapacityPerServer", "maxPrefixBlocksToMatch", "salt"} <= set(known)
 
 
 def test_two_profiles_p_d_is_refused_with_the_reason() -> None:
