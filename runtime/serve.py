@@ -36,9 +36,13 @@ from policies.autoscaling.config import build_autoscaler
 from policies.lifecycle.states import READY, RestartBackoff, RestartBackoffParams
 from runtime.controller import ControllerSettings, EventLog, LiveEvent, ModelController
 from runtime.readiness import HttpProber
+from runtime.transport import uvicorn_options
 
 SHUTDOWN_GRACE_S = 30.0
 """The most uvicorn waits for open requests once it stops accepting."""
+TRANSPORT_BACKSTOP_S = 1.0
+"""The gateway answers (and counts) a body that missed its read deadline itself; the protocol's 408 comes this much
+later, only if the app did not."""
 
 
 class ServeError(OdhsimError):
@@ -58,7 +62,7 @@ def controller_settings(scenario: Scenario) -> ControllerSettings:
 class _Server:
     """uvicorn.Server without its own signal handling: serve() owns SIGINT/SIGTERM so it can drain replicas."""
 
-    def __init__(self, app: Any, live_host: str, graceful_s: float) -> None:
+    def __init__(self, app: Any, live_host: str, graceful_s: float, transport: dict[str, Any]) -> None:
         import uvicorn
 
         class Quiet(uvicorn.Server):
@@ -67,7 +71,7 @@ class _Server:
 
         config = uvicorn.Config(
             app, host=live_host, lifespan="on", log_level="warning", access_log=False,
-            timeout_graceful_shutdown=graceful_s, timeout_keep_alive=30,
+            timeout_graceful_shutdown=graceful_s, **transport,
         )  # fmt: skip
         self.server = Quiet(config)
 
@@ -91,7 +95,9 @@ def _spawner(scenario: Scenario, device: str, log_dir: Path | None) -> Callable[
     from runtime.replica.config import ReplicaConfig
 
     def spawn(model: ModelDeployment, name: str) -> Any:
-        config = ReplicaConfig.from_deployment(model, scenario.base_dir)
+        config = ReplicaConfig.from_deployment(model, scenario.base_dir).model_copy(
+            update={"transport": scenario.live.transport}
+        )
         log_path = None if log_dir is None else log_dir / f"{name}.log"
         return ReplicaProcess.start(config, name=name, device=device, log_path=log_path)
 
@@ -203,7 +209,10 @@ class LiveStack:
                 )  # fmt: skip
             self.gateway.on_cold_request = self._cold
             self.gateway.on_replica_failure = self._replica_failure
-            self._server = _Server(self.gateway.app, sc.live.host, SHUTDOWN_GRACE_S).server
+            transport = uvicorn_options(
+                sc.live.transport, backstop_s=TRANSPORT_BACKSTOP_S, on_refused=self.gateway.metrics.transport_refused
+            )
+            self._server = _Server(self.gateway.app, sc.live.host, SHUTDOWN_GRACE_S, transport).server
             self._server_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="uvicorn")
             while not self._server.started:
                 if self._server_task.done():

@@ -31,7 +31,15 @@ from policies.caching.response_cache import TieredResponseCache
 from runtime.errors import SEQUENCE_FAILED, SEQUENCE_FAILED_MARK, SEQUENCE_FAILED_STATUS, new_error_id
 from runtime.gateway.auth import ANONYMOUS, Principal, bearer_token, lower_priority
 from runtime.gateway.forward import Buffered, Streaming, UpstreamCall
-from runtime.gateway.limits import LimitError, block_ids, check_completion, check_rows, prompt_tokens, read_body
+from runtime.gateway.limits import (
+    LimitError,
+    block_ids,
+    check_completion,
+    check_rows,
+    prompt_tokens,
+    read_body,
+    shown_name,
+)
 from runtime.gateway.metrics import CONTENT_TYPE
 from runtime.gateway.protocol import (
     CompletionRequest,
@@ -45,6 +53,7 @@ from runtime.gateway.protocol import (
     validate,
 )
 from runtime.gateway.route import GatewayError, Job
+from runtime.transport import REQUEST_DEADLINE
 
 if TYPE_CHECKING:
     from runtime.gateway.core import Gateway
@@ -60,7 +69,9 @@ _OPENAI_TYPE = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    408: "invalid_request_error",
     413: "invalid_request_error",
+    431: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -111,6 +122,12 @@ def error_response(
     else:
         body = {"error": message}
     return JSONResponse(body, status_code=status, headers=h)
+
+
+def body_deadline(request: Request) -> float | None:
+    """The loop time by which the request's body must have arrived (set by runtime.transport; None without it)."""
+    value = request.scope.get("state", {}).get(REQUEST_DEADLINE)
+    return float(value) if isinstance(value, int | float) else None
 
 
 def _mark_retries(resp: Response, job: Job | None) -> Response:
@@ -277,7 +294,7 @@ def create_app(gateway: Gateway) -> FastAPI:
     def route_for(model: str, principal: Principal) -> Any:
         route = gateway.routes.get(model)
         if route is None:
-            raise HttpError(404, f"model '{model}' does not exist", "model_not_found", "model")
+            raise HttpError(404, f"model '{shown_name(model)}' does not exist", "model_not_found", "model")
         if not principal.may_use(model):
             raise HttpError(403, f"this API key may not use model '{model}'", "model_not_allowed", "model")
         return route
@@ -298,7 +315,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         except HttpError as e:
             resp = error_response(path, e.status, e.message, e.reason, e.param)
         except (ProtocolError, LimitError) as e:
-            reason = "too_large" if e.status == 413 else "bad_request"
+            reason = {408: "request_timeout", 413: "too_large"}.get(e.status, "bad_request")
             resp = error_response(path, e.status, e.message, reason, e.param)
         except GatewayError as e:
             resp = error_response(path, e.status, e.message, e.reason)
@@ -345,7 +362,7 @@ def create_app(gateway: Gateway) -> FastAPI:
 
         async def work() -> Response:
             principal = principal_of(request)
-            body = await read_body(request.headers, request.stream(), limits.max_body_bytes)
+            body = await read_body(request.headers, request.stream(), limits.max_body_bytes, body_deadline(request))
             doc = parse_json(body)
             named = doc.get("model") if isinstance(doc, dict) else None
             if isinstance(named, str) and named in gateway.routes:
@@ -440,7 +457,7 @@ def create_app(gateway: Gateway) -> FastAPI:
         async def work() -> Response:
             principal = principal_of(request)
             route = route_for(model, principal)
-            body = await read_body(request.headers, request.stream(), limits.max_body_bytes)
+            body = await read_body(request.headers, request.stream(), limits.max_body_bytes, body_deadline(request))
             doc = parse_v2_body(body, request.headers.get("inference-header-content-length"))
             req: V2InferRequest = validate(V2InferRequest, doc)
             tensor, flat = check_v2_request(req, route.deployment)

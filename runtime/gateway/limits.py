@@ -6,6 +6,7 @@ the stream is counted while it is read, so a chunked upload (or a lying Content-
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Mapping
 
@@ -19,7 +20,7 @@ BLOCK_TOKENS = 16
 
 
 class LimitError(Exception):
-    """A request over a limit: HTTP status (400 or 413), the offending field (may be None) and a message."""
+    """A request over a limit: HTTP status (400, 408 or 413), the offending field (may be None) and a message."""
 
     def __init__(self, status: int, message: str, param: str | None = None) -> None:
         super().__init__(message)
@@ -28,8 +29,24 @@ class LimitError(Exception):
         self.param = param
 
 
-async def read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], max_bytes: int) -> bytes:
-    """The whole body, or LimitError(413) as soon as it is known to exceed `max_bytes` (400 for a bad length)."""
+async def read_body(
+    headers: Mapping[str, str], chunks: AsyncIterator[bytes], max_bytes: int, deadline: float | None = None
+) -> bytes:
+    """The whole body, or LimitError(413) as soon as it is known to exceed `max_bytes` (400 for a bad length).
+
+    `deadline` (event-loop time; the transport's REQUEST_DEADLINE): LimitError(408) if the body has not wholly
+    arrived by then, so a client trickling its body cannot hold the request (and its memory) open."""
+    if deadline is None:
+        return await _read_body(headers, chunks, max_bytes)
+    try:
+        async with asyncio.timeout_at(deadline):
+            return await _read_body(headers, chunks, max_bytes)
+    except TimeoutError:
+        message = "the request body was not received in time (live.transport.request_read_timeout_s)"
+        raise LimitError(408, message) from None
+
+
+async def _read_body(headers: Mapping[str, str], chunks: AsyncIterator[bytes], max_bytes: int) -> bytes:
     declared = headers.get("content-length")
     if declared is not None:
         try:
@@ -93,3 +110,14 @@ def block_ids(tokens: list[int], block_tokens: int = BLOCK_TOKENS) -> np.ndarray
         prev = h.digest()
         out[i] = int.from_bytes(prev, "little") & 0x7FFF_FFFF_FFFF_FFFF
     return out
+
+
+def shown_name(name: str, limit: int = 64) -> str:
+    """A client-supplied name as an error message may quote it: at most `limit` characters, non-printable and
+    non-ASCII characters escaped, and the original length said when it was cut (a 60 kB model name is not echoed)."""
+    cut = name[:limit]
+    escaped = cut.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in escaped)
+    if len(name) > limit:
+        return f"{escaped}... ({len(name)} characters)"
+    return escaped

@@ -106,12 +106,21 @@ class GatewayMetrics:
             ["model", "kind"],
             registry=self.registry,
         )
+        self.transport_refusals = Counter(
+            "odhsim_gateway_transport_refusals",
+            "Requests refused by the HTTP layer before the app saw it (431 head too big, 408 too slow, 400 bad HTTP).",
+            ["status", "reason"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(snapshot))
         if shared_tier is not None:
             self.registry.register(_TierCollector(shared_tier))
 
     def count(self, model: str, status: int, reason: str) -> None:
         self.requests.labels(model, str(status), reason).inc()
+
+    def transport_refused(self, status: int, reason: str) -> None:
+        self.transport_refusals.labels(str(status), reason).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -93,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from runtime.replica.app import create_app
+    from runtime.transport import uvicorn_options
 
     failed: list[BaseException] = []
     server: uvicorn.Server | None = None
@@ -112,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             log_level="warning",
             access_log=False,
             timeout_graceful_shutdown=args.graceful_timeout,
+            **uvicorn_options(config.transport),
         )
     )
     with contextlib.suppress(SystemExit):

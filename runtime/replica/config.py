@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from odhsim.scenario.live import LiveModelSpec
+from odhsim.scenario.live import LiveModelSpec, TransportLimits
 
 if TYPE_CHECKING:  # the scenario package pulls in policies/ and scipy; a replica process needs neither
     from odhsim.scenario.deployment import ModelDeployment
@@ -27,6 +27,8 @@ class ReplicaConfig(BaseModel):
     spec: LiveModelSpec
     max_model_len: Annotated[int, Field(ge=2)] | None = None
     base_dir: str = "."
+    transport: TransportLimits = TransportLimits()
+    """The replica server's HTTP limits (the scenario's `live.transport`, as the gateway's)."""
 
     @model_validator(mode="after")
     def _consistent(self) -> ReplicaConfig:

@@ -5,6 +5,7 @@ a key prefix and a visible outage, transport limits answered in JSON (431, 408, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -16,14 +17,18 @@ from typing import Any
 import httpx
 import pytest
 import redis
+import uvicorn
 
+from odhsim.scenario.live import TransportLimits
 from odhsim.scenario.model import Scenario
 from runtime.gateway.core import build_gateway
 from runtime.gateway.shared_tier import RedisSharedTier, scenario_prefix, shared_tier_from_url
+from runtime.transport import uvicorn_options
 from tests.runtime.gateway_fakes import (
     KEY_ALL,
     KEY_LOW,
     FakeReplica,
+    ServerThread,
     auth,
     fake_replicas,
     make_keys,
@@ -246,3 +251,195 @@ def test_shared_tier_reports_going_down_and_coming_back() -> None:
         assert got is not None and got.value == b"x" and tier.up
         assert [u for u, _ in seen] == [False, True]
         tier.close()
+
+
+# -- 3. transport limits: 431, 408, JSON for malformed HTTP, a short 404 ------------------------------------------
+
+READ_TIMEOUT_S = 1.5
+TRANSPORT = {"max_header_bytes": 16384, "request_read_timeout_s": READ_TIMEOUT_S, "keep_alive_s": 5}
+
+
+class GuardedServerThread(ServerThread):
+    """The gateway served as `odhsim serve` serves it: uvicorn with runtime.transport's protocol and limits."""
+
+    def __init__(self, app: Any, limits: TransportLimits, on_refused: Any = None) -> None:
+        super().__init__(app, lifespan="on")
+        options = uvicorn_options(limits, backstop_s=1.0, on_refused=on_refused)
+        config = uvicorn.Config(
+            app, lifespan="on", log_level="critical", access_log=False, loop="asyncio", timeout_graceful_shutdown=1,
+            **options,
+        )  # fmt: skip
+        self.server = uvicorn.Server(config)
+
+
+@contextmanager
+def guarded_gateway(sc: Scenario, upstreams: dict[str, list[tuple[str, str]]]) -> Iterator[tuple[Any, ServerThread]]:
+    gateway = build_gateway(sc, keys=make_keys())
+    for model, items in upstreams.items():
+        for name, url in items:
+            gateway.add_replica(model, name, url)
+    server = GuardedServerThread(gateway.app, sc.live.transport, gateway.metrics.transport_refused).start()
+    try:
+        yield gateway, server
+    finally:
+        server.stop()
+
+
+def raw_exchange(port: int, data: bytes, *, wait_s: float = 10.0) -> tuple[int, dict[str, str], bytes, float]:
+    """Send raw bytes, read until the server closes (or `wait_s`): (status, headers, body, seconds to the answer)."""
+    t0 = time.monotonic()
+    with socket.create_connection(("127.0.0.1", port), timeout=wait_s) as sock:
+        if data:
+            with contextlib.suppress(OSError):
+                sock.sendall(data)
+        got = b""
+        while True:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            got += chunk
+            if b"\r\n\r\n" in got:
+                head, _, rest = got.partition(b"\r\n\r\n")
+                length = next(
+                    (int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n")[1:])
+                     if k.strip().lower() == b"content-length"),
+                    None,
+                )  # fmt: skip
+                if length is not None and len(rest) >= length:
+                    break
+    elapsed = time.monotonic() - t0
+    assert got, "no answer at all"
+    head, _, body = got.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return status, headers, body, elapsed
+
+
+@pytest.fixture(scope="module")
+def guarded() -> Iterator[tuple[Any, ServerThread, FakeReplica]]:
+    r = FakeReplica("chat", "a")
+    sc = chat_only(live={"transport": TRANSPORT})
+    with fake_replicas(r) as (s,), guarded_gateway(sc, {"chat": [("a", s.url)]}) as (gw, srv):
+        yield gw, srv, r
+
+
+def _req(method: str, path: str, headers: dict[str, str], body: bytes = b"") -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", "host: 127.0.0.1", *(f"{k}: {v}" for k, v in headers.items())]
+    if body or method == "POST":
+        lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+AUTH_H = {"authorization": f"Bearer {KEY_ALL}", "content-type": "application/json"}
+CHUNKED = b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+# (name, raw request, status, error code under /v1 or None for a plain {"error": ...})
+TRANSPORT_MATRIX: list[tuple[str, bytes, int, str | None]] = [
+    ("64 kB header", _req("GET", "/v2/health/live", {"x-big": "a" * 65536}), 431, None),
+    ("64 kB header on /v1", _req("GET", "/v1/models", {"x-big": "a" * 65536}), 431, "headers_too_large"),
+    ("many small headers", _req("GET", "/v2/health/live", {f"x-h{i}": "v" * 100 for i in range(400)}), 431, None),
+    ("32 kB request line", _req("GET", "/v2/models/" + "m" * 32768, {}), 431, None),
+    ("malformed request line", b"GARBAGE\r\n\r\n", 400, None),
+    ("header without a colon", b"GET /v2/health/live HTTP/1.1\r\nhost 127.0.0.1\r\n\r\n", 400, None),
+    (
+        "bad chunk size",
+        b"POST /v1/completions HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        400,
+        "bad_http",
+    ),
+    ("8 kB model name in the path", _req("GET", "/v2/models/" + "m" * 8000, AUTH_H), 404, None),
+]
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name,raw,status,code", TRANSPORT_MATRIX, ids=[m[0] for m in TRANSPORT_MATRIX])
+def test_transport_bad_input_matrix_answers_json(
+    guarded: Any, name: str, raw: bytes, status: int, code: str | None
+) -> None:
+    _, srv, _ = guarded
+    got, headers, body, elapsed = raw_exchange(srv.port, raw)
+    assert got == status, body[:300]
+    assert headers["content-type"].startswith("application/json"), headers
+    doc = json.loads(body)
+    if code is None:
+        assert isinstance(doc["error"], str) and doc["error"]
+    else:
+        assert doc["error"]["code"] == code and doc["error"]["message"]
+    assert len(body) < 600  # never an echo of what was sent
+    assert elapsed < 5.0
+    health = httpx.get(f"{srv.url}/v2/health/live", timeout=5)  # and the server keeps serving
+    assert health.status_code == 200
+
+
+@pytest.mark.timeout(60)
+def test_long_model_names_are_never_echoed_whole(guarded: Any) -> None:
+    _, srv, _ = guarded
+    name = "%0A<b>" + "m" * 10_000
+    resp = httpx.get(f"{srv.url}/v2/models/{name}/ready", headers=auth(), timeout=10)
+    assert resp.status_code == 404 and len(resp.content) < 300
+    message = resp.json()["error"]
+    assert "\\n<b>" in message and "(10004 characters)" in message and "\n" not in message
+    for model in ("m" * 200, "m" * 60_000):  # under and over the body's own 256-character bound on `model`
+        body = {"model": model, "prompt": "x", "max_tokens": 1}
+        got = httpx.post(f"{srv.url}/v1/completions", json=body, headers=auth(), timeout=10)
+        assert got.status_code in (400, 404) and len(got.content) < 400, got.text[:400]
+        assert got.json()["error"]["code"] in ("model_not_found", "bad_request")
+
+
+@pytest.mark.timeout(60)
+def test_slow_body_gets_a_json_408_within_the_timeout_and_is_counted(guarded: Any) -> None:
+    gw, srv, r = guarded
+    hits = r.hits
+    head = _req("POST", "/v1/completions", {**AUTH_H, "content-length": "200"})
+    head = head.replace(b"content-length: 0\r\n", b"")
+    status, headers, body, elapsed = raw_exchange(srv.port, head + b'{"model": "chat", ', wait_s=10)
+    assert status == 408 and headers["content-type"].startswith("application/json")
+    assert json.loads(body)["error"]["code"] == "request_timeout"
+    assert READ_TIMEOUT_S - 0.2 < elapsed < READ_TIMEOUT_S + 2.5
+    assert r.hits == hits  # nothing reached the replica
+    labels = {"model": "unknown", "status": 408, "reason": "request_timeout"}
+    assert gw.metrics.value("odhsim_gateway_requests_total", labels) >= 1
+
+
+@pytest.mark.timeout(60)
+def test_idle_and_half_sent_heads_are_answered_408_and_dropped(guarded: Any) -> None:
+    gw, srv, _ = guarded
+    idle = raw_exchange(srv.port, b"", wait_s=10)
+    half = raw_exchange(srv.port, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\n", wait_s=10)
+    for status, headers, body, elapsed in (idle, half):
+        assert status == 408 and headers["content-type"].startswith("application/json")
+        assert json.loads(body)["error"] and READ_TIMEOUT_S - 0.2 < elapsed < READ_TIMEOUT_S + 2.5
+    assert (
+        gw.metrics.value("odhsim_gateway_transport_refusals_total", {"status": 408, "reason": "request_timeout"}) >= 2
+    )
+
+
+@pytest.mark.timeout(90)
+def test_many_slow_connections_are_all_released_within_the_timeout(guarded: Any) -> None:
+    _, srv, _ = guarded
+    socks = []
+    try:
+        for _ in range(50):
+            sk = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            head = f"POST /v1/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY_ALL}\r\n"
+            sk.sendall(head.encode() + b"content-length: 100\r\n\r\n{")
+            socks.append(sk)
+        t0 = time.monotonic()
+        closed = 0
+        for sk in socks:
+            data = b""
+            while chunk := sk.recv(65536):
+                data += chunk
+            closed += data.startswith(b"HTTP/1.1 408")
+        assert closed == 50 and time.monotonic() - t0 < READ_TIMEOUT_S + 5.0
+        t1 = time.monotonic()
+        assert httpx.get(f"{srv.url}/v2/health/live", timeout=5).status_code == 200
+        assert time.monotonic() - t1 < 1.0
+    finally:
+        for sk in socks:
+            sk.close()
