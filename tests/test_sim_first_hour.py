@@ -7,6 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from odhsim import catalog
 from odhsim.scenario.load import scenario_from_dict
 from odhsim.sim.run import simulate
 
@@ -103,3 +106,70 @@ def test_prefix_routing_warns_exactly_when_the_workload_has_no_prefix_blocks(tmp
     }
     for sc in (round_robin, synthetic, mooncake, zero_weight):
         assert [w for w in _warnings(sc) if "prefix" in w] == []
+
+
+# -- cost integrated over time -----------------------------------------------------------------------------------
+
+HOLDING = {"downloading", "loading", "testing", "ready", "draining"}
+
+
+def lifecycle_gpu_hours(replicas: pd.DataFrame, gpus_per_replica: int) -> float:
+    """GPU-hours from the replica lifecycles: from the first state that holds GPUs to `gone` (or the run's end)."""
+    total = 0.0
+    for _, g in replicas.groupby("replica", observed=True):
+        since = None
+        for t, state in zip(g["time_s"], g["state"].astype(str), strict=True):
+            if state in HOLDING and since is None:
+                since = t
+            elif state in ("gone", "stopped") and since is not None:
+                total += t - since
+                since = None
+        assert since is None, "every replica ends gone or stopped"
+    return total * gpus_per_replica / 3600.0
+
+
+def _bursty_scale_to_zero(bucket_s: float) -> dict[str, Any]:
+    lengths = {"prompt_tokens": {"dist": "fixed", "value": 800}, "output_tokens": {"dist": "fixed", "value": 300}}
+    return {
+        "name": "burst",
+        "seed": 5,
+        "duration_s": 400,
+        "gpu_pool": [{"gpu": "A100-80GB", "count": 8, "model_cache_gb": 100}],
+        "models": [
+            {
+                "name": "chat",
+                "profile": "llama3.1-8b",
+                "gpu": "A100-80GB",
+                "tp": 2,
+                "replicas": 1,
+                "autoscaling": {
+                    "type": "kpa",
+                    "params": {"min_replicas": 0, "max_replicas": 4, "container_concurrency": 2},
+                },
+            }
+        ],
+        "gateway": {"router": {"profile": "round-robin"}},
+        "workload": {"sources": [{"kind": "poisson", "rate": 6.0, "duration_s": 60, **lengths}]},
+        "outputs": {"timeseries_bucket_s": bucket_s},
+    }
+
+
+def test_timeseries_gpu_hours_equal_the_lifecycles_even_inside_one_bucket() -> None:
+    # One 3,600 s bucket holds the whole run: replicas scale up for the burst and back to zero before it ends, so
+    # charging only the GPUs held at the bucket's end would charge nothing.
+    one = simulate(scenario_from_dict(_bursty_scale_to_zero(3600)))
+    fine = simulate(scenario_from_dict(_bursty_scale_to_zero(7)))
+    started = one.replicas.loc[one.replicas["state"] == "loading", "replica"].nunique()
+    assert started >= 2 and len(one.timeseries) == 1 and one.timeseries["gpus"].iloc[0] == 0
+    for res in (one, fine):
+        ts = res.timeseries
+        expected = lifecycle_gpu_hours(res.replicas, gpus_per_replica=2)
+        assert expected > 0
+        assert abs(ts["gpu_hours"].sum() - expected) <= 1e-9 * expected
+        assert abs(ts["cost_usd"].sum() - expected * catalog.gpu("A100-80GB").price_per_gpu_hour) <= 1e-9 * expected
+    # energy integrates the same way: bucketing does not change it, and it lies between all-idle and all-busy
+    g = catalog.gpu("A100-80GB")
+    e1, e2 = one.timeseries["energy_kwh"].sum(), fine.timeseries["energy_kwh"].sum()
+    assert abs(e1 - e2) <= 1e-9 * e1
+    hours = one.timeseries["gpu_hours"].sum()
+    assert hours * g.idle_w / 1000 < e1 < hours * g.decode_w / 1000

@@ -81,6 +81,8 @@ class ModelController:
         self._last_arrivals = 0
         self._poked = False
         self.retired = False  # its revision was promoted away from or rolled back: no more scaling
+        self._gpu_s = 0.0  # GPU-seconds held up to _gpu_since (the integral the cost timeseries charges)
+        self._gpu_since = env.now
 
     # -- records ------------------------------------------------------------------------------------------
     def _move(self, replica: ReplicaBase, to: str, detail: str = "") -> None:
@@ -97,6 +99,17 @@ class ModelController:
 
     def gpus_held(self) -> int:
         return len(self.allocations) * self.gpus_per_replica
+
+    def gpu_seconds(self) -> float:
+        """GPU-seconds held since the controller started: every allocation from grant to release, so a replica
+        that starts and stops between two samples is charged for exactly the time it held its GPUs."""
+        return self._gpu_s + self.gpus_held() * (self.env.now - self._gpu_since)
+
+    def _allocations_change(self) -> None:
+        """Call before adding or removing an allocation: closes the integral at the current holding."""
+        now = self.env.now
+        self._gpu_s += self.gpus_held() * (now - self._gpu_since)
+        self._gpu_since = now
 
     def committed_gpus(self) -> int:
         """GPUs held plus those asked for by replicas still waiting in `pending`."""
@@ -117,6 +130,7 @@ class ModelController:
         for replica in self.route.replicas:
             allocation = self.pool.allocate(self.model.gpu, self.model.tp, self.model.pp)
             assert allocation is not None, "scenario validation guarantees GPUs for the initial replicas"
+            self._allocations_change()
             self.allocations[replica.index] = allocation
             for node in allocation.nodes:
                 node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
@@ -168,6 +182,7 @@ class ModelController:
     def _boot(self, replica: ReplicaBase, allocation: Allocation) -> None:
         """Every stage's node downloads the model unless its cache has it; the tp x pp GPUs load their shards in
         parallel."""
+        self._allocations_change()
         self.allocations[replica.index] = allocation
         nodes = allocation.nodes
         warm = all(node.cache.has(self._cache_key()) for node in nodes)
@@ -232,9 +247,10 @@ class ModelController:
         self._free(replica)
 
     def _free(self, replica: ReplicaBase) -> None:
-        allocation = self.allocations.pop(replica.index, None)
-        if allocation is not None:
-            self.pool.release(allocation)
+        if replica.index not in self.allocations:
+            return
+        self._allocations_change()
+        self.pool.release(self.allocations.pop(replica.index))
 
     # -- the autoscaler loop ------------------------------------------------------------------------------
     def metrics(self) -> ScalingMetrics:

@@ -15,7 +15,9 @@ class TimeseriesSampler:
     """Every `bucket_s`, records arrivals, queue length, running, ready replicas, KV usage, busy time and cost.
 
     queue_len counts requests waiting anywhere (gateway queue plus the replicas' own waiting queues); gpu_busy is
-    the fraction of the bucket the model's replicas spent computing; cost accrues for every replica holding GPUs.
+    the fraction of the bucket the model's replicas spent computing; `gpus` is what the model holds at the bucket's
+    end. gpu_hours, cost and energy integrate over the bucket (the controllers' GPU-seconds from grant to release),
+    so a replica that starts and stops inside one bucket is charged, and the column sums to the lifecycle's total.
     """
 
     def __init__(self, env: simpy.Environment, scenario: Scenario, gateway: Gateway, done: Callable[[], bool]) -> None:
@@ -33,6 +35,7 @@ class TimeseriesSampler:
         }  # fmt: skip
         self._last_arrivals = [0] * len(scenario.models)
         self._last_busy = [0.0] * len(gateway.replicas)
+        self._last_gpu_s: dict[tuple[int, int], float] = {}  # (model, revision) -> controller GPU-seconds so far
         self._last_t = 0.0
         self.stopped = False
 
@@ -66,22 +69,23 @@ class TimeseriesSampler:
             gpus = 0
             gpu_hours = cost = energy_wh = busy_s = replica_s = 0.0
             for rev in model.revisions:
-                d = rev.controller.model if rev.controller is not None else m
+                ctl = rev.controller
+                d = ctl.model
                 g = catalog.gpu(d.gpu)
-                held = (
-                    rev.controller.gpus_held() if rev.controller is not None else len(rev.replicas) * d.gpus_per_replica
-                )
-                hours = held * dt / 3600.0  # every GPU held (starting, ready, draining) costs money
-                rev_busy = busy.get((mi, rev.revision), 0.0)
-                rev_replica_s = held / d.gpus_per_replica * dt
-                frac = rev_busy / rev_replica_s if held else 0.0
-                gpus += held
+                key = (mi, rev.revision)
+                total_gpu_s = ctl.gpu_seconds()
+                gpu_s = total_gpu_s - self._last_gpu_s.get(key, 0.0)  # every GPU held (starting, ready, draining)
+                self._last_gpu_s[key] = total_gpu_s
+                hours = gpu_s / 3600.0
+                rev_busy = busy.get(key, 0.0)
+                busy_gpu_s = rev_busy * d.gpus_per_replica  # a busy replica keeps all its GPUs busy
+                gpus += ctl.gpus_held()
                 gpu_hours += hours
                 cost += hours * g.price_per_gpu_hour
                 # busy GPUs draw the decode power (decode dominates an LLM replica's busy time), idle ones idle power
-                energy_wh += hours * (g.idle_w + frac * (g.decode_w - g.idle_w))
+                energy_wh += hours * g.idle_w + busy_gpu_s / 3600.0 * (g.decode_w - g.idle_w)
                 busy_s += rev_busy
-                replica_s += rev_replica_s
+                replica_s += gpu_s / d.gpus_per_replica
             rows["time_s"].append(now)
             rows["model"].append(m.name)
             rows["arrivals"].append(self.gateway.arrivals[mi] - self._last_arrivals[mi])
@@ -89,7 +93,7 @@ class TimeseriesSampler:
             rows["running"].append(sum(r.running() for r in reps))
             rows["ready_replicas"].append(len(reps))
             rows["kv_usage"].append(sum(r.kv_usage() for r in reps) / len(reps) if reps else 0.0)
-            rows["gpu_busy"].append(busy_s / replica_s if gpus else 0.0)
+            rows["gpu_busy"].append(busy_s / replica_s if replica_s > 0 else 0.0)
             rows["gpus"].append(gpus)
             rows["gpu_hours"].append(gpu_hours)
             rows["cost_usd"].append(cost)
