@@ -80,7 +80,15 @@ class ReplicaBase:
         if state is None:
             waiting, running, kv = self._published_values
             state = self._published = EndpointState(
-                self.name, self.model_name, waiting, running, kv, tick * self.scrape_interval_s
+                self.name,
+                self.model_name,
+                waiting,
+                running,
+                kv,
+                tick * self.scrape_interval_s,
+                # vllm:cache_config_info (num_gpu_blocks, block_size) of LLM replicas; 0 where there is none
+                cache_num_blocks=getattr(self, "total_blocks", 0),
+                cache_block_size=getattr(self, "bs", 0),
             )
         return state
 

@@ -20,6 +20,9 @@ class EndpointState:
     active_adapters, waiting_adapters, max_adapters
                vllm:lora_requests_info: running_lora_adapters, waiting_lora_adapters, max_lora
                (no LoRA on the server: empty sets and 0 slots)
+    cache_num_blocks, cache_block_size
+               vllm:cache_config_info: num_gpu_blocks, block_size (0: not reported); the prefix-cache scorer's
+               auto_tune sizes its index from them, as llm-d's does
     """
 
     name: str
@@ -32,6 +35,8 @@ class EndpointState:
     active_adapters: frozenset[str] = frozenset()
     waiting_adapters: frozenset[str] = frozenset()
     max_adapters: int = 0
+    cache_num_blocks: int = 0
+    cache_block_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
