@@ -13,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from odhsim.cli import app
+from odhsim.errors import CatalogError
 from odhsim.importers.kserve import ImportOptions, KServeImportError, import_inference_service, minimal_scenario
 from odhsim.scenario.load import load_scenario, scenario_from_dict
 
@@ -209,6 +210,9 @@ def test_missing_facts_are_named_with_the_flag_to_pass() -> None:
     with pytest.raises(KServeImportError) as err:
         import_inference_service(doc)
     assert "pass --profile" in str(err.value) and "pass --gpu" in str(err.value)
+    assert import_inference_service(doc, ImportOptions(profile="llama3-8b", gpu="l4")).model["gpu"] == "L4"
+    with pytest.raises(CatalogError, match="unknown model 'nope'"):
+        import_inference_service(doc, ImportOptions(profile="nope", gpu="L4"))
     doc["spec"]["predictor"]["minReplicas"] = "two"
     with pytest.raises(KServeImportError, match=r"spec\.predictor\.minReplicas: "):
         import_inference_service(doc)

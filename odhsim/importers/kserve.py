@@ -343,8 +343,8 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
     # which LLM
     if kind == "llm":
         candidates = []
-        if opts.profile:
-            candidates.append((opts.profile, "--profile"))
+        if opts.profile:  # given explicitly: it must be in the catalogue (CatalogError lists the known ones)
+            candidates.append((catalog.model(opts.profile).name, "--profile"))
         for arg in ("model", "model-id", "model-name"):
             if arg in args:
                 candidates.append((args[arg][0], args[arg][1]))
