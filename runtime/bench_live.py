@@ -36,6 +36,7 @@ from rich.table import Table
 
 from odhsim.bench import AZURE_CONV, REPO_ROOT
 from odhsim.errors import OdhsimError
+from runtime.replica_secret import headers_of_process
 
 LIVE_SCENARIO = REPO_ROOT / "scenarios" / "live.yaml"
 BENCH_KEY = "bench-key"
@@ -138,13 +139,16 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-def gateway_overhead(gateway_url: str, replica_url: str, pairs: int = OVERHEAD_PAIRS) -> dict[str, Any]:
-    """p50/p99 of a 1-token completion through the gateway and directly, interleaved (order alternating)."""
+def gateway_overhead(
+    gateway_url: str, replica_url: str, pairs: int = OVERHEAD_PAIRS, replica_headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """p50/p99 of a 1-token completion through the gateway and directly, interleaved (order alternating);
+    `replica_headers` carry the run's replica secret (a replica answers nothing without it)."""
     headers = {"Authorization": f"Bearer {BENCH_KEY}"}
     times: dict[str, list[float]] = {"gateway": [], "direct": []}
     with (
         httpx.Client(base_url=gateway_url, headers=headers, timeout=30) as gw,
-        httpx.Client(base_url=replica_url, timeout=30) as direct,
+        httpx.Client(base_url=replica_url, headers=replica_headers, timeout=30) as direct,
     ):
         clients = {"gateway": gw, "direct": direct}
         for i in range(pairs + 20):
@@ -219,7 +223,8 @@ def run_bench_live(*, device: str = "auto", requests: int = 2000, out_dir: str |
         status = serve.wait_ready(2)
         url = status["url"]
         replica = next(r for m in status["models"] for r in m["replicas"] if r["state"] == "ready")
-        figures["overhead"] = gateway_overhead(url, replica["url"])
+        direct = headers_of_process(int(replica["pid"]))
+        figures["overhead"] = gateway_overhead(url, replica["url"], replica_headers=direct)
         span = float(trace["arrival_s"].iloc[-1])
         figures["replay"] = replay_trace(url, trace_path, span, root / "replay" if out_dir is not None else None)
     finally:

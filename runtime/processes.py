@@ -26,6 +26,7 @@ from types import TracebackType
 import httpx
 
 from runtime.replica.config import ReplicaConfig
+from runtime.replica_secret import replica_environment, secret_headers
 
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _LIVE: set[ReplicaProcess] = set()  # strong refs: a forgotten handle must still be killed at exit
@@ -60,10 +61,19 @@ class ReplicaProcess:
     always stopped: `with ReplicaProcess.start(cfg, name="chat-0") as rp: rp.wait_ready(30); ...`."""
 
     def __init__(
-        self, popen: subprocess.Popen, *, name: str, host: str, port: int, log_path: Path, own_log: bool
+        self,
+        popen: subprocess.Popen,
+        *,
+        name: str,
+        host: str,
+        port: int,
+        log_path: Path,
+        own_log: bool,
+        secret: str | None = None,
     ) -> None:
         self._popen = popen
         self.name, self.host, self.port = name, host, port
+        self.secret = secret
         self.log_path = log_path
         self._own_log = own_log
         _LIVE.add(self)
@@ -79,10 +89,13 @@ class ReplicaProcess:
         log_path: str | Path | None = None,
         host: str = "127.0.0.1",
         env: dict[str, str] | None = None,
+        secret: str | None = None,
     ) -> ReplicaProcess:
         """Launch a replica of `config` (returns at once; call `wait_ready`). `env` entries are added to the child's
-        environment (e.g. ODHSIM_TORCH_THREADS). Without `log_path` the log is a temporary file, removed on stop.
-        The replica exits by itself if this process dies (`parent_watch_env`)."""
+        environment (e.g. ODHSIM_TORCH_THREADS); the gateway's credentials ($ODHSIM_API_KEYS, the Redis password)
+        never are. With `secret` (runtime.replica_secret; `odhsim serve` always passes its run's) the replica
+        answers only requests that carry it (`headers`). Without `log_path` the log is a temporary file, removed on
+        stop. The replica exits by itself if this process dies (`parent_watch_env`)."""
         port = port or free_port(host)
         own_log = log_path is None
         if log_path is None:
@@ -90,7 +103,8 @@ class ReplicaProcess:
             os.close(fd)
             log_path = tmp
         log_path = Path(log_path)
-        child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}), **parent_watch_env()}
+        base = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {}), **parent_watch_env()}
+        child_env = replica_environment(base, secret)
         child_env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), child_env.get("PYTHONPATH")) if p)
         cmd = [
             sys.executable, "-m", "runtime.replica", "--model-json", config.model_dump_json(),
@@ -100,13 +114,18 @@ class ReplicaProcess:
             popen = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=child_env, close_fds=True
             )
-        return cls(popen, name=name, host=host, port=port, log_path=log_path, own_log=own_log)
+        return cls(popen, name=name, host=host, port=port, log_path=log_path, own_log=own_log, secret=secret)
 
     # -- state -------------------------------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """What a request to this replica must carry (its secret's header; nothing without a secret)."""
+        return secret_headers(self.secret)
 
     @property
     def pid(self) -> int:
@@ -137,7 +156,7 @@ class ReplicaProcess:
         """Block until GET /v2/health/ready answers 200; the seconds waited. Raises `ReplicaStartError` if the
         process exits first or `timeout_s` passes (the process is left as it is)."""
         t0 = time.monotonic()
-        with httpx.Client(timeout=1.0) as client:
+        with httpx.Client(timeout=1.0, headers=self.headers) as client:
             while True:
                 if not self.alive():
                     raise self._not_ready(f"exited with code {self.returncode} before it was ready")
@@ -151,7 +170,7 @@ class ReplicaProcess:
     async def wait_ready_async(self, timeout_s: float = 60.0, poll_s: float = 0.05) -> float:
         """`wait_ready` for an event loop (never blocks it)."""
         t0 = time.monotonic()
-        async with httpx.AsyncClient(timeout=1.0) as client:
+        async with httpx.AsyncClient(timeout=1.0, headers=self.headers) as client:
             while True:
                 if not self.alive():
                     raise self._not_ready(f"exited with code {self.returncode} before it was ready")

@@ -36,6 +36,7 @@ from policies.autoscaling.config import build_autoscaler
 from policies.lifecycle.states import READY, RestartBackoff, RestartBackoffParams
 from runtime.controller import ControllerSettings, EventLog, LiveEvent, ModelController
 from runtime.readiness import HttpProber
+from runtime.replica_secret import new_secret, secret_headers
 from runtime.transport import uvicorn_options
 
 SHUTDOWN_GRACE_S = 30.0
@@ -90,7 +91,9 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _spawner(scenario: Scenario, device: str, log_dir: Path | None) -> Callable[[ModelDeployment, str], Any]:
+def _spawner(
+    scenario: Scenario, device: str, log_dir: Path | None, secret: str
+) -> Callable[[ModelDeployment, str], Any]:
     from runtime.processes import ReplicaProcess
     from runtime.replica.config import ReplicaConfig
 
@@ -99,7 +102,7 @@ def _spawner(scenario: Scenario, device: str, log_dir: Path | None) -> Callable[
             update={"transport": scenario.live.transport}
         )
         log_path = None if log_dir is None else log_dir / f"{name}.log"
-        return ReplicaProcess.start(config, name=name, device=device, log_path=log_path)
+        return ReplicaProcess.start(config, name=name, device=device, log_path=log_path, secret=secret)
 
     return spawn
 
@@ -124,6 +127,7 @@ class LiveStack:
         self.settings = settings or controller_settings(scenario)  # given settings are used as they are
         self._spawn = spawn
         self.run_id = f"{scenario.name}-live-seed{scenario.seed}"
+        self.replica_secret = new_secret()  # this run's: replicas answer only requests that carry it
         t0 = time.monotonic()
         self.clock: Callable[[], float] = lambda: time.monotonic() - t0
         self.log = EventLog(self.clock, self._sink)
@@ -193,10 +197,11 @@ class LiveStack:
             tier = self.gateway.shared_tier
             if tier is not None and hasattr(tier, "on_change"):
                 tier.on_change = self._shared_tier_changed
-            self._client = httpx.AsyncClient(trust_env=False, timeout=10.0)
+            self.gateway.replica_headers = secret_headers(self.replica_secret)
+            self._client = httpx.AsyncClient(trust_env=False, timeout=10.0, headers=self.gateway.replica_headers)
             prober = HttpProber(self._client, test_timeout_s=60.0)
             log_dir = None if self.out_dir is None else self.out_dir / "logs"
-            spawn = self._spawn or _spawner(sc, self.device, log_dir)
+            spawn = self._spawn or _spawner(sc, self.device, log_dir, self.replica_secret)
             streams = RngStreams(sc.seed)
             for m in sc.models:
                 autoscaler, intervals = None, (2.0, 1.0)

@@ -491,7 +491,12 @@ def create_app(gateway: Gateway) -> FastAPI:
 
     # -- metrics -----------------------------------------------------------------------------------------------
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if gateway.live.metrics_auth == "key":  # live.metrics_auth: a valid API key, even with allow_anonymous
+            token = bearer_token(request.headers.get("authorization"))
+            if token is None or gateway.keys.lookup(token) is None:
+                message = "/metrics needs an API key (live.metrics_auth: key)"
+                return error_response(request.url.path, 401, message, "unauthorized")
         return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
 
     app.state.gateway = gateway

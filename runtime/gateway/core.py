@@ -85,6 +85,8 @@ class Gateway:
         self.clock = clock
         self.on_cold_request: ColdCallback | None = None
         self.on_replica_failure: FailureCallback | None = None
+        self.replica_headers: dict[str, str] = {}
+        """Sent on every request to a replica (forwards and scrapes): the run's replica secret, set by serve."""
         gw = scenario.gateway
         now = clock()
         targets = ttft_targets(scenario)
@@ -130,8 +132,8 @@ class Gateway:
             return
         self._started = True
         self._closing = False
-        self._client = forward_client(self.live.request_timeout_s)
-        self._scraper = scrape_client(self.live.scrape_interval_s)
+        self._client = forward_client(self.live.request_timeout_s, self.replica_headers)
+        self._scraper = scrape_client(self.live.scrape_interval_s, self.replica_headers)
         for route in self.routes.values():
             for u in route.upstreams.values():
                 self._start_scraping(u)

@@ -122,19 +122,22 @@ class Upstream:
                 await task
 
 
-def forward_client(request_timeout_s: float) -> httpx.AsyncClient:
-    """The client for requests to replicas: pooled keep-alive connections, per-attempt timeouts."""
+def forward_client(request_timeout_s: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """The client for requests to replicas: pooled keep-alive connections, per-attempt timeouts; `headers` (the
+    run's replica secret) go with every request."""
     return httpx.AsyncClient(
+        headers=headers,
         timeout=httpx.Timeout(request_timeout_s, connect=min(request_timeout_s, 5.0)),
         limits=httpx.Limits(max_connections=1024, max_keepalive_connections=128, keepalive_expiry=30.0),
         follow_redirects=False,
     )
 
 
-def scrape_client(interval_s: float) -> httpx.AsyncClient:
+def scrape_client(interval_s: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     """The client for /metrics: short timeouts, so a stuck replica only ages its own metrics."""
     timeout = max(1.0, 10.0 * interval_s)
     return httpx.AsyncClient(
+        headers=headers,
         timeout=httpx.Timeout(timeout, connect=min(timeout, 1.0)),
         limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
     )

@@ -4,7 +4,9 @@ Serves one `ReplicaConfig` under uvicorn. SIGTERM (or SIGINT) is uvicorn's grace
 let open requests finish (bounded), run the app's shutdown, exit 0. Exit 2: bad arguments or config; exit 1: the
 model failed to load (the message is in the log).
 
-Started by `runtime.processes.ReplicaProcess`, it never outlives its parent: with $ODHSIM_PARENT_PID set it asks
+With $ODHSIM_REPLICA_SECRET set (`odhsim serve` always sets it) every request must carry that secret
+(runtime.replica_secret), or it is answered 401. Started by `runtime.processes.ReplicaProcess`, it never outlives
+its parent: with $ODHSIM_PARENT_PID set it asks
 Linux for SIGTERM when the parent dies ($ODHSIM_PARENT_DEATHSIG=1, prctl PR_SET_PDEATHSIG), and a daemon thread
 checks `os.getppid()` every 0.5 s and sends itself SIGTERM once the parent is gone (the same graceful shutdown).
 """
@@ -22,6 +24,7 @@ import threading
 import time
 from collections.abc import Mapping
 from types import FrameType
+from typing import Any
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 PARENT_POLL_S = 0.5
@@ -93,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     import uvicorn
 
     from runtime.replica.app import create_app
+    from runtime.replica_secret import SECRET_ENV, ReplicaSecretGuard
     from runtime.transport import uvicorn_options
 
     failed: list[BaseException] = []
@@ -104,7 +108,10 @@ def main(argv: list[str] | None = None) -> int:
             server.should_exit = True
 
     name = args.replica_name or f"{config.model}-{args.port}"
-    app = create_app(config, replica_name=name, device=args.device, on_fatal=on_fatal)
+    app: Any = create_app(config, replica_name=name, device=args.device, on_fatal=on_fatal)
+    secret = os.environ.pop(SECRET_ENV, "")  # not inherited by anything this process starts
+    if secret:
+        app = ReplicaSecretGuard(app, secret)
     server = uvicorn.Server(
         uvicorn.Config(
             app,

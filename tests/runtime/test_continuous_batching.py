@@ -15,7 +15,9 @@ from runtime.models.continuous_batching import (
     ContinuousBatchingEngine,
     GenerationResult,
     SamplingParams,
+    SequenceFailedError,
 )
+from runtime.models.sampling import request_generator, sample
 from runtime.models.tiny_lm import TinyLm
 from runtime.tokenizer import EOS, decode, encode
 
@@ -186,6 +188,73 @@ def test_seeded_sampling_is_deterministic_whatever_shares_the_batch(lm):
     alone, batched, other_seed = with_engine(lm, body)
     assert alone.token_ids == batched.token_ids
     assert alone.token_ids != other_seed.token_ids
+
+
+def poisoned(spec: TinyLmSpec, byte: int) -> TinyLm:
+    """`spec`'s model with a NaN embedding for `byte` (a prompt holding it gets NaN logits) that it never generates."""
+    model = TinyLm.build(spec)
+    with torch.no_grad():
+        model.tok_emb.weight[byte] = float("nan")
+        model.head.bias[byte] = -1e4
+    return model
+
+
+def test_a_non_finite_row_fails_its_sequence_alone_and_the_batch_goes_on():
+    """A prompt whose logits are NaN (prefill row), and a running sequence whose decode row turns NaN, each fail
+    alone with SequenceFailedError; the sequences beside them give exactly what they give alone; the engine goes
+    on serving and the failed slots are freed."""
+    model = poisoned(SPEC, 7)
+    sampled = SamplingParams(max_tokens=24, temperature=1.0, seed=3, ignore_eos=True)
+    real_decode = model.decode
+    calls = {"n": 0, "nan_at": None}
+
+    def decode(tokens, positions, cache, span=None):  # the 6th decode step of the batch turns row 1 NaN
+        logits = real_decode(tokens, positions, cache, span)
+        calls["n"] += 1
+        if calls["nan_at"] is not None and calls["n"] == calls["nan_at"] and logits.shape[0] > 1:
+            logits = logits.clone()
+            logits[1] = float("nan")
+        return logits
+
+    model.decode = decode  # type: ignore[method-assign]
+
+    async def body(engine: ContinuousBatchingEngine):
+        alone = [await engine.generate(encode(p), sampled) for p in ("healthy one", "healthy two")]
+        calls["nan_at"] = calls["n"] + 6
+        first = engine.submit(encode("healthy one"), sampled)
+        second = engine.submit(encode("healthy two"), sampled)  # row 1 of the batch: its decode row turns NaN
+        await asyncio.sleep(0.01)
+        poison = engine.submit(encode("poison \x07 here"), sampled)  # joins the running batch: a NaN prefill row
+        outcomes = await asyncio.gather(first.result(), second.result(), poison.result(), return_exceptions=True)
+        streamed = [ev async for ev in engine.submit(encode("healthy one"), sampled)]
+        failed_stream = engine.submit(encode("\x07"), GREEDY)
+        with pytest.raises(SequenceFailedError):
+            async for _ in failed_stream:
+                pass
+        after = await engine.generate(encode("healthy two"), sampled)
+        return alone, outcomes, streamed, after, engine.stats()
+
+    alone, (first, second, poison), streamed, after, stats = with_engine(model, body)
+    assert isinstance(first, GenerationResult) and first.token_ids == alone[0].token_ids
+    assert isinstance(second, SequenceFailedError) and second.error_id.startswith("err-")
+    assert isinstance(poison, SequenceFailedError) and "non-finite" not in str(poison)  # the detail is logged only
+    assert [ev.token_id for ev in streamed] == list(alone[0].token_ids)
+    assert after.token_ids == alone[1].token_ids  # a later sequence in a cleared slot is unaffected
+    assert (stats.running, stats.waiting) == (0, 0)
+
+
+def test_tiny_temperatures_are_greedy_and_small_ones_raised_as_vllm_does(lm):
+    """temperature 1e-320 used to divide the logits into inf and NaN (multinomial raised); below 1e-5 it is greedy
+    now, and a small positive one samples from a finite distribution."""
+    logits = torch.tensor([0.5, 3.0, -1.0, 2.9])
+    gen = request_generator(0)
+    assert sample(logits, 1e-320, 1.0, gen) == 1
+    assert sample(logits, 1e-6, 0.5, gen) == 1
+    assert sample(torch.tensor([3e36, 0.0, -3e36]), 1e-3, 1.0, gen) == 0  # raised to 1e-2: no overflow
+    tiny = SamplingParams(max_tokens=12, temperature=1e-320, seed=5, ignore_eos=True)
+    prompt = encode("tiny temperature")
+    result = with_engine(lm, lambda e: e.generate(prompt, tiny))
+    assert list(result.token_ids) == reference_greedy(lm, prompt, 12)
 
 
 def test_measure_batching_reports_a_speedup():

@@ -443,3 +443,79 @@ def test_many_slow_connections_are_all_released_within_the_timeout(guarded: Any)
     finally:
         for sk in socks:
             sk.close()
+
+
+# -- 4. replicas answer the gateway only; their environment holds no gateway keys; /metrics behind a key ----------
+
+MLP = {"mlp": {"input_dim": 4, "hidden": [8], "classes": 3, "seed": 2}, "max_batch_delay_ms": 1}
+DIGITS = {"name": "digits", "kind": "fixed", "gpu": "L4", "replicas": 1, "service_time": {"mean_s": 0.01}, "live": MLP}
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode(errors="replace").partition("=")[::2] for item in raw if item)
+
+
+@pytest.mark.timeout(150)
+def test_serve_gives_replicas_a_secret_and_no_api_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from runtime.serve import LiveStack
+
+    monkeypatch.setenv("ODHSIM_API_KEYS", f"{KEY_ALL}:acme:critical")
+    monkeypatch.setenv("ODHSIM_TORCH_THREADS", "1")
+    doc = chat_only().model_dump(mode="json", exclude_none=True)
+    sc = Scenario.model_validate(
+        {
+            **{k: doc[k] for k in ("name", "seed", "gpu_pool", "workload")},
+            "models": [DIGITS],
+            "live": {"port": 0, "request_timeout_s": 20.0, "scrape_interval_s": 0.1},
+        }
+    )
+    infer = {"inputs": [{"name": "INPUT__0", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]}
+
+    async def main() -> None:
+        stack = LiveStack(sc, port=0, device="cpu", out_dir=tmp_path)
+        try:
+            await stack.start()
+            await stack.wait_deployed(120)
+            proc = stack.controllers["digits"].replicas[0].proc
+            assert proc is not None and proc.alive()
+            async with httpx.AsyncClient(timeout=20) as c:
+                through = await c.post(f"{stack.url}/v2/models/digits/infer", json=infer, headers=auth())
+                assert through.status_code == 200, through.text  # the gateway sends the secret
+                for method, path, body in (
+                    ("GET", "/v2/health/ready", None),
+                    ("GET", "/metrics", None),
+                    ("POST", "/v2/models/digits/infer", infer),
+                ):
+                    direct = await c.request(method, proc.url + path, json=body)
+                    assert direct.status_code == 401, (path, direct.text)
+                    assert direct.headers["content-type"].startswith("application/json") and direct.json()["error"]
+                wrong = await c.post(
+                    proc.url + "/v2/models/digits/infer", json=infer, headers={"x-odhsim-replica-secret": "guess"}
+                )
+                assert wrong.status_code == 401
+                right = await c.post(proc.url + "/v2/models/digits/infer", json=infer, headers=proc.headers)
+                assert right.status_code == 200
+            env = _environ(proc.pid)
+            assert "ODHSIM_API_KEYS" not in env and "ODHSIM_REDIS_PASSWORD" not in env
+            assert env["ODHSIM_REPLICA_SECRET"] == stack.replica_secret == proc.secret
+            cmdline = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+            assert stack.replica_secret.encode() not in cmdline  # never on the command line (ps shows it)
+        finally:
+            await stack.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_metrics_auth_key_requires_a_valid_key_and_none_does_not() -> None:
+    r = FakeReplica("chat", "a")
+    with fake_replicas(r) as (s,):
+        with serve_gateway(chat_only(live={"metrics_auth": "key"}), {"chat": [("a", s.url)]}) as (_, g):
+            bare = httpx.get(f"{g.url}/metrics", timeout=5)
+            assert bare.status_code == 401 and bare.json()["error"]
+            assert httpx.get(f"{g.url}/metrics", headers=auth("sk-wrong"), timeout=5).status_code == 401
+            good = httpx.get(f"{g.url}/metrics", headers=auth(), timeout=5)
+            assert good.status_code == 200 and "odhsim_gateway_requests" in good.text
+        with serve_gateway(chat_only(), {"chat": [("a", s.url)]}) as (_, g):
+            assert httpx.get(f"{g.url}/metrics", timeout=5).status_code == 200  # the default: none

@@ -190,6 +190,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 os.kill(pid, signal.SIGKILL)
 
 
+def _replica_headers(pid: int) -> dict[str, str]:
+    """The run's replica secret, read as its user may from the replica's environment: replicas answer nothing
+    without it (runtime.replica_secret)."""
+    env = dict(kv.split(b"=", 1) for kv in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0") if b"=" in kv)
+    return {"x-odhsim-replica-secret": env[b"ODHSIM_REPLICA_SECRET"].decode()}
+
+
 def _ready(live: Live, model: str, n: int) -> bool:
     return sum(r["state"] == "ready" for r in live.replicas(model).values()) == n
 
@@ -209,7 +216,7 @@ def test_deploy_flow_events_in_order_and_a_real_inference_before_traffic(live: L
     assert [e["model"] for e in deploy] == ["chat", "clf", "big"]
     # No traffic yet, but each LM replica has served exactly one request: its readiness test.
     for r in live.replicas("chat").values():
-        text = httpx.get(f"{r['url']}/metrics", timeout=5).text
+        text = httpx.get(f"{r['url']}/metrics", timeout=5, headers=_replica_headers(r["pid"])).text
         done = sum(
             float(line.split()[-1]) for line in text.splitlines() if line.startswith("vllm:request_success_total")
         )
@@ -254,7 +261,10 @@ def test_official_clients_through_the_real_gateway_and_bad_input_answers(live: L
         assert done.usage is not None and done.usage.prompt_tokens == len("The gateway routes") + 1
         assert done.usage.completion_tokens == 12 and done.choices[0].finish_reason == "length"
     for replica in live.replicas("chat").values():  # prefix affinity pins one prompt to one replica: ask each
-        direct = openai.OpenAI(base_url=replica["url"] + "/v1", api_key="unused", max_retries=0, timeout=20.0)
+        direct = openai.OpenAI(
+            base_url=replica["url"] + "/v1", api_key="unused", max_retries=0, timeout=20.0,
+            default_headers=_replica_headers(replica["pid"]),
+        )  # fmt: skip
         again = direct.completions.create(
             model="chat", prompt="The gateway routes", max_tokens=12, temperature=0.0, extra_body={"ignore_eos": True}
         )
