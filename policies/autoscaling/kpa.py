@@ -3,10 +3,16 @@
 Sources (knative/serving): pkg/autoscaler/scaling/autoscaler.go (Scale: rate limits, panic, excess burst
 capacity), pkg/autoscaler/config/config.go (defaults and validation), pkg/reconciler/autoscaling/resources/
 target.go (ResolveMetricTarget), pkg/reconciler/autoscaling/kpa/scaler.go (applyBounds, handleScaleToZero),
-pkg/autoscaler/aggregation (1 s buckets averaged over a window).
+pkg/autoscaler/aggregation/bucketing.go (1 s buckets averaged over a window). Read at knative/serving 98e5ef9.
 
 Every decision:
-  ready = max(1, ready pods)
+  ready = max(1, ready pods), counted at decision time (podCounter.ReadyCount in Scale); `decide` takes the count
+      when the engine passes it, else the latest sample's (both engines observe at the instant they decide)
+  the metric: concurrency is the time-weighted average since the previous sample (the queue-proxy's
+      AverageConcurrentRequests) when the engine supplies `avg_concurrency`, else the sampled `in_flight`
+  window averages (TimedFloat64Buckets.WindowAverage): buckets after the last write are not counted, nor are
+      buckets before the first write of the current run (a window without writes restarts it); a window with no
+      write at all averages 0
   desired_stable = ceil(avg_stable / target), desired_panic = ceil(avg_panic / target), each limited to
       [floor(ready / max_scale_down_rate), ceil(ready * max_scale_up_rate)]
   over = ceil(avg_panic / target) / ready >= panic_threshold (the unclamped panic count, as knative does)
@@ -55,8 +61,8 @@ class KpaParams(CommonParams):
     panic_threshold                 2.0 (panic-threshold-percentage 200)
     max_scale_up_rate               1000 (max-scale-up-rate), > 1
     max_scale_down_rate             2.0 (max-scale-down-rate), > 1
-    target_burst_capacity           211 (the shipped config/core/configmaps/autoscaler.yaml; the code default is
-                                    200); 0 = activator only at zero, -1 = always in path
+    target_burst_capacity           211 (defaultConfig and config/core/configmaps/autoscaler.yaml); 0 = activator
+                                    only at zero, -1 = always in path
     scale_to_zero_grace_period_s    30 (scale-to-zero-grace-period), > 0
     enable_scale_to_zero            true (enable-scale-to-zero); also needs min_replicas 0
     scale_down_delay_s              0 (scale-down-delay)
@@ -106,62 +112,76 @@ class KpaParams(CommonParams):
 
 
 class _Buckets:
-    """knative's TimedFloat64Buckets: one value per tick; the window average counts missing ticks as 0 and divides
-    by the number of ticks in the window, or fewer when the first sample is more recent than the window start.
-    Several samples in one tick are averaged (knative records one scrape per tick)."""
+    """knative's TimedFloat64Buckets for one window of n = ceil(window / tick) buckets.
 
-    __slots__ = ("_first", "_sums", "tick_s")
+    A write more than a window after the previous one restarts the run (firstWrite = now); writes older than a
+    window are ignored. WindowAverage over (now - window, last write], divided by min(buckets since the first
+    write, n - buckets since the last write): trailing empty buckets are not counted, gaps inside are (as 0).
+    Several samples in one tick are averaged (knative records one scrape per tick); knative sums pods' stats in a
+    bucket, odhsim's samples are already totals.
+    """
 
-    def __init__(self, tick_s: float) -> None:
+    __slots__ = ("_first", "_last", "_vals", "n", "tick_s")
+
+    def __init__(self, tick_s: float, window_s: float) -> None:
         self.tick_s = tick_s
-        self._sums: dict[int, tuple[float, int]] = {}
+        self.n = max(1, math.ceil(window_s / tick_s - 1e-9))
+        self._vals: dict[int, tuple[float, int]] = {}
         self._first: int | None = None
+        self._last: int | None = None
 
     def _index(self, t: float) -> int:
         return math.floor(t / self.tick_s + 1e-9)
 
     def record(self, t: float, value: float) -> None:
         i = self._index(t)
-        if self._first is None:
+        last = self._last
+        if last is None or i - last >= self.n:
+            self._vals.clear()
+            self._first = self._last = i
+        elif i > last:
+            self._last = i
+        elif i <= last - self.n:
+            return  # older than a window: knative ignores it
+        elif self._first is not None and i < self._first:
             self._first = i
-        s, n = self._sums.get(i, (0.0, 0))
-        self._sums[i] = (s + value, n + 1)
-
-    def prune(self, now: float, keep_s: float) -> None:
-        oldest = self._index(now) - math.ceil(keep_s / self.tick_s)
-        for i in [i for i in self._sums if i < oldest]:
-            del self._sums[i]
+        s, k = self._vals.get(i, (0.0, 0))
+        self._vals[i] = (s + value, k + 1)
+        oldest = self._last - self.n
+        for j in [j for j in self._vals if j <= oldest]:
+            del self._vals[j]
 
     @property
     def empty(self) -> bool:
-        return self._first is None
+        return self._last is None
 
-    def average(self, now: float, window_s: float) -> float:
-        if self._first is None:
+    def average(self, now: float) -> float:
+        if self._last is None or self._first is None:
             return 0.0
-        cur = self._index(now)
-        n_window = max(1, round(window_s / self.tick_s))
-        start = max(self._first, cur - n_window + 1)
-        if cur < start:
+        cur, last, n = self._index(now), self._last, self.n
+        since_last = max(0, cur - last)
+        if since_last >= n:
             return 0.0
+        buckets = min(last - self._first + 1, n - since_last)
+        lo = max(cur, last) - n  # buckets in (lo, last]
         total = 0.0
-        for i in range(start, cur + 1):
-            s, n = self._sums.get(i, (0.0, 0))
-            if n:
-                total += s / n
-        return total / (cur - start + 1)
+        for j, (s, k) in self._vals.items():
+            if lo < j <= last:
+                total += s / k
+        return round(total / buckets, 6)
 
 
 class KnativePodAutoscaler:
     TYPE = "kpa"
     Params = KpaParams
     __slots__ = (
-        "_buckets",
         "_delay",
         "_last",
         "_max_panic_pods",
+        "_panic_buckets",
         "_panic_since",
         "_proxy_since",
+        "_stable_buckets",
         "p",
         "panic_window_s",
         "target",
@@ -172,7 +192,8 @@ class KnativePodAutoscaler:
         self.p = params
         self.target, self.total = params.resolve_target()
         self.panic_window_s = params.stable_window_s * params.panic_window_percentage / 100.0
-        self._buckets = _Buckets(params.tick_s)
+        self._stable_buckets = _Buckets(params.tick_s, params.stable_window_s)
+        self._panic_buckets = _Buckets(params.tick_s, self.panic_window_s)
         self._last: ScalingMetrics | None = None
         self._panic_since: float | None = None  # knative panicTime: last decision that was over the threshold
         self._max_panic_pods = 0
@@ -191,18 +212,24 @@ class KnativePodAutoscaler:
         if self._last is not None and m.now < self._last.now:
             raise ValueError(f"metrics sample at {m.now} is older than the last one at {self._last.now}")
         self._last = m
-        self._buckets.record(m.now, m.arrivals_per_s if self.p.metric == "rps" else m.in_flight)
-        self._buckets.prune(m.now, self.p.stable_window_s + self.p.tick_s)
+        if self.p.metric == "rps":
+            value = m.arrivals_per_s
+        else:
+            value = m.avg_concurrency if m.avg_concurrency is not None else m.in_flight
+        self._stable_buckets.record(m.now, value)
+        self._panic_buckets.record(m.now, value)
 
-    def decide(self, now: float) -> ScaleDecision:
+    def decide(self, now: float, ready_replicas: int | None = None) -> ScaleDecision:
+        """The desired count now; `ready_replicas` is the ready count at this instant (default: the latest
+        sample's)."""
         p = self.p
-        if self._last is None or self._buckets.empty:
+        if self._last is None or self._stable_buckets.empty:
             desired = clamp(p.initial_scale, p.min_replicas, p.max_replicas)
             return ScaleDecision(desired, f"no metrics yet: initial scale {desired}", activator_in_path=desired == 0)
-        ready_pods = self._last.ready_replicas
+        ready_pods = self._last.ready_replicas if ready_replicas is None else ready_replicas
         ready = float(max(1, ready_pods))
-        avg_stable = self._buckets.average(now, p.stable_window_s)
-        avg_panic = self._buckets.average(now, self.panic_window_s)
+        avg_stable = self._stable_buckets.average(now)
+        avg_panic = self._panic_buckets.average(now)
 
         max_up = math.ceil(p.max_scale_up_rate * ready)
         max_down = math.floor(ready / p.max_scale_down_rate)

@@ -27,6 +27,8 @@ class ScalingMetrics:
     ready_replicas               replicas serving
     pending_replicas             replicas starting (pending / downloading / loading / testing)
     in_flight                    requests in flight at the replicas + buffered at the gateway/activator (concurrency)
+    avg_concurrency              the same, averaged over time since the previous sample (Knative's queue-proxy
+                                 reports AverageConcurrentRequests); None when the engine only samples in_flight
     arrivals_per_s               observed request rate over the last sample interval
     queue_len                    requests waiting (gateway + replica queues)
     kv_usage                     mean KV-cache usage over ready replicas, in [0, 1]
@@ -43,6 +45,7 @@ class ScalingMetrics:
     kv_usage: float = 0.0
     waiting_per_replica: float = 0.0
     seconds_since_last_request: float = math.inf
+    avg_concurrency: float | None = None
 
     def __post_init__(self) -> None:
         if self.ready_replicas < 0 or self.pending_replicas < 0:
@@ -51,6 +54,8 @@ class ScalingMetrics:
             raise ValueError("load metrics must be >= 0")
         if not 0.0 <= self.kv_usage <= 1.0:
             raise ValueError(f"kv_usage must be in [0, 1], got {self.kv_usage}")
+        if self.avg_concurrency is not None and not self.avg_concurrency >= 0:
+            raise ValueError("avg_concurrency must be >= 0")
         if self.seconds_since_last_request < 0:
             raise ValueError("seconds_since_last_request must be >= 0")
 
