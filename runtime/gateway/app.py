@@ -337,7 +337,8 @@ def create_app(gateway: Gateway) -> FastAPI:
             **extra,
         }
         status = result.status
-        gateway.metrics.count(job.model, status, "ok" if status < 400 else "replica_refused")
+        reason = "ok" if status < 400 else SEQUENCE_FAILED if status == SEQUENCE_FAILED_STATUS else "replica_refused"
+        gateway.metrics.count(job.model, status, reason)
         return Response(result.body, status_code=status, media_type=result.content_type, headers=headers)
 
     # -- OpenAI ------------------------------------------------------------------------------------------------
