@@ -245,7 +245,7 @@ def check_trace_files(
     model_names = [m.name for m in sc.models]
     for loc, ref in trace_refs(sc.workload):
         try:
-            path = resolve_trace_path(ref.path, sc.base_dir, _format_loc(loc))
+            path = resolve_trace_path(ref.path, sc.base_dir, f"relative paths start at {source}'s folder")
             open_trace(path, ref.format, trace_filter=ref.trace_filter, model_names=model_names)
         except OdhsimError as err:
             raise ScenarioError(f"{where(loc, source, lines, set_by)}: {_format_loc(loc)}: {err}") from None

@@ -3,9 +3,11 @@
 Why streaming: the 2024 Azure traces hold 27 M rows, so files are read `chunk_rows` rows at a time and parsed
 with vectorised pandas/numpy; no Python object per row is kept. Arrival times are seconds since the trace's
 first (kept) request. Token counts of 0 are clamped to 1 (every request reads and writes at least one token)
-and counted in `stats.clamped`; negative counts are errors. Malformed rows raise `TraceError` naming the file
-and the 1-based line, or with on_error="skip" are dropped and counted in `stats.skipped`. Rows must be in time
-order (ties allowed): a trace that goes back in time always raises, naming the offending line.
+and counted in `stats.clamped`; negative counts and counts above MAX_TOKENS (10 M) are errors. Malformed rows
+raise `TraceError` naming the file and the 1-based line, or with on_error="skip" are dropped and counted in
+`stats.skipped`. Rows must be in time order (ties allowed): a trace that goes back in time always raises, naming
+the offending line. Opening a trace reads its header and first data row only: missing columns and a file without
+requests are errors at once.
 """
 
 from __future__ import annotations
