@@ -299,6 +299,7 @@ def test_official_clients_through_the_real_gateway_and_bad_input_answers(live: L
         return {"inputs": [{"name": "INPUT__0", "shape": shape, "datatype": datatype, "data": [0] * shape[1]}]}
 
     ok = {"model": "chat", "prompt": "hi", "max_tokens": 2}
+    lm_v2 = {"inputs": [{"name": "text_input", "datatype": "BYTES", "shape": [1], "data": ["hi"]}]}
     cases = [
         (post("/v1/completions", b"{not json"), 400),
         (post("/v1/completions", {"model": "chat"}), 400),  # no prompt
@@ -313,10 +314,27 @@ def test_official_clients_through_the_real_gateway_and_bad_input_answers(live: L
         (post("/v1/completions", ok, key="e2e-key-clf"), 403),  # this key may use clf only
         (post("/v2/models/clf/infer", v2_body([1, 5], "FP32")), 400),  # clf takes 8 features
         (post("/v2/models/clf/infer", v2_body([1, 8], "INT8")), 400),
-    ]
+        # issue 14: poison input fails only itself, with a 400 naming the field
+        (post("/v1/completions", {**ok, "temperature": -0.1}), 400),
+        (post("/v1/completions", {**ok, "top_p": 0}), 400),
+        (post("/v1/completions", {**ok, "seed": 2**64}), 400),
+        (post("/v1/completions", {**ok, "n": 2}), 400),
+        (post("/v1/completions", {**ok, "best_of": 2}), 400),
+        (post("/v1/completions", {**ok, "logprobs": 2}), 400),
+        (post("/v1/completions", {**ok, "echo": True}), 400),
+        (post("/v1/completions", b'{"model": "chat", "prompt": "\\ud800", "max_tokens": 2}'), 400),
+        (post("/v1/completions", b'{"model": "chat", "prompt": "x", "stop": ["\\udfff"]}'), 400),
+        (post("/v2/models/chat/infer", {**lm_v2, "parameters": {"temperature": -1}}), 400),
+        (post("/v2/models/chat/infer", b'{"inputs": [{"name": "text_input", "datatype": "BYTES", '
+              b'"shape": [1], "data": ["\\ud800"]}]}'), 400),
+    ]  # fmt: skip
     for i, (resp, status) in enumerate(cases):
         assert resp.status_code == status, (i, resp.status_code, resp.text[:200])
         assert "error" in resp.json(), (i, resp.text[:200])
+    for tiny in ({**ok, "temperature": 1e-320}, {**lm_v2, "parameters": {"temperature": 1e-320}}):
+        path = "/v1/completions" if "model" in tiny else "/v2/models/chat/infer"
+        assert post(path, tiny).status_code == 200  # a poison temperature is greedy, as in vLLM, not a NaN batch
+    assert 'odhsim_gateway_upstream_failures_total{model="chat"' not in httpx.get(f"{live.url}/metrics").text
     assert post("/v1/completions", ok).status_code == 200  # still serving
 
 
