@@ -36,6 +36,8 @@ def _register_routing(reg: Registry) -> None:
         scorers.LoraAffinityScorer,
     ):
         reg.register("scorer", cls.TYPE, cls.from_params, cls.Params)
+        for alias in getattr(cls, "ALIASES", ()):  # deprecated names still accepted
+            reg.register("scorer", alias, cls.from_params, cls.Params)
     for cls in (
         pickers.MaxScorePicker,
         pickers.RandomPicker,

@@ -92,7 +92,7 @@ def test_registry_unknown_lists_known_names() -> None:
 @pytest.mark.parametrize(
     ("kind", "name", "params", "field"),
     [
-        ("scorer", "load-aware-scorer", {"threshold": -1}, "threshold"),
+        ("scorer", "load-aware-scorer", {"threshold": "many"}, "threshold"),  # <= 0 is not an error: 128
         ("scorer", "prefix-cache-scorer", {"lru_capacity_per_endpoint": 0}, "lru_capacity_per_endpoint"),
         ("scorer", "queue-scorer", {"bogus": 1}, "bogus"),
         ("scorer", "active-request-scorer", {"max_busy_score": 2}, "max_busy_score"),
@@ -118,7 +118,8 @@ def test_registry_builds_with_params_and_lists_names() -> None:
     assert isinstance(s, LoadAwareScorer) and s.threshold == 10
     assert set(REGISTRY.names("scorer")) == {
         "queue-scorer",
-        "running-requests-scorer",
+        "running-requests-size-scorer",
+        "running-requests-scorer",  # the deprecated alias
         "kv-cache-utilization-scorer",
         "load-aware-scorer",
         "prefix-cache-scorer",
@@ -195,7 +196,7 @@ def test_scorer_weight_defaults_to_one_and_string_shorthand() -> None:
             "plugin 'z': unknown type 'zzz-scorer'",
         ),
         (
-            {**LONG_FORM, "plugins": [{"name": "q", "type": "load-aware-scorer", "params": {"threshold": 0}}]},
+            {**LONG_FORM, "plugins": [{"name": "q", "type": "load-aware-scorer", "params": {"threshold": 1.5}}]},
             "plugin 'q': invalid params for scorer 'load-aware-scorer': threshold",
         ),
         ({**LONG_FORM, "scorers": [{"plugin": "q", "weight": -2}]}, "greater than or equal to 0"),

@@ -67,9 +67,10 @@ class UtilizationDetector:
     An endpoint whose metrics are older than `staleness_s` (now - scraped_at > staleness_s), or that is marked
     unhealthy (its metrics are as good as missing), scores 1.0; an empty pool is 1.0 (llm-d: nothing to dispatch to).
 
-    scrape_lag_compensation (llm-d, when an inflight-load-producer is configured; off by default there too): the
-    scraped queue lags the dispatch loop, so the queue term adds the requests dispatched since the scrape,
-    credit = max(0, in_flight - (waiting + running)), with in_flight counted by on_dispatch / on_complete.
+    scrape_lag_compensation is odhsim's own option, in no llm-d version (llm-d's detector reads scraped metrics
+    only; off by default): the scraped queue lags the dispatch loop, so the queue term adds the requests
+    dispatched since the scrape, credit = max(0, in_flight - (waiting + running)), with in_flight counted by
+    on_dispatch / on_complete.
     """
 
     TYPE = "utilization"

@@ -101,4 +101,9 @@ class AdmissionDecision:
 
 @runtime_checkable
 class Admitter(Protocol):
-    def admit(self, now: float, priority: int, saturation: float) -> AdmissionDecision: ...
+    def admit(
+        self, now: float, priority: int, saturation: float, endpoints: Sequence[EndpointState] | None = None
+    ) -> AdmissionDecision:
+        """`saturation` is the configured detector's; an admitter that reads the pods itself (llm-d's probabilistic
+        admitter) uses `endpoints` when the engine passes them."""
+        ...

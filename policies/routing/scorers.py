@@ -6,10 +6,8 @@ Weights are not here: they live in the configuration and the framework applies t
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated
 
 import numpy as np
-from pydantic import Field
 
 from policies.registry import NoParams, PolicyParams
 from policies.routing._base import Plugin
@@ -44,9 +42,11 @@ class QueueScorer(Plugin):
 
 
 class RunningRequestsScorer(Plugin):
-    """The same min-max over running requests (vllm:num_requests_running)."""
+    """The same min-max over running requests (vllm:num_requests_running). Named as llm-d names it
+    (scorer/runningrequests: running-requests-size-scorer); odhsim's earlier name stays as an alias."""
 
-    TYPE = "running-requests-scorer"
+    TYPE = "running-requests-size-scorer"
+    ALIASES = ("running-requests-scorer",)
     Params = NoParams
     __slots__ = ()
 
@@ -73,20 +73,25 @@ class KvCacheUtilizationScorer(Plugin):
         return [1.0 - e.kv_usage for e in endpoints]
 
 
+LOAD_AWARE_THRESHOLD_DEFAULT = 128
+"""llm-d's QueueThresholdDefault (scorer/loadaware/load_aware.go); a threshold <= 0 falls back to it."""
+
+
 class LoadAwareParams(PolicyParams):
-    threshold: Annotated[int, Field(gt=0)] = 128
+    threshold: int = LOAD_AWARE_THRESHOLD_DEFAULT
 
 
 class LoadAwareScorer(Plugin):
-    """q = 0: 0.5; else 0.5 * (1 - min(q, threshold) / threshold); an empty queue is 'half good' in llm-d."""
+    """q = 0: 0.5; else 0.5 * (1 - min(q, threshold) / threshold); an empty queue is 'half good' in llm-d.
+    A threshold <= 0 is replaced by 128, as llm-d's NewLoadAware does."""
 
     TYPE = "load-aware-scorer"
     Params = LoadAwareParams
     __slots__ = ("threshold",)
 
-    def __init__(self, threshold: int = 128) -> None:
+    def __init__(self, threshold: int = LOAD_AWARE_THRESHOLD_DEFAULT) -> None:
         super().__init__()
-        self.threshold = float(threshold)
+        self.threshold = float(threshold if threshold > 0 else LOAD_AWARE_THRESHOLD_DEFAULT)
 
     @classmethod
     def from_params(cls, params: LoadAwareParams, rng: np.random.Generator) -> LoadAwareScorer:
