@@ -155,6 +155,8 @@ class LiveConfig(_Frozen):
                           listens on 127.0.0.1 by default, and the counters hold no prompt, answer or key);
                           `key`: it needs a valid API key, as models do (set it when the gateway is reachable by others)
     transport             header size, request read timeout, keep-alive (TransportLimits)
+    loop_stall_s          an attempt that times out or fails to connect while the gateway's own event loop lagged
+                          more than this is not held against the replica (no breaker, outlier or failure record)
     request_timeout_s     the gateway gives up on one attempt at a replica after this long
     scrape_interval_s     how often the gateway scrapes every replica's /metrics (the router's view)
     restart_backoff       the delay before a crashed replica restarts (CrashLoopBackOff; policies.lifecycle)
@@ -169,6 +171,7 @@ class LiveConfig(_Frozen):
     metrics_auth: Literal["none", "key"] = "none"
     limits: RequestLimits = RequestLimits()
     transport: TransportLimits = TransportLimits()
+    loop_stall_s: Annotated[float, Field(gt=0.0)] = 1.0
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
     scrape_interval_s: Annotated[float, Field(gt=0.0)] = 0.1
     restart_backoff: RestartBackoffParams = RestartBackoffParams()

@@ -39,6 +39,7 @@ from runtime.gateway.forward import AttemptFailed, Buffered, Streaming, Upstream
 from runtime.gateway.metrics import GatewayMetrics, breaker_value
 from runtime.gateway.route import GatewayError, Job, ModelRoute, ttft_targets
 from runtime.gateway.upstream import Upstream, forward_client, scrape_client
+from runtime.loop_lag import LoopLagMonitor
 
 log = logging.getLogger("odhsim.gateway")
 
@@ -114,6 +115,7 @@ class Gateway:
             self.cache.shared = shared_tier  # the scenario asked for a shared tier: the runtime's is Redis
         self.shared_tier = shared_tier
         self.metrics = GatewayMetrics(self._gauges, self._shared_tier_in_use)
+        self.loop_monitor = LoopLagMonitor(observe=self.metrics.observe_loop_lag)
         self._ids = itertools.count(1)
         self._client: httpx.AsyncClient | None = None
         self._scraper: httpx.AsyncClient | None = None
@@ -138,6 +140,7 @@ class Gateway:
             for u in route.upstreams.values():
                 self._start_scraping(u)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="gateway-tick")
+        self.loop_monitor.start()
 
     async def aclose(self) -> None:
         """Stop background work, end queued requests (503), close the clients."""
@@ -145,6 +148,7 @@ class Gateway:
             return
         self._closing = True
         self._started = False
+        await self.loop_monitor.stop()
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -502,6 +506,7 @@ class Gateway:
     # -- forwarding --------------------------------------------------------------------------------------------
     async def serve(self, job: Job, call: UpstreamCall) -> Buffered | Streaming:
         """Attempts until one answers (below 500) or the retry policy gives up (GatewayError 502)."""
+        excused = 0
         try:
             while True:
                 upstream = await self.acquire(job)
@@ -517,8 +522,15 @@ class Gateway:
                         attempt.done(True)  # a stream's end is recorded by whoever relays it
                     return result
                 except AttemptFailed as failed:
-                    attempt.done(False, failed.kind, failed.detail)
+                    stalled = self._gateway_stalled(attempt, failed)
+                    # The gateway's own stall made it late, not the replica: no breaker, outlier or failure record.
+                    attempt.done(None if stalled else False, failed.kind, failed.detail)
                     self._end_retry(job)
+                    if stalled:
+                        self.metrics.attempts_excused.labels(route.name, failed.kind).inc()
+                        if excused == 0:  # one free retry: the replica may well have answered in time
+                            excused += 1
+                            continue
                     backoff = self._next_step(job, route, upstream, failed)
                 except BaseException:
                     attempt.done(None)  # the client went away or the gateway stops: not the replica's doing
@@ -527,6 +539,13 @@ class Gateway:
                     await asyncio.sleep(backoff)
         finally:
             self._end_retry(job)
+
+    def _gateway_stalled(self, attempt: Attempt, failed: AttemptFailed) -> bool:
+        """The attempt timed out or failed to connect while this gateway's event loop lagged more than
+        `live.loop_stall_s`: its timers fired late, so the failure says nothing about the replica."""
+        if failed.kind not in ("timeout", "connect-failure"):
+            return False
+        return self.loop_monitor.lag_within(self.clock() - attempt.started) > self.live.loop_stall_s
 
     def _end_retry(self, job: Job) -> None:
         """The retry this job was counted as (in the retry budget) is over."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -112,12 +112,32 @@ class GatewayMetrics:
             ["status", "reason"],
             registry=self.registry,
         )
+        self.loop_lag = Histogram(
+            "odhsim_gateway_event_loop_lag_seconds",
+            "How late the gateway's event loop ran, measured every 50 ms (a busy or blocked loop delays everything).",
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+            registry=self.registry,
+        )
+        self.loop_lag_last = Gauge(
+            "odhsim_gateway_event_loop_lag_last_seconds", "The event loop's latest lag.", registry=self.registry
+        )
+        self.attempts_excused = Counter(
+            "odhsim_gateway_attempts_excused",
+            "Attempts that timed out or failed to connect while the gateway's own loop stalled (not held against "
+            "the replica).",
+            ["model", "kind"],
+            registry=self.registry,
+        )
         self.registry.register(_StateCollector(snapshot))
         if shared_tier is not None:
             self.registry.register(_TierCollector(shared_tier))
 
     def count(self, model: str, status: int, reason: str) -> None:
         self.requests.labels(model, str(status), reason).inc()
+
+    def observe_loop_lag(self, lag_s: float) -> None:
+        self.loop_lag.observe(lag_s)
+        self.loop_lag_last.set(lag_s)
 
     def transport_refused(self, status: int, reason: str) -> None:
         self.transport_refusals.labels(str(status), reason).inc()

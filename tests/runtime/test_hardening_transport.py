@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -519,3 +520,52 @@ def test_metrics_auth_key_requires_a_valid_key_and_none_does_not() -> None:
             assert good.status_code == 200 and "odhsim_gateway_requests" in good.text
         with serve_gateway(chat_only(), {"chat": [("a", s.url)]}) as (_, g):
             assert httpx.get(f"{g.url}/metrics", timeout=5).status_code == 200  # the default: none
+
+
+# -- 5. the event loop's lag: measured, and a gateway stall is not the replica's fault -----------------------------
+
+
+@pytest.mark.timeout(90)
+def test_injected_loop_stall_does_not_open_the_breaker_of_a_healthy_replica() -> None:
+    r = FakeReplica("chat", "a", delay_s=3.0)  # it answers after the stall; the 1 s timeout falls inside it
+    breaker = {"type": "consecutive-failures", "params": {"failure_threshold": 1, "cooldown_s": 60}}
+    sc = chat_only({"resilience": {"breaker": breaker}}, live={"request_timeout_s": 1.0, "loop_stall_s": 0.5})
+    failures: list[tuple[str, str, str]] = []
+    with fake_replicas(r) as (s,), serve_gateway(sc, {"chat": [("a", s.url)]}) as (gw, srv):
+        gw.on_replica_failure = lambda *args: failures.append(args)
+        answers: list[httpx.Response] = []
+        sender = threading.Thread(target=lambda: answers.append(_post(srv.url, _greedy("during a stall"))))
+        sender.start()
+        deadline = time.monotonic() + 5
+        while r.active == 0 and time.monotonic() < deadline:  # the attempt is at the replica
+            time.sleep(0.01)
+        assert srv.loop is not None
+        srv.loop.call_soon_threadsafe(time.sleep, 2.5)  # the test hook: block the gateway's event loop for 2.5 s
+        r.delay_s = 0.0  # the retry is answered at once
+        sender.join(30)
+        assert answers and answers[0].status_code == 200, answers[0].text if answers else "no answer"
+        text = httpx.get(f"{srv.url}/metrics", timeout=5).text
+        excused = gw.metrics.value("odhsim_gateway_attempts_excused_total", {"model": "chat", "kind": "timeout"})
+        assert excused == 1  # the attempt did time out: during the stall
+        assert 'odhsim_gateway_breaker_open{model="chat"} 0.0' in text
+        assert failures == [] and "odhsim_gateway_upstream_failures_total{" not in text
+        assert r.hits == 2  # the stalled attempt, then its free retry
+        lag_count = _metric(text, "odhsim_gateway_event_loop_lag_seconds_count")
+        assert lag_count >= 2 and _metric(text, "odhsim_gateway_event_loop_lag_seconds_sum") > 2.0
+        slow = _metric(text, 'odhsim_gateway_event_loop_lag_seconds_bucket{le="1.0"}')
+        assert lag_count - slow >= 1  # the 2.5 s stall was measured
+        after = _post(srv.url, _greedy("after the stall"))
+        assert after.status_code == 200 and gw.routes["chat"].breaker_state(gw.clock()) == "closed"
+
+
+@pytest.mark.timeout(60)
+def test_a_real_replica_timeout_still_counts_without_a_stall() -> None:
+    r = FakeReplica("chat", "a", delay_s=2.0)
+    breaker = {"type": "consecutive-failures", "params": {"failure_threshold": 1, "cooldown_s": 60}}
+    sc = chat_only({"resilience": {"breaker": breaker}}, live={"request_timeout_s": 0.5, "loop_stall_s": 0.5})
+    with fake_replicas(r) as (s,), serve_gateway(sc, {"chat": [("a", s.url)]}) as (gw, srv):
+        resp = _post(srv.url, _greedy("slow replica"))
+        assert resp.status_code == 502
+        assert gw.metrics.value("odhsim_gateway_upstream_failures_total", {"model": "chat", "kind": "timeout"}) == 1
+        assert gw.metrics.value("odhsim_gateway_attempts_excused_total", {"model": "chat", "kind": "timeout"}) == 0
+        assert gw.routes["chat"].breaker_state(gw.clock()) == "open"
