@@ -561,7 +561,7 @@ class Gateway:
         job.exclude.add(upstream.name)
         policy = route.retry
         if policy is None:
-            raise GatewayError(502, "failed", "upstream_failed", f"replica {upstream.name} failed: {failed}")
+            raise GatewayError(502, "failed", "upstream_failed", f"replica {upstream.name} failed ({failed.kind})")
         decision = policy.decide(
             job.failures,
             failed.kind,
@@ -572,7 +572,7 @@ class Gateway:
         )
         if decision.action == "fail" or (decision.action == "fallback" and route.fallback is None):
             raise GatewayError(
-                502, "failed", "upstream_failed", f"replica {upstream.name} failed ({failed}); {decision.reason}"
+                502, "failed", "upstream_failed", f"replica {upstream.name} failed ({failed.kind}); {decision.reason}"
             )
         target = route.fallback if decision.action == "fallback" and route.fallback is not None else route
         if target is not route:

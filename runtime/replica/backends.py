@@ -7,19 +7,22 @@ they call themselves ready, and report the numbers /metrics exposes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from typing import Any
 
 import numpy as np
 import torch
 
+from runtime.errors import new_error_id
 from runtime.models.classifiers import Classifier, build_classifier, predict
-from runtime.models.continuous_batching import ContinuousBatchingEngine, EngineStats
+from runtime.models.continuous_batching import ContinuousBatchingEngine, EngineStats, SequenceFailedError
 from runtime.models.dynamic_batching import DynamicBatcher
 from runtime.models.tiny_lm import TinyLm
 from runtime.replica.config import ReplicaConfig
 
 PLATFORM = "pytorch_torchscript"
+log = logging.getLogger(__name__)
 
 
 def default_threads() -> int:
@@ -110,9 +113,16 @@ class ClassifierBackend:
             await self.batcher.close()
 
     async def infer(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Probabilities [batch, classes] (float32) and labels [batch] (int64) for `rows` [batch, *row_shape]."""
+        """Probabilities [batch, classes] (float32) and labels [batch] (int64) for `rows` [batch, *row_shape].
+
+        Finite inputs can still overflow (values near float32's limit): such a request fails alone with
+        `SequenceFailedError` (the rows batched beside it are computed row by row and stay finite)."""
         assert self.batcher is not None
         probs, labels = await self.batcher.submit(torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32)))
+        if not bool(torch.isfinite(probs).all()):
+            error_id = new_error_id()
+            log.error("classifier request failed alone (error id %s): non-finite probabilities", error_id)
+            raise SequenceFailedError(error_id)
         self.successes += 1
         return probs.numpy(), labels.numpy()
 

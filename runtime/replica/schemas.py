@@ -122,11 +122,14 @@ def fp32_tensor(t: V2Tensor, raw: bytes | None, row_shape: tuple[int, ...]) -> n
         if _has_non_numbers(t.data):
             raise BadRequest(f"input {t.name!r}: data must be numbers (flat or nested lists)", "inputs")
         try:
-            arr = np.asarray(t.data, dtype=np.float32).reshape(-1)
+            with np.errstate(over="ignore"):  # beyond float32 becomes inf, refused below
+                arr = np.asarray(t.data, dtype=np.float32).reshape(-1)
         except (TypeError, ValueError):
             raise BadRequest(f"input {t.name!r}: data must be numbers (flat or nested lists)", "inputs") from None
     if arr.size != math.prod(t.shape):
         raise BadRequest(f"input {t.name!r}: shape {t.shape} needs {math.prod(t.shape)} values, got {arr.size}")
+    if not np.isfinite(arr).all():  # NaN / inf (binary data, or JSON numbers beyond float32) poison the output
+        raise BadRequest(f"input {t.name!r}: data must be finite FP32 values", "inputs")
     return arr.reshape(t.shape)
 
 

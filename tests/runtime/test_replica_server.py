@@ -95,6 +95,38 @@ def test_v2_fixed_model_answers_and_rejects_bad_input():
 
 
 @pytest.mark.timeout(30)
+def test_classifier_input_that_overflows_fails_alone_and_non_finite_input_is_refused():
+    """Rows near float32's limit used to give NaN probabilities, a 500 (JSON cannot hold NaN), and with it retries,
+    ejections and an open breaker at the gateway. Now that request alone gets 422 `sequence_failed` with an error
+    id, the request batched beside it is answered, and NaN / inf input (binary, or JSON beyond float32) is a 400."""
+
+    async def main():
+        async with app_client(fixed_config("digits", TINY_MLP, max_batch_size=8)) as c:
+            huge = c.post("/v2/models/digits/infer", json=v2_input([1, 8], [3e38] * 8))
+            fine = c.post("/v2/models/digits/infer", json=v2_input([1, 8], [0.5] * 8))
+            huge_r, fine_r = await asyncio.gather(huge, fine)
+            assert huge_r.status_code == 422 and "error id err-" in huge_r.json()["error"], huge_r.text
+            assert fine_r.status_code == 200
+            beyond = await c.post(
+                "/v2/models/digits/infer",
+                content=json.dumps(v2_input([1, 8], [1e39] * 8)).encode(),
+                headers={"content-type": "application/json"},
+            )
+            assert beyond.status_code == 400 and "finite" in beyond.json()["error"]
+            blob = np.array([np.nan] * 8, dtype="<f4").tobytes()
+            tensor = {"name": "INPUT__0", "datatype": "FP32", "shape": [1, 8]}
+            head = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(blob)}}]}).encode()
+            binary = await c.post(
+                "/v2/models/digits/infer",
+                content=head + blob,
+                headers={"inference-header-content-length": str(len(head))},
+            )
+            assert binary.status_code == 400 and "finite" in binary.json()["error"]
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(30)
 def test_completions_validation_and_errors_in_openai_shape():
     async def main():
         async with app_client(lm_config()) as c:
