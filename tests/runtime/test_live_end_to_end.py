@@ -402,7 +402,11 @@ def test_sigkill_under_load_then_restart_retest_and_traffic_returns(live: Live) 
                     return running
                 await asyncio.sleep(0.002)
 
-        async with httpx.AsyncClient(base_url=live.url, timeout=60) as client, httpx.AsyncClient(timeout=5) as probe:
+        probe_headers = _replica_headers(victim["pid"])
+        async with (
+            httpx.AsyncClient(base_url=live.url, timeout=60) as client,
+            httpx.AsyncClient(timeout=5, headers=probe_headers) as probe,
+        ):
             kill = asyncio.create_task(killer(probe))
             tasks = []
             for i in range(40):
