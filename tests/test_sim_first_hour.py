@@ -173,3 +173,71 @@ def test_timeseries_gpu_hours_equal_the_lifecycles_even_inside_one_bucket() -> N
     assert abs(e1 - e2) <= 1e-9 * e1
     hours = one.timeseries["gpu_hours"].sum()
     assert hours * g.idle_w / 1000 < e1 < hours * g.decode_w / 1000
+
+
+# -- a model that cannot serve -----------------------------------------------------------------------------------
+
+_SHORT = {"prompt_tokens": {"dist": "fixed", "value": 200}, "output_tokens": {"dist": "fixed", "value": 20}}
+
+
+def _unservable(models: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    return {
+        "name": "unservable",
+        "seed": 1,
+        "duration_s": 60,
+        "gpu_pool": [{"gpu": "A100-80GB", "count": 1}],
+        "models": models,
+        "gateway": {"router": {"profile": "round-robin"}},
+        "workload": {"sources": [{"kind": "poisson", "rate": 1.0, "duration_s": 60, **_SHORT}]},
+        **extra,
+    }
+
+
+def _ended_once(requests: pd.DataFrame) -> None:
+    """Conservation: every request arrived once and ended once (none left unfinished, ids unique)."""
+    assert requests["request_id"].is_unique and len(requests) > 20
+    assert not (requests["status"] == "unfinished").any() and requests["finish_s"].notna().all()
+
+
+def test_requests_to_a_model_that_cannot_serve_fail_with_why_and_the_run_records_it() -> None:
+    # replicas: 0 without an autoscaler: every request fails at once, and an event says why
+    zero = simulate(scenario_from_dict(_unservable([{"name": "chat", "profile": "llama3.1-8b", "gpu": "A100-80GB",
+                                                     "replicas": 0}])))  # fmt: skip
+    _ended_once(zero.requests)
+    assert set(zero.requests["status"].astype(str)) == {"failed"}
+    assert set(zero.requests["reason"].astype(str)) == {"model has no replicas, no autoscaler and no fallback"}
+    (event,) = zero.events.loc[zero.events["kind"] == "unservable", "detail"]
+    assert event == "replicas: 0 and no autoscaler: no replica will ever start"
+    # a deployment that does not fit: the deploy event is the rejection, and its reason is every request's
+    rejected = simulate(scenario_from_dict(_unservable([{"name": "chat", "profile": "llama3-70b", "gpu": "A100-80GB",
+                                                         "replicas": 1}])))  # fmt: skip
+    _ended_once(rejected.requests)
+    (deploy,) = rejected.events.loc[rejected.events["kind"] == "deploy", "detail"]
+    assert deploy.startswith("rejected: llama3-70b")
+    assert set(rejected.requests["reason"].astype(str)) == {f"model {deploy}"}
+    assert set(rejected.requests["status"].astype(str)) == {"failed"}
+
+
+def test_requests_held_by_the_activator_for_a_replica_that_never_comes_fail_after_knatives_timeout() -> None:
+    # The autoscaler asks for a replica, but the only GPU is held by another model: the activator holds chat's
+    # requests for the revision timeout (300 s), then they fail; the run ends by itself instead of at hard_stop_s.
+    sc = _unservable(
+        [
+            {"name": "clf", "kind": "fixed", "gpu": "A100-80GB", "replicas": 1, "concurrency": 2,
+             "service_time": {"dist": "exponential", "mean_s": 0.05}},
+            {"name": "chat", "profile": "llama3.1-8b", "gpu": "A100-80GB", "replicas": 0,
+             "autoscaling": {"type": "kpa", "params": {"min_replicas": 0, "max_replicas": 2}}},
+        ],
+        hard_stop_s=5000,
+    )  # fmt: skip
+    sc["workload"]["models"] = {"clf": 1, "chat": 1}
+    res = simulate(scenario_from_dict(sc))
+    r = res.requests
+    _ended_once(r)
+    assert not res.summary["hard_stopped"] and res.summary["sim_end_s"] < 400
+    chat = r[r["model"] == "chat"]
+    assert len(chat) > 10 and set(chat["status"].astype(str)) == {"failed"}
+    assert set(chat["reason"].astype(str)) == {"activator request timeout: no ready replica within 300 s"}
+    waited = chat["finish_s"] - chat["arrival_s"]
+    assert ((waited - 300.0).abs() < 1e-6).all()
+    assert set(r.loc[r["model"] == "clf", "status"].astype(str)) == {"ok"}

@@ -127,6 +127,11 @@ class ModelController:
 
     # -- start-up of the initial replicas (already deployed: they hold GPUs and serve from t = 0) ------------
     def adopt_initial(self) -> None:
+        """Take the GPUs of the replicas deployed at t = 0; a model deployed with none and nothing to start one
+        records why it can never serve (its requests fail at the gateway with the same reason)."""
+        approved_empty = self.route.revision == 0 and not self.route.rejection and not self.route.replicas
+        if approved_empty and self.autoscaler is None and self.route.fallback is None:
+            self._event("unservable", "replicas: 0 and no autoscaler: no replica will ever start")
         for replica in self.route.replicas:
             allocation = self.pool.allocate(self.model.gpu, self.model.tp, self.model.pp)
             assert allocation is not None, "scenario validation guarantees GPUs for the initial replicas"

@@ -23,7 +23,15 @@ import simpy
 
 from odhsim.results.request_log import RequestLog
 from odhsim.sim.replica_base import ReplicaBase
-from odhsim.sim.request import STATUS_FAILED, STATUS_OK, STATUS_SHED, STATUS_TIMEOUT, SimRequest
+from odhsim.sim.request import (
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_SHED,
+    STATUS_TIMEOUT,
+    STATUS_UNFINISHED,
+    STATUSES,
+    SimRequest,
+)
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.caching.key import response_key
 from policies.caching.response_cache import TieredResponseCache
@@ -34,6 +42,13 @@ from policies.routing.framework import Router
 from policies.routing.types import RouteRequest
 
 _NO_BLOCKS = np.zeros(0, dtype=np.int64)
+_UNFINISHED = STATUSES.index(STATUS_UNFINISHED)
+
+ACTIVATOR_TIMEOUT_S = 300.0
+"""How long Knative's activator holds a request for a revision with no ready replica: the revision's
+timeoutSeconds, default 300 s (knative/serving pkg/apis/config/defaults.go DefaultRevisionTimeoutSeconds; the
+activator's "activator request timeout" handler in cmd/activator/main.go). Past it the request fails."""
+NO_REPLICAS = "model has no replicas, no autoscaler and no fallback"
 
 
 class ModelRoute:
@@ -192,12 +207,12 @@ class Gateway:
     def _admit(self, route: ModelRoute, req: SimRequest) -> None:
         """Hand a request to one revision: the activator when it has no replica, else its queue or a replica."""
         if not route.replicas:
-            if not route.autoscaled:
-                self.finish(
-                    req, self.env.now, STATUS_FAILED, route.rejection or "model has no replicas and no fallback"
-                )
+            if not route.autoscaled:  # nothing will ever come up for it: fail now, saying why
+                self.finish(req, self.env.now, STATUS_FAILED, route.rejection or NO_REPLICAS)
                 return
             route.controller.poke()  # the activator holds the request and asks for a replica
+            timer = self.env.timeout(ACTIVATOR_TIMEOUT_S, req)
+            timer.callbacks.append(self._on_activator_timeout)
         if route.flow is not None:
             self._enqueue(route, req)
         elif route.queue or route.pumping:
@@ -206,6 +221,25 @@ class Gateway:
             route.queue.append(req)
         elif not self._route(route, req):
             route.queue.append(req)
+
+    def _on_activator_timeout(self, event: simpy.Event) -> None:
+        """A request the activator held is still waiting at the gateway (no replica of its revision became ready
+        in time, e.g. no GPU or budget for one): it fails with the activator's reason instead of waiting forever."""
+        req: SimRequest = event.value
+        if req.replica >= 0 or self.log.column("status")[req.row] != _UNFINISHED:
+            return  # dispatched to a replica, or already ended (shed, expired, ...)
+        route = self.serving_route(req)
+        if route.flow is not None:
+            if route.held.pop(req.row, None) is None:
+                return
+            route.flow.queue.remove(req.row)
+        else:
+            try:
+                route.queue.remove(req)
+            except ValueError:
+                return  # not waiting here (cannot happen while it is unfinished and undispatched)
+        reason = f"activator request timeout: no ready replica within {ACTIVATOR_TIMEOUT_S:g} s"
+        self.finish(req, self.env.now, STATUS_FAILED, reason)
 
     # -- flow control -------------------------------------------------------------------------------------
     def _saturation(self, route: ModelRoute) -> float:
