@@ -184,6 +184,14 @@ def test_run_warnings_are_printed_after_the_summary_table() -> None:
     assert result.output.index("warning: routing uses prefix plugins") > result.output.index("sim_requests_per_wall_s")
 
 
+def test_compare_prints_each_variants_run_warnings() -> None:
+    args = ["compare", str(DEFAULT), "--policy", "rr=round-robin", "--policy", "pa=prefix-aware", "--seeds", "1"]
+    result = runner.invoke(app, [*args, *SHORT, "--set", "workload.prefix=null"])
+    assert result.exit_code == 0, result.output
+    assert "warning (pa): routing uses prefix plugins (prefix-cache-scorer) of prefix-aware" in result.output
+    assert "warning (rr)" not in result.output
+
+
 def test_run_table_has_per_model_columns_slo_missed_and_the_slos_used(tmp_path: Path) -> None:
     path = _scenario(tmp_path)
     doc = yaml.safe_load(path.read_text())
