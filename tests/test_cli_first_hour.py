@@ -41,10 +41,13 @@ def _scenario(tmp_path: Path, name: str = "two.yaml", **changes: Any) -> Path:
 def _no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make any simulation fail the test: the checks under test must come before the run."""
 
+    import odhsim.analysis.compare  # binds `simulate` at import: imported first, so the patch is undone for it too
+
     def refuse(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("the simulation ran before the bad option was reported")
 
     monkeypatch.setattr("odhsim.sim.run.simulate", refuse)
+    monkeypatch.setattr(odhsim.analysis.compare, "simulate", refuse)
 
 
 # --- a run in which no model can serve ---------------------------------------------------------------------------
