@@ -92,6 +92,9 @@ class EngineLimits(Frozen):
     max_model_len: Annotated[int, Field(ge=16)] | None = None
     """Longest context a request may have (vLLM's max_model_len); default: the model's own maximum. The KV
     cache must hold at least one sequence of this length, and longer prompts are refused."""
+    long_prefill_token_threshold: Annotated[int, Field(ge=0)] = 0
+    """vLLM's --long-prefill-token-threshold: at most this many prompt tokens of one request per step (0: no cap;
+    chunked-prefill only, as in V1)."""
 
     @field_validator("block_size")
     @classmethod
@@ -268,6 +271,14 @@ class ModelDeployment(Frozen):
                 raise ValueError(
                     f"model '{self.name}': engine.max_model_len {self.engine.max_model_len} exceeds "
                     f"{spec.name}'s context of {spec.max_context}"
+                )
+            max_len = self.engine.max_model_len or spec.max_context
+            if self.engine.scheduler == "prefill-first" and self.engine.max_num_batched_tokens < max_len:
+                raise FieldPathError(
+                    ("engine", "max_num_batched_tokens"),
+                    f"model '{self.name}': scheduler prefill-first (vLLM V0 without chunked prefill) needs "
+                    f"max_num_batched_tokens >= max_model_len ({self.engine.max_num_batched_tokens} < {max_len}), "
+                    "as V0's SchedulerConfig refuses; raise it, lower engine.max_model_len or use chunked-prefill",
                 )
         elif self.service_time is None:
             raise ValueError(f"model '{self.name}': a 'fixed' model needs `service_time`")

@@ -4,8 +4,10 @@
   `offset = c - s` fixed, so its context at any time is offset + steps and the batch's total context is
   sum(offset) + size * steps.
 - A heap orders the requests by the step at which they produce their last token.
-- KV blocks: a request of context c holds ceil(c / block_size) blocks; how many new blocks k more steps need
-  depends only on each request's c mod block_size, so a histogram of `offset mod block_size` suffices.
+- KV blocks, as vLLM V1 allocates them: a decoding request of context c (prompt + generated tokens) has computed
+  c - 1 of them and holds ceil((c - 1) / block_size) blocks; its next step computes the newest token, so k more
+  steps hold ceil((c - 1 + k) / block_size). That depends only on (c - 1) mod block_size, so a histogram of
+  `(offset - 1) mod block_size` suffices.
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ class DecodeBatch:
         req.finish_step = self.steps + (req.output_tokens - req.generated)
         req.running_epoch += 1
         self.requests[req.row] = req
-        self._phase_counts[offset % self.bs] += 1
+        self._phase_counts[(offset - 1) % self.bs] += 1
         self._offset_sum += offset
         heapq.heappush(self._heap, (req.finish_step, req.row, req.running_epoch, req))
 
@@ -52,7 +54,7 @@ class DecodeBatch:
         req.running_epoch += 1
         advanced = self.steps - req.join_step
         offset = req.ctx - req.join_step
-        self._phase_counts[offset % self.bs] -= 1
+        self._phase_counts[(offset - 1) % self.bs] -= 1
         self._offset_sum -= offset
         req.generated += advanced
         req.ctx += advanced
@@ -71,7 +73,7 @@ class DecodeBatch:
         return heap[0][0] - self.steps
 
     def new_blocks(self, k: int) -> int:
-        """KV blocks the batch needs for k more decode steps."""
+        """New KV blocks the batch needs for its next k decode steps (vLLM allocates each at the step's start)."""
         bs, steps, total = self.bs, self.steps, 0
         for phase, count in enumerate(self._phase_counts):
             if count:

@@ -1,11 +1,18 @@
 """A continuous-batching LLM replica shaped like vLLM's scheduler: chunked prefill (V1) or prefill-first (V0),
-KV cache in blocks, recompute preemption, automatic prefix caching.
+KV cache in blocks (`BlockPool`: automatic prefix caching in the blocks themselves), recompute preemption.
 
 Cost grows with requests, not tokens: the replica schedules one event per step that computes prompt tokens and
 one per *span* of pure decode steps during which the running batch does not change. A span ends at the first
-of: a request finishing, the KV cache running out of blocks, or a new arrival (which shortens the span to the
-end of the step in flight, as vLLM would admit it at the next step). Time over a span comes in closed form from
-the latency model; `DecodeBatch` keeps the bookkeeping that makes a span O(1) in the batch size.
+of: a request finishing, the step at which the free blocks would run out (where vLLM preempts), or a new arrival
+(which shortens the span to the end of the step in flight, as vLLM would admit it at the next step). Time over a
+span comes in closed form from the latency model; `DecodeBatch` keeps the bookkeeping that makes a span O(block
+size) whatever the batch size, and the KV usage during a span is read in closed form too.
+
+KV allocation follows vLLM V1 (vllm/v1/core/sched/scheduler.py `schedule`, kv_cache_manager.py `allocate_slots`,
+read at b4622cf / ace980e): each step allocates blocks for the tokens computed so far plus the ones scheduled, a
+prompt chunk hashes its full blocks when it is scheduled, and there is no watermark. When a running request cannot
+get its blocks, the newest running request (a prefill in progress included) is preempted, and a step that
+preempted admits no waiting request. V0 (`prefill-first`) keeps V0's 1% watermark at admission.
 
 Context limit: a request's `output_tokens` is the max_tokens its client sent (a trace replay sends the trace's
 output length with ignore_eos, as `odhsim replay` and `vllm bench serve` do). vLLM's OpenAI server refuses a
@@ -21,6 +28,7 @@ every `ok` row generated exactly its `output_tokens`.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 import simpy
@@ -28,11 +36,25 @@ import simpy
 from odhsim.profiles.latency import LatencyModel
 from odhsim.scenario.deployment import EngineLimits
 from odhsim.sim.decode_batch import DecodeBatch, ceil_div
-from odhsim.sim.prefix_cache import PrefixCache
+from odhsim.sim.prefix_cache import BlockPool, block_keys
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
 
 _IDLE, _PREFILL, _DECODE = 0, 1, 2
+V0_WATERMARK = 0.01  # vLLM V0 BlockSpaceManager's default watermark (V1 has none)
+
+
+class _Held:
+    """The KV blocks one admitted request holds: `named` cached blocks it holds a reference on (in order),
+    `tokens` the token slots allocated while it prefills (decoding requests derive theirs from ctx)."""
+
+    __slots__ = ("hashed", "keys", "named", "tokens")
+
+    def __init__(self, keys: list[int]) -> None:
+        self.keys = keys  # the prompt's named full blocks
+        self.named: list[int] = []
+        self.hashed = 0  # leading full blocks already hashed (named, duplicates or beyond the trace's ids)
+        self.tokens = 0
 
 
 class LlmReplica(ReplicaBase):
@@ -56,8 +78,8 @@ class LlmReplica(ReplicaBase):
         self.latency = latency
         self.bs = engine.block_size
         self.total_blocks = kv_capacity_tokens // engine.block_size
-        self.watermark_blocks = max(1, int(0.01 * self.total_blocks))  # vLLM keeps 1% free for decode growth
-        self.used_blocks = 0
+        self._chunked = engine.scheduler == "chunked-prefill"
+        self.watermark_blocks = 0 if self._chunked else int(V0_WATERMARK * self.total_blocks)
         self.max_model_len = max_model_len
         self._prompt_too_long = "prompt longer than the engine's max_model_len"
         self._request_too_long = f"prompt + max_tokens > max_model_len {max_model_len} (vLLM answers 400)"
@@ -70,21 +92,20 @@ class LlmReplica(ReplicaBase):
         self._prefilling: list[SimRequest] = []  # chunked prefill: admitted requests with prompt tokens left
         self._step_chunks: list[tuple[SimRequest, int]] = []
         self._step_decodes = False
-        self._chunked = engine.scheduler == "chunked-prefill"
         self._span: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # start, batch, context, steps
+        self._taken = 0  # blocks already allocated for the decode step(s) in flight
+        self._held: dict[int, _Held] = {}
         self.prefix_block_tokens = prefix_block_tokens
-        self.prefix_cache: PrefixCache | None = None
         self._offload_s_per_token = 0.0
+        self._threshold = engine.long_prefill_token_threshold
+        host_blocks = 0
         if engine.enable_prefix_caching:
             bytes_per_token = kv_bytes_per_token or 1
-            cpu_tokens = int(engine.kv_offload_gb * 2**30 / bytes_per_token)
-            self.prefix_cache = PrefixCache(
-                kv_capacity_tokens // max(1, prefix_block_tokens), cpu_tokens // max(1, prefix_block_tokens),
-                prefix_block_tokens,
-            )  # fmt: skip
+            host_blocks = int(engine.kv_offload_gb * 2**30 / bytes_per_token) // self.bs
             # each of the tp x pp GPUs copies its shard of a token's KV over its own link
             links = latency.tp * latency.pp
             self._offload_s_per_token = bytes_per_token / (engine.kv_offload_bandwidth_gb_s * 1e9 * links)
+        self.pool = BlockPool(self.total_blocks, engine.enable_prefix_caching, host_blocks)
 
     # -- metrics (vLLM names: num_requests_waiting, num_requests_running, kv_cache_usage_perc) ----------------
     def waiting(self) -> int:
@@ -93,7 +114,18 @@ class LlmReplica(ReplicaBase):
     def running(self) -> int:
         return len(self.batch) + len(self._prefill_batch) + len(self._prefilling)
 
+    @property
+    def used_blocks(self) -> int:
+        """Blocks some request holds now (idle cached blocks count as free), mid-span growth included."""
+        used = self.pool.used
+        if self._state == _DECODE:
+            start, batch, context, k = self._span
+            done = self.latency.decode_steps_within(batch, context, self.env.now - start)
+            used += self.batch.new_blocks(min(done + 1, k)) - self._taken  # vLLM allocates at each step's start
+        return used
+
     def kv_usage(self) -> float:
+        """vLLM's kv_cache_usage_perc: 1 - free / total, per step, shared blocks once, idle cache as free."""
         return self.used_blocks / self.total_blocks if self.total_blocks else 1.0
 
     def abort_all(self) -> list[SimRequest]:
@@ -104,7 +136,9 @@ class LlmReplica(ReplicaBase):
         self._prefill_batch, self._prefilling, self._step_chunks = [], [], []
         self._step_decodes = False
         self.batch = DecodeBatch(self.bs)
-        self.used_blocks = 0
+        self._held.clear()
+        self._taken = 0
+        self.pool = BlockPool(self.total_blocks, self.pool.caching, self.pool.host_blocks)
         self.in_flight = 0
         self._token += 1  # a scheduled decode-span end is void
         self._state = _IDLE
@@ -122,7 +156,7 @@ class LlmReplica(ReplicaBase):
             reason = self._prompt_too_long if req.prompt_tokens >= limit else self._request_too_long
             self.on_finish(req, self.env.now, STATUS_FAILED, reason)
             return
-        if ceil_div(req.prompt_tokens + 1, self.bs) > self.total_blocks:
+        if ceil_div(req.prompt_tokens + 1, self.bs) > self.total_blocks - self.watermark_blocks:
             self.in_flight -= 1
             self.on_finish(req, self.env.now, STATUS_FAILED, "prompt exceeds the replica's KV cache")
             return
@@ -144,8 +178,60 @@ class LlmReplica(ReplicaBase):
         ev = self.env.timeout(max(0.0, end - self.env.now), self._token)
         ev.callbacks.append(self._on_span_end)
 
+    # -- KV blocks ------------------------------------------------------------------------------------------
+    def _keys(self, req: SimRequest) -> list[int]:
+        if not self.pool.caching or req.blocks is None or len(req.blocks) == 0:
+            return []
+        return block_keys(req.blocks, self.prefix_block_tokens, self.bs, req.prompt_tokens)
+
+    def _try_admit(self, req: SimRequest, budget: int | None, room: int) -> tuple[int, int, int] | None:
+        """Allocate a waiting request's first chunk (vLLM get_computed_blocks + allocate_slots): (cached tokens,
+        host-tier tokens to copy back, tokens to compute this step), or None if its blocks do not fit in `room`
+        free blocks. A hit covers full blocks only, never the last token (at most floor((n - 1) / bs) blocks);
+        cached blocks it reuses from the free queue count against `room` too."""
+        ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
+        held = _Held(self._keys(req))
+        on_gpu, hit = self.pool.lookup(held.keys, (ctx - 1) // self.bs)
+        cached = hit * self.bs
+        chunk = ctx - cached if budget is None else self._chunk_cap(ctx - cached, budget)
+        new = ceil_div(cached + chunk, self.bs) - len(on_gpu)
+        if new + self.pool.idle_among(on_gpu) > room:
+            return None
+        self.pool.touch(on_gpu)
+        self.pool.take(new)
+        held.named = list(on_gpu)
+        self._held[req.row] = held
+        self._hash(req, held, cached + chunk)
+        req.ctx = ctx
+        return cached, (hit - len(on_gpu)) * self.bs, chunk
+
+    def _hash(self, req: SimRequest, held: _Held, tokens: int) -> None:
+        """The request now has slots for `tokens`: hash the prompt's full blocks scheduled so far (vLLM caches
+        them at allocation, before they are computed)."""
+        held.tokens = tokens
+        if self.pool.caching:
+            full = min(tokens, req.prompt_tokens) // self.bs
+            if full > held.hashed:
+                held.named += self.pool.register(held.keys[held.hashed : min(full, len(held.keys))])
+                held.hashed = full
+
+    def _release(self, req: SimRequest, tokens: int | None = None) -> None:
+        """Free a request's blocks (slots for `tokens` tokens; default: what its prefill allocated), last first."""
+        held = self._held.pop(req.row)
+        if tokens is None:
+            tokens = held.tokens
+        blocks = ceil_div(tokens, self.bs)
+        full = tokens // self.bs if self.pool.caching else 0
+        self.pool.release(held.named, full - len(held.named), blocks - full)
+
+    def _finish_request(self, req: SimRequest, now: float, status: str, reason: str) -> None:
+        self._release(req, req.ctx - 1)
+        self.in_flight -= 1
+        self.on_finish(req, now, status, reason)
+
     # -- scheduling -----------------------------------------------------------------------------------------
     def _schedule(self) -> None:
+        self._before_change()
         if self._chunked:
             self._schedule_chunked()
             return
@@ -163,45 +249,34 @@ class LlmReplica(ReplicaBase):
             self._state = _IDLE
             self._mark_idle()
 
-    def _prefix_hit(self, req: SimRequest, ctx: int) -> tuple[int, int]:
-        """(prompt tokens served from the prefix cache, of which copied back from host memory)."""
-        cache = self.prefix_cache
-        if cache is None or req.blocks is None or len(req.blocks) == 0:
-            return 0, 0
-        on_gpu, on_cpu = cache.lookup(req.blocks)
-        bt = self.prefix_block_tokens
-        hit = min((on_gpu + on_cpu) * bt, ctx - 1)
-        return hit, max(0, hit - on_gpu * bt)
-
     def _admit(self) -> tuple[list[SimRequest], int, int, int]:
-        """Take waiting requests (FCFS) into a prefill step within the engine's token, sequence and KV limits."""
+        """V0: take waiting requests (FCFS) into a prefill-only step within the token and sequence limits, each
+        allocating its whole prompt while the free blocks stay above the watermark (V0 can_allocate)."""
         batch: list[SimRequest] = []
         tokens = sum_sq = host_tokens = 0
         free_seqs = self.engine.max_num_seqs - len(self.batch)
         budget = self.engine.max_num_batched_tokens
         while self.waiting_q and len(batch) < free_seqs:
             req = self.waiting_q[0]
-            ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
-            blocks = ceil_div(ctx + 1, self.bs)
-            if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and (batch or self.batch):
+            if batch and tokens + req.prompt_tokens + req.generated > budget:
+                break  # V0 refuses max_num_batched_tokens < max_model_len, so every prompt fits one step
+            self._before_change()
+            got = self._try_admit(req, None, self.pool.free - self.watermark_blocks)
+            if got is None:
                 break
-            cached, from_host = self._prefix_hit(req, ctx)
-            compute = ctx - cached
-            if batch and tokens + compute > budget:
-                break  # a prompt longer than the budget runs alone in its own step (vLLM would chunk it)
+            cached, from_host, compute = got
             self.waiting_q.popleft()
-            self.used_blocks += blocks
-            req.ctx = ctx
-            if req.generated == 0:
-                req.cached_tokens = cached
-                req.start_s = self.env.now
+            self._started(req, cached)
             batch.append(req)
             tokens += compute
             sum_sq += compute * compute
             host_tokens += from_host
-        if batch:
-            self._before_change()
         return batch, tokens, sum_sq, host_tokens
+
+    def _started(self, req: SimRequest, cached: int) -> None:
+        if math.isnan(req.start_s):  # first admission (vLLM counts num_cached_tokens once)
+            req.cached_tokens = cached
+            req.start_s = self.env.now
 
     def _on_prefill_end(self, _event: simpy.Event) -> None:
         now = self.env.now
@@ -212,30 +287,35 @@ class LlmReplica(ReplicaBase):
         self._schedule()
 
     def _first_token(self, req: SimRequest, now: float) -> None:
-        """The prompt is computed: cache its blocks, emit a token, then finish or join the running batch."""
-        cache = self.prefix_cache
-        if cache is not None and req.blocks is not None:
-            cache.insert(req.blocks)
+        """The prompt is computed: emit a token, then finish or join the running batch."""
         req.generated += 1
         req.ctx += 1
         if req.first_token_s != req.first_token_s:  # NaN: first time through (not after a preemption)
             req.first_token_s = now
         if req.generated >= req.output_tokens:
-            self._release(req)
-            self.on_finish(req, now, STATUS_OK, "")
+            self._finish_request(req, now, STATUS_OK, "")
         else:
             self.batch.join(req)
 
     # -- chunked prefill (vLLM V1) -------------------------------------------------------------------------
     def _schedule_chunked(self) -> None:
         """One engine step: decode every running request and spend the rest of the token budget on prompt
-        chunks (in-progress prompts first, then new ones FCFS); a pure decode span when no prompt is pending."""
-        if self.batch and not self._ensure_decode_room():
-            return
-        chunks, tokens, attention, host_tokens = self._plan_chunks()
+        chunks (in-progress prompts first, then new ones FCFS unless this step preempted); a pure decode span
+        when no prompt is scheduled."""
+        while True:
+            preempted = self._ensure_decode_room()
+            if preempted is None:
+                return
+            decode_blocks = self.batch.new_blocks(1) if self.batch else 0
+            self.pool.take(decode_blocks)
+            self._taken = decode_blocks
+            chunks, tokens, attention, host_tokens, chunk_preempted = self._plan_chunks(preempted)
+            if chunks or self.batch or not (preempted or chunk_preempted) or not self.waiting_q:
+                break
+            # the step preempted everything it had: vLLM's next (empty) step admits the waiting requests
         if not chunks:
-            if self.batch:
-                self._start_span()
+            if self.batch:  # after a preemption the next step may admit again: a span of one step
+                self._start_span(ensured=True, one_step=(preempted or chunk_preempted) and bool(self.waiting_q))
             else:
                 self._state = _IDLE
                 self._mark_idle()
@@ -251,39 +331,56 @@ class LlmReplica(ReplicaBase):
         ev = self.env.timeout(duration)
         ev.callbacks.append(self._on_chunked_step_end)
 
-    def _plan_chunks(self) -> tuple[list[tuple[SimRequest, int]], int, int, int]:
-        """(request, prompt tokens this step) pairs, their total, the attention term sum(chunk x context) and
-        the host-tier tokens to copy back, within the token budget, the sequence limit and the KV cache."""
+    def _chunk_cap(self, left: int, budget: int) -> int:
+        chunk = min(left, budget)
+        return min(chunk, self._threshold) if self._threshold else chunk
+
+    def _plan_chunks(self, preempted: bool) -> tuple[list[tuple[SimRequest, int]], int, int, int, bool]:
+        """(request, prompt tokens this step) pairs, their total, the attention term sum(chunk x context), the
+        host-tier tokens to copy back and whether a prompt in progress was preempted, within the token budget,
+        the sequence limit and the free blocks."""
         budget = self.engine.max_num_batched_tokens - len(self.batch)
         chunks: list[tuple[SimRequest, int]] = []
         tokens = attention = host_tokens = 0
-        for req in self._prefilling:
-            if budget <= 0:
-                break
-            chunk = min(req.prefill_left, budget)
+        i = 0
+        while i < len(self._prefilling) and budget > 0:
+            req = self._prefilling[i]
+            held = self._held[req.row]
+            chunk = self._chunk_cap(req.prefill_left, budget)
             done = req.ctx - req.prefill_left
+            need = ceil_div(done + chunk, self.bs) - ceil_div(held.tokens, self.bs)
+            while need > self.pool.free:  # preempt the newest running request: the last prompt in progress
+                self._before_change()
+                preempted = True
+                victim = self._prefilling.pop()
+                self._preempt(victim)
+                if victim is req:
+                    break
+            if i >= len(self._prefilling):  # it preempted itself: vLLM stops scheduling running requests
+                break
+            self.pool.take(need)
+            self._hash(req, held, done + chunk)
             chunks.append((req, chunk))
             tokens += chunk
             attention += chunk * (done + chunk)
             budget -= chunk
+            i += 1
+        if preempted:  # vLLM: a step that preempted schedules no waiting request
+            if chunks:
+                self._before_change()
+            return chunks, tokens, attention, host_tokens, True
         free_seqs = self.engine.max_num_seqs - len(self.batch) - len(self._prefilling)
         while self.waiting_q and budget > 0 and free_seqs > 0:
             req = self.waiting_q[0]
-            ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
-            blocks = ceil_div(ctx + 1, self.bs)
-            busy = len(self.batch) > 0 or self._prefilling
-            if self.used_blocks + blocks > self.total_blocks - self.watermark_blocks and busy:
+            self._before_change()
+            got = self._try_admit(req, budget, self.pool.free)
+            if got is None:
                 break
-            cached, from_host = self._prefix_hit(req, ctx)
+            cached, from_host, chunk = got
             self.waiting_q.popleft()
-            self.used_blocks += blocks
-            req.ctx = ctx
-            req.prefill_left = ctx - cached
-            if req.generated == 0:
-                req.cached_tokens = cached
-                req.start_s = self.env.now
+            req.prefill_left = req.ctx - cached
+            self._started(req, cached)
             self._prefilling.append(req)
-            chunk = min(req.prefill_left, budget)
             chunks.append((req, chunk))
             tokens += chunk
             attention += chunk * (cached + chunk)
@@ -292,7 +389,7 @@ class LlmReplica(ReplicaBase):
             free_seqs -= 1
         if chunks:
             self._before_change()
-        return chunks, tokens, attention, host_tokens
+        return chunks, tokens, attention, host_tokens, False
 
     def _on_chunked_step_end(self, _event: simpy.Event) -> None:
         now = self.env.now
@@ -310,47 +407,47 @@ class LlmReplica(ReplicaBase):
         self._step_chunks = []
         self._schedule()
 
-    def _ensure_decode_room(self) -> bool:
-        """Preempt (recompute) until the running batch can take one more decode step; False if the step
-        cannot happen (the scheduler was re-entered after a failure)."""
-        while self._kv_step_limit(1) == 0:
+    def _ensure_decode_room(self) -> bool | None:
+        """Preempt (recompute) the newest running requests until the running batch gets its blocks for one
+        more decode step: whether it preempted, or None if the step cannot happen (the scheduler was re-entered
+        after a request that can never fit failed)."""
+        preempted = False
+        while self.batch and self.batch.new_blocks(1) > self.pool.free:
             self._before_change()
             if len(self.batch) == 1 and not self._prefilling:
                 req = self.batch.only()
                 self.batch.leave(req)
-                self._release(req)
-                self.on_finish(req, self.env.now, STATUS_FAILED, "context outgrew the replica's KV cache")
+                self._finish_request(req, self.env.now, STATUS_FAILED, "context outgrew the replica's KV cache")
                 self._schedule()
-                return False
-            self._preempt_last()
-            if not self.batch:
-                return True
-        return True
+                return None
+            preempted = True
+            if self._prefilling:  # prompts in progress were admitted after every decoding request
+                self._preempt(self._prefilling.pop())
+            else:
+                victim = self.batch.last_admitted()
+                self.batch.leave(victim)
+                self._preempt(victim, victim.ctx - 1)
+        return preempted
 
-    # -- the running batch ----------------------------------------------------------------------------------
-    def _release(self, req: SimRequest) -> None:
-        self.used_blocks -= ceil_div(req.ctx, self.bs)
-        self.in_flight -= 1
-
-    def _kv_step_limit(self, k: int) -> int:
-        return self.batch.step_limit(k, self.total_blocks - self.used_blocks)
-
-    def _preempt_last(self) -> None:
-        """vLLM's recompute preemption: the most recently admitted request gives back its KV blocks and waits
-        at the head of the queue; its generated tokens are recomputed as part of the prompt."""
-        victim = self.batch.last_admitted()
-        self.batch.leave(victim)
-        self.used_blocks -= ceil_div(victim.ctx, self.bs)
+    def _preempt(self, victim: SimRequest, tokens: int | None = None) -> None:
+        """vLLM's recompute preemption: the victim gives back its KV blocks and waits at the head of the queue;
+        its generated tokens are recomputed as part of the prompt."""
+        self._release(victim, tokens)
+        victim.prefill_left = 0
         self.waiting_q.appendleft(victim)
         self.preemptions += 1
 
-    def _start_span(self) -> None:
-        if not self._ensure_decode_room():
+    # -- the running batch ----------------------------------------------------------------------------------
+    def _start_span(self, ensured: bool = False, one_step: bool = False) -> None:
+        if not ensured and self._ensure_decode_room() is None:
             return
         if not self.batch:  # all were preempted: their prompts wait to be recomputed
             self._schedule()
             return
-        limit = self._kv_step_limit(self.batch.steps_to_next_finish())  # >= 1 once one step fits
+        # blocks for k steps fit in the free pool plus what this step already took (V1 took it in _schedule)
+        room = self.pool.free + self._taken
+        steps = 1 if one_step else self.batch.steps_to_next_finish()
+        limit = self.batch.step_limit(steps, room)  # >= 1 once one step fits
         batch = len(self.batch)
         context = self.batch.context_tokens()
         self._state = _DECODE
@@ -364,12 +461,16 @@ class LlmReplica(ReplicaBase):
         if event.value != self._token:
             return  # a shortened span's original end
         self._before_change()
-        self._advance_decodes(self._span[3], self.env.now)
+        k = self._span[3]
+        self._state = _PREFILL  # the span is over: its blocks are booked below, not read in closed form
+        self.pool.take(self.batch.new_blocks(k) - self._taken)
+        self._taken = 0
+        self._advance_decodes(k, self.env.now)
         self._schedule()
 
     def _advance_decodes(self, k: int, now: float) -> None:
-        """The running batch did k decode steps: grow its KV blocks and finish whoever produced its last token."""
-        self.used_blocks += self.batch.new_blocks(k)
+        """The running batch did k decode steps (their blocks are taken): finish whoever produced its last
+        token."""
+        self._taken = 0
         for req in self.batch.advance(k):
-            self._release(req)
-            self.on_finish(req, now, STATUS_OK, "")
+            self._finish_request(req, now, STATUS_OK, "")
