@@ -13,6 +13,7 @@ import asyncio
 import codecs
 import contextlib
 import logging
+import math
 import time
 import uuid
 from collections import deque
@@ -49,6 +50,14 @@ class SequenceFailedError(RuntimeError):
     def __init__(self, error_id: str) -> None:
         super().__init__(f"sequence failed; error id {error_id}")
         self.error_id = error_id
+
+
+def _finite_rows(logits: torch.Tensor) -> list[bool]:
+    """Whether each row of `logits` [B, vocab] is all finite. Fast path: a finite sum means every value is finite
+    (a NaN or inf makes the sum non-finite); only then, or when finite values overflow the sum, check row by row."""
+    if math.isfinite(float(logits.sum())):
+        return [True] * logits.shape[0]
+    return torch.isfinite(logits).all(dim=-1).tolist()
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,7 +361,7 @@ class ContinuousBatchingEngine:
 
         A row whose logits are not finite, or whose sampling raises, yields a `_RowFault` for its sequence alone
         (its cache slot is cleared, so a later sequence in that slot cannot read a stale NaN); the other rows are
-        sampled as usual. The finiteness check is one reduction over the decode batch."""
+        sampled as usual. The finiteness check costs one sum over the decode batch unless a row is bad."""
         cache = self._cache
         assert cache is not None
         for src, dst, length in moves:
@@ -365,12 +374,11 @@ class ContinuousBatchingEngine:
                 torch.tensor(tokens), torch.tensor(positions), cache, span=max(positions) + 1
             ).cpu()
             rows.extend(logits.unbind(0))
-            ok = torch.isfinite(logits).all(dim=-1)
-            finite.extend([True] * len(tokens) if bool(ok.all()) else ok.tolist())
+            finite.extend(_finite_rows(logits))
         for slot, ids in prefill:
             row = self.model.prefill(ids, cache, slot).cpu()
             rows.append(row)
-            finite.append(bool(torch.isfinite(row).all()))
+            finite.extend(_finite_rows(row.view(1, -1)))
         out: list[int | _RowFault] = []
         for slot, (row, (p, gen)) in enumerate(zip(rows, sampling, strict=True)):
             if not finite[slot]:
