@@ -73,12 +73,21 @@ class DecodeBatch:
         return heap[0][0] - self.steps
 
     def new_blocks(self, k: int) -> int:
-        """New KV blocks the batch needs for its next k decode steps (vLLM allocates each at the step's start)."""
-        bs, steps, total = self.bs, self.steps, 0
-        for phase, count in enumerate(self._phase_counts):
-            if count:
-                r = (phase + steps) % bs
-                total += count * (ceil_div(r + k, bs) - (1 if r else 0))
+        """New KV blocks the batch needs for its next k decode steps (vLLM allocates each at the step's start).
+
+        Over k = q * bs + rem steps every request starts q new blocks, plus one more if its computed tokens
+        mod bs lie in the cyclic window of rem values that reach a block boundary first: a slice of the
+        histogram, so O(rem) in C whatever the batch size."""
+        if k <= 0:
+            return 0
+        bs = self.bs
+        q, rem = divmod(k, bs)
+        total = q * len(self.requests)
+        if rem:
+            counts = self._phase_counts
+            start = (bs - rem + 1 - self.steps) % bs
+            end = start + rem
+            total += sum(counts[start:end]) if end <= bs else sum(counts[start:]) + sum(counts[: end - bs])
         return total
 
     def step_limit(self, k: int, free_blocks: int) -> int:

@@ -94,6 +94,7 @@ class LlmReplica(ReplicaBase):
         self._step_decodes = False
         self._span: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # start, batch, context, steps
         self._taken = 0  # blocks already allocated for the decode step(s) in flight
+        self._span_growth = 0  # blocks the span in flight allocates after its first step (0: usage is flat)
         self._held: dict[int, _Held] = {}
         self.prefix_block_tokens = prefix_block_tokens
         self._offload_s_per_token = 0.0
@@ -118,7 +119,7 @@ class LlmReplica(ReplicaBase):
     def used_blocks(self) -> int:
         """Blocks some request holds now (idle cached blocks count as free), mid-span growth included."""
         used = self.pool.used
-        if self._state == _DECODE:
+        if self._state == _DECODE and self._span_growth:
             start, batch, context, k = self._span
             done = self.latency.decode_steps_within(batch, context, self.env.now - start)
             used += self.batch.new_blocks(min(done + 1, k)) - self._taken  # vLLM allocates at each step's start
@@ -454,6 +455,7 @@ class LlmReplica(ReplicaBase):
         self._mark_busy()
         self._token += 1
         self._span = (self.env.now, batch, context, limit)
+        self._span_growth = self.batch.new_blocks(limit) - self._taken
         ev = self.env.timeout(self.latency.decode_span_s(batch, context, limit), self._token)
         ev.callbacks.append(self._on_span_end)
 
