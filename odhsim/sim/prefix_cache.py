@@ -15,7 +15,8 @@ odhsim's blocks are named by the trace's prefix ids (`block_keys`): a KV block i
 unit holding its last token and its end offset inside that unit (trace ids name the whole prefix up to their
 unit, as vLLM's chained hashes do). Full blocks the trace does not name (no ids, or generated tokens) are hashed in
 vLLM but no later prompt can name them, so they are kept as anonymous runs: they occupy their place in the free
-queue, with no per-block cost. A host-memory tier (KV offloading) keeps blocks evicted from the GPU, LRU.
+queue, with no per-block cost. A host-memory tier (KV offloading) keeps blocks evicted from the GPU, oldest
+offload dropped first; a block brought back keeps its host copy.
 """
 
 from __future__ import annotations
@@ -107,34 +108,30 @@ class BlockPool:
             return
         idle, ref = self.idle, self.ref
         self.idle_blocks -= evict
+        evicted: list[int] = []
         while evict > 0:
             key, count = idle.popitem(last=False)
             if count > evict:  # part of an anonymous run
                 idle[key] = count - evict
                 idle.move_to_end(key, last=False)
-                return
+                break
             evict -= count
-            if not isinstance(key, tuple):
+            if count == 1 and key in ref:  # a named block (anonymous runs have tuple keys)
                 del ref[key]
-                if self.host_blocks:
-                    self.host[key] = None
-                    self.host.move_to_end(key)
-                    if len(self.host) > self.host_blocks:
-                        self.host.popitem(last=False)
+                evicted.append(key)  # type: ignore[arg-type]
+        if evicted and self.host_blocks:  # most recently offloaded last (a block already there keeps its place)
+            host = self.host
+            host.update(dict.fromkeys(evicted))
+            for _ in range(len(host) - self.host_blocks):
+                host.popitem(last=False)
 
     def register(self, keys: list[int]) -> list[int]:
         """Hash newly allocated full blocks (held by one request): the keys registered, in order. A key already
         cached elsewhere is not registered again: that block stays an anonymous copy (vLLM keeps duplicates,
-        and a lookup finds the first)."""
-        ref, host = self.ref, self.host
-        mine: list[int] = []
-        for key in keys:
-            if key in ref:
-                continue
-            ref[key] = 1
-            if host:
-                host.pop(key, None)
-            mine.append(key)
+        and a lookup finds the first). A host-memory copy stays where it is (offloading writes through)."""
+        ref = self.ref
+        mine = [key for key in keys if key not in ref]
+        ref.update(dict.fromkeys(mine, 1))
         return mine
 
     def release(self, named: list[int], anonymous: int, unhashed: int) -> None:
