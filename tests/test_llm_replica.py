@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import simpy
 
 from odhsim.profiles.latency import LatencyModel
 from odhsim.scenario.deployment import EngineLimits
+from odhsim.sim.decode_batch import DecodeBatch, ceil_div
 from odhsim.sim.llm_replica import LlmReplica
 from odhsim.sim.request import SimRequest
 
@@ -91,8 +93,8 @@ def test_batch_limit_queues_requests() -> None:
 
 
 def test_kv_exhaustion_preempts_and_recomputes() -> None:
-    # 8 blocks of 16 tokens (1 kept as watermark); two requests of 40 prompt tokens need 3 blocks each up front
-    # and grow to 6 blocks each: the cache cannot hold both to the end, so the later one is preempted.
+    # 8 blocks of 16 tokens (V0's 1% watermark rounds to 0 blocks); two requests of 40 prompt tokens need 3 blocks
+    # each up front and grow to 6 blocks each: the cache cannot hold both to the end, so the later one is preempted.
     h = Harness(kv_tokens=8 * 16, block_size=16)
     h.submit_at(0.0, 0, prompt=40, output=50)
     h.submit_at(0.0, 1, prompt=40, output=50)
@@ -167,3 +169,20 @@ def test_chunked_kv_exhaustion_still_preempts_and_finishes_everything() -> None:
     assert {v[1] for v in h.done.values()} == {"ok"}
     assert h.replica.preemptions >= 1
     assert h.replica.used_blocks == 0 and h.replica.in_flight == 0
+
+
+@pytest.mark.parametrize("bs", [1, 8, 16, 32])
+def test_new_blocks_matches_per_request_block_counts(bs: int) -> None:
+    """The histogram window gives what summing ceil((computed + k) / bs) - ceil(computed / bs) over requests gives,
+    where a decoding request of context c has computed c - 1 tokens (vLLM V1 allocates at each step's start)."""
+    rng = np.random.default_rng(bs)
+    batch = DecodeBatch(bs)
+    for row in range(30):
+        req = SimRequest(row, 0.0, int(rng.integers(1, 300)), 10**6, 0, 2, 0, -1, None)
+        req.ctx, req.generated = req.prompt_tokens + 1, 1
+        batch.join(req)
+        batch.steps += int(rng.integers(0, 7))
+        for k in range(3 * bs + 2):
+            computed = [r.ctx - r.join_step + batch.steps - 1 for r in batch.requests.values()]
+            want = sum(ceil_div(c + k, bs) - ceil_div(c, bs) for c in computed)
+            assert batch.new_blocks(k) == want, (row, k)
