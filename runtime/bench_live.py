@@ -34,10 +34,10 @@ import pandas as pd
 import yaml
 from rich.table import Table
 
-from odhsim.bench import AZURE_CONV, REPO_ROOT
-from odhsim.errors import OdhsimError
+from odhsim.errors import CatalogError, OdhsimError
 from runtime.replica_secret import headers_of_process
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 LIVE_SCENARIO = REPO_ROOT / "scenarios" / "live.yaml"
 BENCH_KEY = "bench-key"
 TOKEN_SCALE = 8
@@ -65,12 +65,18 @@ def bench_scenario() -> dict[str, Any]:
 
 def azure_shaped(requests: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
     """(arrival_s, prompt_tokens, output_tokens) of `requests` Azure-conversation-shaped requests, tokens / 8."""
-    if AZURE_CONV.exists():
+    from odhsim.workload.catalog import get_entry, local_copy
+
+    try:
+        trace: Path | None = local_copy(get_entry("azure-2023-conv"))  # the committed copy
+    except CatalogError:
+        trace = None
+    if trace is not None:
         from odhsim.workload.loaders import open_trace
 
-        b = next(open_trace(AZURE_CONV, chunk_rows=max(requests, 1024)).batches())
+        b = next(open_trace(trace, chunk_rows=max(requests, 1024)).batches())
         arrival, prompt, output = b.arrival_s[:requests], b.prompt_tokens[:requests], b.output_tokens[:requests]
-        source = f"{AZURE_CONV.name} (first {len(arrival):,} rows)"
+        source = f"{trace.name} (first {len(arrival):,} rows)"
     else:  # the trace's shape: ~4.7 requests/s, lognormal prompts (median 1,020) and outputs (median 240)
         rng = np.random.default_rng(seed)
         arrival = np.cumsum(rng.exponential(1 / 4.7, requests)) - 0.2

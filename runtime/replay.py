@@ -29,11 +29,12 @@ import httpx
 import numpy as np
 import pandas as pd
 
+from odhsim.results.record import RequestRecord
 from odhsim.results.request_log import RequestLog
 from odhsim.results.run_result import RunResult
+from odhsim.results.status import STATUS_FAILED, STATUS_OK, STATUS_SHED, STATUS_TIMEOUT, STATUS_UNFINISHED
 from odhsim.results.summary import summarize
 from odhsim.scenario.model import Scenario, Slo
-from odhsim.sim.request import STATUS_FAILED, STATUS_OK, STATUS_SHED, STATUS_TIMEOUT, STATUS_UNFINISHED, SimRequest
 from odhsim.workload.schema import PRIORITY_CLASSES
 from runtime.replay_plan import (
     DEFAULT_LIMIT,
@@ -280,11 +281,11 @@ async def run_replay(
             raise ReplayError(f"cannot reach {target_url}: {type(err).__name__}: {err}") from None
 
         async def one(i: int) -> None:
-            req = SimRequest(i, float(b.arrival_s[i]), int(b.prompt_tokens[i]), int(b.output_tokens[i]),
-                             int(b.model[i]), int(b.priority[i]), int(b.tenant[i]), -1, None)  # fmt: skip
-            model, tenant = models[req.model], plan.tenant_names[req.tenant]
+            req = RequestRecord(i)
+            model, tenant = models[int(b.model[i])], plan.tenant_names[int(b.tenant[i])]
+            prompt_tokens, output_tokens = int(b.prompt_tokens[i]), int(b.output_tokens[i])
             key = keys.key(tenant, model)
-            headers = {"x-odhsim-priority": PRIORITY_CLASSES[req.priority]}
+            headers = {"x-odhsim-priority": PRIORITY_CLASSES[int(b.priority[i])]}
             if key:
                 headers["Authorization"] = f"Bearer {key}"
             try:
@@ -293,8 +294,8 @@ async def run_replay(
                     if kinds.get(model) == "llm":
                         body = {
                             "model": model,
-                            "prompt": synth_prompt(i, req.prompt_tokens),
-                            "max_tokens": req.output_tokens,
+                            "prompt": synth_prompt(i, prompt_tokens),
+                            "max_tokens": output_tokens,
                             "stream": True,
                             "ignore_eos": True,
                             "temperature": opts.temperature,

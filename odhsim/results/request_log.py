@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from odhsim.sim.request import STATUS_UNFINISHED, STATUSES, SimRequest
+from odhsim.results.record import FinishedRequest
+from odhsim.results.status import STATUS_UNFINISHED, STATUSES
 from odhsim.workload.schema import PRIORITY_CLASSES, RequestBatch
 
 _COLUMNS: dict[str, tuple[type, object]] = {
@@ -80,7 +81,7 @@ class RequestLog:
             self.versions.append(label)
         return self.versions.index(label)
 
-    def finish(self, req: SimRequest, now: float, status: str, reason: str = "", version: int = -1) -> None:
+    def finish(self, req: FinishedRequest, now: float, status: str, reason: str = "", version: int = -1) -> None:
         """Write a request's final outcome into its row; `version` is the code of the model version that served
         it (or that it was routed to), -1 for none."""
         c = self._cols

@@ -6,14 +6,25 @@ import math
 
 import numpy as np
 
+from odhsim.results.status import (  # re-exported: simulator modules import the statuses from here
+    STATUS_FAILED,
+    STATUS_OK,
+    STATUS_SHED,
+    STATUS_TIMEOUT,
+    STATUS_UNFINISHED,
+    STATUSES,
+)
 from policies.routing.types import RouteRequest
 
-STATUS_OK = "ok"
-STATUS_SHED = "shed"
-STATUS_FAILED = "failed"
-STATUS_TIMEOUT = "timeout"
-STATUS_UNFINISHED = "unfinished"
-STATUSES = (STATUS_OK, STATUS_SHED, STATUS_FAILED, STATUS_TIMEOUT, STATUS_UNFINISHED)
+__all__ = [
+    "STATUSES",
+    "STATUS_FAILED",
+    "STATUS_OK",
+    "STATUS_SHED",
+    "STATUS_TIMEOUT",
+    "STATUS_UNFINISHED",
+    "SimRequest",
+]
 
 
 class SimRequest:
