@@ -11,7 +11,7 @@ from odhsim.results.request_log import RequestLog
 from odhsim.rng import RngStreams
 from odhsim.scenario.deployment import ModelDeployment, ServiceTime
 from odhsim.scenario.model import Scenario
-from odhsim.sim.controller import ModelController, Spend
+from odhsim.sim.controller import ModelController, Spend, sim_verdict
 from odhsim.sim.gateway import Gateway, ModelRoute
 from odhsim.sim.gpu_pool import SimGpuPool
 from odhsim.sim.replica_factory import ReplicaFactory
@@ -48,7 +48,7 @@ def build_cluster(
 
     factory = ReplicaFactory(env, scenario, on_finish, block_tokens)
     interval = scenario.gateway.scrape_interval_s
-    verdicts = [m.deploy_verdict() for m in scenario.models]
+    verdicts = [sim_verdict(m) for m in scenario.models]
     for mi, m in enumerate(scenario.models):
         approved, reason = verdicts[mi]
         events.append({"time_s": 0.0, "kind": "deploy", "model": m.name, "replica": "", "detail": reason})
@@ -105,7 +105,7 @@ def build_cluster(
         if canary is None or m.canary is None:
             continue
         latest = route.revisions[1]
-        c_approved = canary.deploy_verdict()[0]
+        c_approved = sim_verdict(canary)[0]
         latest.controller = _controller(env, mi, canary, latest, c_approved, f"autoscaler.{m.name}@{canary.version}",
                                         streams, gateway, factory, pool, startup, events, states)  # fmt: skip
         latest.controller.spend = spend

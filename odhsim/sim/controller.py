@@ -1,14 +1,16 @@
 """The model controller: replica lifecycles (pending -> downloading -> loading -> testing -> ready -> draining ->
 gone), GPUs from the pool, and the autoscaler's decisions applied on its own intervals.
 
-Policies decide (`policies.autoscaling`, `policies.lifecycle`); this module only moves simulated replicas through
-the states with the delays the start-up model gives, and keeps the records (replica states, scaling events).
-A draining replica takes no new request and leaves once its last request finishes, so scaling loses nothing.
+The SimPy adapter of the controller core (`policies.controlplane`): the core decides when to observe and decide,
+what the autoscaler sees, how many replicas start (within the budget), which ones leave, whether and when a crashed
+replica restarts, and the deploy verdict; this module reads the simulated counters into a `LoadSnapshot`, turns the
+core's plans into replica lifecycles with the delays the start-up model gives, and keeps the records (replica
+states, scaling events). A draining replica takes no new request and leaves once its last request finishes, so
+scaling loses nothing.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import simpy
@@ -21,22 +23,37 @@ from odhsim.sim.replica_base import ReplicaBase
 from odhsim.sim.replica_factory import ReplicaFactory
 from odhsim.sim.request import STATUS_FAILED
 from policies.autoscaling.types import Autoscaler, ScalingMetrics
-from policies.cost.budget import BudgetGuard
-from policies.lifecycle.states import DOWNLOADING, DRAINING, GONE, LOADING, PENDING, READY, TESTING, Lifecycle
+from policies.controlplane.capacity import Spend
+from policies.controlplane.core import ControllerCore, ScalePlan
+from policies.controlplane.deploy import DeployFacts, deploy_verdict
+from policies.controlplane.metrics import LoadSnapshot
+from policies.controlplane.restart import RestartPolicy
+from policies.controlplane.victims import ReplicaView
+from policies.lifecycle.states import (
+    DOWNLOADING,
+    DRAINING,
+    FAILED,
+    GONE,
+    LOADING,
+    PENDING,
+    READY,
+    RESTARTING,
+    TESTING,
+    Lifecycle,
+)
 from policies.lifecycle.storage import StartupModel
 
 FIXED_MODEL_BYTES = 512 * 2**20  # weights of a `fixed` model when the catalogue has none (a small classifier)
 
 
-class Spend:
-    """The pool-wide $/hour committed to replicas (holding GPUs or waiting for them), checked against a budget."""
+__all__ = ["ModelController", "Spend", "sim_verdict"]
 
-    def __init__(self, guard: BudgetGuard | None) -> None:
-        self.guard = guard
-        self.controllers: list[ModelController] = []
 
-    def committed_usd_per_hour(self) -> float:
-        return sum(c.committed_gpus() * c.price_per_gpu_hour for c in self.controllers)
+def sim_verdict(model: ModelDeployment) -> tuple[bool, str]:
+    """The core's deploy verdict for the simulator (the scenario's memory check is the only fact it needs)."""
+    approved, reason = model.deploy_verdict()
+    verdict = deploy_verdict(DeployFacts(model.name, "sim", approved, reason))
+    return verdict.approved, verdict.reason
 
 
 class ModelController:
@@ -54,6 +71,7 @@ class ModelController:
         intervals: tuple[float, float],
         events: list[dict[str, Any]],
         states: list[dict[str, Any]],
+        restart: RestartPolicy | None = None,
     ) -> None:
         self.env = env
         self.mi = model_index
@@ -64,7 +82,6 @@ class ModelController:
         self.pool = pool
         self.startup = startup
         self.autoscaler = autoscaler
-        self.decide_every_s, self.observe_every_s = intervals
         self.events = events
         self.states = states
         self.size_bytes = catalog.model(model.profile).weight_bytes if model.profile else FIXED_MODEL_BYTES
@@ -74,15 +91,37 @@ class ModelController:
         self.allocations: dict[int, Allocation] = {}  # replica index -> the GPUs it holds
         self.grants: dict[int, Any] = {}  # replica index -> queued GPU request of a pending replica
         self.starting: list[ReplicaBase] = []
-        self.last_desired = len(route.replicas)
-        self.spend: Spend | None = None
+        self.down: list[ReplicaBase] = []  # failed or backing off before a restart in place
+        self.attempts: dict[int, int] = {}  # replica index -> CrashLoopBackOff attempt of its latest restart
         self.price_per_gpu_hour = catalog.gpu(model.gpu).price_per_gpu_hour
-        self._budget_refused = False
-        self._last_arrivals = 0
-        self._poked = False
+        self.core = ControllerCore(
+            model.name,
+            start=env.now,
+            desired=len(route.replicas),
+            intervals=intervals,
+            autoscaler=autoscaler,
+            restart=restart,
+            usd_per_replica_hour=self.gpus_per_replica * self.price_per_gpu_hour,
+        )
         self.retired = False  # its revision was promoted away from or rolled back: no more scaling
         self._gpu_s = 0.0  # GPU-seconds held up to _gpu_since (the integral the cost timeseries charges)
         self._gpu_since = env.now
+
+    @property
+    def spend(self) -> Spend | None:
+        return self.core.spend
+
+    @spend.setter
+    def spend(self, spend: Spend | None) -> None:
+        self.core.spend = spend
+
+    @property
+    def last_desired(self) -> int:
+        return self.core.last_desired
+
+    @last_desired.setter
+    def last_desired(self, n: int) -> None:
+        self.core.last_desired = n
 
     # -- records ------------------------------------------------------------------------------------------
     def _move(self, replica: ReplicaBase, to: str, detail: str = "") -> None:
@@ -115,15 +154,9 @@ class ModelController:
         """GPUs held plus those asked for by replicas still waiting in `pending`."""
         return (len(self.allocations) + len(self.grants)) * self.gpus_per_replica
 
-    def _budget_allows(self) -> bool:
-        if self.spend is None or self.spend.guard is None:
-            return True
-        added = self.gpus_per_replica * self.price_per_gpu_hour
-        verdict = self.spend.guard.allows(self.spend.committed_usd_per_hour(), added, self.model.name)
-        if not verdict.allowed and not self._budget_refused:
-            self._event("budget", verdict.reason)  # once per refusal spell, not every decision
-        self._budget_refused = not verdict.allowed
-        return verdict.allowed
+    def committed_usd_per_hour(self) -> float:
+        """What the budget counts for this revision (`policies.controlplane.Spend`)."""
+        return self.committed_gpus() * self.price_per_gpu_hour
 
     # -- start-up of the initial replicas (already deployed: they hold GPUs and serve from t = 0) ------------
     def adopt_initial(self) -> None:
@@ -147,23 +180,38 @@ class ModelController:
     def _cache_key(self) -> str:
         return f"{self.model.profile or self.model.name}@{self.storage_uri}"
 
-    # -- scaling ------------------------------------------------------------------------------------------
+    # -- carrying out the core's plans ----------------------------------------------------------------------
+    def views(self) -> list[ReplicaView]:
+        """The replicas that count toward the desired number, as the core sees them (creation order)."""
+        out = []
+        for r in [*self.starting, *self.down, *self.route.replicas]:
+            life = self.lifecycles[r.index]
+            since = life.entered_at if life.state == READY else float("nan")
+            out.append(ReplicaView(r.name, r.index, life.state, since, life.restarts))
+        return sorted(out, key=lambda v: v.index)
+
     def scale_to(self, desired: int, reason: str) -> None:
-        current = len(self.route.replicas) + len(self.starting)
-        if desired != self.last_desired:
-            self._event("scale", f"{self.last_desired} -> {desired}: {reason}")
-            self.last_desired = desired
-        for _ in range(desired - current):
-            if not self._budget_allows():
-                break  # requests queue instead (the seed's "no budget? queue requests")
+        self.apply(self.core.plan(desired, reason, self.views()))
+
+    def apply(self, plan: ScalePlan) -> None:
+        """Record the scale event, start what the budget allowed, say why the rest waits, stop the victims."""
+        if plan.scale_event is not None:
+            self._event("scale", plan.scale_event)
+        for _ in range(plan.start):
             self._start_one()
-        surplus = current - desired
-        while surplus > 0 and self.starting:  # cancel the newest starting replica first (it serves nothing yet)
-            self._cancel(self.starting[-1])
-            surplus -= 1
-        while surplus > 0 and self.route.replicas:  # then drain the newest ready one
-            self._drain(self.route.replicas[-1])
-            surplus -= 1
+        if plan.budget_refusal is not None:
+            self._event("budget", plan.budget_refusal)  # once per refusal spell, not every decision
+        by_index = {r.index: r for r in [*self.starting, *self.down, *self.route.replicas]}
+        for victim in plan.victims:
+            replica = by_index[victim.index]
+            if replica.state == READY:
+                self._drain(replica)
+            elif replica in self.down:
+                self.down.remove(replica)
+                self._move(replica, GONE, "scaled down while failed")
+                self._free(replica)
+            else:
+                self._cancel(replica)
 
     def _start_one(self) -> None:
         replica = self.factory.make(self.mi, self.model, self.route.revision)
@@ -257,45 +305,71 @@ class ModelController:
         self._allocations_change()
         self.pool.release(self.allocations.pop(replica.index))
 
+    # -- crashes: CrashLoopBackOff restarts in place (the core decides when) ------------------------------------
+    def crash(self, replica: ReplicaBase, reason: str) -> None:
+        """A ready replica's engine died: out of the route, its requests fail with `reason` (counted), `failed`,
+        then a restart in place (it keeps its GPUs and the node's cached weights) when the core's back-off says."""
+        if replica.state != READY:
+            return
+        life = self.lifecycles[replica.index]
+        ran_for = self.env.now - life.entered_at
+        self.route.remove_replica(replica)
+        held = replica.abort_all()
+        self._event("crash", f"{reason} after {ran_for:.1f} s ready", replica.name)
+        self._move(replica, FAILED, reason)
+        for req in held:
+            self.gateway.finish(req, self.env.now, STATUS_FAILED, f"replica failed: {reason}")
+        self.down.append(replica)
+        decision = self.core.restart.on_failure(self.env.now, self.attempts.get(replica.index, 0), ran_for)
+        self.attempts[replica.index] = decision.attempt
+        self._move(replica, RESTARTING, decision.reason)
+        timer = self.env.timeout(decision.delay_s)
+        timer.callbacks.append(lambda _e: self._restart(replica))
+
+    def _restart(self, replica: ReplicaBase) -> None:
+        if replica.state != RESTARTING or replica not in self.down:
+            return  # scaled away while backing off
+        self.down.remove(replica)
+        self.starting.append(replica)
+        plan = self.startup.plan(self.size_bytes, self.storage_uri, self.gpus_per_replica, cached=True)
+        self._advance(replica, [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)])
+
     # -- the autoscaler loop ------------------------------------------------------------------------------
-    def metrics(self) -> ScalingMetrics:
-        """What the autoscaler's scrape sees now (sampled on its own interval, not on every change)."""
-        route, now = self.route, self.env.now
+    def snapshot(self) -> LoadSnapshot:
+        """The simulated counters the core turns into the autoscaler's `ScalingMetrics`."""
+        route = self.route
         ready = route.replicas
-        arrived = route.arrivals  # this revision's share of the model's arrivals (all of them without a canary)
-        rate = (arrived - self._last_arrivals) / self.observe_every_s
-        self._last_arrivals = arrived
         held = [self.factory.replicas[i] for i in self.allocations]
-        in_flight = sum(r.in_flight for r in held) + route.queued()
+        queued = route.queued()
         waiting = sum(r.waiting() for r in ready)
-        last = route.last_arrival_s
-        return ScalingMetrics(
-            now=now,
-            ready_replicas=len(ready),
-            pending_replicas=len(self.starting),
-            in_flight=float(in_flight),
-            arrivals_per_s=rate,
-            queue_len=route.queued() + waiting,
-            kv_usage=min(1.0, sum(r.kv_usage() for r in ready) / len(ready)) if ready else 0.0,
-            waiting_per_replica=waiting / len(ready) if ready else 0.0,
-            seconds_since_last_request=now - last if last == last else math.inf,
+        return LoadSnapshot(
+            now=self.env.now,
+            arrivals=route.arrivals,  # this revision's share of the model's arrivals (all of them without a canary)
+            in_flight=float(sum(r.in_flight for r in held) + queued),
+            queued=queued + waiting,
+            ready=len(ready),
+            pending=len(self.starting),
+            waiting=float(waiting),
+            kv_usage_sum=sum(r.kv_usage() for r in ready),
+            serving=len(ready),
+            last_arrival_s=route.last_arrival_s,
         )
 
+    def metrics(self) -> ScalingMetrics:
+        """What the autoscaler's scrape sees now (through the core's accumulator: rates over elapsed time)."""
+        return self.core.accumulator.observe(self.snapshot())
+
     def run(self):  # type: ignore[no-untyped-def]
-        """Observe every metrics interval, decide every decision interval (both from when it starts: t = 0, or a
-        canary's start), until the rollout retires the revision."""
+        """Tick on the core's schedule from when it starts (t = 0, or a canary's start) until the rollout retires
+        the revision: every tick observes; the core says when a decision is due and what to do."""
         assert self.autoscaler is not None
-        next_decision = self.env.now
+        self.core.begin(self.env.now, self.route.arrivals)
         while not self.retired:
-            self.autoscaler.observe(self.metrics())
-            if self.env.now >= next_decision or self._poked:
-                self._poked = False
-                decision = self.autoscaler.decide(self.env.now)
-                self.scale_to(decision.desired, decision.reason)
-                if self.env.now >= next_decision:
-                    next_decision += self.decide_every_s
-            yield self.env.timeout(self.observe_every_s)
+            result = self.core.tick(self.env.now, self.snapshot(), self.views())
+            if result.plan is not None:
+                self.apply(result.plan)
+            yield self.env.timeout(self.core.schedule.observe_every_s)
 
     def poke(self) -> None:
         """The activator holds a request for a model with no ready replica: decide at the next metrics tick."""
-        self._poked = True
+        self.core.poke()

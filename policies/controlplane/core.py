@@ -74,6 +74,14 @@ class ControllerCore:
         self.last_desired = desired
         self._gate = BudgetGate()
 
+    def begin(self, now: float, arrivals: int) -> None:
+        """The autoscaler loop starts at `now` (t = 0, or a canary's start): both grids and the rates start here."""
+        old = self.schedule
+        self.schedule = TickSchedule(now, old.decide_every_s, old.observe_every_s)
+        if old.poked:  # the activator asked before the loop started
+            self.schedule.poke()
+        self.accumulator = MetricsAccumulator(now, arrivals)
+
     def poke(self) -> None:
         self.schedule.poke()
 

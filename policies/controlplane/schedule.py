@@ -30,6 +30,10 @@ class TickSchedule:
         self._poked = True
 
     @property
+    def poked(self) -> bool:
+        return self._poked
+
+    @property
     def next_observe(self) -> float:
         return self._next_observe
 
