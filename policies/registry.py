@@ -2,6 +2,8 @@
 
 Policies are registered in exactly one place (`policies.builtin`), never by import side effects, so the set of
 available names is easy to read and a duplicate name is caught instead of silently replacing another policy.
+This module knows no policy: every policy module imports it, so the filled registry is `policies.builtin.REGISTRY`
+(builtin imports the `*/registration.py` modules, which import the policies, which import this one: one way).
 """
 
 from __future__ import annotations
@@ -115,11 +117,3 @@ class Registry:
         validated = self.validate(kind, name, params)
         return self._entry(kind, name).factory(validated, rng)
 
-
-def __getattr__(attr: str) -> Any:
-    # `from policies.registry import REGISTRY` works; the registry is filled in one place: policies.builtin.
-    if attr == "REGISTRY":
-        from policies.builtin import REGISTRY
-
-        return REGISTRY
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

@@ -16,13 +16,8 @@ model with two replicas and no autoscaling (a fixed capacity, so the figures com
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
-import signal
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -34,33 +29,14 @@ import pandas as pd
 import yaml
 from rich.table import Table
 
-from odhsim.errors import CatalogError, OdhsimError
+from odhsim.errors import CatalogError
+from runtime.bench_priority import priority_overload, priority_tables
+from runtime.bench_serve import BENCH_KEY, MAX_OUTPUT, MAX_PROMPT, BenchError, ServeProcess, bench_scenario, percentile
 from runtime.replica_secret import headers_of_process
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-LIVE_SCENARIO = REPO_ROOT / "scenarios" / "live.yaml"
-BENCH_KEY = "bench-key"
 TOKEN_SCALE = 8
-MAX_PROMPT, MAX_OUTPUT = 256, 64
 REPLAY_SECONDS = 60.0
 OVERHEAD_PAIRS = 300
-
-
-class BenchError(OdhsimError):
-    """The live benchmark could not run (serve did not start, no replica ready)."""
-
-
-def bench_scenario() -> dict[str, Any]:
-    """scenarios/live.yaml's chat model alone: 2 replicas, no autoscaling, any free port."""
-    doc = yaml.safe_load(LIVE_SCENARIO.read_text())
-    chat = next(m for m in doc["models"] if m["name"] == "chat")
-    chat.pop("autoscaling", None)
-    chat["replicas"] = 2
-    doc["name"] = "bench-live"
-    doc["models"] = [chat]
-    doc["workload"]["models"] = {"chat": 1}
-    doc["live"] = {**doc["live"], "port": 0, "limits": {"max_prompt_tokens": MAX_PROMPT, "max_tokens": MAX_OUTPUT}}
-    return doc
 
 
 def azure_shaped(requests: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
@@ -93,58 +69,6 @@ def azure_shaped(requests: int, seed: int = 0) -> tuple[pd.DataFrame, str]:
     return frame, source
 
 
-class ServeProcess:
-    """`odhsim serve` in a subprocess, stopped (SIGTERM, then SIGKILL of it and its replicas) on exit."""
-
-    def __init__(self, scenario: Path, out: Path, device: str, keys: str = f"{BENCH_KEY}:bench:critical") -> None:
-        self.out = out
-        exe = Path(sys.executable).with_name("odhsim")
-        cmd = [str(exe), "serve", str(scenario), "--port", "0", "--out", str(out), "--device", device]
-        env = {**os.environ, "ODHSIM_API_KEYS": keys}
-        self.log = (out.parent / f"{out.name}.log").open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-    def status(self) -> dict[str, Any]:
-        with contextlib.suppress(OSError, ValueError):
-            return json.loads((self.out / "serve.json").read_text())
-        return {}
-
-    def wait_ready(self, replicas: int, timeout_s: float = 180.0) -> dict[str, Any]:
-        end = time.monotonic() + timeout_s
-        while time.monotonic() < end:
-            if self.proc.poll() is not None:
-                raise BenchError(f"odhsim serve exited with {self.proc.returncode}; see {self.log.name}")
-            st = self.status()
-            ready = [r for m in st.get("models", []) for r in m["replicas"] if r["state"] == "ready"]
-            if st.get("url") and len(ready) >= replicas:
-                return st
-            time.sleep(0.2)
-        raise BenchError(f"no {replicas} ready replicas after {timeout_s:g} s; see {self.log.name}")
-
-    def stop(self) -> None:
-        pids = set()
-        with contextlib.suppress(OSError):
-            for line in (self.out / "events.jsonl").read_text().splitlines():
-                detail = json.loads(line)["detail"]
-                if "pid " in detail:
-                    pids.add(int(detail.split("pid ")[1].split()[0]))
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        self.log.close()
-
-
-def _pct(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
-
-
 def gateway_overhead(
     gateway_url: str, replica_url: str, pairs: int = OVERHEAD_PAIRS, replica_headers: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -170,10 +94,10 @@ def gateway_overhead(
                     times[path].append(dt * 1000)
     out: dict[str, Any] = {"pairs": pairs}
     for path, ms in times.items():
-        out[f"{path}_p50_ms"], out[f"{path}_p99_ms"] = _pct(ms, 50), _pct(ms, 99)
+        out[f"{path}_p50_ms"], out[f"{path}_p99_ms"] = percentile(ms, 50), percentile(ms, 99)
     diffs = [g - d for g, d in zip(times["gateway"], times["direct"], strict=True)]
     out["overhead_p50_ms"] = statistics.median(diffs)
-    out["overhead_p99_ms"] = _pct([g for g in times["gateway"]], 99) - _pct(times["direct"], 99)
+    out["overhead_p99_ms"] = percentile([g for g in times["gateway"]], 99) - percentile(times["direct"], 99)
     return out
 
 
@@ -235,8 +159,6 @@ def run_bench_live(*, device: str = "auto", requests: int = 2000, out_dir: str |
         figures["replay"] = replay_trace(url, trace_path, span, root / "replay" if out_dir is not None else None)
     finally:
         serve.stop()
-    from runtime.bench_priority import priority_overload
-
     figures["priority"] = priority_overload(root, device)
     return figures
 
@@ -258,7 +180,5 @@ def bench_tables(figures: dict[str, Any]) -> list[Table]:
         _table(f"replay: {figures['source']}, tokens / {TOKEN_SCALE}", figures["replay"]),
     ]
     if "priority" in figures:
-        from runtime.bench_priority import priority_tables
-
         tables.extend(priority_tables(figures["priority"]))
     return tables

@@ -31,7 +31,7 @@ import pandas as pd
 import yaml
 from rich.table import Table
 
-from runtime.bench_live import BenchError, ServeProcess, _pct, bench_scenario
+from runtime.bench_serve import BenchError, ServeProcess, bench_scenario, percentile
 from runtime.replay import refusal_status
 
 # section 4: priority under overload
@@ -51,7 +51,6 @@ MAX_PRIORITY_REQUESTS = 10_000
 """At 2.5 x a capacity of ~200 requests/s on this machine the two overload phases offer ~8,000 requests (most of
 them low ones shed at once); above the cap every rate is scaled down alike (the figures say by how much)."""
 PRIORITY_CLIENT_TIMEOUT_S = 15.0
-
 
 
 # -- 4. priority under overload ------------------------------------------------------------------------------------
@@ -185,10 +184,10 @@ def class_figures(answers: Sequence[Answer], ttft_slo_s: float | None = None) ->
         "timeout": sum(a.status == "timeout" for a in answers),
         "failed": sum(a.status == "failed" for a in answers),
         "reasons": dict(reasons.most_common()),
-        "ttft_p50_s": _pct(ttft, 50),
-        "ttft_p99_s": _pct(ttft, 99),
-        "e2e_p50_s": _pct(e2e, 50),
-        "e2e_p99_s": _pct(e2e, 99),
+        "ttft_p50_s": percentile(ttft, 50),
+        "ttft_p99_s": percentile(ttft, 99),
+        "e2e_p50_s": percentile(e2e, 50),
+        "e2e_p99_s": percentile(e2e, 99),
     }
     if ttft_slo_s is not None:
         within = sum(t <= ttft_slo_s for t in ttft)
@@ -332,7 +331,7 @@ def phase_figures(answers: Sequence[Answer], start_s: float, duration_s: float, 
         "offered_x": len(answers) / duration_s / capacity_rps,
         "critical_x": sum(a.priority == "critical" for a in answers) / duration_s / capacity_rps,
         "served_rps": sum(start_s <= t < start_s + duration_s for t in ok_end) / duration_s,
-        "client_lag_p99_s": _pct([a.lag_s for a in answers], 99),
+        "client_lag_p99_s": percentile([a.lag_s for a in answers], 99),
     }
     for c in PRIORITY_KEYS:
         slo = CRITICAL_TTFT_SLO_S if c == "critical" else None
@@ -446,5 +445,3 @@ def priority_tables(p: dict[str, Any]) -> list[Table]:
             table.add_row(label, *(_fmt(f[c].get(key, float("nan"))) for c in PRIORITY_KEYS))
         tables.append(table)
     return tables
-
-

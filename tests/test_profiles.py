@@ -179,7 +179,7 @@ def test_committed_coefficients_match_a_fresh_fit() -> None:
 
 
 def test_roofline_within_25_percent_of_measurements() -> None:
-    from odhsim.profiles.roofline import roofline_errors
+    from odhsim.profiles.calibration import roofline_errors
 
     table = roofline_errors(PERF_CSV)
     assert len(table) == 8
@@ -188,7 +188,7 @@ def test_roofline_within_25_percent_of_measurements() -> None:
 
 
 def test_calibration_reproduces_committed_factors() -> None:
-    from odhsim.profiles.roofline import calibrate_roofline, rounded
+    from odhsim.profiles.calibration import calibrate_roofline, rounded
 
     fresh = rounded(calibrate_roofline(PERF_CSV))
     for field in dataclasses.fields(CALIBRATED):

@@ -8,16 +8,15 @@ baseline, which cancels the (large) seed-to-seed variation of the workload itsel
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from odhsim.analysis.stats import CONFIDENCE, PairedStats, finite, mean_ci, paired_stats
 from odhsim.analysis.variants import Variant, variant_scenario
 from odhsim.errors import ScenarioError
 from odhsim.results.run_result import RunResult
@@ -28,62 +27,12 @@ PRIMARY_METRICS = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s", "goodpu
 EXTRA_METRICS = ("throughput_rps", "prefix_cache_hit_rate")
 METRICS = PRIMARY_METRICS + EXTRA_METRICS
 TABLE_COLUMNS = ("metric", "variant", "value", "diff", "ci_low", "ci_high", "p_value")
-CONFIDENCE = 0.95
 ALPHA = 0.05
+
+__all__ = ["CONFIDENCE", "METRICS", "Comparison", "PairedStats", "mean_ci", "paired_stats", "run_comparison"]
 
 CompareProgress = Callable[[str, int, int, int], None]
 """progress(variant, seed, runs_done, runs_total), called after each run finishes."""
-
-
-class PairedStats(NamedTuple):
-    diff: float
-    ci_low: float
-    ci_high: float
-    p_value: float
-    n: int
-
-
-def _finite(values: np.ndarray) -> np.ndarray:
-    return values[np.isfinite(values)]
-
-
-def paired_stats(baseline: Sequence[float], other: Sequence[float], confidence: float = CONFIDENCE) -> PairedStats:
-    """Mean paired difference (other - baseline), its t confidence interval and the paired t-test's p-value.
-
-    Seeds where either side is NaN (e.g. a percentile of no completed requests) are dropped pairwise.
-    n < 2: the interval and p-value are NaN (one difference says nothing about its spread).
-    All differences equal: scipy returns NaN; we report the degenerate answer instead, CI = (d, d) and
-    p = 1.0 when d == 0 (no difference at all) or p = 0.0 when d != 0 (the same nonzero shift on every seed).
-    """
-    b = np.asarray(baseline, dtype=float)
-    o = np.asarray(other, dtype=float)
-    if b.shape != o.shape:
-        raise ValueError(f"paired samples differ in length: {b.shape} vs {o.shape}")
-    keep = np.isfinite(b) & np.isfinite(o)
-    d = o[keep] - b[keep]
-    n = len(d)
-    if n == 0:
-        return PairedStats(math.nan, math.nan, math.nan, math.nan, 0)
-    mean = float(d.mean())
-    if n == 1:
-        return PairedStats(mean, math.nan, math.nan, math.nan, 1)
-    if np.all(d == d[0]):
-        return PairedStats(mean, mean, mean, 1.0 if mean == 0 else 0.0, n)
-    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1) * d.std(ddof=1) / math.sqrt(n))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # near-constant differences: scipy warns, p stays usable
-        p = float(stats.ttest_rel(o[keep], b[keep]).pvalue)
-    return PairedStats(mean, mean - half, mean + half, p, n)
-
-
-def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float]:
-    """(mean, t half-width of its confidence interval) over the finite values; half-width NaN below 2 values."""
-    v = _finite(np.asarray(values, dtype=float))
-    if len(v) == 0:
-        return math.nan, math.nan
-    if len(v) == 1:
-        return float(v[0]), math.nan
-    return float(v.mean()), float(stats.t.ppf(0.5 + confidence / 2, len(v) - 1) * v.std(ddof=1) / math.sqrt(len(v)))
 
 
 @dataclass(eq=False)
@@ -128,7 +77,7 @@ def comparison_frame(runs: pd.DataFrame, variants: Sequence[str], seeds: Sequenc
         base = per_seed[baseline]
         for name in variants:
             vals = per_seed[name]
-            value = float(_finite(vals).mean()) if np.isfinite(vals).any() else math.nan
+            value = float(finite(vals).mean()) if np.isfinite(vals).any() else math.nan
             if name == baseline:
                 s = PairedStats(0.0, 0.0, 0.0, math.nan, int(np.isfinite(base).sum()))
             else:
@@ -219,7 +168,7 @@ def _as_float(value: object) -> float:
 
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> Path:
     """comparison.csv (the seven statistics columns first), runs.csv and comparison.png into `out_dir`."""
-    from odhsim.analysis.plot import plot_comparison
+    from odhsim.analysis.plot import plot_comparison  # matplotlib: only when a comparison is written
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

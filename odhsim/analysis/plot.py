@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from odhsim.analysis.compare import mean_ci
+from odhsim.analysis.stats import mean_ci
 
 if TYPE_CHECKING:
     from odhsim.analysis.compare import Comparison

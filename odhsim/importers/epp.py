@@ -16,7 +16,7 @@ from policies.routing.epp_config import EppConfigError, is_epp_config, translate
 def _line_of(message: str, lines: Mapping[tuple[int | str, ...], int]) -> int | None:
     """The line of the deepest field path an EPP error message starts with (`plugins[2].parameters.x: ...`)."""
     from odhsim.errors import ScenarioError
-    from odhsim.scenario.load import parse_path  # the scenario loader's own path syntax
+    from odhsim.scenario.yaml_io import parse_path  # the scenario loader's own path syntax
 
     try:
         path = tuple(parse_path(message.split(": ", 1)[0]))
@@ -41,7 +41,7 @@ def resolve_router_file(value: Any, base_dir: Path) -> Any:
         others = ", ".join(sorted(str(k) for k in value if k != "file"))
         raise ValueError(f"`file` stands alone: the router comes from the file; remove {others}")
     from odhsim.errors import ScenarioError
-    from odhsim.scenario.load import read_yaml_file
+    from odhsim.scenario.yaml_io import read_yaml_file
 
     path = Path(str(value["file"]))
     if not path.is_absolute():

@@ -19,7 +19,8 @@ from scipy.optimize import nnls
 
 import odhsim
 from odhsim.errors import OdhsimError
-from odhsim.profiles.latency import COEFFICIENT_FIELDS, COEFFICIENTS_PATH, LatencyModel, profile_key
+from odhsim.profiles.coefficients import COEFFICIENT_FIELDS, LatencyModel
+from odhsim.profiles.latency import COEFFICIENTS_PATH, profile_key
 
 REPO_ROOT = Path(odhsim.__file__).resolve().parents[1]
 DEFAULT_PERF_CSV = REPO_ROOT / "traces" / "splitwise" / "perf_model.csv"
