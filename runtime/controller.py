@@ -1,4 +1,7 @@
-"""The live model controller: the simulator's deploy flow, autoscaler loop and drains, applied to real processes.
+"""The live model controller: the asyncio adapter of the controller core (`policies.controlplane`), applied to real
+processes. The core decides (deploy verdict, what the autoscaler observes and when it decides, how many replicas
+start within the budget, which ones leave, when a crashed one restarts); this module starts and stops processes,
+probes readiness, watches for exits and records events.
 
 Per model (as `odhsim.sim.controller` does in simulated time):
 - deploy: `ModelDeployment.deploy_verdict()` plus a `live:` section; a rejection is an event with the reason and
@@ -9,10 +12,11 @@ Per model (as `odhsim.sim.controller` does in simulated time):
 - a supervisor task per replica notices its process exiting (polling, or woken by the gateway's
   `on_replica_failure`), removes it from the gateway, moves it to failed and restarts it in place after the
   CrashLoopBackOff delay (`policies.lifecycle.RestartBackoff`), re-running the readiness test before traffic;
-- autoscaling: the same `build_autoscaler` object, observed every `metrics_interval_s` from
-  `gateway.scaling_metrics`, deciding every `interval_s` (and at once on a cold request); scale-up starts
-  processes, scale-down cancels starting replicas first, then drains the newest ready one: no new requests,
-  wait until `gateway.in_flight` is 0 (or `drain_timeout_s`), remove, terminate, so scaling drops nothing;
+- autoscaling: the same `build_autoscaler` object, ticked on the core's schedule with `gateway.load_snapshot`
+  (observe every `metrics_interval_s`, decide every `interval_s` or at the next observation after a cold
+  request); scale-up starts processes (placed on `live.devices` when declared), scale-down removes the core's
+  victims: starting or failed ones at once, ready ones drained: no new requests, wait until `gateway.in_flight` is
+  0 (or `drain_timeout_s`), remove, terminate, so scaling drops nothing;
 - stop: drain and terminate every process (SIGTERM, then SIGKILL), whatever happened before.
 
 Nothing here imports the replica or gateway packages: the process spawner, the prober and the gateway are passed
@@ -26,13 +30,17 @@ import contextlib
 import inspect
 import math
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import Any
 
-import pandas as pd
-
+from odhsim import catalog
 from odhsim.scenario.deployment import ModelDeployment
 from policies.autoscaling.types import Autoscaler, ScalingMetrics
+from policies.controlplane.capacity import DeviceSlots, Spend
+from policies.controlplane.core import ControllerCore, ScalePlan
+from policies.controlplane.deploy import DeployFacts, deploy_verdict
+from policies.controlplane.restart import RestartPolicy
+from policies.controlplane.victims import ReplicaView
 from policies.lifecycle.states import (
     DRAINING,
     FAILED,
@@ -45,108 +53,20 @@ from policies.lifecycle.states import (
     Lifecycle,
     RestartBackoff,
 )
+from policies.placement.binpack import Placement
+from runtime.controller_ports import ProberLike, ProcessLike, SpawnFn, _call, exit_reason
+from runtime.live_records import EVENT_COLUMNS, STATE_COLUMNS, EventLog, LiveEvent, StateRecord
 from runtime.readiness import ReadinessError
 
-EVENT_COLUMNS = ["time_s", "kind", "model", "replica", "detail"]
-STATE_COLUMNS = ["time_s", "model", "replica", "state"]
-STARTING = frozenset({PENDING, LOADING, TESTING})
-
-
-# -- records ----------------------------------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class LiveEvent:
-    """One row of events.parquet (the simulator's columns)."""
-
-    time_s: float
-    kind: str
-    model: str
-    replica: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class StateRecord:
-    """One row of replicas.parquet: a replica entered `state` at `time_s`."""
-
-    time_s: float
-    model: str
-    replica: str
-    state: str
-
-
-class EventLog:
-    """Events and replica states of a live run, timed by the run's clock; `sink` sees each event as it happens
-    (serve appends them to events.jsonl, so a run can be followed while it goes)."""
-
-    def __init__(self, clock: Callable[[], float], sink: Callable[[LiveEvent], None] | None = None) -> None:
-        self.clock = clock
-        self.sink = sink
-        self.events: list[LiveEvent] = []
-        self.states: list[StateRecord] = []
-
-    def event(self, kind: str, model: str, replica: str = "", detail: str = "") -> LiveEvent:
-        ev = LiveEvent(self.clock(), kind, model, replica, detail)
-        self.events.append(ev)
-        if self.sink is not None:
-            self.sink(ev)
-        return ev
-
-    def state(self, model: str, replica: str, state: str) -> None:
-        self.states.append(StateRecord(self.clock(), model, replica, state))
-
-    def events_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(e) for e in self.events], columns=EVENT_COLUMNS)
-
-    def states_frame(self) -> pd.DataFrame:
-        return pd.DataFrame([asdict(s) for s in self.states], columns=STATE_COLUMNS)
-
-
-# -- what the controller needs from the other pieces ------------------------------------------------------------
-class ProcessLike(Protocol):
-    """runtime.processes.ReplicaProcess as the controller uses it."""
-
-    @property
-    def url(self) -> str: ...
-
-    @property
-    def pid(self) -> int: ...
-
-    @property
-    def returncode(self) -> int | None: ...
-
-    def alive(self) -> bool: ...
-
-    def terminate(self, grace_s: float = ...) -> Any: ...
-
-    def kill(self) -> Any: ...
-
-
-class ProberLike(Protocol):
-    """Waits for a replica's health, then runs its readiness test (runtime.readiness.HttpProber)."""
-
-    async def wait_healthy(self, model: ModelDeployment, proc: ProcessLike, timeout_s: float) -> float: ...
-
-    async def test(self, model: ModelDeployment, base_url: str) -> str: ...
-
-
-SpawnFn = Callable[[ModelDeployment, str], ProcessLike]
-"""Start the replica process named `name` of `model` (non-blocking: it returns once the process is launched)."""
-
-
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a gateway method that may be sync or async."""
-    out = fn(*args)
-    if inspect.isawaitable(out):
-        out = await out
-    return out
-
-
-def exit_reason(returncode: int | None) -> str:
-    if returncode is None:
-        return "process stopped answering"
-    if returncode < 0:
-        return f"process killed by signal {-returncode}"
-    return f"process exited with code {returncode}"
+__all__ = [
+    "EVENT_COLUMNS",
+    "STATE_COLUMNS",
+    "ControllerSettings",
+    "EventLog",
+    "LiveEvent",
+    "ModelController",
+    "StateRecord",
+]
 
 
 @dataclass(frozen=True)
@@ -173,6 +93,8 @@ class LiveReplica:
         self.ready_at = math.nan
         self.attempt = 0  # CrashLoopBackOff attempt of the latest restart
         self.tests_passed = 0
+        self.placement: Placement | None = None  # the device slot it holds (with `live.devices`)
+        self.device: str | None = None
         self.wake = asyncio.Event()  # the gateway saw a connect error: check the process now
         self.settled = asyncio.Event()  # first boot finished (ready or failed)
 
@@ -189,7 +111,12 @@ class LiveReplica:
             "pid": proc.pid if proc is not None else None,
             "restarts": self.lifecycle.restarts,
             "tests_passed": self.tests_passed,
+            "device": self.device,
         }
+
+    def view(self) -> ReplicaView:
+        since = self.ready_at if self.state == READY else math.nan
+        return ReplicaView(self.name, self.index, self.state, since, self.lifecycle.restarts)
 
 
 class ModelController:
@@ -207,6 +134,9 @@ class ModelController:
         intervals: tuple[float, float] = (2.0, 1.0),
         settings: ControllerSettings | None = None,
         on_change: Callable[[], None] | None = None,
+        spend: Spend | None = None,
+        devices: DeviceSlots | None = None,
+        device_names: Callable[[str, int], str] | None = None,
     ) -> None:
         self.model = model
         self.gateway = gateway
@@ -220,10 +150,20 @@ class ModelController:
         self.on_change = on_change
         self.replicas: list[LiveReplica] = []
         self.rejection: str | None = None
-        self.last_desired = model.replicas
+        self.devices = devices
+        self.device_names = device_names or (lambda node, index: f"{node}:{index}")
+        self.core = ControllerCore(
+            model.name,
+            start=self.clock(),
+            desired=model.replicas,
+            intervals=intervals,
+            autoscaler=autoscaler,
+            restart=RestartPolicy(self.settings.backoff),
+            spend=spend,
+            usd_per_replica_hour=model.gpus_per_replica * catalog.gpu(model.gpu).price_per_gpu_hour,
+        )
         self.deployed = asyncio.Event()
         self._count = 0
-        self._poke = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False
 
@@ -263,10 +203,24 @@ class ModelController:
         return task
 
     # -- deploy ----------------------------------------------------------------------------------------------
+    @property
+    def last_desired(self) -> int:
+        return self.core.last_desired
+
+    def committed_usd_per_hour(self) -> float:
+        """What the budget counts: every replica not gone (holding a device or waiting for one)."""
+        return sum(r.state != GONE for r in self.replicas) * self.core.usd_per_replica_hour
+
     def verdict(self) -> tuple[bool, str]:
-        if self.model.live is None:
-            return False, "rejected: no `live:` section (the torch model its replicas run)"
-        return self.model.deploy_verdict()
+        """The core's deploy verdict from the scenario's check, the `live:` section and the declared devices."""
+        approved, reason = self.model.deploy_verdict()
+        slots = self.devices.nodes() if self.devices is not None else []
+        facts = DeployFacts(
+            self.name, "live", approved, reason, self.model.live is not None,
+            tuple(sorted({n.gpu_type for n in slots})), 1, sum(n.gpus_per_node for n in slots),
+        )  # fmt: skip
+        verdict = deploy_verdict(facts)
+        return verdict.approved, verdict.reason
 
     async def start(self) -> None:
         """Validate, then start the initial replicas; the autoscaler takes over once they have settled (ready
@@ -313,17 +267,21 @@ class ModelController:
             if failure is None:
                 await self._watch(r)
             ran_for = self.clock() - r.ready_at if r.ready_at == r.ready_at else 0.0
-            r.attempt = self.settings.backoff.attempt_after(r.attempt, ran_for)
-            delay = self.settings.backoff.next_delay(r.attempt)
-            self._move(r, RESTARTING, f"restart {r.attempt} after {delay:g} s (CrashLoopBackOff)")
+            decision = self.core.restart.on_failure(self.clock(), r.attempt, ran_for, r.retiring)
+            if not decision.restart:
+                return
+            r.attempt, delay = decision.attempt, decision.delay_s
+            self._move(r, RESTARTING, decision.reason)
             await asyncio.sleep(delay)
 
     async def _boot(self, r: LiveReplica) -> str | None:
         """pending/restarting -> loading -> testing -> ready (added to the gateway); None, or why it failed."""
         assert self.model.live is not None
         r.ready_at = math.nan
-        try:
-            r.proc = self.spawn(self.model, r.name)  # synchronous: a cancel can never orphan a started process
+        if self.devices is not None and r.placement is None:
+            await self._place(r)
+        try:  # synchronous: a cancel can never orphan a started process
+            r.proc = self.spawn(self.model, r.name) if r.device is None else self.spawn(self.model, r.name, r.device)
         except Exception as err:  # a bad config or no free port: the replica fails like a crashing container
             self._move(r, LOADING, "process start")
             return await self._fail(r, f"could not start the process: {type(err).__name__}: {err}")
@@ -344,6 +302,25 @@ class ModelController:
         r.ready_at = self.clock()
         await _call(self.gateway.add_replica, self.name, r.name, r.proc.url)
         return None
+
+    async def _place(self, r: LiveReplica) -> None:
+        """A device slot from `live.devices` by the placement policy; wait in `pending` while none is free (it keeps
+        the slot across restarts in place, as a pod keeps its node)."""
+        assert self.devices is not None
+        said = False
+        while (placement := self.devices.place(None)) is None:
+            if not said:
+                self.log.event("pending", self.name, r.name, "no free device in live.devices")
+                said = True
+            await asyncio.sleep(self.settings.poll_s)
+        node, indices = placement.stages[0]
+        r.placement, r.device = placement, self.device_names(node, indices[0])
+        self.log.event("placed", self.name, r.name, f"{r.device} ({node})")
+
+    def _release(self, r: LiveReplica) -> None:
+        if self.devices is not None and r.placement is not None:
+            self.devices.release(r.placement)
+            r.placement = None
 
     async def _fail(self, r: LiveReplica, reason: str) -> str:
         self._move(r, FAILED, reason)
@@ -369,53 +346,53 @@ class ModelController:
                 r.wake.set()
 
     # -- scaling -----------------------------------------------------------------------------------------------
+    def views(self) -> list[ReplicaView]:
+        return [r.view() for r in self.active()]
+
     def metrics(self, now: float) -> ScalingMetrics:
+        """What the autoscaler would observe now (through the core's accumulator: rates over elapsed time)."""
+        return self.core.accumulator.observe(self._snapshot(now))
+
+    def _snapshot(self, now: float) -> Any:
         active = self.active()
         ready = sum(r.state == READY for r in active)
-        return self.gateway.scaling_metrics(self.name, now, ready, len(active) - ready)
+        return self.gateway.load_snapshot(self.name, now, ready, len(active) - ready)
 
     def poke(self) -> None:
-        """The gateway holds a request for this model and no replica is ready: decide now (scale from zero)."""
-        self._poke.set()
+        """The gateway holds a request for this model and no replica is ready: decide at the next observation."""
+        self.core.poke()
 
     async def _autoscale(self) -> None:
-        """Observe every metrics interval, decide every decision interval (and when poked)."""
+        """Tick on the core's schedule: observe every metrics interval, decide when the core says so."""
         assert self.autoscaler is not None
-        next_decision = self.clock()
+        now = self.clock()
+        self.core.begin(now, self._snapshot(now).arrivals)
         while True:
             now = self.clock()
-            self.autoscaler.observe(self.metrics(now))
-            poked = self._poke.is_set()
-            if now >= next_decision or poked:
-                self._poke.clear()
-                decision = self.autoscaler.decide(now)
-                self.scale_to(decision.desired, decision.reason)
-                while next_decision <= now:
-                    next_decision += self.decide_every_s
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._poke.wait(), self.observe_every_s)
+            result = self.core.tick(now, self._snapshot(now), self.views())
+            if result.plan is not None:
+                self.apply(result.plan)
+            await asyncio.sleep(max(0.0, self.core.schedule.next_observe - self.clock()))
 
     def scale_to(self, desired: int, reason: str) -> None:
-        """Start replicas up to `desired`, or retire the surplus: starting ones first (newest first), then failed
-        ones, then drain the newest ready ones."""
+        """Scale to `desired` as the core plans it (budget, victims)."""
         if self._stopped or self.rejection is not None:
             return
-        active = self.active()
-        if desired != self.last_desired:
-            self.log.event("scale", self.name, "", f"{self.last_desired} -> {desired}: {reason}")
-            self.last_desired = desired
-        for _ in range(desired - len(active)):
-            self._add()
-        surplus = len(active) - desired
-        if surplus <= 0:
+        self.apply(self.core.plan(desired, reason, self.views()))
+
+    def apply(self, plan: ScalePlan) -> None:
+        """Record the scale event, start what the budget allowed, say why the rest waits, retire the victims."""
+        if self._stopped or self.rejection is not None:
             return
-        newest = sorted(active, key=lambda r: -r.index)
-        order = (
-            [r for r in newest if r.state in STARTING]
-            + [r for r in newest if r.state in (FAILED, RESTARTING)]
-            + [r for r in newest if r.state == READY]
-        )
-        for r in order[:surplus]:
+        if plan.scale_event is not None:
+            self.log.event("scale", self.name, "", plan.scale_event)
+        for _ in range(plan.start):
+            self._add()
+        if plan.budget_refusal is not None:
+            self.log.event("budget", self.name, "", plan.budget_refusal)
+        by_name = {r.name: r for r in self.replicas}
+        for victim in plan.victims:
+            r = by_name[victim.name]
             r.retiring = True
             self._background(self._retire(r, "scaled down", self.model.drain_timeout_s), f"retire {r.name}")
 
@@ -423,10 +400,13 @@ class ModelController:
         r.retiring = True
         await self._stop_supervisor(r)
         r.settled.set()
-        if r.state == READY:
-            await self._drain(r, why, drain_s)
-        else:
-            await self._discard(r, why)
+        try:
+            if r.state == READY:
+                await self._drain(r, why, drain_s)
+            else:
+                await self._discard(r, why)
+        finally:
+            self._release(r)
 
     async def _stop_supervisor(self, r: LiveReplica) -> None:
         task = r.task

@@ -34,6 +34,7 @@ from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
 from policies.autoscaling.config import build_autoscaler
 from policies.lifecycle.states import READY, RestartBackoff, RestartBackoffParams
+from runtime.capacity import live_capacity
 from runtime.controller import ControllerSettings, EventLog, LiveEvent, ModelController
 from runtime.readiness import HttpProber
 from runtime.replica_secret import new_secret, secret_headers
@@ -97,12 +98,18 @@ def _spawner(
     from runtime.processes import ReplicaProcess
     from runtime.replica.config import ReplicaConfig
 
-    def spawn(model: ModelDeployment, name: str) -> Any:
+    def spawn(model: ModelDeployment, name: str, placed: str | None = None) -> Any:
+        """`placed`: the device from `live.devices` ("cpu", "cuda:N"); a CUDA device is the only one the replica
+        sees (CUDA_VISIBLE_DEVICES), so its own `cuda` is that device."""
         config = ReplicaConfig.from_deployment(model, scenario.base_dir).model_copy(
             update={"transport": scenario.live.transport}
         )
         log_path = None if log_dir is None else log_dir / f"{name}.log"
-        return ReplicaProcess.start(config, name=name, device=device, log_path=log_path, secret=secret)
+        run_on, env = device, None
+        if placed is not None:
+            run_on = "cpu" if placed == "cpu" else "cuda"
+            env = None if placed == "cpu" else {"CUDA_VISIBLE_DEVICES": placed.removeprefix("cuda:")}
+        return ReplicaProcess.start(config, name=name, device=run_on, log_path=log_path, secret=secret, env=env)
 
     return spawn
 
@@ -203,6 +210,7 @@ class LiveStack:
             log_dir = None if self.out_dir is None else self.out_dir / "logs"
             spawn = self._spawn or _spawner(sc, self.device, log_dir, self.replica_secret)
             streams = RngStreams(sc.seed)
+            capacity = live_capacity(sc, streams)
             for m in sc.models:
                 autoscaler, intervals = None, (2.0, 1.0)
                 if m.autoscaling is not None:
@@ -210,8 +218,10 @@ class LiveStack:
                     intervals = (m.autoscaling.interval_s, m.autoscaling.metrics_interval_s)
                 self.controllers[m.name] = ModelController(
                     m, gateway=self.gateway, log=self.log, spawn=spawn, prober=prober, autoscaler=autoscaler,
-                    intervals=intervals, settings=self.settings, on_change=self._write_status,
+                    intervals=intervals, settings=self.settings, on_change=self._write_status, spend=capacity.spend,
+                    devices=capacity.devices, device_names=capacity.device_name,
                 )  # fmt: skip
+                capacity.spend.controllers.append(self.controllers[m.name])
             self.gateway.on_cold_request = self._cold
             self.gateway.on_replica_failure = self._replica_failure
             transport = uvicorn_options(

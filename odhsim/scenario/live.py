@@ -13,6 +13,9 @@ both, so one scenario file drives both engines.
       transport: {max_header_bytes: 16384, request_read_timeout_s: 30, keep_alive_s: 30}
       limits: {max_body_bytes: 1048576, max_prompt_tokens: 1024, max_tokens: 256}
       restart_backoff: {base_s: 10, factor: 2, max_s: 300, reset_after_s: 600}   # CrashLoopBackOff
+      devices:                     # optional: where replicas may run, placed by the scenario's placement policy
+        - {name: gpus, kind: cuda, count: 2}     # CUDA devices 0 and 1, one replica each
+        - {name: cpu0, kind: cpu, count: 4}      # four replica slots on the CPU
     models:
       - name: chat
         kind: llm
@@ -140,6 +143,20 @@ class TransportLimits(_Frozen):
     keep_alive_s: Annotated[int, Field(ge=1, le=3600)] = 30
 
 
+class LiveDevice(_Frozen):
+    """A group of devices replicas run on: `count` CUDA devices numbered from `first` (one replica each), or
+    `count` replica slots on the CPU. Placement among groups follows the scenario's `placement` policy."""
+
+    name: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")]
+    kind: Literal["cpu", "cuda"]
+    count: Annotated[int, Field(ge=1, le=1024)] = 1
+    first: Annotated[int, Field(ge=0)] = 0
+
+    def device(self, index: int) -> str:
+        """The --device a replica placed on slot `index` of this group gets."""
+        return "cpu" if self.kind == "cpu" else f"cuda:{self.first + index}"
+
+
 class LiveConfig(_Frozen):
     """The gateway process of `odhsim serve` (the controller runs inside it).
 
@@ -160,6 +177,8 @@ class LiveConfig(_Frozen):
     request_timeout_s     the gateway gives up on one attempt at a replica after this long
     scrape_interval_s     how often the gateway scrapes every replica's /metrics (the router's view)
     restart_backoff       the delay before a crashed replica restarts (CrashLoopBackOff; policies.lifecycle)
+    devices               where replicas run (LiveDevice groups); a replica waits in `pending` while none is free.
+                          Not given: every replica runs on `serve --device` (no placement)
     """
 
     host: str = "127.0.0.1"
@@ -175,3 +194,14 @@ class LiveConfig(_Frozen):
     request_timeout_s: Annotated[float, Field(gt=0.0)] = 60.0
     scrape_interval_s: Annotated[float, Field(gt=0.0)] = 0.1
     restart_backoff: RestartBackoffParams = RestartBackoffParams()
+    devices: list[LiveDevice] | None = None
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> LiveConfig:
+        names = [d.name for d in self.devices or ()]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"live.devices: duplicate name(s) {', '.join(dupes)}")
+        if self.devices is not None and not self.devices:
+            raise ValueError("live.devices: give at least one device group, or leave it out")
+        return self

@@ -66,9 +66,9 @@ class Placer(Protocol):
     def place(self, request: ReplicaRequest, nodes: Sequence[NodeState]) -> Placement | None: ...
 
 
-def place(placer: Placer, nodes: Sequence[NodeState], kind: str, tp: int, pp: int = 1) -> Placement | None:
-    """Where a replica of `pp` stages of `tp` devices of `kind` goes, or None when no node has room."""
-    candidates = [n for n in nodes if n.gpu_type == kind and n.free_gpus >= tp]
+def place(placer: Placer, nodes: Sequence[NodeState], kind: str | None, tp: int, pp: int = 1) -> Placement | None:
+    """Where a replica of `pp` stages of `tp` devices of `kind` (None: any) goes, or None when no node has room."""
+    candidates = [n for n in nodes if (kind is None or n.gpu_type == kind) and n.free_gpus >= tp]
     if len(candidates) < pp:
         return None
     return placer.place(ReplicaRequest("replica", tp, 0.0, kind, pp), candidates)
@@ -84,7 +84,7 @@ class DeviceSlots:
     def nodes(self) -> list[NodeState]:
         return list(self._nodes.values())
 
-    def place(self, kind: str, tp: int, pp: int = 1) -> Placement | None:
+    def place(self, kind: str | None, tp: int = 1, pp: int = 1) -> Placement | None:
         placement = place(self.placer, self.nodes(), kind, tp, pp)
         if placement is not None:
             for name, indices in placement.stages:

@@ -29,6 +29,7 @@ from policies.autoscaling.types import ScalingMetrics
 from policies.caching.config import build_response_cache
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
 from policies.caching.tiers import SharedTier
+from policies.controlplane.metrics import LoadSnapshot
 from policies.flowcontrol.config import build_flow_control
 from policies.flowcontrol.priority import class_to_priority
 from policies.resilience.breaker import HALF_OPEN
@@ -250,6 +251,25 @@ class Gateway:
 
     def replicas(self, model: str) -> list[str]:
         return list(self._route(model).upstreams)
+
+    def load_snapshot(self, model: str, now: float, ready: int, pending: int) -> LoadSnapshot:
+        """The model's raw load counters for the controller core (policies.controlplane), which turns successive
+        snapshots into the autoscaler's ScalingMetrics (rates over the time that elapsed)."""
+        route = self._route(model)
+        ups = route.ready
+        waiting = sum(u.metrics.waiting for u in ups)
+        return LoadSnapshot(
+            now=now,
+            arrivals=route.arrivals,
+            in_flight=float(route.in_flight() + route.queued()),
+            queued=route.queued() + waiting,
+            ready=ready,
+            pending=pending,
+            waiting=float(waiting),
+            kv_usage_sum=sum(min(1.0, max(0.0, u.metrics.kv_usage)) for u in ups),
+            serving=len(ups),
+            last_arrival_s=route.last_arrival,
+        )
 
     def scaling_metrics(self, model: str, now: float, ready: int, pending: int) -> ScalingMetrics:
         """What the model's autoscaler observes now; arrivals_per_s counts arrivals since the previous call."""

@@ -13,11 +13,16 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from odhsim import catalog
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.live import LiveConfig
 from odhsim.scenario.model import Scenario
 from policies.autoscaling.types import ScaleDecision, ScalingMetrics
+from policies.controlplane.capacity import DeviceSlots, Spend
+from policies.controlplane.metrics import LoadSnapshot
+from policies.cost.budget import BudgetGuard
 from policies.lifecycle.states import RestartBackoff, RestartBackoffParams
+from policies.placement.binpack import FirstFitDecreasing, NodeState
 from runtime.controller import ControllerSettings, EventLog, ModelController
 from runtime.readiness import ReadinessError
 from runtime.serve import controller_settings, restart_backoff
@@ -102,8 +107,8 @@ class FakeGateway:
     def reject_model(self, model: str, reason: str) -> None:
         self.rejected[model] = reason
 
-    def scaling_metrics(self, model: str, now: float, ready: int, pending: int) -> ScalingMetrics:
-        return ScalingMetrics(now=now, ready_replicas=ready, pending_replicas=pending, in_flight=self.load)
+    def load_snapshot(self, model: str, now: float, ready: int, pending: int) -> LoadSnapshot:
+        return LoadSnapshot(now=now, arrivals=0, in_flight=self.load, queued=0, ready=ready, pending=pending)
 
 
 class ScriptedAutoscaler:
@@ -127,6 +132,7 @@ class Harness:
         autoscaler: Any = None,
         backoff_s: float = 0.05,
         settings: ControllerSettings | None = None,
+        **extra: Any,
     ) -> None:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -146,11 +152,15 @@ class Harness:
             autoscaler=autoscaler,
             intervals=(0.05, 0.02),
             settings=settings,
+            **extra,
         )
+        self.devices: dict[str, str] = {}
 
-    def spawn(self, model: ModelDeployment, name: str) -> FakeProcess:
+    def spawn(self, model: ModelDeployment, name: str, device: str | None = None) -> FakeProcess:
         proc = FakeProcess(name)
         self.procs.append(proc)
+        if device is not None:
+            self.devices[name] = device
         return proc
 
     def states(self, replica: str) -> list[str]:
@@ -387,7 +397,7 @@ def test_scale_down_cancels_starting_replicas_first() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_cold_request_scales_from_zero_at_once() -> None:
+def test_cold_request_scales_from_zero_at_the_next_observation() -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         poked_at: dict[str, float] = {}
@@ -397,7 +407,7 @@ def test_cold_request_scales_from_zero_at_once() -> None:
                 return ScaleDecision(1 if "t" in poked_at else 0, "cold" if "t" in poked_at else "idle")
 
         h = Harness(deployment(replicas=0, kind="llm"), autoscaler=FromZero(lambda now: 0))
-        h.ctl.decide_every_s = 60.0  # only a poke can make it decide again
+        h.ctl.core.schedule.decide_every_s = 60.0  # only a poke can make it decide again
         await h.ctl.start()
         await asyncio.sleep(0.1)
         assert h.procs == []
@@ -438,5 +448,50 @@ def test_a_canary_is_said_to_be_simulated_only_and_the_stable_version_serves() -
         assert [e.detail for e in canary] == ["canary v2 is simulated only; serving v1"]
         assert [c for c in h.gateway.calls if c[0] == "add"] == [("add", "chat-v1-0"), ("add", "chat-v1-1")]
         await h.ctl.stop()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_the_budget_caps_a_live_scale_up_and_says_so_once() -> None:
+    async def main() -> None:
+        per_replica = catalog.gpu("L4").price_per_gpu_hour
+        spend = Spend(BudgetGuard(2 * per_replica))
+        h = Harness(deployment(replicas=1), spend=spend)
+        spend.controllers.append(h.ctl)
+        await h.ctl.start()
+        await asyncio.wait_for(h.ctl.deployed.wait(), 3)
+        h.ctl.scale_to(4, "burst")
+        h.ctl.scale_to(4, "burst")  # same refusal spell: no second budget event
+        await h.until(lambda: len(h.ctl.ready()) == 2)
+        assert len(h.ctl.active()) == 2
+        budget = [e.detail for e in h.log.events if e.kind == "budget"]
+        assert len(budget) == 1 and "would exceed the $" in budget[0] and "requests queue" in budget[0]
+        await h.ctl.stop()
+
+    run(main())
+
+
+@pytest.mark.timeout(30)
+def test_replicas_are_placed_on_the_declared_devices_and_wait_for_a_free_one() -> None:
+    async def main() -> None:
+        slots = DeviceSlots([NodeState("gpus", "cuda", 2, 0.0)], FirstFitDecreasing())
+        h = Harness(deployment(replicas=3), devices=slots, device_names=lambda node, i: f"cuda:{i}")
+        await h.ctl.start()
+        await h.until(lambda: len(h.ctl.ready()) == 2)
+        assert sorted(h.devices.values()) == ["cuda:0", "cuda:1"]
+        third = h.ctl.replicas[2]
+        assert third.state == "pending" and third.proc is None
+        assert any(e.kind == "pending" and e.detail == "no free device in live.devices" for e in h.log.events)
+        h.ctl.scale_to(2, "down")  # the pending one leaves first (it serves nothing)
+        await h.until(lambda: third.state == "gone")
+        freed = h.ctl.ready()[-1]
+        h.ctl.scale_to(1, "down")
+        await h.until(lambda: freed.state == "gone" and slots.free("cuda") == 1)
+        h.ctl.scale_to(2, "up")
+        await h.until(lambda: len(h.ctl.ready()) == 2)
+        assert h.devices[h.ctl.replicas[-1].name] == h.devices[freed.name]  # the freed slot is reused
+        await h.ctl.stop()
+        assert slots.free("cuda") == 2
 
     run(main())
