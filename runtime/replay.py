@@ -34,7 +34,7 @@ from odhsim.results.request_log import RequestLog
 from odhsim.results.run_result import RunResult
 from odhsim.results.status import STATUS_FAILED, STATUS_OK, STATUS_SHED, STATUS_TIMEOUT, STATUS_UNFINISHED
 from odhsim.results.summary import summarize
-from odhsim.scenario.model import Scenario, Slo
+from odhsim.scenario.model import Slo, default_slos
 from odhsim.workload.schema import PRIORITY_CLASSES
 from runtime.replay_plan import (
     DEFAULT_LIMIT,
@@ -365,7 +365,7 @@ class _SloView:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self.slos: dict[str, Slo] = Scenario.model_fields["slos"].default_factory()  # type: ignore[misc]
+        self.slos: dict[str, Slo] = default_slos()
 
     def slo_for(self, priority_class: str) -> Slo:
         return self.slos.get(priority_class, Slo())

@@ -13,6 +13,7 @@ from odhsim.workload.config import WorkloadConfig
 from odhsim.workload.schema import PRIORITY_CLASSES
 from policies.caching.config import ResponseCacheConfig
 from policies.flowcontrol.config import FlowControlConfig
+from policies.flowcontrol.priority import DEFAULT_SLOS
 from policies.lifecycle.storage import StartupParams
 from policies.resilience.config import ResilienceConfig
 from policies.routing.config import RouterConfig
@@ -50,13 +51,9 @@ class Slo(Frozen):
     e2e_s: Annotated[float, Field(gt=0.0)] | None = None
 
 
-def _default_slos() -> dict[str, Slo]:
-    return {
-        "critical": Slo(ttft_s=1.0, e2e_s=30.0),
-        "high": Slo(ttft_s=3.0, e2e_s=60.0),
-        "normal": Slo(ttft_s=10.0, e2e_s=120.0),
-        "low": Slo(),
-    }
+def default_slos() -> dict[str, Slo]:
+    """The default targets of every class (`policies.flowcontrol.priority.DEFAULT_SLOS`, their one definition)."""
+    return {c: Slo(ttft_s=t.ttft_s, e2e_s=t.e2e_s) for c, t in DEFAULT_SLOS.items()}
 
 
 class OutputConfig(Frozen):
@@ -87,7 +84,9 @@ class Scenario(Frozen):
     models: Annotated[list[ModelDeployment], Field(min_length=1)]
     gateway: GatewayConfig = GatewayConfig()
     workload: WorkloadConfig
-    slos: dict[str, Slo] = Field(default_factory=_default_slos)
+    slos: dict[str, Slo] = Field(default_factory=default_slos)
+    """Targets per priority class, merged over the defaults target by target: each target given replaces its
+    default, `null` removes it, and what the section leaves out keeps its default."""
     outputs: OutputConfig = OutputConfig()
     placement: Literal["first-fit-decreasing", "best-fit"] = "first-fit-decreasing"
     """Where a new replica's GPUs go (`policies.placement`); TP groups never span nodes."""
@@ -118,7 +117,10 @@ class Scenario(Frozen):
         unknown = sorted(set(v) - set(PRIORITY_CLASSES))
         if unknown:
             raise ValueError(f"unknown priority class {unknown[0]!r}; known: {', '.join(PRIORITY_CLASSES)}")
-        return v
+        merged = default_slos()  # over the defaults, target by target: what the section leaves out keeps its default
+        for c, slo in v.items():
+            merged[c] = merged[c].model_copy(update={f: getattr(slo, f) for f in slo.model_fields_set})
+        return merged
 
     @model_validator(mode="after")
     def _cluster_fits(self) -> Scenario:

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-PRIORITY_CLASSES: tuple[str, ...] = ("critical", "high", "normal", "low")
-"""Priority classes, most important first; a request's `priority` column is the index into this tuple."""
+from policies.flowcontrol.priority import PRIORITY_CLASSES  # the one definition; `priority` indexes it
+
+__all__ = ["NO_SESSION", "PRIORITY_CLASSES", "RequestBatch", "concat"]
+
 
 NO_SESSION = -1
 

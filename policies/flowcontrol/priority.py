@@ -11,8 +11,9 @@ uses four classes: critical, high, normal, low. They map as follows:
     normal     2       0               unset / Standard
     low        3      -1               Sheddable (priority < 0)
 
-`PRIORITY_CLASSES` has the same order as odhsim's (`odhsim.workload.schema.PRIORITY_CLASSES`, index 0 = most
-important), so a request's class index in the request table converts with `class_to_priority(index)`.
+`PRIORITY_CLASSES` is the one definition of the classes and their order (index 0 = most important): odhsim's
+request table stores a class as its index here (`odhsim.workload.schema` re-exports the tuple), so an index
+converts with `class_to_priority(index)`. The default SLO targets per class (`DEFAULT_SLOS`) are defined here too.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from __future__ import annotations
 import math
 import operator
 from types import MappingProxyType
+from typing import NamedTuple
 
 PRIORITY_CLASSES: tuple[str, ...] = ("critical", "high", "normal", "low")
-"""Priority classes, most important first (the same tuple and order as odhsim's)."""
+"""Priority classes, most important first; a request's class index (odhsim's `priority` column) indexes this."""
 
 CLASS_PRIORITY: MappingProxyType[str, int] = MappingProxyType({"critical": 2, "high": 1, "normal": 0, "low": -1})
 """Class name -> llm-d integer priority."""
@@ -34,10 +36,30 @@ DEFAULT_SHARES: MappingProxyType[str, float] = MappingProxyType(
 )
 """Resource shares in percent per class (seed document, quoted in POLICY_REFERENCE.md section 2)."""
 
-LATENCY_TARGETS_S: MappingProxyType[str, float] = MappingProxyType(
-    {"critical": 1.0, "high": 3.0, "normal": 10.0, "low": math.inf}
+
+class SloTargets(NamedTuple):
+    """A class's default targets in seconds; None: no target."""
+
+    ttft_s: float | None
+    e2e_s: float | None
+
+
+DEFAULT_SLOS: MappingProxyType[str, SloTargets] = MappingProxyType(
+    {
+        "critical": SloTargets(1.0, 30.0),
+        "high": SloTargets(3.0, 60.0),
+        "normal": SloTargets(10.0, 120.0),
+        "low": SloTargets(None, None),
+    }
 )
-"""Latency targets per class in seconds: < 1 s, < 3 s, < 10 s, best effort (math.inf). Same source."""
+"""The one definition of the default SLOs per class: time to first token < 1 s, < 3 s, < 10 s, best effort (the
+seed document's latency targets, same source as the shares) and odhsim's end-to-end targets 30 / 60 / 120 s. A
+scenario's `slos` section overrides them class by class (odhsim.scenario.model)."""
+
+LATENCY_TARGETS_S: MappingProxyType[str, float] = MappingProxyType(
+    {c: math.inf if t.ttft_s is None else t.ttft_s for c, t in DEFAULT_SLOS.items()}
+)
+"""Default TTFT targets per class in seconds, best effort as math.inf (derived from DEFAULT_SLOS)."""
 
 
 def class_to_priority(name_or_index: str | int) -> int:
