@@ -237,7 +237,7 @@ def validate(
     sc = load_scenario(scenario, set_, check_files=True)
     check_seed(sc.seed, "seed")
     replicas = sum(m.replicas for m in sc.models)
-    console.print(escape(f"{scenario}: ok ({sc.name}: {len(sc.models)} models, {replicas} replicas)"), highlight=False)
+    console.print(escape(f"{scenario}: ok ({sc.name}: {len(sc.models)} models, {replicas} replicas)"), highlight=False, soft_wrap=True)
     print_warnings(err_console, scenario_warnings(sc))
 
 
@@ -310,7 +310,7 @@ def traces_fetch(
 
     with err_console.status(escape(f"downloading {name} ...")):
         path = fetch_trace(name, dest, force=force)
-    console.print(escape(f"{name}: {path}"), highlight=False)
+    console.print(escape(f"{name}: {path}"), highlight=False, soft_wrap=True)
 
 
 @profiles_app.command("fit")
@@ -380,7 +380,7 @@ def bench(
     console.print("targets: trace case >= 10,000 req/wall-s; M/M/c ratio_vs_simpy >= 0.5; peak RSS (1 M) < 1,500 MB")
     if out is not None:
         write_bench(cases, out)
-        console.print(escape(f"saved to {out}"), highlight=False)
+        console.print(escape(f"saved to {out}"), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -550,7 +550,7 @@ def replay(
         )  # fmt: skip
     print_summary(result.summary, f"{result.scenario_name} live replay against {target}")
     if out is not None:
-        console.print(escape(f"results written to {out}/"), highlight=False)
+        console.print(escape(f"results written to {out}/"), highlight=False, soft_wrap=True)
 
 
 @app.command("bench-live")
