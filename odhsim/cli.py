@@ -237,7 +237,11 @@ def validate(
     sc = load_scenario(scenario, set_, check_files=True)
     check_seed(sc.seed, "seed")
     replicas = sum(m.replicas for m in sc.models)
-    console.print(escape(f"{scenario}: ok ({sc.name}: {len(sc.models)} models, {replicas} replicas)"), highlight=False, soft_wrap=True)
+    console.print(
+        escape(f"{scenario}: ok ({sc.name}: {len(sc.models)} models, {replicas} replicas)"),
+        highlight=False,
+        soft_wrap=True,
+    )
     print_warnings(err_console, scenario_warnings(sc))
 
 
