@@ -18,18 +18,15 @@ Every step is an event (kinds `canary`, `traffic`, `promote`, `rollback`).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import simpy
 
 from odhsim.scenario.deployment import CanarySpec, ModelDeployment
 from odhsim.sim.gateway import Gateway, ModelRoute
+from policies.gateway.route import CanarySplit, SplitPolicy
 
-LATEST = 1  # policies.routing.canary.LATEST: the split's answer for the latest revision
-
-
-class SplitPolicy(Protocol):
-    def pick(self, now: float, percent: float) -> int: ...
+__all__ = ["CanaryRollout", "SplitPolicy"]
 
 
 class CanaryRollout:
@@ -52,11 +49,9 @@ class CanaryRollout:
         self.latest = latest
         self.spec = spec
         self.deployment = deployment
-        self.split = split
         self.events = events
-        self.percent = spec.traffic_percent
-        self.phase = "pending"
-        self.ready = False  # a canary replica has been ready: the split applies
+        self.state = CanarySplit(split, spec.traffic_percent)  # what the gateway core splits arrivals by
+        previous.core.split = self.state
         self.approved, self.verdict = deployment.deploy_verdict()
         start = env.timeout(spec.start_s)
         start.callbacks.append(lambda _e: self.start())
@@ -70,14 +65,31 @@ class CanaryRollout:
     def _names(self) -> tuple[str, str]:
         return self.previous.version, self.latest.version
 
-    # -- the split ----------------------------------------------------------------------------------------
-    def choose(self) -> ModelRoute:
-        """The revision an arriving request goes to."""
-        if not self.ready or self.phase == "rolled_back":
-            return self.previous
-        if self.phase == "promoted":
-            return self.latest
-        return self.latest if self.split.pick(self.env.now, self.percent) == LATEST else self.previous
+    # -- the split's state (the gateway core picks the revision of each arrival from it) --------------------
+    @property
+    def percent(self) -> float:
+        return self.state.percent
+
+    @percent.setter
+    def percent(self, value: float) -> None:
+        self.state.percent = value
+
+    @property
+    def phase(self) -> str:
+        return self.state.phase
+
+    @phase.setter
+    def phase(self, value: str) -> None:
+        self.state.phase = value
+
+    @property
+    def ready(self) -> bool:
+        """A canary replica has been ready: the split applies."""
+        return self.state.ready
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self.state.ready = value
 
     # -- steps --------------------------------------------------------------------------------------------
     def start(self) -> None:
