@@ -116,4 +116,3 @@ class Registry:
         """Validate `params` and construct the policy with the injected random generator."""
         validated = self.validate(kind, name, params)
         return self._entry(kind, name).factory(validated, rng)
-
