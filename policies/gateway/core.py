@@ -365,11 +365,13 @@ class GatewayCore:
         """Dispatch waiting requests (retries first) while a replica has room and, gated, the pool is not
         saturated; a gated queue tries again one scrape interval later."""
         flow = route.flow
-        while route.has_room():
+        while True:
             if route.retries:
-                t = route.retries.popleft()
+                if not self._dispatch(now, route, route.retries[0], out):
+                    return
+                route.retries.popleft()
             elif flow is not None:
-                if not len(flow.queue):
+                if not len(flow.queue) or not route.has_room():
                     return
                 if flow.gate_dispatch_on_saturation and not flow.may_dispatch(
                     flow.saturation.saturation(now, route.states())
@@ -381,13 +383,13 @@ class GatewayCore:
                 item = flow.queue.pop(now)
                 if item is None:
                     return
-                t = route.held.pop(item.request_id)
+                self._dispatch(now, route, route.held.pop(item.request_id), out)
             elif route.fifo:
-                t = route.fifo.popleft()
+                if not self._dispatch(now, route, route.fifo[0], out):
+                    return
+                route.fifo.popleft()
             else:
                 return
-            t.waiting = False
-            self._dispatch(now, route, t, out)
 
     def _route_request(self, route: RouteState, t: Ticket) -> RouteRequest:
         rr = t.rr
@@ -405,10 +407,14 @@ class GatewayCore:
             )
         return rr
 
-    def _dispatch(self, now: float, route: RouteState, t: Ticket, out: list[Action]) -> None:
-        """Pick a replica among those with room (a retry prefers the ones that have not failed it)."""
+    def _dispatch(self, now: float, route: RouteState, t: Ticket, out: list[Action]) -> bool:
+        """Pick a replica among those with room (a retry prefers the ones that have not failed it); False, and
+        nothing done, when no replica has room."""
         limit = route.limit
         slots = route.ready if limit is None else [s for s in route.ready if s.in_flight < limit]
+        if not slots:
+            return False
+        t.waiting = False
         if t.exclude:
             preferred = [s for s in slots if s.name not in t.exclude]
             slots = preferred or slots
@@ -424,7 +430,7 @@ class GatewayCore:
         name = decision.endpoint
         if name is None:
             self._respond(now, t, FAILED, "no_endpoint", decision.reason or "no endpoint", out)
-            return
+            return True
         route.router.on_dispatch(now, rr, name)
         if route.flow is not None:
             route.flow.saturation.on_dispatch(now, t.id, name)
@@ -436,6 +442,7 @@ class GatewayCore:
         if t.probes is not None and route.primary in t.probes:
             t.probes.remove(route.primary)  # it reached its model: the attempt's result is the probe's
         out.append(Dispatch(t, name, t.attempt, route.name, route.model != t.model))
+        return True
 
     # -- failures and retries ---------------------------------------------------------------------------------
     def _failed(
