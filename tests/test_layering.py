@@ -4,7 +4,7 @@
     base: odhsim/ scenario, workload, results, catalog, rng, errors, profiles, importers
                                 shared by both engines: imports policies only
     odhsim/sim/  |  runtime/    the two engines, side by side: each imports the base and policies, never the other
-    tools: odhsim/ analysis, bench, listing, cli_support
+    tools: odhsim/ analysis, experiments, bench, listing, cli_support
                                 above the simulator: may import it, never the live runtime
     odhsim/cli.py               the one module that imports both engines, and only inside its commands (lazily)
 
@@ -39,6 +39,7 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "odhsim.sim": "sim",
     "runtime": "runtime",
     "odhsim.analysis": "tools",
+    "odhsim.experiments": "tools",
     "odhsim.bench": "tools",
     "odhsim.listing": "tools",
     "odhsim.cli_support": "tools",
