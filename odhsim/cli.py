@@ -33,6 +33,7 @@ profiles_app = typer.Typer(no_args_is_help=True, help="GPU latency profiles.")
 app.add_typer(traces_app, name="traces")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(__import__("odhsim.importers.cli", fromlist=["import_app"]).import_app, name="import")
+app.command("sweep")(__import__("odhsim.experiments.cli", fromlist=["sweep"]).sweep)
 
 console = make_console()  # piped output is not cut at 80 columns
 err_console = make_console(stderr=True)
