@@ -402,13 +402,17 @@ def compare(
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a scenario field: path=value.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the comparison rows as JSON, not a table.")] = False,
+    executor: Annotated[str, typer.Option(help="inline (this process), local (process pool) or ray.")] = "inline",
+    workers: Annotated[int, typer.Option(help="Workers for --executor local or ray.")] = 1,
+    address: Annotated[str | None, typer.Option(help="--executor ray: a cluster, e.g. ray://head:10001.")] = None,
 ) -> None:
     """A/B comparison: every variant on the same workloads (common random numbers), paired statistics vs the first."""
     from odhsim.analysis import comparison_table, parse_variants, run_comparison
+    from odhsim.experiments.executors import make_executor
 
     check_out_dir(out)
     variants = parse_variants(policy)
-    with Progress(
+    with make_executor(executor, workers=workers, address=address) as ex, Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
         TimeElapsedColumn(), console=err_console, transient=True,
     ) as bar:  # fmt: skip
@@ -417,7 +421,9 @@ def compare(
         def progress(variant: str, seed: int, done: int, total: int) -> None:
             bar.update(task, completed=done, total=total, description=escape(f"{variant} seed {seed}"))
 
-        result = run_comparison(scenario, variants, seeds=seeds, overrides=set_, out_dir=out, progress=progress)
+        result = run_comparison(
+            scenario, variants, seeds=seeds, overrides=set_, out_dir=out, progress=progress, executor=ex
+        )
     if json_:
         _echo_json({"baseline": result.baseline, "seeds": result.seeds, "rows": frame_records(result.table)})
     else:

@@ -119,3 +119,17 @@ def test_local_and_ray_give_identical_results(tmp_path: Path) -> None:
     pd.testing.assert_frame_equal(a.drop(columns=WALL_COLUMNS), b.drop(columns=WALL_COLUMNS))
     assert once.ok and (tmp_path / f"{job.job_id}.died").exists() and once.result.summary["requests"] > 0
     assert not always.ok and "worker died" in always.error
+
+
+def test_compare_through_a_process_pool_matches_inline() -> None:
+    from odhsim.analysis import parse_variants, run_comparison
+
+    variants = parse_variants(["rr=round-robin", "lr=least-request"])
+    args = {"seeds": 2, "overrides": ["duration_s=8"]}
+    inline = run_comparison(SCENARIO, variants, **args)
+    with LocalExecutor(workers=2) as ex:
+        pooled = run_comparison(SCENARIO, variants, executor=ex, keep_results=True, **args)
+    assert inline.runs["value"].notna().any() and inline.runs["value"].nunique() > 2
+    pd.testing.assert_frame_equal(inline.runs, pooled.runs)
+    pd.testing.assert_frame_equal(inline.table, pooled.table)
+    assert list(pooled.results) == [("rr", 42), ("lr", 42), ("rr", 43), ("lr", 43)]

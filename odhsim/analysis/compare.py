@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +19,11 @@ import pandas as pd
 
 from odhsim.analysis.stats import CONFIDENCE, PairedStats, finite, mean_ci, paired_stats
 from odhsim.analysis.variants import Variant, variant_scenario
-from odhsim.errors import ScenarioError
+from odhsim.errors import OdhsimError, ScenarioError
+from odhsim.experiments.executors import Executor, InlineExecutor
+from odhsim.experiments.jobs import Job, JobOutput, run_job
 from odhsim.results.run_result import RunResult
 from odhsim.scenario.load import load_scenario
-from odhsim.sim.run import simulate
 
 PRIMARY_METRICS = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s", "goodput_rps", "slo_attainment", "cost_usd")
 EXTRA_METRICS = ("throughput_rps", "prefix_cache_hit_rate")
@@ -107,11 +109,13 @@ def run_comparison(
     out_dir: str | Path | None = None,
     progress: CompareProgress | None = None,
     keep_results: bool = False,
+    executor: Executor | None = None,
 ) -> Comparison:
     """Run every variant on every seed (int n: the scenario's seed + 0..n-1) and compare against variants[0].
 
-    All variant scenarios are built before anything runs, so a bad variant fails fast. With `out_dir`, each run
-    goes to `out_dir/<variant>/seed<seed>/`, plus comparison.csv, runs.csv and comparison.png.
+    All variant scenarios are built before anything runs, so a bad variant fails fast. The runs go through
+    `executor` (default: one after another in this process); results do not depend on which. With `out_dir`, each
+    run goes to `out_dir/<variant>/seed<seed>/`, plus comparison.csv, runs.csv and comparison.png.
     """
     if not variants:
         raise ScenarioError("give at least one variant; the first is the baseline")
@@ -124,23 +128,34 @@ def run_comparison(
     out = Path(out_dir) if out_dir is not None else None
     keep = keep_results or out is not None
     results: dict[tuple[str, int], RunResult] = {}
-    records: dict[str, list[dict[str, object]]] = {name: [] for name in names}
-    found_warnings: dict[str, list[str]] = {}
-    total, done = len(variants) * len(seed_list), 0
-    for seed in seed_list:
-        for name, sc in scenarios.items():
-            result = simulate(sc, seed=seed)
-            records[name] += [
-                {"variant": name, "seed": seed, "metric": m, "value": _as_float(result.summary[m])} for m in METRICS
-            ]
-            _add_warnings(found_warnings.setdefault(name, []), result.summary)
+    summaries: dict[tuple[str, int], dict[str, Any]] = {}
+    jobs = [Job(sc, seed, label=name) for seed in seed_list for name, sc in scenarios.items()]
+    total = len(jobs)
+    for done, outcome in enumerate((executor or InlineExecutor()).map(jobs, partial(run_job, keep_result=keep)), 1):
+        name, seed = outcome.job.label, outcome.job.seed
+        if not outcome.ok:
+            raise OdhsimError(f"variant {name!r} seed {seed} failed: {outcome.error}")
+        output: JobOutput = outcome.result
+        summaries[(name, seed)] = output.summary
+        if output.result is not None:
             if out is not None:
-                result.write(out / name / f"seed{seed}")
-            if keep:
-                results[(name, seed)] = result
-            done += 1
-            if progress is not None:
-                progress(name, seed, done, total)
+                output.result.write(out / name / f"seed{seed}")
+            results[(name, seed)] = output.result
+        if progress is not None:
+            progress(name, seed, done, total)
+    records = {
+        name: [
+            {"variant": name, "seed": seed, "metric": m, "value": _as_float(summaries[(name, seed)][m])}
+            for seed in seed_list
+            for m in METRICS
+        ]
+        for name in names
+    }
+    found_warnings: dict[str, list[str]] = {}
+    for seed in seed_list:
+        for name in names:
+            _add_warnings(found_warnings.setdefault(name, []), summaries[(name, seed)])
+    results = {key: results[key] for key in sorted(results, key=lambda k: (seed_list.index(k[1]), names.index(k[0])))}
     # Variant-major rows (baseline first), seeds in the order given.
     runs = pd.DataFrame([r for name in names for r in records[name]], columns=["variant", "seed", "metric", "value"])
     table = comparison_frame(runs, names, seed_list)
