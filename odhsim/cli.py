@@ -444,9 +444,15 @@ def cost(
     seed: Annotated[int | None, typer.Option(help="Root seed (overrides the scenario's).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the report as JSON instead of tables.")] = False,
+    rate: Annotated[
+        float | None, typer.Option(help="Right-size for this arrival rate (req/s; default: the workload's mean).")
+    ] = None,
+    search_duration: Annotated[
+        float | None, typer.Option(help="Seconds simulated per search run (default: min(duration, 300)).")
+    ] = None,
 ) -> None:
     """Cost report: spend per model, unit costs, idle GPU waste, always-on comparison and right-sizing."""
-    from odhsim.analysis.cost_report import REL_TOL, SEARCH_REQUESTS, SLO_PERCENTILE, cost_report
+    from odhsim.analysis.cost_report import cost_report
     from odhsim.scenario.load import load_scenario
     from odhsim.sim.run import simulate
 
@@ -462,12 +468,17 @@ def cost(
             result,
             sc,
             progress=lambda done, total, what: status.update(escape(f"right-sizing {done}/{total}: {what}")),
+            rate=rate,
+            duration_s=search_duration,
         )
+    recs = [r.to_json() for r in report.recommendations]
     if json_:
         _echo_json(
             {
                 "scenario": sc.name,
                 "seed": result.seed,
+                "recommendation": recs[0]["recommendation"] if len(recs) == 1 else None,
+                "recommendations": recs,
                 "models": frame_records(report.models),
                 "rightsizing": frame_records(report.rightsizing),
             }
@@ -477,11 +488,14 @@ def cost(
     console.print(_frame_table(by_metric, f"cost of {sc.name} (seed {result.seed})"))
     if len(report.rightsizing):
         shown = report.rightsizing.set_index("model").T.reset_index(names="right-sizing")
-        console.print(_frame_table(shown, "right-sizing for the p95 arrival rate (Mélange, scipy.optimize.milp)"))
-        console.print(
-            f"per-replica throughput: the highest Poisson rate at which p{SLO_PERCENTILE:g} TTFT and E2E meet the "
-            f"SLOs (bisection below saturation, {SEARCH_REQUESTS} requests per probe, {REL_TOL:.0%} tolerance)"
-        )
+        console.print(_frame_table(shown, "right-sizing: the cheapest fleet meeting the SLOs, found by simulation"))
+        for r in recs:
+            console.print(
+                escape(f"{r['model']}: sized for {r['target_rps']:.3g} req/s ({r['rate_basis']}); each fleet "
+                       f"simulated {r['duration_s']:g} s at that rate, p99 of every request against its class's "
+                       "SLOs; the pick verified on fresh arrivals"),
+                highlight=False,
+            )  # fmt: skip
 
 
 @app.command()

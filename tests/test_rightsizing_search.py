@@ -14,6 +14,7 @@ from odhsim.analysis.cost_report import Option, meets_slos, slo_ratios, slo_thro
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Slo
 from policies.cost import max_rate_meeting_slo
+from policies.cost.rightsizing import min_count_meeting, mixed_candidates
 
 
 def test_bisection_closes_on_a_known_threshold_within_the_tolerance() -> None:
@@ -88,3 +89,25 @@ def test_md1_slo_rate_matches_the_closed_form() -> None:
     met = [r for r, ok in found.search.probes if ok]
     missed = [r for r, ok in found.search.probes if not ok]
     assert max(met) < min(missed)
+
+
+def test_min_count_search_gallops_then_bisects_to_the_threshold() -> None:
+    for answer in (1, 2, 5, 13, 40):
+        found = min_count_meeting(lambda n, a=answer: n >= a, max_count=64)
+        assert found.count == answer
+        assert all(met == (n >= answer) for n, met in found.probes)
+        assert len(found.probes) <= 2 * (answer.bit_length() + 1)
+    assert min_count_meeting(lambda n: False, max_count=5).count is None
+    assert [n for n, _ in min_count_meeting(lambda n: n >= 6, max_count=64).probes] == [1, 2, 4, 8, 6, 5]
+    with pytest.raises(ValueError):
+        min_count_meeting(lambda n: True, start=0)
+
+
+def test_mixed_candidates_interpolate_and_stay_below_the_best_homogeneous_cost() -> None:
+    # A alone: 4 x $2 = $8; B alone: 1 x $10 = $10. Mixes cheaper than $8: none with B (1 B costs $10).
+    assert mixed_candidates({"A": 4, "B": 1}, {"A": 2.0, "B": 10.0}) == []
+    # A: 4 x $2.5 = $10, B: 2 x $4.5 = $9; (A 2, B 1) = $9.5 is not cheaper; (A 1, B 2) is dearer
+    assert mixed_candidates({"A": 4, "B": 2}, {"A": 2.5, "B": 4.5}) == []
+    # A: 3 x $3 = $9, B: 3 x $3.2 = $9.6, budget $9.7: (A 1, B 2) = 9.4 and (A 2, B 1) = 9.2 are candidates
+    got = mixed_candidates({"A": 3, "B": 3}, {"A": 3.0, "B": 3.2}, budget=9.7)
+    assert got == [{"A": 2, "B": 1}, {"A": 1, "B": 2}]

@@ -1,23 +1,15 @@
 """The cost report of a run: what each model cost, what it would have cost always-on at its peak, the GPU-hours
-allocated while idle, and right-sizing: the cheapest GPU type and count that would carry its load within its SLOs.
+allocated while idle, and right-sizing: the cheapest fleet that serves each LLM's traffic within the SLOs.
 
-Right-sizing follows Mélange: each (GPU type, tensor-parallel degree) that fits the model, plus the model's own
-deployment, is an option whose per-replica throughput within the SLOs the simulator measures itself, on the
-model's own request mix (prompt and output lengths and priority classes of the requests it served):
+Right-sizing sizes for the rate the user asks for (`--rate`), or without one for the model's mean arrival rate
+in the run (the report says which), and searches by simulating whole fleets at that rate
+(odhsim.experiments.capacity: per GPU option the fewest replicas meeting the SLOs, then two-type mixes, then a
+verification run of the pick on fresh arrivals). It no longer sizes a fleet by dividing a rate by one replica's
+SLO throughput: a lone replica's p99 at rate r is far worse than N pooled replicas' at N r, so that rating was not
+additive and over-provisioned; nor for the p95 of 10-second buckets, which is a burst, not the rate asked.
 
-1. saturation: one replica, all SEARCH_REQUESTS requests at once; completions / time is a rate it cannot exceed.
-2. the SLO rate: `policies.cost.rightsizing.max_rate_meeting_slo` bisects (geometrically) below that bound for
-   the highest Poisson arrival rate at which the p99 (SLO_PERCENTILE) time to first token and end-to-end latency
-   meet the scenario's `slos`, each request against its own priority class's targets, pooled over the classes
-   (`meets_slos`: at most 1% of requests miss). Each probe is a short simulation of SEARCH_REQUESTS
-   requests (the first WARMUP_FRACTION left out of the percentiles); every probe and every option replays the
-   same requests and the same unit-rate exponential gaps scaled by 1 / rate (common random numbers), so the
-   check moves smoothly with the rate. The bracket closes to REL_TOL (5%) of the rate, in at most MAX_PROBES
-   probes; a request that fails counts as missing its SLO.
-
-`policies.cost.rightsizing` then solves the integer program with scipy.optimize.milp for the model's p95 arrival
-rate per time bucket. Short runs see a near-saturation queue before it reaches its steady state, so close to
-saturation the found rate leans optimistic; saturation itself is the hard cap.
+`slo_throughput` still measures one replica's highest rate within the SLOs (bisection below its saturation,
+common random numbers): a property of the option, shown as such, not a sizing rule.
 """
 
 from __future__ import annotations
@@ -32,13 +24,16 @@ import numpy as np
 import pandas as pd
 
 from odhsim import catalog
+from odhsim.experiments.capacity import CapacityError, Recommendation, rightsize_model
+from odhsim.experiments.slo import meets_slos, slo_ratios  # noqa: F401 (slo_ratios: re-exported)
 from odhsim.results.run_result import RunResult
-from odhsim.results.summary import latency_columns
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario, Slo
-from policies.cost.rightsizing import GpuOption, RateSearch, WorkloadBucket, max_rate_meeting_slo, rightsize
+from policies.cost.rightsizing import RateSearch, max_rate_meeting_slo
 
 SLO_PERCENTILE = 99.0
+SEARCH_DURATION_S = 300.0
+"""Longest run of one search simulation (the verification runs the scenario's whole duration)."""
 SEARCH_REQUESTS = 1000
 WARMUP_FRACTION = 0.1
 REL_TOL = 0.05
@@ -52,7 +47,8 @@ ProgressFn = Callable[[int, int, str], None]
 @dataclass(frozen=True)
 class CostReport:
     models: pd.DataFrame  # one row per model: spend, unit costs, idle waste, always-on comparison
-    rightsizing: pd.DataFrame  # one row per LLM model: current vs cheapest option meeting its load
+    rightsizing: pd.DataFrame  # one row per LLM model: current vs the cheapest fleet meeting its load
+    recommendations: list[Recommendation]  # the searches behind those rows
 
 
 def served_by(result: RunResult) -> pd.Series:
@@ -138,32 +134,6 @@ class SloThroughput:
     @property
     def rate_rps(self) -> float:
         return self.search.rate
-
-
-def slo_ratios(requests: pd.DataFrame, slos: Mapping[str, Slo]) -> np.ndarray:
-    """Per request whose priority class has a target: its latency over its class's target, the worse of TTFT and
-    end-to-end (<= 1: the request met its SLO); a request that did not finish ok is infinitely late."""
-    lat = latency_columns(requests)
-    prio = requests["priority"].astype(str).to_numpy()
-    never = np.inf
-    ttft_target = np.array([(slos[c].ttft_s if c in slos else None) or never for c in prio], dtype=float)
-    e2e_target = np.array([(slos[c].e2e_s if c in slos else None) or never for c in prio], dtype=float)
-    judged = np.isfinite(ttft_target) | np.isfinite(e2e_target)
-    ttft = np.nan_to_num(lat["ttft_s"].to_numpy(), nan=np.inf)
-    e2e = np.nan_to_num(lat["e2e_s"].to_numpy(), nan=np.inf)
-    with np.errstate(invalid="ignore"):  # inf / inf for a failed request in a class without one of the targets
-        ratios = np.fmax(np.nan_to_num(ttft / ttft_target, nan=0.0), np.nan_to_num(e2e / e2e_target, nan=0.0))
-    ok = (requests["status"] == "ok").to_numpy()
-    return np.where(ok, ratios, np.inf)[judged]
-
-
-def meets_slos(requests: pd.DataFrame, slos: Mapping[str, Slo], percentile: float = SLO_PERCENTILE) -> bool:
-    """Whether the `percentile` (p99) TTFT and end-to-end latency meet the SLOs, each request measured against its
-    own priority class's targets (`slo_ratios`), pooled over the classes: at most 1% of the requests may miss.
-    Pooled, because a class with a tenth of the requests would otherwise have its p99 decided by its worst one or
-    two requests, and the answer would jump from one sample of the mix to the next."""
-    ratios = slo_ratios(requests, slos)
-    return not len(ratios) or float(np.percentile(ratios, percentile, method="higher")) <= 1.0
 
 
 class _Prober:
@@ -259,71 +229,77 @@ def slo_throughput(
     return SloThroughput(option, saturation, search, time.perf_counter() - wall0)
 
 
+def mean_rate(result: RunResult, scenario: Scenario, model: str) -> float:
+    """The model's mean arrival rate in the run: its requests over the arrival window (the scenario's duration)."""
+    req = result.requests
+    n = int((req["model"].astype(str) == model).sum())
+    span = scenario.duration_s or float(req["arrival_s"].max() if len(req) else 0.0)
+    return n / span if span > 0 else 0.0
+
+
 def rightsizing(
-    result: RunResult, scenario: Scenario, rng_seed: int = 0, progress: ProgressFn | None = None
-) -> pd.DataFrame:
-    rows = []
-    req, ts = result.requests, result.timeseries
-    served = served_by(result)
-    bucket_s = scenario.outputs.timeseries_bucket_s
-    buckets = max(1, int(np.ceil(result.summary["sim_end_s"] / bucket_s)))
-    work = []
-    for m in scenario.models:
-        if m.kind != "llm":
-            continue
-        mine = req[(served == m.name) & (req["status"] == "ok")]
-        t = ts[ts["model"] == m.name]
-        if mine.empty or t.empty or t["ready_replicas"].max() == 0:
-            continue  # nothing served here (a rejected deployment's load is costed where it fell back)
-        # its demand: what its replicas served (fallback traffic included) and what reached no replica of any model
-        unrouted = (req["model"] == m.name) & req["replica"].isna() & ~req["fallback"]
-        arrivals = req.loc[(served == m.name) | unrouted, "arrival_s"].to_numpy()
-        per_bucket = np.bincount((arrivals // bucket_s).astype(np.int64), minlength=buckets)
-        work.append((m, mine, t, float(np.percentile(per_bucket / bucket_s, 95))))
-    total = sum(len(_options(m, scenario)) for m, *_ in work)
-    done = 0
-    for m, mine, t, peak_rps in work:
-        found: dict[str, SloThroughput] = {}
-        for o in _options(m, scenario):
-            if progress is not None:
-                progress(done, total, f"{m.name} on {o.label}")
-            found[o.label] = slo_throughput(m, o, mine, scenario.slos, seed=rng_seed, scenario=scenario)
-            done += 1
+    result: RunResult,
+    scenario: Scenario,
+    *,
+    rate: float | None = None,
+    seed: int = 0,
+    progress: ProgressFn | None = None,
+    executor: object | None = None,
+    duration_s: float | None = None,
+) -> tuple[pd.DataFrame, list[Recommendation]]:
+    """Per LLM model that received requests: the cheapest fleet at `rate` req/s (default: its mean rate)."""
+    llms = [m for m in scenario.models if m.kind == "llm" and mean_rate(result, scenario, m.name) > 0]
+    if rate is not None and len(llms) > 1:
+        raise CapacityError("--rate is one model's rate: give a scenario with one LLM, or leave --rate out")
+    rows, recs = [], []
+    search_s = min(SEARCH_DURATION_S, duration_s or scenario.duration_s or SEARCH_DURATION_S)
+    for i, m in enumerate(llms):
         if progress is not None:
-            progress(done, total, m.name)
-        tput = {(label, "load"): f.rate_rps for label, f in found.items()}
-        options = [
-            GpuOption(f.option.label, catalog.gpu(f.option.gpu).price_per_gpu_hour * f.option.gpus, f.option.gpu,
-                      f.option.gpus)
-            for f in found.values()
-        ]  # fmt: skip
-        current = Option(m.gpu, m.tp, m.pp).label
-        peak_replicas = int(t["ready_replicas"].max())
-        baseline = catalog.gpu(m.gpu).price_per_gpu_hour * m.gpus_per_replica * max(1, peak_replicas)
-        row: dict[str, object] = {
-            "model": m.name,
-            "peak_rps_p95": peak_rps,
-            "current": f"{max(1, peak_replicas)} x ({current})",
-            "current_usd_per_hour": baseline,
-        }
-        if not any(v > 0 for v in tput.values()):
-            row |= {"cheapest": "none meets the SLOs", "cheapest_usd_per_hour": np.nan, "saving_usd_per_hour": np.nan}
-        else:
-            best = rightsize(options, [WorkloadBucket("load", max(peak_rps, 1e-6))], tput, baseline)
-            chosen = {k: v for k, v in best.counts.items() if v}
-            row |= {
-                "cheapest": " + ".join(f"{n} x ({k})" for k, n in chosen.items()),
-                "cheapest_usd_per_hour": best.cost_usd_per_hour,
-                "saving_usd_per_hour": best.saving_usd_per_hour,
+            progress(i, len(llms), m.name)
+        base = mean_rate(result, scenario, m.name)
+        target, basis = (rate, "the --rate given") if rate is not None else (base, "the workload's mean rate")
+        rec = rightsize_model(scenario, m.name, target, base, rate_basis=basis, duration_s=search_s, seed=seed,
+                              executor=executor)  # fmt: skip
+        recs.append(rec)
+        current = catalog.gpu(m.gpu).price_per_gpu_hour * m.gpus_per_replica * max(1, m.replicas)
+        v = rec.verified
+        rows.append(
+            {
+                "model": m.name,
+                "target_rps": target,
+                "rate_basis": basis,
+                "current": f"{m.replicas} x ({Option(m.gpu, m.tp, m.pp).label})",
+                "current_usd_per_hour": current,
+                "cheapest": rec.pick.label if rec.pick else "none meets the SLOs",
+                "cheapest_usd_per_hour": rec.pick.usd_per_hour if rec.pick else np.nan,
+                "saving_usd_per_hour": current - rec.pick.usd_per_hour if rec.pick else np.nan,
+                "verified_meets_slos": bool(v.meets) if v else False,
+                "verified_slo_attainment": v.slo_attainment if v else np.nan,
+                "verified_ttft_p99_s": v.ttft_p99_s if v else np.nan,
+                "verified_e2e_p99_s": v.e2e_p99_s if v else np.nan,
+                "usd_per_million_tokens": v.usd_per_million_tokens if v else np.nan,
+                "fewest_replicas_per_option": "; ".join(
+                    f"{o.option}: {o.replicas if o.replicas is not None else 'none'}" for o in rec.options
+                ),
+                "mixed_fleets": rec.mixed_note,
+                "simulations": rec.simulations,
             }
-        row["slo_throughput_per_replica"] = "; ".join(
-            f"{label}: {f.rate_rps:.2f}/s (saturation {f.saturation_rps:.2f}/s)" for label, f in sorted(found.items())
         )
-        row["search_probes"] = sum(len(f.search.probes) + 1 for f in found.values())
-        row["search_wall_s"] = sum(f.wall_s for f in found.values())
-        rows.append(row)
-    return pd.DataFrame(rows)
+    if progress is not None:
+        progress(len(llms), len(llms), "done")
+    return pd.DataFrame(rows), recs
 
 
-def cost_report(result: RunResult, scenario: Scenario, progress: ProgressFn | None = None) -> CostReport:
-    return CostReport(spend_by_model(result, scenario), rightsizing(result, scenario, progress=progress))
+def cost_report(
+    result: RunResult,
+    scenario: Scenario,
+    progress: ProgressFn | None = None,
+    *,
+    rate: float | None = None,
+    executor: object | None = None,
+    duration_s: float | None = None,
+) -> CostReport:
+    sizing, recs = rightsizing(
+        result, scenario, rate=rate, seed=result.seed, progress=progress, executor=executor, duration_s=duration_s
+    )
+    return CostReport(spend_by_model(result, scenario), sizing, recs)

@@ -329,3 +329,66 @@ def max_rate_meeting_slo(
         else:
             hi = mid
     return RateSearch(lo, hi, tuple(probes), rel_tol)
+
+
+@dataclass(frozen=True, slots=True)
+class CountSearch:
+    """The answer of `min_count_meeting`: the fewest replicas seen to meet the SLOs (None: not even `max_count`)
+    and every probe (count, met) in order."""
+
+    count: int | None
+    probes: tuple[tuple[int, bool], ...]
+
+
+def min_count_meeting(meets: Callable[[int], bool], *, start: int = 1, max_count: int = 64) -> CountSearch:
+    """Fewest replicas n in [start, max_count] with `meets(n)`, for a check monotone in n (more replicas of the
+    same GPU never make the latency percentiles worse). Exponential search up from `start` (start, start+1,
+    start+3, start+7, ...: the step doubles) brackets the answer, then binary search closes it: about
+    2 log2(n - start) probes. `start` is a count known not to be too many (e.g. the rate over one replica's
+    saturation throughput, below which a queue grows without bound), so the search rarely goes far."""
+    if not 1 <= start <= max_count:
+        raise ValueError(f"need 1 <= start <= max_count, got start={start}, max_count={max_count}")
+    probes: list[tuple[int, bool]] = []
+
+    def probe(n: int) -> bool:
+        met = bool(meets(n))
+        probes.append((n, met))
+        return met
+
+    failing, step, n = start - 1, 1, start
+    while not probe(n):
+        failing = n
+        if n == max_count:
+            return CountSearch(None, tuple(probes))
+        n, step = min(max_count, n + step), step * 2
+    while n - failing > 1:
+        mid = (n + failing) // 2
+        if probe(mid):
+            n = mid
+        else:
+            failing = mid
+    return CountSearch(n, tuple(probes))
+
+
+def mixed_candidates(
+    homogeneous: Mapping[str, int], cost: Mapping[str, float], *, top: int = 3, budget: float | None = None
+) -> list[dict[str, int]]:
+    """Two-type fleets worth simulating, seeded by the best homogeneous ones: for each pair of the `top` cheapest
+    options (A needs n_A replicas alone, B n_B), every a in 1..n_A-1 with b = ceil((1 - a/n_A) n_B) replicas of B
+    (capacity interpolated linearly between the two homogeneous fleets), kept when cheaper than `budget` (default:
+    the cheapest homogeneous fleet). Cheapest first; the caller verifies each by simulation."""
+    ranked = sorted(homogeneous, key=lambda o: (homogeneous[o] * cost[o], o))[:top]
+    if not ranked:
+        return []
+    limit = budget if budget is not None else homogeneous[ranked[0]] * cost[ranked[0]]
+    out: dict[tuple[tuple[str, int], ...], float] = {}
+    for i, a_opt in enumerate(ranked):
+        for b_opt in ranked[i + 1 :]:
+            for first, second in ((a_opt, b_opt), (b_opt, a_opt)):
+                n_a, n_b = homogeneous[first], homogeneous[second]
+                for a in range(1, n_a):
+                    b = max(1, math.ceil((1.0 - a / n_a) * n_b - 1e-9))
+                    c = a * cost[first] + b * cost[second]
+                    if c < limit - _EPS:
+                        out[tuple(sorted(((first, a), (second, b))))] = c
+    return [dict(k) for k, _ in sorted(out.items(), key=lambda kv: (kv[1], kv[0]))]
