@@ -32,6 +32,7 @@ from dataclasses import replace
 
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
 from policies.flowcontrol.priority import PRIORITY_CLASSES, class_to_priority
+from policies.gateway.retrying import NO_REPLICAS, Retrying
 from policies.gateway.route import RouteState
 from policies.gateway.types import (
     ABANDONED,
@@ -51,7 +52,6 @@ from policies.gateway.types import (
     Activate,
     CacheWait,
     Dispatch,
-    Record,
     Respond,
     ScrapedEndpoint,
     Ticket,
@@ -63,13 +63,12 @@ from policies.routing.types import RouteRequest
 ACTIVATOR_TIMEOUT_S = 300.0
 """How long Knative's activator holds a request for a revision with no ready replica: the revision's
 timeoutSeconds, default 300 s (knative/serving pkg/apis/config/defaults.go DefaultRevisionTimeoutSeconds)."""
-NO_REPLICAS = "model has no replicas, no autoscaler and no fallback"
 CACHE_SWEEP_S = 10.0
 
 KeyFn = Callable[[RouteState, Ticket], "int | None"]
 
 
-class GatewayCore:
+class GatewayCore(Retrying):
     """All models' routes (`models[i]` is model i's primary revision) and the response cache."""
 
     def __init__(
@@ -248,21 +247,22 @@ class GatewayCore:
         """The engine gives up on a request still waiting at the gateway (request timeout, client gone)."""
         out: list[Action] = []
         if not t.done and t.slot is None:
-            self._unqueue(t)
+            if t.route is not None:
+                t.route.unqueue(t)
             self._respond(now, t, status, reason, detail, out)
         return out
 
     def fail_queued(self, now: float, route: RouteState, status: str, reason: str, detail: str) -> list[Action]:
         """End every request waiting for `route` (its deployment was rejected; the gateway stops)."""
         out: list[Action] = []
-        for t in self._take_waiting(now, route):
+        for t in route.take_waiting(now):
             self._respond(now, t, status, reason, detail, out)
         return out
 
     def rehome(self, now: float, old: RouteState, new: RouteState) -> tuple[int, list[Action]]:
         """Move the requests waiting for a retired revision to `new`, keeping their arrival times."""
         out: list[Action] = []
-        waiting = self._take_waiting(now, old)
+        waiting = old.take_waiting(now)
         for t in waiting:
             self._admit(now, new, t, out)
         return len(waiting), out
@@ -444,99 +444,15 @@ class GatewayCore:
         out.append(Dispatch(t, name, t.attempt, route.name, route.model != t.model))
         return True
 
-    # -- failures and retries ---------------------------------------------------------------------------------
-    def _failed(
-        self, now: float, t: Ticket, route: RouteState, replica: str, kind: str, detail: str, excused: bool,
-        out: list[Action],
-    ) -> None:  # fmt: skip
-        out.append(Record("upstream-failure", route.name, kind))
-        if excused:
-            out.append(Record("excused", route.name, kind))
-            if t.excused == 0:  # one free retry: the replica may well have answered in time
-                t.excused += 1
-                self._requeue(now, route, t, out)
-                return
-        t.failures += 1
-        if t.exclude is None:
-            t.exclude = set()
-        t.exclude.add(replica)
-        primary = route.primary
-        policy = primary.retry
-        what = f"replica {replica} failed ({kind})"
-        if policy is None:
-            self._respond(now, t, FAILED, "upstream_failed", what, out)
-            return
-        fallback = primary.fallback
-        decision = policy.decide(
-            t.failures, kind, fallback is not None, route.in_flight(), route.queued(), route.retries_in_flight
-        )
-        if decision.action == "fail" or (decision.action == "fallback" and fallback is None):
-            self._respond(now, t, FAILED, "upstream_failed", f"{what}; {decision.reason}", out)
-            return
-        target = route
-        if decision.action == "fallback" and fallback is not None:
-            target = self._split(now, fallback, t)
-            t.exclude = None
-            t.rr = None
-        t.route = target
-        t.retrying = True
-        target.retries_in_flight += 1
-        out.append(Record(decision.action, route.name, f"{what}; {decision.reason}"))
-        if decision.backoff_s > 0:
-            out.append(WakeAt(decision.backoff_s, BACKOFF, t))
-        else:
-            self._requeue(now, target, t, out)
-
-    def _requeue(self, now: float, route: RouteState, t: Ticket, out: list[Action]) -> None:
-        """Another attempt for an admitted request: ahead of new arrivals, on `route`."""
-        t.route = route
-        if not route.ready and (route.rejection or not route.scales):
-            self._respond(now, t, FAILED, "no_replica", route.rejection or NO_REPLICAS, out)
-            return
-        route.retries.append(t)
-        t.waiting = True
-        self._pump(now, route, out)
-
     # -- ends -------------------------------------------------------------------------------------------------------
     def _activator_timeout(self, now: float, t: Ticket, out: list[Action]) -> None:
         """A request the activator held never got a replica in time: it fails instead of waiting forever."""
         if t.done or t.attempt > 0 or not t.waiting:
             return
-        self._unqueue(t)
+        if t.route is not None:
+            t.route.unqueue(t)
         detail = f"activator request timeout: no ready replica within {self.activator_timeout_s:g} s"
         self._respond(now, t, FAILED, "activator_timeout", detail, out)
-
-    def _unqueue(self, t: Ticket) -> None:
-        route = t.route
-        if route is None or not t.waiting:
-            return
-        t.waiting = False
-        if route.held.pop(t.id, None) is not None:
-            assert route.flow is not None
-            route.flow.queue.remove(t.id)
-            return
-        for q in (route.fifo, route.retries):
-            try:
-                q.remove(t)
-                return
-            except ValueError:
-                pass
-
-    def _take_waiting(self, now: float, route: RouteState) -> list[Ticket]:
-        waiting = [*route.retries, *route.fifo]
-        route.retries.clear()
-        route.fifo.clear()
-        if route.flow is not None:
-            while (item := route.flow.queue.pop(now)) is not None:
-                waiting.append(route.held.pop(item.request_id))
-        for t in route.held.values():  # not poppable (cannot happen with the shipped queues)
-            assert route.flow is not None
-            route.flow.queue.remove(t.id)
-            waiting.append(t)
-        route.held.clear()
-        for t in waiting:
-            t.waiting = False
-        return waiting
 
     def _respond(self, now: float, t: Ticket, status: str, reason: str, detail: str, out: list[Action]) -> None:
         t.done = True

@@ -140,6 +140,39 @@ class RouteState:
         """The ready replicas' scraped metrics (what admission and the saturation detector see)."""
         return [s.source.scraped_state() for s in self.ready]
 
+    def unqueue(self, t: Ticket) -> None:
+        """Take a waiting `t` out of whichever of this revision's queues holds it."""
+        if not t.waiting:
+            return
+        t.waiting = False
+        if self.held.pop(t.id, None) is not None:
+            assert self.flow is not None
+            self.flow.queue.remove(t.id)
+            return
+        for q in (self.fifo, self.retries):
+            try:
+                q.remove(t)
+                return
+            except ValueError:
+                pass
+
+    def take_waiting(self, now: float) -> list[Ticket]:
+        """Empty every queue of this revision (retries first, then arrival order)."""
+        waiting = [*self.retries, *self.fifo]
+        self.retries.clear()
+        self.fifo.clear()
+        if self.flow is not None:
+            while (item := self.flow.queue.pop(now)) is not None:
+                waiting.append(self.held.pop(item.request_id))
+        for t in self.held.values():  # not poppable (cannot happen with the shipped queues)
+            assert self.flow is not None
+            self.flow.queue.remove(t.id)
+            waiting.append(t)
+        self.held.clear()
+        for t in waiting:
+            t.waiting = False
+        return waiting
+
     # -- membership ---------------------------------------------------------------------------------------------
     def add(self, name: str, source: ScrapedEndpoint) -> EndpointSlot:
         slot = self.slots.get(name)
