@@ -71,7 +71,10 @@ def decode_bytes_tensor(raw: bytes) -> list[str]:
         (n,) = struct.unpack_from("<I", raw, i)
         if i + 4 + n > len(raw):
             raise BinaryBodyError("BYTES tensor: an element runs past the end of its data")
-        out.append(raw[i + 4 : i + 4 + n].decode("utf-8", errors="replace"))
+        try:  # strict, as a JSON body is: invalid bytes would reach the model silently replaced
+            out.append(raw[i + 4 : i + 4 + n].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise BinaryBodyError(f"BYTES tensor: element {len(out)} is not valid UTF-8") from None
         i += 4 + n
     return out
 

@@ -262,12 +262,20 @@ def v2_metadata(m: ModelDeployment) -> dict[str, Any]:
     }
 
 
-class V2LmParameters(_Strict, SamplingOptions):
-    """`parameters` of a v2 infer request to a language model: the completion's sampling fields, same rules."""
+class V2LmParameters(_Strict, SamplingOptions, UnsupportedCompletionFields):
+    """`parameters` of a v2 infer request to a language model: the completion's sampling fields, same rules; the
+    fields this runtime does not implement (`n`, `logprobs`, ...) are refused as on /v1, not silently ignored."""
 
 
 def lm_parameters(req: V2InferRequest) -> V2LmParameters:
+    """The parameters the replica will use: `text_input`'s own, overridden by the request's (the replica merges
+    them so), so the gateway's limits see the same `max_tokens` the replica generates."""
+    merged: dict[str, Any] = {}
+    for t in req.inputs:
+        if t.name == "text_input":
+            merged.update(t.parameters or {})
+    merged.update(req.parameters or {})
     try:
-        return validate(V2LmParameters, req.parameters or {})
+        return validate(V2LmParameters, merged)
     except ProtocolError as err:
         raise ProtocolError(f"parameters.{err.message}", "parameters") from None

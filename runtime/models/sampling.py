@@ -35,6 +35,7 @@ def sample(logits: Tensor, temperature: float, top_p: float, generator: torch.Ge
     if top_p < 1.0:
         sorted_p, order = torch.sort(probs, descending=True)
         keep = (torch.cumsum(sorted_p, dim=-1) - sorted_p) < top_p  # the smallest prefix reaching top_p
+        keep[0] = True  # as vLLM: the top token always stays (a top_p below float32's range compares as 0)
         sorted_p = sorted_p * keep
         choice = torch.multinomial(sorted_p / sorted_p.sum(), 1, generator=generator)
         return int(order[choice])

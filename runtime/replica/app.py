@@ -46,6 +46,7 @@ from runtime.replica.schemas import (
     CompletionBody,
     GenerationOptions,
     V2InferBody,
+    V2LmOptions,
     bytes_tensor,
     fp32_tensor,
     parse_json,
@@ -328,7 +329,7 @@ async def _lm_infer(
     (prompt,) = bytes_tensor(t, raw.get(t.name))
     params = {**(t.parameters or {}), **(req.parameters or {})}
     try:
-        opts = validate(GenerationOptions, params)
+        opts = validate(V2LmOptions, params)
     except BadRequest as err:
         raise BadRequest(f"parameters.{err.message}", "parameters") from None
     stream = _submit(backend, prompt, opts)

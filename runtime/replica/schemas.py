@@ -62,6 +62,10 @@ class GenerationOptions(_Body, SamplingOptions):
     rules as the gateway's)."""
 
 
+class V2LmOptions(GenerationOptions, UnsupportedCompletionFields):
+    """A language model's v2 infer parameters: the sampling fields, and the unimplemented ones refused as on /v1."""
+
+
 class CompletionBody(GenerationOptions, UnsupportedCompletionFields, OnePrompt):
     """POST /v1/completions (OpenAI; `ignore_eos` is vLLM's extension). One prompt per request."""
 
