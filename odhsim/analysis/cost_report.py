@@ -67,14 +67,16 @@ def spend_by_model(result: RunResult, scenario: Scenario) -> pd.DataFrame:
         t = ts[ts["model"] == m.name]
         r = req[served == m.name]
         cost = float(t["cost_usd"].sum())
-        price = catalog.gpu(m.gpu).price_per_gpu_hour
         peak = int(t["ready_replicas"].max()) if len(t) else 0
-        always_on = peak * m.gpus_per_replica * price * hours
+        if len(m.groups()) > 1:  # replica groups have fixed counts: always on is every group for the whole run
+            always_on = group_usd_per_hour(m) * hours
+        else:
+            always_on = peak * m.gpus_per_replica * catalog.gpu(m.gpu).price_per_gpu_hour * hours
         tokens = float(r["output_tokens"].sum())
         rows.append(
             {
                 "model": m.name,
-                "gpu": f"{m.gpus_per_replica} x {m.gpu}",
+                "gpu": " + ".join(f"{g.gpus_per_replica} x {g.gpu}" for g in m.groups()),
                 "requests_ok": len(r),
                 "gpu_hours": float(t["gpu_hours"].sum()),
                 "cost_usd": cost,
@@ -87,6 +89,14 @@ def spend_by_model(result: RunResult, scenario: Scenario) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def group_usd_per_hour(m: ModelDeployment, replicas: int | None = None) -> float:
+    """$/h of a model's replicas, each replica group at its own GPU's price (`replicas` overrides a lone group's)."""
+    groups = m.groups()
+    if replicas is not None and len(groups) == 1:
+        return catalog.gpu(m.gpu).price_per_gpu_hour * m.gpus_per_replica * replicas
+    return sum(catalog.gpu(g.gpu).price_per_gpu_hour * g.gpus_per_replica * g.replicas for g in groups)
 
 
 @dataclass(frozen=True)
@@ -261,14 +271,14 @@ def rightsizing(
         rec = rightsize_model(scenario, m.name, target, base, rate_basis=basis, duration_s=search_s, seed=seed,
                               executor=executor)  # fmt: skip
         recs.append(rec)
-        current = catalog.gpu(m.gpu).price_per_gpu_hour * m.gpus_per_replica * max(1, m.replicas)
+        current = group_usd_per_hour(m) if len(m.groups()) > 1 else group_usd_per_hour(m, max(1, m.replicas))
         v = rec.verified
         rows.append(
             {
                 "model": m.name,
                 "target_rps": target,
                 "rate_basis": basis,
-                "current": f"{m.replicas} x ({Option(m.gpu, m.tp, m.pp).label})",
+                "current": " + ".join(f"{g.replicas} x ({Option(g.gpu, g.tp, g.pp).label})" for g in m.groups()),
                 "current_usd_per_hour": current,
                 "cheapest": rec.pick.label if rec.pick else "none meets the SLOs",
                 "cheapest_usd_per_hour": rec.pick.usd_per_hour if rec.pick else np.nan,

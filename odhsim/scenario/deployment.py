@@ -112,6 +112,25 @@ class ServiceTime(Frozen):
     cv: Annotated[float, Field(gt=0.0)] = 1.0
 
 
+class ReplicaGroupSpec(Frozen):
+    """Some of a model's replicas on one GPU type (`models[i].deployments`): KServe would run one
+    InferenceService predictor (or llm-d one pool of vLLM pods) per GPU type, all behind the model's one route."""
+
+    gpu: str
+    replicas: Annotated[int, Field(ge=1)]
+    tp: Annotated[int, Field(ge=1, le=64)] = 1
+    pp: Annotated[int, Field(ge=1, le=16)] = 1
+
+    @field_validator("gpu")
+    @classmethod
+    def _gpu(cls, v: str) -> str:
+        return _canonical_gpu(v)
+
+
+GROUP_FIELDS = ("gpu", "tp", "pp")
+"""Fields of a model that its `deployments` decide: the first group's (`replicas`: the groups' total)."""
+
+
 CANARY_OVERRIDES = (
     "profile", "gpu", "tp", "pp", "engine", "concurrency", "service_time", "storage_uri", "autoscaling",
     "drain_timeout_s",
@@ -184,7 +203,12 @@ class ModelDeployment(Frozen):
     """The torch model `odhsim serve` runs for it (see odhsim.scenario.live); the simulator ignores it."""
     canary: CanarySpec | None = None
     """A second version rolled out beside this one (KServe canaryTrafficPercent); see CanarySpec."""
+    deployments: Annotated[list[ReplicaGroupSpec], Field(min_length=1)] | None = None
+    """The model on several GPU types at once: replica groups behind its one route, each replica with its own
+    GPU's latency and KV cache (`groups()`); `gpu`, `tp`, `pp` are then the first group's, `replicas` the total.
+    Fixed counts only: no autoscaling nor canary (which GPU type to add or roll out would be undefined)."""
     _canary: ModelDeployment | None = PrivateAttr(default=None)
+    _groups: tuple[ModelDeployment, ...] = PrivateAttr(default=())
 
     @property
     def gpus_per_replica(self) -> int:
@@ -208,6 +232,10 @@ class ModelDeployment(Frozen):
             )
         return None
 
+    def groups(self) -> tuple[ModelDeployment, ...]:
+        """The model as replica groups, each a deployment on one GPU type: itself without `deployments`."""
+        return self._groups or (self,)
+
     def canary_deployment(self) -> ModelDeployment | None:
         """The canary's full deployment: this model's fields with the canary's overrides (validated on load)."""
         return self._canary
@@ -216,6 +244,10 @@ class ModelDeployment(Frozen):
         """The controller's validation at deploy time: (approved, reason). A model whose weights plus one
         max_model_len sequence of KV cache do not fit its GPUs at this TP (and PP) degree is rejected, with the
         numbers."""
+        if self._groups:
+            verdicts = [g.deploy_verdict() for g in self._groups]
+            refused = [why for ok, why in verdicts if not ok]
+            return (False, refused[0]) if refused else (True, "; ".join(why for _, why in verdicts))
         if self.kind != "llm" or self.profile is None:
             return True, f"approved: {self.replicas} x {self.kind} model on {self.gpu}"
         spec, gpu = catalog.model(self.profile), catalog.gpu(self.gpu)
@@ -233,6 +265,62 @@ class ModelDeployment(Frozen):
             f"approved: {self.replicas} x {spec.name} on {gpus} ({self.tp * self.pp} GPUs: tensor parallel inside "
             f"each node, {self.pp} pipeline stages on {self.pp} nodes)"
         )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fields_from_groups(cls, data: object) -> object:
+        """With `deployments`, `gpu`/`tp`/`pp` default to the first group's and `replicas` to the total; given
+        as well, they must agree."""
+        if not isinstance(data, dict) or not isinstance(data.get("deployments"), list) or not data["deployments"]:
+            return data
+        groups = data["deployments"]
+        first = groups[0] if isinstance(groups[0], dict) else {}
+        want: dict[str, object] = {f: first.get(f, 1 if f != "gpu" else None) for f in GROUP_FIELDS}
+        counts = [g.get("replicas") if isinstance(g, dict) else None for g in groups]
+        if all(isinstance(n, int) for n in counts):
+            want["replicas"] = sum(counts)  # type: ignore[arg-type]
+        out = dict(data)
+        for f, v in want.items():
+            if v is None:
+                continue
+            if f not in out or out[f] is None:
+                out[f] = v
+            elif f != "gpu" and out[f] != v:
+                why = "the groups' total" if f == "replicas" else "the first group's"
+                raise FieldPathError((f,), f"model '{data.get('name')}': with `deployments`, {f} is {why} "
+                                     f"({v}), not {out[f]}; leave it out")  # fmt: skip
+        return out
+
+    @model_validator(mode="after")
+    def _build_groups(self) -> ModelDeployment:
+        if self.deployments is None:
+            return self
+        where = f"model '{self.name}'"
+        if _canonical_gpu(self.gpu) != self.deployments[0].gpu:
+            raise FieldPathError(("gpu",), f"{where}: with `deployments`, gpu is the first group's "
+                                 f"({self.deployments[0].gpu}), not {self.gpu}; leave it out")  # fmt: skip
+        for field in ("autoscaling", "canary"):
+            if getattr(self, field) is not None:
+                raise FieldPathError((field,), f"{where}: `{field}` with several replica groups (`deployments`) is "
+                                     "not supported: which GPU type to scale or roll out would be undefined; "
+                                     "fix each group's replicas or serve the model on one GPU type")  # fmt: skip
+        seen: dict[str, int] = {}
+        groups = []
+        for j, g in enumerate(self.deployments):
+            if g.gpu in seen:
+                raise FieldPathError(("deployments", j, "gpu"), f"{where}: deployments {seen[g.gpu]} and {j} are both "
+                                     f"on {g.gpu}; give one group per GPU type")  # fmt: skip
+            seen[g.gpu] = j
+            data = {k: getattr(self, k) for k in type(self).model_fields if k != "deployments"}
+            data |= {"gpu": g.gpu, "tp": g.tp, "pp": g.pp, "replicas": g.replicas}
+            try:
+                groups.append(ModelDeployment.model_validate(data))
+            except ValidationError as err:
+                first = err.errors()[0]
+                msg = first["msg"].removeprefix("Value error, ")
+                raise FieldPathError(("deployments", j), f"{where} deployments[{j}]: {msg}") from None
+        self._groups = tuple(groups)
+        return self
 
     @field_validator("storage_uri")
     @classmethod

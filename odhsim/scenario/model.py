@@ -140,7 +140,10 @@ class Scenario(Frozen):
         need: dict[str, int] = {}
         for i, m in enumerate(self.models):
             canary = m.canary_deployment()
-            for d, at in ((m, ("models", i)), *(((canary, ("models", i, "canary")),) if canary else ())):
+            own = [(m, ("models", i))] if m.deployments is None else [
+                (g, ("models", i, "deployments", j)) for j, g in enumerate(m.groups())
+            ]  # fmt: skip
+            for d, at in (*own, *(((canary, ("models", i, "canary")),) if canary else ())):
                 pool = pools.get(d.gpu)
                 if pool is None:
                     raise FieldPathError((*at, "gpu"), f"model '{m.name}' wants {d.gpu}, which gpu_pool does not have")
@@ -158,7 +161,8 @@ class Scenario(Frozen):
                         f"model '{m.name}': pp={d.pp} pipeline stages need {d.pp} nodes with {d.tp} x {d.gpu} each; "
                         f"gpu_pool has {pool.nodes_with(d.tp)}",
                     )
-            need[m.gpu] = need.get(m.gpu, 0) + m.replicas * m.gpus_per_replica
+            for g in m.groups():
+                need[g.gpu] = need.get(g.gpu, 0) + g.replicas * g.gpus_per_replica
         for gpu, n in need.items():
             if n > pools[gpu].count:
                 raise ValueError(

@@ -52,7 +52,7 @@ def build_cluster(
     for mi, m in enumerate(scenario.models):
         approved, reason = verdicts[mi]
         events.append({"time_s": 0.0, "kind": "deploy", "model": m.name, "replica": "", "detail": reason})
-        mine = [factory.make(mi) for _ in range(m.replicas)] if approved else []
+        mine = [factory.make(mi, g) for g in m.groups() for _ in range(g.replicas)] if approved else []
         router = build_router(scenario.gateway.router, streams.get(f"router.{m.name}"))
         gw = scenario.gateway
         flow = None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))

@@ -104,7 +104,8 @@ class ModelController:
             usd_per_replica_hour=self.gpus_per_replica * self.price_per_gpu_hour,
         )
         self.retired = False  # its revision was promoted away from or rolled back: no more scaling
-        self._gpu_s = 0.0  # GPU-seconds held up to _gpu_since (the integral the cost timeseries charges)
+        # GPU-seconds held up to _gpu_since per GPU type (the integrals the cost timeseries charges, each at its price)
+        self._gpu_s = {g.gpu: 0.0 for g in model.groups()}
         self._gpu_since = env.now
 
     @property
@@ -136,27 +137,39 @@ class ModelController:
             {"time_s": self.env.now, "kind": kind, "model": self.model.name, "replica": replica, "detail": detail}
         )
 
+    def _held_by_gpu(self) -> dict[str, int]:
+        """GPUs held now per GPU type (a model with replica groups holds several types)."""
+        held = dict.fromkeys(self._gpu_s, 0)
+        for index in self.allocations:
+            r = self.factory.replicas[index]
+            held[r.gpu] = held.get(r.gpu, 0) + r.gpus
+        return held
+
     def gpus_held(self) -> int:
-        return len(self.allocations) * self.gpus_per_replica
+        return sum(self._held_by_gpu().values())
+
+    def gpu_seconds_by_gpu(self) -> dict[str, float]:
+        """GPU-seconds held since the controller started, per GPU type: every allocation from grant to release,
+        so a replica that starts and stops between two samples is charged for exactly the time it held its GPUs."""
+        dt = self.env.now - self._gpu_since
+        return {g: self._gpu_s.get(g, 0.0) + n * dt for g, n in self._held_by_gpu().items()}
 
     def gpu_seconds(self) -> float:
-        """GPU-seconds held since the controller started: every allocation from grant to release, so a replica
-        that starts and stops between two samples is charged for exactly the time it held its GPUs."""
-        return self._gpu_s + self.gpus_held() * (self.env.now - self._gpu_since)
+        return sum(self.gpu_seconds_by_gpu().values())
 
     def _allocations_change(self) -> None:
-        """Call before adding or removing an allocation: closes the integral at the current holding."""
-        now = self.env.now
-        self._gpu_s += self.gpus_held() * (now - self._gpu_since)
-        self._gpu_since = now
+        """Call before adding or removing an allocation: closes the integrals at the current holding."""
+        self._gpu_s = self.gpu_seconds_by_gpu()
+        self._gpu_since = self.env.now
 
     def committed_gpus(self) -> int:
         """GPUs held plus those asked for by replicas still waiting in `pending`."""
-        return (len(self.allocations) + len(self.grants)) * self.gpus_per_replica
+        return self.gpus_held() + len(self.grants) * self.gpus_per_replica
 
     def committed_usd_per_hour(self) -> float:
-        """What the budget counts for this revision (`policies.controlplane.Spend`)."""
-        return self.committed_gpus() * self.price_per_gpu_hour
+        """What the budget counts for this revision (`policies.controlplane.Spend`), each GPU at its price."""
+        held = sum(n * catalog.gpu(g).price_per_gpu_hour for g, n in self._held_by_gpu().items())
+        return held + len(self.grants) * self.gpus_per_replica * self.price_per_gpu_hour
 
     # -- start-up of the initial replicas (already deployed: they hold GPUs and serve from t = 0) ------------
     def adopt_initial(self) -> None:
@@ -166,7 +179,8 @@ class ModelController:
         if approved_empty and self.autoscaler is None and self.route.fallback is None:
             self._event("unservable", "replicas: 0 and no autoscaler: no replica will ever start")
         for replica in self.route.replicas:
-            allocation = self.pool.allocate(self.model.gpu, self.model.tp, self.model.pp)
+            d = self.factory.deployments[replica.index]  # its replica group's GPU type, tp and pp
+            allocation = self.pool.allocate(d.gpu, d.tp, d.pp)
             assert allocation is not None, "scenario validation guarantees GPUs for the initial replicas"
             self._allocations_change()
             self.allocations[replica.index] = allocation
@@ -331,7 +345,7 @@ class ModelController:
             return  # scaled away while backing off
         self.down.remove(replica)
         self.starting.append(replica)
-        plan = self.startup.plan(self.size_bytes, self.storage_uri, self.gpus_per_replica, cached=True)
+        plan = self.startup.plan(self.size_bytes, self.storage_uri, replica.gpus, cached=True)
         self._advance(replica, [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)])
 
     # -- the autoscaler loop ------------------------------------------------------------------------------

@@ -41,6 +41,7 @@ class ReplicaBase:
         self.in_flight = 0
         self.model_index = 0
         self.revision = 0  # which of its model's revisions (0: the model's version, 1: its canary)
+        self.gpu, self.gpus = "", 1  # its GPU type and GPUs held (a model may have replica groups on several types)
         self.parent: ReplicaBase | None = None  # the pipeline replica this is a virtual engine of, if any
         self.state = "ready"  # lifecycle state (the controller moves it; the gateway routes only to ready ones)
         self.busy_s = 0.0

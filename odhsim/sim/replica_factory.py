@@ -27,12 +27,14 @@ class ReplicaFactory:
         self.on_finish = on_finish
         self.block_tokens = block_tokens
         self.replicas: list[ReplicaBase] = []
+        self.deployments: list[ModelDeployment] = []  # by replica index: the deployment (group) it was made of
         self._made: dict[tuple[int, str], int] = {}
         self._pools = {p.gpu: p for p in scenario.gpu_pool}
         self.service_draws: dict[tuple[int, int], Callable[[], float]] = {}  # (model, revision) -> own service times
 
     def make(self, model_index: int, deployment: ModelDeployment | None = None, revision: int = 0) -> ReplicaBase:
-        """A replica of model `model_index`: of its own deployment, or of `deployment` (its canary, revision 1)."""
+        """A replica of model `model_index`: of its own deployment, or of `deployment` (one of its replica groups,
+        or its canary, revision 1), with that deployment's GPU, latency profile and KV cache."""
         m = deployment or self.scenario.models[model_index]
         index = len(self.replicas)
         n = self._made.get((model_index, m.version), 0)
@@ -71,5 +73,7 @@ class ReplicaFactory:
             replica.draw_service = self.service_draws.get((model_index, revision))
         replica.model_index = model_index
         replica.revision = revision
+        replica.gpu, replica.gpus = m.gpu, m.gpus_per_replica
         self.replicas.append(replica)
+        self.deployments.append(m)
         return replica

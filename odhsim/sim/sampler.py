@@ -35,7 +35,7 @@ class TimeseriesSampler:
         }  # fmt: skip
         self._last_arrivals = [0] * len(scenario.models)
         self._last_busy = [0.0] * len(gateway.replicas)
-        self._last_gpu_s: dict[tuple[int, int], float] = {}  # (model, revision) -> controller GPU-seconds so far
+        self._last_gpu_s: dict[tuple[int, int, str], float] = {}  # (model, revision, GPU) -> GPU-seconds so far
         self._last_t = 0.0
         self.stopped = False
 
@@ -55,13 +55,13 @@ class TimeseriesSampler:
         if dt <= 0:
             return
         rows = self.rows
-        busy: dict[tuple[int, int], float] = {}  # (model, revision) -> seconds computed in this bucket
+        busy: dict[tuple[int, int, str], float] = {}  # (model, revision, GPU type) -> seconds computed in this bucket
         last = self._last_busy
         for r in self.gateway.replicas:  # every replica ever made: draining ones still compute
             b = r.busy_time()
             if r.index >= len(last):
                 last.extend([0.0] * (r.index + 1 - len(last)))
-            key = (r.model_index, r.revision)
+            key = (r.model_index, r.revision, r.gpu)
             busy[key] = busy.get(key, 0.0) + (b - last[r.index])
             last[r.index] = b
         for mi, (m, model) in enumerate(zip(self.scenario.models, self.gateway.routes, strict=True)):
@@ -70,22 +70,22 @@ class TimeseriesSampler:
             gpu_hours = cost = energy_wh = busy_s = replica_s = 0.0
             for rev in model.revisions:
                 ctl = rev.controller
-                d = ctl.model
-                g = catalog.gpu(d.gpu)
-                key = (mi, rev.revision)
-                total_gpu_s = ctl.gpu_seconds()
-                gpu_s = total_gpu_s - self._last_gpu_s.get(key, 0.0)  # every GPU held (starting, ready, draining)
-                self._last_gpu_s[key] = total_gpu_s
-                hours = gpu_s / 3600.0
-                rev_busy = busy.get(key, 0.0)
-                busy_gpu_s = rev_busy * d.gpus_per_replica  # a busy replica keeps all its GPUs busy
                 gpus += ctl.gpus_held()
-                gpu_hours += hours
-                cost += hours * g.price_per_gpu_hour
-                # busy GPUs draw the decode power (decode dominates an LLM replica's busy time), idle ones idle power
-                energy_wh += hours * g.idle_w + busy_gpu_s / 3600.0 * (g.decode_w - g.idle_w)
-                busy_s += rev_busy
-                replica_s += gpu_s / d.gpus_per_replica
+                per_replica = {d.gpu: d.gpus_per_replica for d in ctl.model.groups()}  # one group per GPU type
+                for gpu, total_gpu_s in ctl.gpu_seconds_by_gpu().items():  # each replica group at its GPU's price
+                    g = catalog.gpu(gpu)
+                    key = (mi, rev.revision, gpu)
+                    gpu_s = total_gpu_s - self._last_gpu_s.get(key, 0.0)  # every GPU held (starting, ready, draining)
+                    self._last_gpu_s[key] = total_gpu_s
+                    hours = gpu_s / 3600.0
+                    rev_busy = busy.get(key, 0.0)
+                    busy_gpu_s = rev_busy * per_replica[gpu]  # a busy replica keeps all its GPUs busy
+                    gpu_hours += hours
+                    cost += hours * g.price_per_gpu_hour
+                    # busy GPUs draw the decode power (decode dominates an LLM replica's busy time), idle ones idle
+                    energy_wh += hours * g.idle_w + busy_gpu_s / 3600.0 * (g.decode_w - g.idle_w)
+                    busy_s += rev_busy
+                    replica_s += gpu_s / per_replica[gpu]
             rows["time_s"].append(now)
             rows["model"].append(m.name)
             rows["arrivals"].append(self.gateway.arrivals[mi] - self._last_arrivals[mi])
