@@ -1,12 +1,14 @@
-"""Run variants of a scenario on common seeds and compare each against the first (the baseline).
+"""Run variants of a scenario on common replicates and compare each against the first (the baseline).
 
-Every variant runs on the same seeds, and the engine draws arrivals and token lengths from per-component random
-streams, so a seed gives every variant the same traffic. The natural test is then paired: per seed, variant minus
-baseline, which cancels the (large) seed-to-seed variation of the workload itself.
+Every variant runs on the same replicates (a seed, and for a trace workload a window of the trace: see
+`odhsim.analysis.replicates`), and the engine draws arrivals and token lengths from per-component random streams,
+so a replicate gives every variant the same traffic. The natural test is then paired: per replicate, variant minus
+baseline, which cancels the (large) replicate-to-replicate variation of the workload itself.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from odhsim.analysis.replicates import Replicates, resolve_mode, seed_replicates, window_plan, windowed_scenario
 from odhsim.analysis.stats import CONFIDENCE, PairedStats, finite, mean_ci, paired_stats
 from odhsim.analysis.variants import Variant, variant_scenario
 from odhsim.errors import OdhsimError, ScenarioError
@@ -31,7 +34,16 @@ METRICS = PRIMARY_METRICS + EXTRA_METRICS
 TABLE_COLUMNS = ("metric", "variant", "value", "diff", "ci_low", "ci_high", "p_value")
 ALPHA = 0.05
 
-__all__ = ["CONFIDENCE", "METRICS", "Comparison", "PairedStats", "mean_ci", "paired_stats", "run_comparison"]
+__all__ = [
+    "CONFIDENCE",
+    "METRICS",
+    "Comparison",
+    "PairedStats",
+    "Replicates",
+    "mean_ci",
+    "paired_stats",
+    "run_comparison",
+]
 
 CompareProgress = Callable[[str, int, int, int], None]
 """progress(variant, seed, runs_done, runs_total), called after each run finishes."""
@@ -51,6 +63,8 @@ class Comparison:
     out_dir: Path | None = None
     warnings: dict[str, list[str]] = field(default_factory=dict)
     """variant -> its runs' distinct run-level warnings (summary["warnings"], models that could not serve)."""
+    replicates: Replicates | None = None
+    """What replicate i is (seed, trace windows) and what the intervals measure; its `warning` is for the user."""
 
 
 def _seed_list(base_seed: int, seeds: int | Sequence[int]) -> list[int]:
@@ -110,12 +124,17 @@ def run_comparison(
     progress: CompareProgress | None = None,
     keep_results: bool = False,
     executor: Executor | None = None,
+    replicates: str = "auto",
+    window_s: float | None = None,
 ) -> Comparison:
-    """Run every variant on every seed (int n: the scenario's seed + 0..n-1) and compare against variants[0].
+    """Run every variant on every replicate and compare against variants[0].
 
-    All variant scenarios are built before anything runs, so a bad variant fails fast. The runs go through
+    Replicate i runs seed i (int n: the scenario's seed + 0..n-1). `replicates`: `seeds` replays the scenario as it
+    is; `windows` also gives replicate i its own `window_s`-second window of every trace source (default: the
+    length one run replays, or the trace / n if shorter); `auto`: windows when a source is a trace, else seeds.
+    All scenarios are built before anything runs, so a bad variant or window fails fast. The runs go through
     `executor` (default: one after another in this process); results do not depend on which. With `out_dir`, each
-    run goes to `out_dir/<variant>/seed<seed>/`, plus comparison.csv, runs.csv and comparison.png.
+    run goes to `out_dir/<variant>/seed<seed>/`, plus comparison.csv, runs.csv, replicates.json and comparison.png.
     """
     if not variants:
         raise ScenarioError("give at least one variant; the first is the baseline")
@@ -125,11 +144,23 @@ def run_comparison(
     base = load_scenario(scenario_path, overrides)
     seed_list = _seed_list(base.seed, seeds)
     scenarios = {v.name: variant_scenario(scenario_path, overrides, v) for v in variants}
+    mode = resolve_mode(base, replicates)
+    if mode == "windows":
+        plan, described = window_plan(base, seed_list, window_s)
+        jobs = [
+            Job(windowed_scenario(sc, plan, i, f"{scenario_path} [{name}]"), seed, label=name)
+            for i, seed in enumerate(seed_list)
+            for name, sc in scenarios.items()
+        ]
+    else:
+        if window_s is not None:
+            raise ScenarioError("--window-s applies to --replicates windows (or auto with a trace workload)")
+        described = seed_replicates(base, seed_list)
+        jobs = [Job(sc, seed, label=name) for seed in seed_list for name, sc in scenarios.items()]
     out = Path(out_dir) if out_dir is not None else None
     keep = keep_results or out is not None
     results: dict[tuple[str, int], RunResult] = {}
     summaries: dict[tuple[str, int], dict[str, Any]] = {}
-    jobs = [Job(sc, seed, label=name) for seed in seed_list for name, sc in scenarios.items()]
     total = len(jobs)
     for done, outcome in enumerate((executor or InlineExecutor()).map(jobs, partial(run_job, keep_result=keep)), 1):
         name, seed = outcome.job.label, outcome.job.seed
@@ -160,7 +191,15 @@ def run_comparison(
     runs = pd.DataFrame([r for name in names for r in records[name]], columns=["variant", "seed", "metric", "value"])
     table = comparison_frame(runs, names, seed_list)
     comparison = Comparison(
-        names[0], names, seed_list, runs, table, results, out, {k: v for k, v in found_warnings.items() if v}
+        names[0],
+        names,
+        seed_list,
+        runs,
+        table,
+        results,
+        out,
+        {k: v for k, v in found_warnings.items() if v},
+        described,
     )
     if out is not None:
         write_comparison(comparison, out)
@@ -182,12 +221,17 @@ def _as_float(value: object) -> float:
 
 
 def write_comparison(comparison: Comparison, out_dir: str | Path) -> Path:
-    """comparison.csv (the seven statistics columns first), runs.csv and comparison.png into `out_dir`."""
+    """comparison.csv (the seven statistics columns first, then what the interval measures), runs.csv,
+    replicates.json (mode, seeds, windows, description, warning) and comparison.png into `out_dir`."""
     from odhsim.analysis.plot import plot_comparison  # matplotlib: only when a comparison is written
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    comparison.table.to_csv(out / "comparison.csv", index=False)
+    table = comparison.table
+    if comparison.replicates is not None:
+        table = table.assign(replicates=comparison.replicates.description)
+        (out / "replicates.json").write_text(json.dumps(comparison.replicates.to_json(), indent=2) + "\n")
+    table.to_csv(out / "comparison.csv", index=False)
     comparison.runs.to_csv(out / "runs.csv", index=False)
     plot_comparison(comparison, out / "comparison.png")
     return out
