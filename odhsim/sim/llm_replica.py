@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import numpy as np
 import simpy
 
 from odhsim.profiles.latency import LatencyModel
@@ -42,17 +43,21 @@ from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
 
 _IDLE, _PREFILL, _DECODE = 0, 1, 2
 V0_WATERMARK = 0.01  # vLLM V0 BlockSpaceManager's default watermark (V1 has none)
+_NO_BLOCKS = np.zeros(0, dtype=np.int64)
 
 
 class _Held:
-    """The KV blocks one admitted request holds: `named` cached blocks it holds a reference on (in order),
-    `tokens` the token slots allocated while it prefills (decoding requests derive theirs from ctx)."""
+    """The KV blocks one admitted request holds: `named` cached blocks it holds a reference on (in order, as
+    arrays of block indices, `n_named` of them), `tokens` the token slots allocated while it prefills (decoding
+    requests derive theirs from ctx)."""
 
-    __slots__ = ("hashed", "keys", "named", "tokens")
+    __slots__ = ("hashed", "keys", "n_named", "named", "tokens", "unique")
 
-    def __init__(self, keys: list[int]) -> None:
-        self.keys = keys  # the prompt's named full blocks
-        self.named: list[int] = []
+    def __init__(self, keys: np.ndarray, unique: bool) -> None:
+        self.keys = keys  # the prompt's named full blocks (BlockPool indices)
+        self.unique = unique  # no block repeats in keys
+        self.named: list[np.ndarray] = []
+        self.n_named = 0
         self.hashed = 0  # leading full blocks already hashed (named, duplicates or beyond the trace's ids)
         self.tokens = 0
 
@@ -106,7 +111,10 @@ class LlmReplica(ReplicaBase):
             # each of the tp x pp GPUs copies its shard of a token's KV over its own link
             links = latency.tp * latency.pp
             self._offload_s_per_token = bytes_per_token / (engine.kv_offload_bandwidth_gb_s * 1e9 * links)
-        self.pool = BlockPool(self.total_blocks, engine.enable_prefix_caching, host_blocks)
+        self.pool = self._new_pool(engine.enable_prefix_caching, host_blocks)
+
+    def _new_pool(self, caching: bool, host_blocks: int) -> BlockPool:
+        return BlockPool(self.total_blocks, caching, host_blocks, self.bs, self.prefix_block_tokens)
 
     # -- metrics (vLLM names: num_requests_waiting, num_requests_running, kv_cache_usage_perc) ----------------
     def waiting(self) -> int:
@@ -139,7 +147,7 @@ class LlmReplica(ReplicaBase):
         self.batch = DecodeBatch(self.bs)
         self._held.clear()
         self._taken = 0
-        self.pool = BlockPool(self.total_blocks, self.pool.caching, self.pool.host_blocks)
+        self.pool = self._new_pool(self.pool.caching, self.pool.host_blocks)
         self.in_flight = 0
         self._token += 1  # a scheduled decode-span end is void
         self._state = _IDLE
@@ -181,9 +189,15 @@ class LlmReplica(ReplicaBase):
 
     # -- KV blocks ------------------------------------------------------------------------------------------
     def _keys(self, req: SimRequest) -> list[int]:
+        """The keys of a prompt's named full blocks (what `_blocks` indexes)."""
         if not self.pool.caching or req.blocks is None or len(req.blocks) == 0:
             return []
         return block_keys(req.blocks, self.prefix_block_tokens, self.bs, req.prompt_tokens)
+
+    def _blocks(self, req: SimRequest) -> _Held:
+        if not self.pool.caching or req.blocks is None or len(req.blocks) == 0:
+            return _Held(_NO_BLOCKS, True)
+        return _Held(*self.pool.name_prompt(req.blocks, req.prompt_tokens))
 
     def _try_admit(self, req: SimRequest, budget: int | None, room: int) -> tuple[int, int, int] | None:
         """Allocate a waiting request's first chunk (vLLM get_computed_blocks + allocate_slots): (cached tokens,
@@ -191,16 +205,17 @@ class LlmReplica(ReplicaBase):
         free blocks. A hit covers full blocks only, never the last token (at most floor((n - 1) / bs) blocks);
         cached blocks it reuses from the free queue count against `room` too."""
         ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
-        held = _Held(self._keys(req))
-        on_gpu, hit = self.pool.lookup(held.keys, (ctx - 1) // self.bs)
+        held = self._blocks(req)
+        on_gpu, hit = self.pool.lookup(held.keys, (ctx - 1) // self.bs, held.unique)
         cached = hit * self.bs
         chunk = ctx - cached if budget is None else self._chunk_cap(ctx - cached, budget)
         new = ceil_div(cached + chunk, self.bs) - len(on_gpu)
         if new + self.pool.idle_among(on_gpu) > room:
             return None
-        self.pool.touch(on_gpu)
+        self.pool.touch(on_gpu, held.unique)
         self.pool.take(new)
-        held.named = list(on_gpu)
+        held.named = [on_gpu]
+        held.n_named = len(on_gpu)
         self._held[req.row] = held
         self._hash(req, held, cached + chunk)
         req.ctx = ctx
@@ -213,7 +228,10 @@ class LlmReplica(ReplicaBase):
         if self.pool.caching:
             full = min(tokens, req.prompt_tokens) // self.bs
             if full > held.hashed:
-                held.named += self.pool.register(held.keys[held.hashed : min(full, len(held.keys))])
+                mine = self.pool.register(held.keys[held.hashed : min(full, len(held.keys))])
+                if len(mine):
+                    held.named.append(mine)
+                    held.n_named += len(mine)
                 held.hashed = full
 
     def _release(self, req: SimRequest, tokens: int | None = None) -> None:
@@ -223,7 +241,9 @@ class LlmReplica(ReplicaBase):
             tokens = held.tokens
         blocks = ceil_div(tokens, self.bs)
         full = tokens // self.bs if self.pool.caching else 0
-        self.pool.release(held.named, full - len(held.named), blocks - full)
+        named = held.named
+        blocks_named = named[0] if len(named) == 1 else np.concatenate(named) if named else _NO_BLOCKS
+        self.pool.release(blocks_named, full - held.n_named, blocks - full, held.unique)
 
     def _finish_request(self, req: SimRequest, now: float, status: str, reason: str) -> None:
         self._release(req, req.ctx - 1)
