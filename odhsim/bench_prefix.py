@@ -58,8 +58,10 @@ for name in ("requests", "timeseries"):
         else:
             digest.update("\x1f".join(map(str, values)).encode())
 s = res.summary
-print(json.dumps({"case": case, "cpu_s": cpu, "requests": s["requests"], "fingerprint": digest.hexdigest()[:16],
-                  "hit_rate": s.get("prefix_cache_hit_rate")}))
+import resource
+rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"case": case, "cpu_s": cpu, "peak_rss_mb": rss_mb, "requests": s["requests"],
+                  "fingerprint": digest.hexdigest()[:16], "hit_rate": s.get("prefix_cache_hit_rate")}))
 """
 
 
@@ -80,11 +82,13 @@ def bench(roots: dict[str, Path], runs: int, cases: tuple[str, ...] = CASES) -> 
     for case in cases:
         cpu: dict[str, list[float]] = {label: [] for label in roots}
         prints: dict[str, set[str]] = {label: set() for label in roots}
+        rss: dict[str, list[float]] = {label: [] for label in roots}
         for _ in range(runs):
             for label, root in roots.items():
                 got = run_case(case, root)
                 cpu[label].append(got["cpu_s"])
                 prints[label].add(got["fingerprint"])
+                rss[label].append(got["peak_rss_mb"])
         for label in roots:
             rows.append(
                 {
@@ -93,6 +97,7 @@ def bench(roots: dict[str, Path], runs: int, cases: tuple[str, ...] = CASES) -> 
                     "cpu_median_s": statistics.median(cpu[label]),
                     "cpu_runs_s": [round(c, 3) for c in cpu[label]],
                     "fingerprints": sorted(prints[label]),
+                    "peak_rss_mb": max(rss[label]),
                 }
             )
     return rows
@@ -114,7 +119,7 @@ def main(
         roots = {"against": against.resolve(), "this": REPO_ROOT}
     rows = bench(roots, runs, cases)
     table = Table(title=f"prefix-cache bench: CPU seconds of simulate(), median of {runs}")
-    for col in ("case", "tree", "CPU median s", "runs", "fingerprint"):
+    for col in ("case", "tree", "CPU median s", "runs", "peak RSS MB", "fingerprint"):
         table.add_column(col)
     for row in rows:
         table.add_row(
@@ -122,6 +127,7 @@ def main(
             row["tree"],
             f"{row['cpu_median_s']:.3f}",
             " ".join(f"{c:.2f}" for c in row["cpu_runs_s"]),
+            f"{row['peak_rss_mb']:.0f}",
             ",".join(row["fingerprints"]),
         )
     Console(soft_wrap=True).print(table)
