@@ -11,6 +11,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from odhsim import catalog
 from odhsim.analysis.cost_report import cost_report, mean_rate
 from odhsim.cli import app
 from odhsim.experiments.capacity import rightsize_model
@@ -96,8 +97,15 @@ def test_cost_command_json_has_the_recommendation(tmp_path: Path) -> None:
     rec = json.loads(result.stdout)["recommendation"]
     assert set(rec["verified"]) >= {"slo_attainment", "ttft_p99_s", "e2e_p99_s"}
     assert rec["fleet"] and all(set(g) >= {"model", "gpu", "replicas"} for g in rec["fleet"])
-    assert rec["usd_per_hour"] == pytest.approx(sum(
-        g["replicas"] * g["tp"] * {"L40S": 2.24208, "A100-80GB": 5.1207}.get(g["gpu"], 0) for g in rec["fleet"]
-    ), rel=1e-3) or rec["usd_per_hour"] > 0  # fmt: skip
+    # the price is the fleet's, each group at its own GPU's catalogue price (a missing GPU raises, not 0)
+    price = {g: catalog.gpu(g).price_per_gpu_hour for g in catalog.gpu_names()}
+    assert rec["usd_per_hour"] > 0
+    assert rec["usd_per_hour"] == pytest.approx(sum(g["replicas"] * g["tp"] * price[g["gpu"]] for g in rec["fleet"]))
+    assert rec["verified"]["meets_slos"] is True and 0.99 <= rec["verified"]["slo_attainment"] <= 1.0
+    assert rec["verified"]["ttft_p99_s"] <= 10.0  # the loosest TTFT target (normal: the 10-s default)
+    # the cheapest: no GPU option that met the SLOs alone was cheaper than the pick
+    options = json.loads(result.stdout)["recommendations"][0]["options"]
+    met = [o["usd_per_hour"] for o in options if o["usd_per_hour"] is not None]
+    assert met and rec["usd_per_hour"] <= min(met) + 1e-9
     bad = CliRunner().invoke(app, ["cost", str(path), "--rate", "-1"])
     assert bad.exit_code != 0 and "rate" in bad.output and "Traceback" not in bad.output

@@ -14,7 +14,7 @@ from odhsim import catalog
 from odhsim.analysis.cost_report import spend_by_model
 from odhsim.cli import app
 from odhsim.errors import OdhsimError
-from odhsim.experiments.capacity import mixed_fleets_supported
+from odhsim.experiments.capacity import mixed_fleets_supported, rightsize_model
 from odhsim.experiments.fleet import Fleet, FleetJob, ReplicaGroup, check_fleet, fleet_scenario
 from odhsim.scenario.load import scenario_from_dict
 from odhsim.sim.run import simulate
@@ -134,3 +134,22 @@ def test_validate_refuses_bad_groups(tmp_path: Path, model: dict[str, Any], wher
     text = " ".join(out.output.split())
     assert says in text, text
     assert f"{where}: " in text, text
+
+
+def test_rightsizing_picks_a_mixed_fleet_and_verifies_it_by_simulation() -> None:
+    """At 5 req/s two L40S are the cheapest homogeneous fleet ($4.48/h) but one holds only part of the load: one
+    L40S beside one 2 x L4 replica ($3.85/h) meets the SLOs too, and the pick is simulated as that mixed scenario."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_capacity import small  # the capacity tests' short chat scenario
+
+    sc = scenario_from_dict(small())
+    rec = rightsize_model(sc, "chat", 5.0, 4.0, rate_basis="test", duration_s=40.0)
+    homogeneous = [o.best.usd_per_hour for o in rec.options if o.best is not None]
+    assert rec.mixed and rec.pick is not None and rec.verified is not None
+    assert len(rec.pick.groups) == 2, rec.pick.label
+    assert rec.pick.usd_per_hour < min(homogeneous)
+    assert rec.verified.meets and rec.verified.fleet == rec.pick and rec.verified.requests > 100
+    groups = rec.to_json()["recommendation"]["fleet"]
+    assert sorted(g["gpu"] for g in groups) == sorted(g.gpu for g in rec.pick.groups)

@@ -11,11 +11,15 @@ scenario's own workload scaled to the target rate, and judged at p99 against `sl
    replicas meeting the SLOs. (Not from a drain rate of one overloaded replica: a continuous-batching replica
    admits hundreds of requests at once and finishes them late, so its completions in a short run understate
    its capacity several-fold and would start the search above the answer.);
-2. mixed fleets (the model on two GPU types at once, `models[i].deployments`): `mixed_candidates` interpolates
-   between the best homogeneous fleets and keeps those cheaper than the best one; each is simulated;
+2. mixed fleets (the model on two GPU types at once, `models[i].deployments`): for each ordered pair (A, B) of the
+   MIXED_TOP cheapest options, A's homogeneous count less one beside the fewest replicas of B that meet the SLOs
+   (`min_count_meeting` again), searched only among fleets cheaper than the best homogeneous one. A mix wins when
+   the homogeneous count is rounded up a long way (A needs 2.2 replicas' worth: 3 x A, or 2 x A + 1 smaller B).
+   (Not by interpolating capacity linearly between the two homogeneous fleets, as `mixed_candidates` does: such a
+   mix costs at least as much as the cheaper homogeneous fleet, so no candidate would ever be cheaper.);
 3. the cheapest fleet that met the SLOs is verified: simulated again on fresh arrivals (another seed) for the whole
-   duration; if it misses, one replica of its cheapest group is added and it is verified again (at most
-   MAX_TOP_UPS times).
+   duration; if it misses, the next cheapest of the fleets that met the SLOs, or the missed one with one more
+   replica of its cheapest group if that costs less, is verified instead (at most MAX_TOP_UPS times).
 
 Every search run replays the same workload seed (common random numbers). Searches of different options run as
 independent jobs through an executor (odhsim.experiments.executors: inline, local processes or Ray).
@@ -23,6 +27,7 @@ independent jobs through an executor (odhsim.experiments.executors: inline, loca
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -31,7 +36,7 @@ from odhsim.errors import OdhsimError
 from odhsim.experiments.fleet import Fleet, FleetCheck, FleetJob, ReplicaGroup, check_fleet, gpu_options
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
-from policies.cost.rightsizing import min_count_meeting, mixed_candidates
+from policies.cost.rightsizing import min_count_meeting
 
 MAX_REPLICAS = 64
 MAX_TOP_UPS = 3
@@ -107,6 +112,52 @@ def search_option(job: OptionJob) -> OptionSearch:
 
     found = min_count_meeting(meets, start=1, max_count=job.max_replicas)
     return OptionSearch(job.gpu, job.tp, found.count, tuple(checks))
+
+
+@dataclass(frozen=True)
+class MixJob:
+    """Fewest replicas of `second` beside `base` replicas of `first` that meet the SLOs, up to `max_second`."""
+
+    template: FleetJob
+    first: tuple[str, int]
+    base: int
+    second: tuple[str, int]
+    max_second: int
+
+
+def search_mix(job: MixJob) -> tuple[FleetCheck, ...]:
+    """One mix's search, serially in one worker (module doc, step 2): every fleet simulated, in order."""
+    t = job.template
+    checks: list[FleetCheck] = []
+
+    def meets(n: int) -> bool:
+        c = check_fleet(replace(t, fleet=Fleet.of(t.fleet.model, {job.first: job.base, job.second: n})))
+        checks.append(c)
+        return c.meets
+
+    min_count_meeting(meets, start=1, max_count=job.max_second)
+    return tuple(checks)
+
+
+def mix_jobs(template: FleetJob, found: Sequence[OptionSearch], top: int = 3) -> list[MixJob]:
+    """The mixes worth searching (module doc, step 2): only fleets cheaper than the best homogeneous one."""
+    ranked = sorted((s for s in found if s.best is not None and s.replicas), key=lambda s: (s.best.usd_per_hour,
+                    s.option))[:top]  # type: ignore[union-attr]  # fmt: skip
+    if len(ranked) < 2:
+        return []
+    budget = ranked[0].best.usd_per_hour  # type: ignore[union-attr]
+    jobs = []
+    for a in ranked:
+        for b in ranked:
+            if a is b or a.replicas is None or a.replicas < 2:
+                continue
+            unit_a = a.best.usd_per_hour / a.replicas  # type: ignore[union-attr]
+            unit_b = b.best.usd_per_hour / b.replicas  # type: ignore[union-attr]
+            base = a.replicas - 1
+            max_b = math.ceil((budget - base * unit_a) / unit_b - 1e-9) - 1  # strictly cheaper than the budget
+            if max_b >= 1:
+                jobs.append(MixJob(template, (a.gpu, a.tp), base, (b.gpu, b.tp), max_b))
+    return jobs
 
 
 @dataclass(frozen=True)
@@ -198,15 +249,12 @@ def rightsize_model(
     mixed_checks: tuple[FleetCheck, ...] = ()
     note = "not searched"
     if mixed and len(found) >= 2 and mixed_fleets_supported():
-        key = {s.option: (s.gpu, s.tp) for s in found}
-        counts = {s.option: s.replicas for s in found if s.replicas is not None}
-        unit = {s.option: s.tp * (s.best.usd_per_hour / s.tp / s.replicas) for s in found if s.best and s.replicas}
-        cands = mixed_candidates(counts, unit, top=MIXED_TOP)
-        fleets = [Fleet.of(model, {key[o]: n for o, n in c.items()}) for c in cands]
-        mixed_checks = tuple(run_jobs([replace(template, fleet=f) for f in fleets], check_fleet, executor))
+        mixes = mix_jobs(template, found, MIXED_TOP)
+        mixed_checks = tuple(c for cs in run_jobs(mixes, search_mix, executor) for c in cs)
         sims += len(mixed_checks)
         passing += [c for c in mixed_checks if c.meets]
-        note = f"{len(fleets)} two-type fleets cheaper than the best homogeneous one simulated"
+        note = (f"{len(mixes)} two-type mixes searched ({len(mixed_checks)} fleets cheaper than the best homogeneous "
+                f"one simulated, {sum(c.meets for c in mixed_checks)} met the SLOs)")  # fmt: skip
     elif mixed and not mixed_fleets_supported():
         note = "skipped: this odhsim cannot serve one model on several GPU types"
     elif mixed:
@@ -214,16 +262,18 @@ def rightsize_model(
     if not passing:
         return Recommendation(model, target_rps, rate_basis, duration_s, tuple(searches), mixed_checks, note, None,
                               None, sims)  # fmt: skip
-    pick = min(passing, key=lambda c: (c.usd_per_hour, c.fleet.label)).fleet
     full = scenario.duration_s or duration_s
-    verified = check_fleet(verified_job(template, pick, seed, duration_s, full))
-    sims += 1
-    for _ in range(MAX_TOP_UPS):
-        if verified.meets:
-            break
-        pick = _top_up(pick)
+    # cheapest first; a fleet that misses on fresh arrivals is replaced by the next cheapest candidate, or by
+    # itself with one more replica when that is cheaper
+    queue = sorted({c.fleet: c.usd_per_hour for c in passing}.items(), key=lambda kv: (kv[1], kv[0].label))
+    for _ in range(1 + MAX_TOP_UPS):
+        pick = queue.pop(0)[0]
         verified = check_fleet(verified_job(template, pick, seed, duration_s, full))
         sims += 1
+        if verified.meets:
+            break
+        more = _top_up(pick)
+        queue = sorted([*queue, (more, more.usd_per_hour)], key=lambda kv: (kv[1], kv[0].label))
     return Recommendation(model, target_rps, rate_basis, duration_s, tuple(searches), mixed_checks, note, pick,
                           verified, sims, max(duration_s, full))  # fmt: skip
 
