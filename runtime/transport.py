@@ -6,7 +6,9 @@ of any size), bounds no client's time to send a request (`timeout_keep_alive` ru
 connection that sends nothing, or a head or body that never ends, is held for good), and answers malformed HTTP in
 text/plain. An ASGI middleware cannot help: the app is called only once a whole head has been parsed. So:
 
-- the bytes of each request head are counted as they arrive; past `max_header_bytes` the answer is 431;
+- the bytes of each request head are counted as they arrive; past `max_header_bytes` the answer is 431 (counted
+  again from the parser's URL and header callbacks, so a head that starts inside the chunk where the previous
+  request ended, as a pipelined request's does, is bounded too: the raw count sees only the first head of a chunk);
 - a deadline is armed at a connection's opening and at each request's first byte; a request not wholly received
   by `request_read_timeout_s` is answered 408 (a body still arriving gets a `backstop_s` grace: the gateway reads
   bodies against the same deadline, which it finds in the scope's state, and answers and counts the 408 itself);
@@ -72,6 +74,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._tail = b""
         self._line = b""  # the start of the request line, for the path of an answer sent before it was parsed
+        self._parsed_head = 0  # the current head's bytes as parsed (a lower bound of its raw size)
+        self._deferred: tuple[int, str, str] | None = None  # a refusal waiting for the previous request's answer
         self._deadline_at: float | None = None
         self._timer: TimerHandle | None = None
         self._refused = False
@@ -154,26 +158,70 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             if len(self._line) < 64 and b"\r\n" not in self._line:
                 self._line = (self._line + data[:64]).lstrip(b"\r\n")
             if self._head_bytes + part > self.limits.max_header_bytes:
-                limit = self.limits.max_header_bytes
-                self._refuse(431, "headers_too_large", f"request line and headers exceed {limit} bytes")
+                self._head_too_large()
                 return
             self._head_bytes += part
             self._tail = window[-3:]
         super().data_received(data)
 
+    def _count_parsed(self, n: int) -> None:
+        self._parsed_head += n
+        if self._parsed_head > self.limits.max_header_bytes:
+            self._head_too_large()
+
+    def _head_too_large(self) -> None:
+        if self._refused:
+            return
+        message = f"request line and headers exceed {self.limits.max_header_bytes} bytes"
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            # pipelined behind a request still being answered: that one gets its answer first, then this 431
+            self._refused = True  # what the client sends meanwhile is dropped
+            self._disarm()
+            self._deferred = (431, "headers_too_large", message)
+        else:
+            self._refuse(431, "headers_too_large", message)
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._deferred is not None:
+            status, reason, message = self._deferred
+            self._deferred = None
+            self._refused = False
+            self._refuse(status, reason, message)
+
+    def on_url(self, url: bytes) -> None:
+        self._count_parsed(len(url))
+        if not self._refused:
+            super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_parsed(len(name) + len(value) + 2)  # "name:value\r\n" at least; never more than the raw count
+        if not self._refused:
+            super().on_header(name, value)
+
     def on_message_begin(self) -> None:
+        self._parsed_head = 0
         super().on_message_begin()
         if self._deadline_at is None:
             self._start_request_clock()
         self.scope["state"][REQUEST_DEADLINE] = self._deadline_at
 
     def on_headers_complete(self) -> None:
+        if self._refused:
+            return  # refused while its head was parsed: the app never sees it
         self._in_head = False
         if self._deadline_at is not None:
             self._arm(self._deadline_at + self.backstop_s)  # the body's part of the deadline; the app acts first
         super().on_headers_complete()
 
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:  # a refused request's body goes nowhere (its cycle may be another request's, or none)
+            super().on_body(body)
+
     def on_message_complete(self) -> None:
+        if self._refused:
+            return
         super().on_message_complete()
         self._disarm()  # wholly received: the deadline is met
         self._in_head = True
