@@ -113,7 +113,7 @@ cells = [
 
 
         t0 = time.perf_counter()
-        comparison = run_comparison(SCENARIO, parse_variants(VARIANTS), seeds=3, keep_results=True)
+        comparison = run_comparison(SCENARIO, parse_variants(VARIANTS), seeds=3, replicates='seeds', keep_results=True)
         names, base, seeds = comparison.variants, comparison.baseline, comparison.seeds
         print(f'{len(comparison.results)} runs ({len(names)} variants x seeds {seeds}) '
               f'in {time.perf_counter() - t0:.1f} s of wall time')
@@ -511,7 +511,7 @@ cells = [
         RAW = ['workload.sources[0].jitter_s=0']  # replay the trace's quantized timestamps as they are
         t0 = time.perf_counter()
         raw = run_comparison(SCENARIO, parse_variants([VARIANTS[0], VARIANTS[2]]), seeds=3, overrides=RAW,
-                             keep_results=True)
+                             replicates='seeds', keep_results=True)
         raw_names = raw.variants
         print(f'{len(raw.results)} runs ({raw_names} x seeds {raw.seeds}) on raw timestamps '
               f'in {time.perf_counter() - t0:.1f} s of wall time')

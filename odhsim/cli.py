@@ -34,6 +34,7 @@ app.add_typer(traces_app, name="traces")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(__import__("odhsim.importers.cli", fromlist=["import_app"]).import_app, name="import")
 app.command("sweep")(__import__("odhsim.experiments.cli", fromlist=["sweep"]).sweep)
+app.command("capacity")(__import__("odhsim.experiments.capacity_cli", fromlist=["capacity"]).capacity)
 
 console = make_console()  # piped output is not cut at 80 columns
 err_console = make_console(stderr=True)
@@ -405,6 +406,12 @@ def compare(
     executor: Annotated[str, typer.Option(help="inline (this process), local (process pool) or ray.")] = "inline",
     workers: Annotated[int, typer.Option(help="Workers for --executor local or ray.")] = 1,
     address: Annotated[str | None, typer.Option(help="--executor ray: a cluster, e.g. ray://head:10001.")] = None,
+    replicates: Annotated[
+        str, typer.Option(help="What replicates vary: seeds, windows (of a trace) or auto (windows for a trace).")
+    ] = "auto",
+    window_s: Annotated[
+        float | None, typer.Option("--window-s", help="Trace seconds per replicate window (default: fits --seeds).")
+    ] = None,
 ) -> None:
     """A/B comparison: every variant on the same workloads (common random numbers), paired statistics vs the first."""
     from odhsim.analysis import comparison_table, parse_variants, run_comparison
@@ -422,17 +429,27 @@ def compare(
             bar.update(task, completed=done, total=total, description=escape(f"{variant} seed {seed}"))
 
         result = run_comparison(
-            scenario, variants, seeds=seeds, overrides=set_, out_dir=out, progress=progress, executor=ex
-        )
+            scenario, variants, seeds=seeds, overrides=set_, out_dir=out, progress=progress, executor=ex,
+            replicates=replicates, window_s=window_s,
+        )  # fmt: skip
+    reps = result.replicates
     if json_:
-        _echo_json({"baseline": result.baseline, "seeds": result.seeds, "rows": frame_records(result.table)})
+        _echo_json({"baseline": result.baseline, "seeds": result.seeds, "rows": frame_records(result.table),
+                    "replicates": reps.to_json() if reps is not None else None})  # fmt: skip
     else:
         console.print(comparison_table(result))
+        if reps is not None:
+            console.print(escape(f"replicates: {reps.description}"), highlight=False, soft_wrap=True)
+    if reps is not None and reps.warning:
+        print_warnings(err_console, [reps.warning])
     for variant, texts in result.warnings.items():
         print_warnings(err_console, texts, prefix=f"warning ({variant})")
     if out is not None:
         (err_console if json_ else console).print(
-            escape(f"comparison written to {out}/ (comparison.csv, runs.csv, comparison.png, <variant>/seed<N>/)"),
+            escape(
+                f"comparison written to {out}/ (comparison.csv, runs.csv, replicates.json, comparison.png, "
+                "<variant>/seed<N>/)"
+            ),
             highlight=False,
         )
 

@@ -25,7 +25,7 @@ SEEDS = 3
 @pytest.fixture(scope="module")
 def comparison() -> Comparison:
     data_file("mooncake", "conversation_trace.jsonl")
-    return run_comparison(SCENARIO, parse_variants(VARIANTS), seeds=SEEDS, keep_results=True)
+    return run_comparison(SCENARIO, parse_variants(VARIANTS), seeds=SEEDS, replicates="seeds", keep_results=True)
 
 
 def row(comparison: Comparison, metric: str, variant: str) -> pd.Series:
@@ -96,7 +96,12 @@ def raw_comparison() -> Comparison:
     data_file("mooncake", "conversation_trace.jsonl")
     variants = parse_variants([VARIANTS[0], VARIANTS[2]])
     return run_comparison(
-        SCENARIO, variants, seeds=SEEDS, overrides=["workload.sources[0].jitter_s=0"], keep_results=True
+        SCENARIO,
+        variants,
+        seeds=SEEDS,
+        overrides=["workload.sources[0].jitter_s=0"],
+        replicates="seeds",
+        keep_results=True,
     )
 
 

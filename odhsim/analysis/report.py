@@ -31,17 +31,30 @@ def fmt_diff(diff: float, ci_low: float, ci_high: float, significant: bool) -> s
 def comparison_header(comparison: Comparison) -> str:
     n = len(comparison.seeds)
     seeds = ", ".join(map(str, comparison.seeds))
-    text = f"baseline: {comparison.baseline}; {n} seed{'s' if n != 1 else ''} ({seeds})"
+    reps = comparison.replicates
+    if reps is not None and reps.mode == "windows":
+        text = f"baseline: {comparison.baseline}; {n} replicate{'s' if n != 1 else ''} (seeds {seeds}; "
+        text += f"{reps.window_s:g} s trace windows)"
+    else:
+        text = f"baseline: {comparison.baseline}; {n} seed{'s' if n != 1 else ''} ({seeds})"
     if n < 2:
         text += "; one seed: no confidence intervals or p-values"
     return text
+
+
+def _over(comparison: Comparison) -> str:
+    """What a replicate is, for the caption (the full description is `comparison.replicates.description`)."""
+    reps = comparison.replicates
+    if reps is not None and reps.mode == "windows":
+        return f"replicates (each a seed and its own {reps.window_s:g} s trace window)"
+    return "seeds"
 
 
 def comparison_table(comparison: Comparison) -> Table:
     """Rows per metric; per variant its mean value, and for non-baseline variants Δ = variant − baseline."""
     table = Table(
         title=escape(comparison_header(comparison)),
-        caption="Δ: mean paired difference over seeds [95% t CI]; * paired t-test p < 0.05",
+        caption=f"Δ: mean paired difference over {_over(comparison)} [95% t CI]; * paired t-test p < 0.05",
         header_style="bold",
     )
     table.add_column("metric")
