@@ -34,6 +34,7 @@ app.add_typer(traces_app, name="traces")
 app.add_typer(profiles_app, name="profiles")
 app.add_typer(__import__("odhsim.importers.cli", fromlist=["import_app"]).import_app, name="import")
 app.command("sweep")(__import__("odhsim.experiments.cli", fromlist=["sweep"]).sweep)
+app.command("capacity")(__import__("odhsim.experiments.capacity_cli", fromlist=["capacity"]).capacity)
 
 console = make_console()  # piped output is not cut at 80 columns
 err_console = make_console(stderr=True)

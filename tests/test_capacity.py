@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import pytest
 import yaml
 from typer.testing import CliRunner
@@ -16,6 +17,7 @@ from odhsim.analysis.cost_report import cost_report, mean_rate
 from odhsim.cli import app
 from odhsim.experiments.capacity import rightsize_model
 from odhsim.experiments.fleet import Fleet, FleetJob, ReplicaGroup, check_fleet, fleet_scenario
+from odhsim.experiments.max_rate import CapacityJob, SloSpec, SloSpecError, search_capacity
 from odhsim.scenario.load import scenario_from_dict
 from odhsim.sim.run import simulate
 
@@ -109,3 +111,57 @@ def test_cost_command_json_has_the_recommendation(tmp_path: Path) -> None:
     assert met and rec["usd_per_hour"] <= min(met) + 1e-9
     bad = CliRunner().invoke(app, ["cost", str(path), "--rate", "-1"])
     assert bad.exit_code != 0 and "rate" in bad.output and "Traceback" not in bad.output
+
+
+MIXED_SMALL = {"gpu_pool": [{"gpu": "L40S", "count": 1}, {"gpu": "H200", "count": 1}]}
+
+
+def test_slo_spec_parses_and_refuses_with_the_reason() -> None:
+    assert SloSpec.parse("ttft_p99=2") == SloSpec("ttft", 99.0, 2.0)
+    assert SloSpec.parse("e2e_p99.9=30.5").name == "e2e_p99.9"
+    for bad in ("ttft=2", "latency_p99=2", "ttft_p99=-1", "ttft_p0=1", "ttft_p99=x"):
+        with pytest.raises(SloSpecError, match="--slo"):
+            SloSpec.parse(bad)
+
+
+def test_capacity_search_brackets_the_rate_within_the_tolerance() -> None:
+    sc = scenario_from_dict(small(duration_s=20.0))
+    slos = (SloSpec("ttft", 99.0, 2.0),)
+    found = {}
+    for gpu in ("L40S", "H200"):
+        fleet = Fleet("chat", (ReplicaGroup(gpu, 1, 1),))
+        job = CapacityJob(gpu, FleetJob(sc, fleet, 4.0, 4.0, 20.0, 3), slos, rel_tol=0.1)
+        r = search_capacity(job)
+        assert r.converged and 0 < r.rate_rps < r.failing_rps <= r.rate_rps * 1.1 + 1e-9
+        by_rate = {p.rate_rps: p for p in r.probes}
+        assert by_rate[r.rate_rps].meets and by_rate[r.rate_rps].latency_s["ttft_p99"] <= 2.0
+        assert not min((p for p in r.probes if p.rate_rps >= r.failing_rps), key=lambda p: p.rate_rps).meets
+        found[gpu] = r.rate_rps
+    assert found["H200"] > 1.5 * found["L40S"]  # the faster GPU sustains more
+
+
+def test_capacity_command_writes_the_table_and_the_plot(tmp_path: Path) -> None:
+    data = small(duration_s=20.0)
+    data["models"][0] = {"name": "chat", "profile": "llama3.1-8b",
+                         "deployments": [{"gpu": "L40S", "replicas": 1}, {"gpu": "H200", "replicas": 1}]}  # fmt: skip
+    data |= MIXED_SMALL
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "cap"
+    args = ["capacity", str(path), "--slo", "ttft_p99=2", "--gpu", "L40S", "--rel-tol", "0.1", "--out", str(out)]
+    result = CliRunner().invoke(app, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    rows = {r["configuration"]: r for r in report["configurations"]}
+    assert set(rows) == {"scenario", "L40S x1"}
+    assert rows["scenario"]["fleet"] == "1 x (L40S x1) + 1 x (H200 x1)"  # its groups, in its order
+    assert rows["scenario"]["max_rate_rps"] > rows["L40S x1"]["max_rate_rps"] > 0
+    assert all(r["converged"] and r["failing_rps"] <= r["max_rate_rps"] * 1.1 + 1e-9 for r in rows.values())
+    table = pd.read_csv(out / "capacity.csv")
+    assert list(table["configuration"]) == ["scenario", "L40S x1"]
+    probes = pd.read_csv(out / "probes.csv")
+    assert probes.groupby("configuration")["meets_slos"].agg(["any", "all"]).to_dict("index") == {
+        "L40S x1": {"any": True, "all": False}, "scenario": {"any": True, "all": False}}  # fmt: skip
+    assert (out / "latency_vs_load.png").stat().st_size > 10_000
+    bad = CliRunner().invoke(app, ["capacity", str(path), "--slo", "ttft<2"])
+    assert bad.exit_code == 2 and "METRIC_pNN=SECONDS" in bad.output and "Traceback" not in bad.output

@@ -22,9 +22,9 @@ from odhsim.results.summary import latency_columns
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario, Slo
 
-DROPPED_FIELDS = ("autoscaling", "fallback", "canary", "live")
-"""Fields of the model's deployment a fixed-size fleet leaves out: the fleet is the replica count, and the search
-measures the model alone (no fallback to another model, no rollout)."""
+DROPPED_FIELDS = ("autoscaling", "fallback", "canary", "live", "deployments")
+"""Fields of the model's deployment a fixed-size fleet leaves out: the fleet is the replica groups (its own
+`deployments` when it has several), and the search measures the model alone (no fallback, no rollout)."""
 
 
 @dataclass(frozen=True, order=True)
