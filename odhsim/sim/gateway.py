@@ -12,7 +12,6 @@ replicas, router, queue and controller; the model's rollout (odhsim.sim.rollout)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import simpy
@@ -51,6 +50,7 @@ class ModelRoute:
         self.replicas = replicas
         self.by_name = {r.name: r for r in replicas}
         self.core = RouteState(-1, name, version, router, flow=flow, limit=limit, ttft_targets=ttft_targets)
+        self.core.ref = self  # the core's route -> this adapter's, without a dict lookup per request
         for r in replicas:
             self.core.add(r.name, r)
         self._controller: Any = None
@@ -173,15 +173,12 @@ class Gateway:
         self.cache = response_cache
         self.in_flight = 0
         self.arrivals = [0] * len(routes)
-        self.last_arrival_s = [math.nan] * len(routes)
         self.completed = 0
-        self._routes: dict[RouteState, ModelRoute] = {}
         for mi, model in enumerate(routes):
             model.core.revisions = [rev.core for rev in model.revisions]
             for rev in model.revisions:
                 rev.core.model = mi
                 rev.core.primary = model.core
-                self._routes[rev.core] = rev
         self.tickets: dict[int, Ticket] = {}  # by row, while the request is in flight
         self.core = GatewayCore(
             [m.core for m in routes],
@@ -196,7 +193,6 @@ class Gateway:
     def arrive(self, req: SimRequest) -> None:
         self.in_flight += 1
         self.arrivals[req.model] += 1
-        self.last_arrival_s[req.model] = req.arrival_s
         tenant = self.tenant_names[req.tenant] if self.tenant_names else ""
         t = Ticket(req.row, req.model, req.priority, tenant, req.arrival_s, req.prompt_tokens, req.blocks,
                    session=req.session, output_tokens=req.output_tokens, ref=req)  # fmt: skip
@@ -209,9 +205,10 @@ class Gateway:
         outcome = DONE if status == STATUS_OK else ABORTED
         actions = self.core.attempt_done(now, t, outcome, reason, size_bytes=4 * req.output_tokens)
         replica = self.replicas[req.replica]
-        route = self._routes[t.route]  # type: ignore[index]
-        if replica.state == "draining" and replica.in_flight == 0 and route.controller is not None:
-            route.controller.retire(replica)
+        if replica.state == "draining" and replica.in_flight == 0:
+            controller = t.route.ref.controller  # type: ignore[union-attr]
+            if controller is not None:
+                controller.retire(replica)
         self._run(actions)
 
     def replica_ready(self, route: ModelRoute) -> None:
@@ -232,7 +229,7 @@ class Gateway:
 
     def serving_route(self, req: SimRequest) -> ModelRoute:
         """The revision route that holds `req` (of its model, or of the fallback it went to)."""
-        return self._routes[self.tickets[req.row].route]  # type: ignore[index]
+        return self.tickets[req.row].route.ref  # type: ignore[union-attr]
 
     def _cache_key(self, route: RouteState, t: Ticket) -> int | None:
         if t.blocks is None:
@@ -250,7 +247,7 @@ class Gateway:
             cls = a.__class__
             if cls is Dispatch:
                 t = a.ticket
-                self._routes[t.route].by_name[a.endpoint].submit(t.ref)
+                t.slot.source.submit(t.ref)  # the slot the core picked (named a.endpoint) is this replica's
             elif cls is Respond:
                 self._respond(a)
             elif cls is WakeAt:
@@ -260,7 +257,7 @@ class Gateway:
                 ev = self.env.timeout(a.latency_s, a.ticket)
                 ev.callbacks.append(self._after_lookup)
             elif cls is Activate:
-                self._routes[a.route].controller.poke()
+                a.route.ref.controller.poke()
             # Record: the simulator's results carry the outcome of each request; nothing else to count yet
 
     def _respond(self, a: Respond) -> None:
@@ -269,14 +266,16 @@ class Gateway:
         del self.tickets[t.id]
         self.in_flight -= 1
         self.completed += 1
-        route = self._routes[t.route]  # type: ignore[index]
-        req.fallback = t.fallback
-        req.version = route.revision
-        req.retries = max(0, t.attempt - 1)
+        held = t.route  # the core's revision that holds it (t.fallback and route.revision, without the properties)
+        assert held is not None
+        req.fallback = held.model != t.model
+        req.version = held.revision
+        req.retries = t.attempt - 1 if t.attempt > 1 else 0
+        now = self.env.now
         if a.reason == "cache_hit":
             req.cache_hit = True
-            req.first_token_s = self.env.now
-        self.log.finish(req, self.env.now, a.status, a.detail, route.version_code)
+            req.first_token_s = now
+        self.log.finish(req, now, a.status, a.detail, held.ref.version_code)
 
     def _on_timer(self, event: simpy.Event) -> None:
         a: WakeAt = event.value

@@ -102,7 +102,9 @@ class GatewayCore(Retrying):
     # -- events ---------------------------------------------------------------------------------------------------
     def arrive(self, now: float, t: Ticket) -> list[Action]:
         """A request arrived: split, then the response cache (a CacheWait) or the rest of the path."""
-        route = self._split(now, self.models[t.model], t)
+        model = self.models[t.model]
+        split = model.split
+        route = model if split is None else model.revisions[split.choose(now)]
         t.route = route
         route.arrivals += 1
         route.last_arrival = now
@@ -115,6 +117,13 @@ class GatewayCore(Retrying):
                 t.cache_hit = found.hit
                 return [CacheWait(t, found.latency_s)]
         out: list[Action] = []
+        if model.breaker is None and route.flow is None and route.ready and not route.retired:
+            # The common path, as _enter and _admit would take it: no breaker, no fallback needed (a replica is
+            # ready), no flow control; dispatch at once unless a request waits ahead (see _admit).
+            t.waiting = True
+            if route.fifo or route.retries or not self._dispatch(now, route, t, out):
+                route.fifo.append(t)
+            return out
         self._enter(now, t, out)
         return out
 
@@ -169,7 +178,7 @@ class GatewayCore(Retrying):
             self._respond(now, t, FAILED, "aborted", detail, out)
         else:
             self._failed(now, t, route, slot.name, outcome, detail, excused, out)
-        if route.queued():
+        if route.fifo or route.retries or route.held:
             self._pump(now, route, out)
         return out
 
@@ -292,7 +301,7 @@ class GatewayCore(Retrying):
         assert route is not None
         if route.retired:  # promoted away from or rolled back while the response cache was looked up
             route = self._split(now, model, t)
-        breaker_open = not self._allow(now, model, t)
+        breaker_open = model.breaker is not None and not self._allow(now, model, t)
         unserved = not route.ready and (bool(route.rejection) or not route.scales)
         if (breaker_open or unserved) and model.fallback is not None:
             backup = model.fallback
@@ -320,9 +329,11 @@ class GatewayCore(Retrying):
             out.append(WakeAt(self.activator_timeout_s, ACTIVATOR, t))
         flow = route.flow
         if flow is None:
-            route.fifo.append(t)
             t.waiting = True
-            self._pump(now, route, out)
+            # A non-empty queue means its head found no replica with room and none has freed since (every freed
+            # slot or new replica pumps): the newcomer waits behind it without another scan of the replicas.
+            if route.fifo or route.retries or not self._dispatch(now, route, t, out):
+                route.fifo.append(t)
             return
         states = route.states()
         saturation = flow.saturation.saturation(now, states)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Protocol
+from typing import Any, Protocol
 
 from policies.flowcontrol.config import FlowControl
 from policies.gateway.types import EndpointSlot, ScrapedEndpoint, Ticket
@@ -61,6 +61,7 @@ class RouteState:
         "outlier",
         "primary",
         "ready",
+        "ref",
         "rejection",
         "retired",
         "retries",
@@ -118,6 +119,7 @@ class RouteState:
         self.next_outlier_sweep = math.inf
         self.arrivals = 0  # requests the split sent here (what the revision's autoscaler counts)
         self.last_arrival = math.nan
+        self.ref: Any = None  # the engine's own object for this revision (the adapter sets and reads it)
 
     # -- queries ------------------------------------------------------------------------------------------------
     def queued(self) -> int:
