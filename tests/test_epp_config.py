@@ -274,7 +274,10 @@ MISTAKES: list[tuple[Any, str]] = [
         lambda c: c["plugins"][2].update(parameters={"lruCapacity": 5}),
         "plugins[2].parameters.lruCapacity: unknown parameter of prefix-cache-scorer",
     ),
-    (lambda c: c["plugins"][2].update(parameters={"blockSize": 5}), "cannot re-hash prompts"),
+    (
+        lambda c: c["plugins"][2].update(parameters={"blockSize": 0}),
+        "plugins[2].parameters.blockSize: must be a positive integer",
+    ),
     (
         lambda c: c["plugins"][2].update(parameters={"maxPrefixBlocksToMatch": 0}),
         "plugins[2].parameters: invalid params",

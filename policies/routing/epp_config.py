@@ -21,6 +21,8 @@ from typing import Any
 
 from policies.errors import PolicyConfigError
 from policies.registry import Registry
+from policies.routing.prefix_index import DEFAULT_LRU_CAPACITY, LLMD_BLOCK_TOKENS
+from policies.routing.prefix_scorer import DEFAULT_MAX_PREFIX_BLOCKS
 
 EPP_KIND = "EndpointPickerConfig"
 EPP_API_VERSIONS = ("inference.networking.x-k8s.io/v1alpha1", "llm-d.ai/v1alpha1")
@@ -92,8 +94,6 @@ REFUSED_TYPES: dict[str, str] = {
 # Upstream parameter -> (odhsim field candidates, factor applied to the value). Others: camelCase -> snake_case.
 PARAM_RENAMES: dict[str, tuple[tuple[str, ...], float]] = {
     "lruCapacityPerServer": (("lru_capacity_per_endpoint", "lru_capacity_per_server"), 1.0),
-    "blockSizeTokens": (("block_size_tokens",), 1.0),
-    "hashBlockSize": (("block_size_tokens",), 1.0),
     "maxTTFTPenaltyMs": (("max_ttft_penalty_s",), 1e-3),
     "requestTimeout": (("request_timeout_s",), 1.0),
 }
@@ -102,8 +102,8 @@ NEUTRAL_VALUES: dict[str, object] = {"autoTune": False, "maxNumOfEndpoints": 1}
 # Parameters upstream itself ignores (deprecated): dropped when odhsim has no counterpart.
 UPSTREAM_IGNORED = {"requestTimeout"}
 _WHY_NOT: dict[str, str] = {
-    "blockSize": "odhsim's prefix index works on the workload's prefix blocks (trace hash_ids) and cannot re-hash "
-    "prompts at another block size; the engine's KV block size is models[].engine.block_size",
+    "blockSize": "odhsim's prefix index works on the workload's prefix blocks (trace hash_ids); a block size only "
+    "rescales the prefix-cache-scorer's limits, and the engine's KV block size is models[].engine.block_size",
     "autoTune": "odhsim sizes the index from lruCapacityPerServer; it does not read the server's cache size",
 }
 _WHY_NOT["blockSizeTokens"] = _WHY_NOT["hashBlockSize"] = _WHY_NOT["blockSize"]
@@ -172,6 +172,40 @@ def _known_params(model_fields: Mapping[str, Any]) -> str:
     return ", ".join(names) or "(none)"
 
 
+# Prefix-index block sizes as upstream names them, with tokens per unit: llm-d's blockSizeTokens counts tokens;
+# hashBlockSize (older llm-d / GIE) and blockSize (GIE) count prompt characters, which GIE takes as 4 per token.
+BLOCK_SIZE_KEYS: dict[str, float] = {"blockSizeTokens": 1.0, "hashBlockSize": 0.25, "blockSize": 0.25}
+
+
+def _rescale_block_size(raw: Mapping[str, Any], fields: Mapping[str, Any], loc: str) -> dict[str, Any]:
+    """Fold an upstream block size into the prefix scorer's token-sized limits, so a config as deployed (nearly all
+    of upstream's carry hashBlockSize) keeps its index capacity and match limit in tokens: lruCapacityPerServer
+    and maxPrefixBlocksToMatch count blocks of that size, odhsim's fields count llm-d's 16-token blocks or tokens."""
+    given = [k for k in BLOCK_SIZE_KEYS if k in raw]
+    if not given or not {"lru_capacity_per_endpoint", "max_prefix_tokens_to_match"} <= set(fields):
+        return dict(raw)
+    if len(given) > 1:
+        raise _err(f"{loc}.{given[1]}", f"give one block size, not {' and '.join(given)}")
+    key = given[0]
+    size = raw[key]
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise _err(f"{loc}.{key}", f"must be a positive integer, got {size!r}")
+    tokens = size * BLOCK_SIZE_KEYS[key]  # tokens per upstream block
+    out = {k: v for k, v in raw.items() if k != key}
+    lru = out.pop("lruCapacityPerServer", DEFAULT_LRU_CAPACITY)
+    if not isinstance(lru, bool) and isinstance(lru, int | float):
+        out["lruCapacityPerServer"] = max(1, round(lru * tokens / LLMD_BLOCK_TOKENS))
+    else:
+        out["lruCapacityPerServer"] = lru  # the params model reports the bad value
+    blocks = out.pop("maxPrefixBlocksToMatch", DEFAULT_MAX_PREFIX_BLOCKS)
+    if "maxPrefixTokensToMatch" not in out:
+        if not isinstance(blocks, bool) and isinstance(blocks, int | float):
+            out["maxPrefixTokensToMatch"] = max(1, round(blocks * tokens))
+        else:
+            out["maxPrefixBlocksToMatch"] = blocks
+    return out
+
+
 def _map_params(raw: object, odh_type: str, kind: str, loc: str, registry: Registry) -> dict[str, Any]:
     """Upstream `parameters` -> odhsim params, checked against the odhsim plugin's own params model."""
     if raw is None:
@@ -179,6 +213,7 @@ def _map_params(raw: object, odh_type: str, kind: str, loc: str, registry: Regis
     if not isinstance(raw, Mapping):
         raise _err(loc, f"parameters must be a mapping, got {type(raw).__name__}")
     fields = registry.params_model(kind, odh_type).model_fields
+    raw = _rescale_block_size(raw, fields, loc)
     out: dict[str, Any] = {}
     for key, value in raw.items():
         where = f"{loc}.{key}"
