@@ -30,6 +30,7 @@ from rich.table import Table
 from odhsim.errors import OdhsimError
 from odhsim.results.run_result import RunResult
 from odhsim.rng import RngStreams
+from odhsim.scenario.checks import live_refusals
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
 from policies.autoscaling.config import build_autoscaler
@@ -396,6 +397,9 @@ def serve(
         raise ServeError(f"--device must be auto, cpu or cuda, got {device!r}")
     if duration_s is not None and duration_s <= 0:
         raise ServeError(f"--duration must be > 0, got {duration_s}")
+    refused = live_refusals(scenario)
+    if refused:
+        raise ServeError("the live engine cannot serve this scenario: " + "; ".join(refused))
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
         return runner.run(
             serve_async(scenario, port=port, device=device, out_dir=out_dir, duration_s=duration_s, console=console)

@@ -102,3 +102,17 @@ def validation_warnings(scenario: Scenario) -> list[str]:
             "lower duration_s or the rates, or set workload.max_requests"
         )
     return out
+
+
+LIVE_ONE_REVISION = "canary: the live engine serves one revision"
+
+
+def live_refusals(scenario: Scenario) -> list[str]:
+    """What `odhsim serve` refuses to run, one line per cause naming the field; [] when the live engine can serve
+    the scenario as the simulator would. A canary rollout is simulated only: the live controller runs one revision
+    per model, so serving it would silently drop the split the scenario asks for."""
+    return [
+        f"models.{i}.canary (model '{m.name}', version {m.canary.version}): {LIVE_ONE_REVISION}"
+        for i, m in enumerate(scenario.models)
+        if m.canary is not None
+    ]

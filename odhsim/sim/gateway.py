@@ -199,10 +199,11 @@ class Gateway:
         self.tickets[req.row] = t
         self._run(self.core.arrive(self.env.now, t))
 
-    def finish(self, req: SimRequest, now: float, status: str, reason: str) -> None:
-        """A replica (or its controller, on a drain timeout) is done with a request it was handed."""
+    def finish(self, req: SimRequest, now: float, status: str, reason: str, kind: str | None = None) -> None:
+        """A replica (or its controller, on a drain timeout) is done with a request it was handed; `kind`: the
+        attempt failed in a way the retry policy acts on (connect-failure, reset, timeout, 5xx, gateway-error)."""
         t = self.tickets[req.row]
-        outcome = DONE if status == STATUS_OK else ABORTED
+        outcome = kind if kind is not None else DONE if status == STATUS_OK else ABORTED
         actions = self.core.attempt_done(now, t, outcome, reason, size_bytes=4 * req.output_tokens)
         replica = self.replicas[req.replica]
         if replica.state == "draining" and replica.in_flight == 0:

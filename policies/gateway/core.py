@@ -115,6 +115,8 @@ class GatewayCore(Retrying):
                 t.cache_key = key
                 found = cache.lookup(now, key)
                 t.cache_hit = found.hit
+                if found.hit:
+                    t.cache_found = found
                 return [CacheWait(t, found.latency_s)]
         out: list[Action] = []
         if model.breaker is None and route.flow is None and route.ready and not route.retired:
@@ -167,7 +169,7 @@ class GatewayCore(Retrying):
         out: list[Action] = []
         if ok:
             cache = self.cache
-            if cache is not None and t.cache_key is not None:
+            if cache is not None and t.cache_key is not None and route.model == t.model:  # not a fallback's answer
                 cache.store(now, t.cache_key, value, size_bytes)
             self._respond(now, t, OK, "", "", out)
         elif outcome == REQUEST_FAULT:

@@ -60,6 +60,7 @@ class Ticket:
         "arrival",
         "attempt",
         "blocks",
+        "cache_found",
         "cache_hit",
         "cache_key",
         "dispatched_at",
@@ -123,6 +124,7 @@ class Ticket:
         self.done = False
         self.cache_key: int | None = None
         self.cache_hit = False
+        self.cache_found: Any = None  # the response cache's CacheLookup on a hit (its value is the answer)
 
     @property
     def fallback(self) -> bool:

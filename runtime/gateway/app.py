@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from policies.caching.key import response_key
 from policies.caching.response_cache import TieredResponseCache
+from policies.gateway.types import ABANDONED, ABORTED, DONE, REQUEST_FAULT
 from runtime.errors import SEQUENCE_FAILED, SEQUENCE_FAILED_MARK, SEQUENCE_FAILED_STATUS, new_error_id
 from runtime.gateway.auth import ANONYMOUS, Principal, bearer_token, lower_priority
 from runtime.gateway.forward import Buffered, Streaming, UpstreamCall
@@ -60,6 +61,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("odhsim.gateway")
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+SESSION_HEADER = "x-session-id"
+"""A client's conversation id: requests carrying the same one (per tenant) are the session the router's
+session-affinity scorer binds to the replica that last answered it."""
 RETRIES_HEADER = "x-odhsim-retries"
 """On every answer whose request went to a replica: its attempts beyond the first (a move to the fallback model
 included); on a stream, the retries made before the attempt that is relayed began."""
@@ -182,7 +186,14 @@ class _StreamEnd:
         if self.done:
             return
         self.done = True
-        self.s.attempt.done(ok, failure, detail)
+        if request_fault:
+            self.s.attempt.done(REQUEST_FAULT, SEQUENCE_FAILED)
+        elif ok is True:
+            self.s.attempt.done(DONE)
+        elif ok is False:  # bytes already went out: counts against the replica, never retried
+            self.s.attempt.done(ABORTED, detail, kind=failure or "reset")
+        else:
+            self.s.attempt.done(ABANDONED)
         if request_fault:
             self.gateway.metrics.count(self.model_label, SEQUENCE_FAILED_STATUS, SEQUENCE_FAILED)
         elif ok is True:
@@ -381,21 +392,28 @@ def create_app(gateway: Gateway) -> FastAPI:
             tokens = prompt_tokens(req.prompt_text)
             check_completion(len(tokens), req.tokens_to_generate, limits)
             blocks = block_ids(tokens)
-            job = gateway.new_job(request.state.request_id, req.model, priority, principal.tenant, len(tokens), blocks)
+            cache = gateway.cache
+            key_for = None
+            if req.deterministic and not req.stream and isinstance(cache, TieredResponseCache):
+                key_tenant = cache.key_tenant(principal.tenant)
+
+                def key_for(name: str, version: str) -> int:
+                    return _cache_key(name, version, req, tokens, blocks, key_tenant)
+
+            job = gateway.new_job(
+                request.state.request_id, req.model, priority, principal.tenant, len(tokens), blocks,
+                session=request.headers.get(SESSION_HEADER), cache_key_for=key_for,
+            )  # fmt: skip
             job_ref.append(job)
             seen.append(job)
-            key = None
             extra: dict[str, str] = {}
-            if req.deterministic and not req.stream and isinstance(gateway.cache, TieredResponseCache):
-                key = _cache_key(
-                    route.name, route.version, req, tokens, blocks, gateway.cache.key_tenant(principal.tenant)
-                )
-                found = gateway.cache.lookup(gateway.clock(), key)
-                if found.hit and isinstance(found.value, bytes):
-                    gateway.metrics.cache_hits.labels(req.model, found.tier or "local").inc()
+            if key_for is not None:
+                cached = job.cached
+                if cached is not None:
+                    gateway.metrics.cache_hits.labels(req.model, job.cache_tier).inc()
                     gateway.metrics.count(req.model, 200, "cache_hit")
                     headers = {"x-odhsim-cache": "hit", "x-odhsim-model": req.model}
-                    return Response(_with_fresh_id(found.value), media_type="application/json", headers=headers)
+                    return Response(_with_fresh_id(cached), media_type="application/json", headers=headers)
                 extra["x-odhsim-cache"] = "miss"
             call = UpstreamCall(path=lambda m: "/v1/completions", body=req.upstream_body, stream=req.stream)
             result = await gateway.serve(job, call)
@@ -409,8 +427,6 @@ def create_app(gateway: Gateway) -> FastAPI:
                     "cache-control": "no-cache",
                 }
                 return RelayStream(end, headers)
-            if key is not None and result.status == 200 and result.model == req.model:
-                gateway.cache.store(gateway.clock(), key, result.body, len(result.body))
             return answer(result, job, extra)
 
         try:
@@ -477,7 +493,10 @@ def create_app(gateway: Gateway) -> FastAPI:
             else:
                 check_rows(tensor.shape[0], limits, "inputs")
                 size = tensor.shape[0]
-            job = gateway.new_job(request.state.request_id, model, priority, principal.tenant, size, blocks)
+            job = gateway.new_job(
+                request.state.request_id, model, priority, principal.tenant, size, blocks,
+                session=request.headers.get(SESSION_HEADER),
+            )  # fmt: skip
             job_ref.append(job)
             call = UpstreamCall(path=lambda m: f"/v2/models/{m}/infer", body=lambda m: doc)
             result = await gateway.serve(job, call)

@@ -1,24 +1,27 @@
-"""The live gateway: per model the same policy objects the simulator builds (router, flow control, breaker, plus
-outlier detection and retries), a dispatch loop, and forwarding to replicas over HTTP.
+"""The live gateway: an asyncio adapter around the gateway core (policies.gateway), holding no decision of its own.
 
-A request goes: breaker (open: the fallback model) -> the activator when no replica is ready -> admission and the
-flow-control queue (or a plain FIFO) -> dispatch while a replica has room (`max_in_flight_per_replica`) and, with
-llm-d's gate, while the pool is not saturated -> the router picks on scraped metrics -> one attempt over HTTP. A
-connect error, reset, timeout or 5xx before the client got a byte is recorded in the breaker and the outlier
-detector, reported to the controller, and retried per the retry policy (on another replica when there is one, or
-on the fallback model). Every policy call takes `now` from the injected clock (time.monotonic by default).
+It turns what happens on the event loop into core events (a request arrived, an attempt over HTTP ended or failed
+with a kind, a scrape landed, a timer or the housekeeping tick fired, a replica joined, drains or left) and carries
+out the core's actions: hand a request's handler the replica to send it to (Dispatch), end it with a status and a
+reason (Respond), schedule a wake-up (WakeAt), ask the controller for a replica (Activate), count (Record). The
+request path itself (response cache, breaker and fallback, activator, admission, flow-control queue, gated
+dispatch, router with session affinity, completion hooks, retries, outlier ejection and panic routing) is described
+in policies/gateway/core.py. What stays here is I/O: HTTP forwarding and the relay of streams (forward.py, app.py),
+scraping (upstream.py), the Redis tier behind the response cache, metrics, the event loop's lag. Every core call
+takes `now` from the injected clock (time.monotonic by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import itertools
 import logging
 import math
 import time
-from collections.abc import Callable
-from dataclasses import replace
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import httpx
 import numpy as np
@@ -31,14 +34,29 @@ from policies.caching.response_cache import NullResponseCache, TieredResponseCac
 from policies.caching.tiers import SharedTier
 from policies.controlplane.metrics import LoadSnapshot
 from policies.flowcontrol.config import build_flow_control
-from policies.flowcontrol.priority import class_to_priority
-from policies.resilience.breaker import HALF_OPEN
+from policies.gateway.core import GatewayCore
+from policies.gateway.route import RouteState
+from policies.gateway.types import (
+    ABANDONED,
+    DONE,
+    FAILED,
+    REQUEST_FAULT,
+    TIMEOUT,
+    Activate,
+    CacheWait,
+    Dispatch,
+    Record,
+    Respond,
+    Ticket,
+    WakeAt,
+)
 from policies.resilience.config import build_breaker, build_outlier_detector, build_retry
 from policies.routing.config import build_router
 from runtime.gateway.auth import KeyStore
 from runtime.gateway.forward import AttemptFailed, Buffered, Streaming, UpstreamCall, forward
+from runtime.gateway.limits import BLOCK_TOKENS
 from runtime.gateway.metrics import GatewayMetrics, breaker_value
-from runtime.gateway.route import GatewayError, Job, ModelRoute, ttft_targets
+from runtime.gateway.route import CacheKeyFn, GatewayError, Job, ModelRoute, new_ticket, session_id, ttft_targets
 from runtime.gateway.upstream import Upstream, forward_client, scrape_client
 from runtime.loop_lag import LoopLagMonitor
 
@@ -46,10 +64,12 @@ log = logging.getLogger("odhsim.gateway")
 
 ColdCallback = Callable[[str], None]
 FailureCallback = Callable[[str, str, str], None]
+ForwardFn = Callable[[httpx.AsyncClient, "Attempt", UpstreamCall, float], Awaitable[Buffered | Streaming]]
+SHUTTING_DOWN = "the gateway is shutting down"
 
 
 class Attempt:
-    """One dispatched try at one replica; `done` releases its slot exactly once and records the result."""
+    """One dispatched try at one replica; `done` reports its end to the core exactly once."""
 
     __slots__ = ("_gateway", "finished", "job", "route", "started", "upstream")
 
@@ -61,12 +81,16 @@ class Attempt:
         self.started = started
         self.finished = False
 
-    def done(self, ok: bool | None, failure: str | None = None, detail: str = "") -> None:
-        """ok None: neither success nor failure of the replica (the client left); only the slot is released."""
+    def done(
+        self, outcome: str, detail: str = "", *, kind: str = "", excused: bool = False, value: object = None,
+        size_bytes: int = 0,
+    ) -> None:  # fmt: skip
+        """`outcome`: ok, request-fault, aborted (failed after bytes went out: never retried; `kind` says how),
+        abandoned (the client left), or a retry failure kind; `excused`: the gateway's own stall made it fail."""
         if self.finished:
             return
         self.finished = True
-        self._gateway._attempt_done(self, ok, failure, detail)
+        self._gateway._attempt_done(self, outcome, detail, kind or outcome, excused, value, size_bytes)
 
 
 class Gateway:
@@ -80,11 +104,13 @@ class Gateway:
         keys: KeyStore,
         shared_tier: SharedTier | None = None,
         clock: Callable[[], float] = time.monotonic,
+        forward_fn: ForwardFn = forward,
     ) -> None:
         self.scenario = scenario
         self.live = scenario.live
         self.keys = keys
         self.clock = clock
+        self._forward = forward_fn
         self.on_cold_request: ColdCallback | None = None
         self.on_replica_failure: FailureCallback | None = None
         self.replica_headers: dict[str, str] = {}
@@ -93,7 +119,7 @@ class Gateway:
         now = clock()
         targets = ttft_targets(scenario)
         self.routes: dict[str, ModelRoute] = {}
-        for m in scenario.models:
+        for i, m in enumerate(scenario.models):
             router = build_router(gw.router, streams.get(f"router.{m.name}"))
             flow = (
                 None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))
@@ -104,26 +130,36 @@ class Gateway:
                 outlier = build_outlier_detector(gw.resilience, streams.get(f"outlier.{m.name}"))
                 retry = build_retry(gw.resilience, streams.get(f"retry.{m.name}"))
             self.routes[m.name] = ModelRoute(
-                m, router, flow, breaker, outlier, retry, gw.max_in_flight_per_replica, targets, now
+                i, m, router, flow, breaker, outlier, retry, gw.max_in_flight_per_replica, targets, now
             )
         for m in scenario.models:
             if m.fallback is not None:
                 self.routes[m.name].fallback = self.routes[m.fallback]
+        self._by_core: dict[RouteState, ModelRoute] = {r.core: r for r in self.routes.values()}
         self.cache: TieredResponseCache | NullResponseCache = build_response_cache(
             gw.response_cache, streams.get("response_cache")
         )
         if isinstance(self.cache, TieredResponseCache) and self.cache.shared is not None and shared_tier is not None:
             self.cache.shared = shared_tier  # the scenario asked for a shared tier: the runtime's is Redis
         self.shared_tier = shared_tier
+        self.core = GatewayCore(
+            [r.core for r in self.routes.values()],
+            scrape_interval_s=self.live.scrape_interval_s,
+            block_tokens=BLOCK_TOKENS,
+            cache=self.cache,
+            cache_key=_cache_key,
+        )
         self.metrics = GatewayMetrics(self._gauges, self._shared_tier_in_use)
         self.loop_monitor = LoopLagMonitor(observe=self.metrics.observe_loop_lag)
+        self.jobs: dict[int, Job] = {}  # requests not answered yet, by ticket id
         self._ids = itertools.count(1)
+        self._timers: list[tuple[float, int, str, Any]] = []  # (due, seq, kind, target): the core's WakeAt
+        self._timer_seq = itertools.count()
         self._client: httpx.AsyncClient | None = None
         self._scraper: httpx.AsyncClient | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
-        self._next_cache_sweep = now
         from runtime.gateway.app import create_app  # the app module imports this one
 
         self.app = create_app(self)
@@ -142,9 +178,10 @@ class Gateway:
                 self._start_scraping(u)
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="gateway-tick")
         self.loop_monitor.start()
+        self._run(self.core.start(self.clock()))
 
     async def aclose(self) -> None:
-        """Stop background work, end queued requests (503), close the clients."""
+        """Stop background work, end the requests still waiting at the gateway (503), close the clients."""
         if not self._started:
             return
         self._closing = True
@@ -157,7 +194,11 @@ class Gateway:
         for route in self.routes.values():
             for u in route.upstreams.values():
                 await u.stop()
-            self._fail_queued(route, GatewayError(503, "failed", "shutting_down", "the gateway is shutting down"))
+        now = self.clock()
+        for job in list(self.jobs.values()):  # queued, in a retry's back-off, or held by the activator
+            if job.ticket.slot is None:
+                self._run(self.core.withdraw(now, job.ticket, FAILED, "shutting_down", SHUTTING_DOWN))
+        self._timers.clear()
         for client in (self._client, self._scraper):
             if client is not None:
                 await client.aclose()
@@ -173,11 +214,11 @@ class Gateway:
 
     def _on_scraped(self, u: Upstream) -> None:
         route = self.routes.get(u.model)
-        if route is not None and route.queued():
-            self._pump(route)
+        if route is not None:
+            self._run(self.core.scraped(self.clock(), route.core))
 
     async def _tick_forever(self) -> None:
-        """Housekeeping: queue TTLs, outlier sweeps, cache expiry, and a dispatch retry for gated queues."""
+        """Housekeeping: due timers, queue TTLs, outlier sweeps, cache expiry, a dispatch try for gated queues."""
         tick = min(0.1, self.live.scrape_interval_s)
         while True:
             await asyncio.sleep(tick)
@@ -187,23 +228,18 @@ class Gateway:
                 log.exception("gateway tick failed")
 
     def tick(self, now: float) -> None:
-        for route in self.routes.values():
-            if route.flow is not None and route.flow.queue.next_expiry() <= now:
-                for item in route.flow.queue.expire(now):
-                    job = route.held.pop(item.request_id, None)
-                    if job is not None:
-                        waited = now - item.enqueued_at
-                        self._fail_job(
-                            job, GatewayError(503, "timeout", "queue_ttl", f"queued {waited:.2f} s, over the TTL")
-                        )
-            if route.outlier is not None and now >= route.next_outlier_sweep:
-                route.outlier.evaluate(now, list(route.upstreams))
-                route.next_outlier_sweep = now + route.outlier.interval_s
-            if route.queued():
-                self._pump(route)
-        if now >= self._next_cache_sweep:
-            self.cache.sweep(now)
-            self._next_cache_sweep = now + 10.0
+        """The core's timers that are due, then its housekeeping (an engine that polls)."""
+        self.fire_timers(now)
+        self._run(self.core.tick(now))
+
+    def fire_timers(self, now: float) -> None:
+        """Run the core's wake-ups due by `now`, in the order they are due, each at its due time (as the simulator
+        does; a wake-up it schedules is due relative to that time, so a late tick does not stretch a sweep
+        interval)."""
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, _, kind, target = heapq.heappop(timers)
+            self._run(self.core.timer(due, kind, target), due)
 
     # -- the controller's interface ----------------------------------------------------------------------------
     def add_replica(self, model: str, name: str, base_url: str) -> None:
@@ -214,17 +250,13 @@ class Gateway:
             old.task.cancel()
         u = Upstream(model, name, base_url, self.clock())
         route.upstreams[name] = u
-        if route.outlier is not None:
-            route.outlier.set_hosts(list(route.upstreams))
         if self._started:
             self._start_scraping(u)
-            self._pump(route)
+        self._run(self.core.endpoint_added(self.clock(), route.core, name, u))
 
     def drain_replica(self, model: str, name: str) -> None:
         """No new requests; the requests it holds finish."""
-        u = self._route(model).upstreams.get(name)
-        if u is not None:
-            u.draining = True
+        self.core.endpoint_draining(self._route(model).core, name)
 
     def remove_replica(self, model: str, name: str) -> None:
         """Forget it (after its drain, or after its process died); attempts still running end on their own."""
@@ -232,22 +264,19 @@ class Gateway:
         u = route.upstreams.pop(name, None)
         if u is None:
             return
-        u.draining = True
         if u.task is not None:
             u.task.cancel()
             u.task = None
-        if route.outlier is not None:
-            route.outlier.set_hosts(list(route.upstreams))
+        self.core.endpoint_removed(route.core, name)
 
     def reject_model(self, model: str, reason: str) -> None:
         """The controller refused to deploy the model: its requests go to the fallback or fail with `reason`."""
         route = self._route(model)
-        route.rejection = reason
-        self._fail_queued(route, GatewayError(503, "failed", "model_rejected", reason))
+        route.core.rejection = reason
+        self._run(self.core.fail_queued(self.clock(), route.core, FAILED, "model_rejected", reason))
 
     def in_flight(self, model: str, name: str) -> int:
-        u = self._route(model).upstreams.get(name)
-        return 0 if u is None else u.in_flight
+        return self._route(model).replica_in_flight(name)
 
     def replicas(self, model: str) -> list[str]:
         return list(self._route(model).upstreams)
@@ -310,255 +339,111 @@ class Gateway:
             raise KeyError(f"unknown model {model!r}; known: {', '.join(self.routes)}")
         return route
 
-    # -- a request's way in ------------------------------------------------------------------------------------
+    # -- a request's way through -------------------------------------------------------------------------------
     def new_job(
-        self, request_id: str, model: str, priority_class: str, tenant: str, prompt_tokens: int, blocks: np.ndarray
-    ) -> Job:
-        """Register an arrival (counted for the autoscaler, cache hits included)."""
-        now = self.clock()
+        self, request_id: str, model: str, priority_class: str, tenant: str, prompt_tokens: int, blocks: np.ndarray,
+        *, session: str | None = None, cache_key_for: CacheKeyFn | None = None,
+    ) -> Job:  # fmt: skip
+        """A request arrived: the core counts it, looks the response cache up (`cache_key_for`: the request's key
+        for a revision; `job.cached` is then the answer of a hit), and queues or dispatches it."""
         route = self._route(model)
-        route.arrivals += 1
-        route.last_arrival = now
-        return Job(next(self._ids), request_id, model, priority_class, tenant, prompt_tokens, blocks, now)
-
-    def _enter(self, job: Job) -> ModelRoute:
-        """Breaker and fallback; the route the job queues at (raises when it cannot be served)."""
         now = self.clock()
-        route = self._route(job.model)
-        breaker_open = not self._allow(route, job, now)
-        unserved = not route.ready and not route.will_have_replicas
-        if (breaker_open or unserved) and route.fallback is not None:
-            backup = route.fallback
-            if not self._allow(backup, job, now):
-                raise GatewayError(
-                    503,
-                    "failed",
-                    "breaker_open",
-                    f"model '{route.name}' is unavailable and its fallback '{backup.name}' has its breaker open",
-                )
-            route = backup
-        elif breaker_open:
-            raise GatewayError(503, "failed", "breaker_open", f"circuit breaker open for model '{route.name}'")
-        if not route.ready:
-            if route.rejection is not None:
-                raise GatewayError(503, "failed", "model_rejected", route.rejection)
-            if not route.will_have_replicas:
-                raise GatewayError(503, "failed", "no_replica", f"model '{route.name}' has no replicas and no fallback")
-            self._cold(route)
-        return route
+        t = new_ticket(next(self._ids), route.core.model, priority_class, tenant, now, prompt_tokens, blocks,
+                       session_id(tenant, session))  # fmt: skip
+        job = Job(t, request_id, model, cache_key_for)
+        t.ref = job
+        self.jobs[t.id] = job
+        self._run(self.core.arrive(now, t))
+        return job
 
-    def _allow(self, route: ModelRoute, job: Job, now: float) -> bool:
-        """The route's breaker lets the job through (a half-open breaker's probe is remembered on the job)."""
-        if route.breaker is None:
-            return True
-        half_open = route.breaker.state(now) == HALF_OPEN
-        allowed = route.breaker.allow(now)
-        if allowed and half_open:
-            job.probes.append(route)
-        return allowed
-
-    def _cold(self, route: ModelRoute) -> None:
-        """The activator: hold the request (it waits in the queue) and ask the controller for a replica."""
-        if self.on_cold_request is not None:
+    async def serve(self, job: Job, call: UpstreamCall) -> Buffered | Streaming:
+        """Attempts, as the core dispatches them, until one answers (below 500; a stream once its first chunk came)
+        or the core ends the request (GatewayError: shed, timed out, failed)."""
+        if self._closing or not self._started:
+            self.end_job(job)
+            raise GatewayError(503, "failed", "shutting_down", "the gateway is not serving")
+        while True:
+            upstream = await self.acquire(job)
+            route = self.routes[upstream.model]
+            attempt = Attempt(self, job, route, upstream, self.clock())
             try:
-                self.on_cold_request(route.name)
-            except Exception:
-                log.exception("on_cold_request(%s) failed", route.name)
-
-    def _enqueue(self, route: ModelRoute, job: Job) -> None:
-        now = self.clock()
-        job.route = route
-        flow = route.flow
-        if job.retrying:
-            route.retries.append(job)
-            return
-        if flow is None:
-            route.fifo.append(job)
-            return
-        sat = flow.saturation.saturation(now, route.states(now))
-        verdict = flow.admission.admit(now, class_to_priority(job.priority_class), sat)
-        if not verdict.admitted:
-            raise GatewayError(429, "shed", "admission", verdict.reason or "shed at admission")
-        item = flow.make_item(job.rid, job.priority_class, job.tenant, now, route.ttft_targets.get(job.priority_class))
-        pushed = flow.queue.push(now, item)
-        for evicted in pushed.evicted:
-            victim = route.held.pop(evicted.request_id, None)
-            if victim is not None:
-                self._fail_job(victim, GatewayError(429, "shed", "evicted", "evicted from a full queue"))
-        if not pushed.accepted:
-            raise GatewayError(429, "shed", "queue_full", pushed.reason or "queue full")
-        route.held[job.rid] = job
+                assert self._client is not None
+                result = await self._forward(self._client, attempt, call, self.live.request_timeout_s)
+            except AttemptFailed as failed:
+                attempt.done(failed.kind, failed.detail, excused=self._gateway_stalled(attempt, failed))
+                continue
+            except BaseException:
+                attempt.done(ABANDONED)  # the client went away or the gateway stops: not the replica's doing
+                raise
+            if isinstance(result, Buffered):  # a stream's end is reported by whoever relays it
+                if 200 <= result.status < 300:
+                    attempt.done(DONE, value=result.body, size_bytes=len(result.body))
+                else:
+                    attempt.done(REQUEST_FAULT, f"HTTP {result.status} from {upstream.name}")
+            return result
 
     async def acquire(self, job: Job) -> Upstream:
-        """Wait until the job is dispatched to a replica (its slot there is then held); raises GatewayError."""
-        if self._closing or not self._started:
-            raise GatewayError(503, "failed", "shutting_down", "the gateway is not serving")
-        route = job.route if job.retrying and job.route is not None else self._enter(job)
+        """Wait until the core dispatches `job` (its slot at the replica is then held); GatewayError when the core
+        ends it instead."""
+        while True:
+            dispatch = await self._next_dispatch(job)
+            upstream = self.routes[dispatch.model].upstreams.get(dispatch.endpoint)
+            if upstream is not None:
+                return upstream
+            # removed between the core's pick and now: an attempt that could not connect
+            detail = f"replica {dispatch.endpoint} was removed"
+            self._run(self.core.attempt_done(self.clock(), job.ticket, "connect-failure", detail))
+
+    async def _next_dispatch(self, job: Job) -> Dispatch:
+        """Wait for the core's next word on `job`: a Dispatch, or its final answer (raised as GatewayError). Waiting
+        longer than `live.request_timeout_s` withdraws it (503 timeout); a cancelled handler withdraws it too."""
         loop = asyncio.get_running_loop()
-        job.slot = loop.create_future()
-        self._enqueue(route, job)
-        self._pump(route)
-        try:
-            await asyncio.wait({job.slot}, timeout=self.live.request_timeout_s)
-        finally:
-            if not job.slot.done():  # timed out, or the client went away (cancelled)
-                self._withdraw(job)
-        if job.slot.cancelled():
-            waited = self.clock() - job.arrival
-            raise GatewayError(503, "timeout", "request_timeout", f"no replica took the request within {waited:.1f} s")
-        return job.slot.result()  # raises the GatewayError set by the pump or the TTL sweep
-
-    def _withdraw(self, job: Job) -> None:
-        """Take a job that no longer waits out of its queue."""
-        route = job.route
-        assert job.slot is not None
-        job.slot.cancel()
-        if route is None:
-            return
-        if route.held.pop(job.rid, None) is not None and route.flow is not None:
-            route.flow.queue.remove(job.rid)
-        with contextlib.suppress(ValueError):
-            route.fifo.remove(job)
-        with contextlib.suppress(ValueError):
-            route.retries.remove(job)
-
-    def _fail_job(self, job: Job, err: GatewayError) -> None:
-        if job.slot is not None and not job.slot.done():
-            job.slot.set_exception(err)
-
-    def _fail_queued(self, route: ModelRoute, err: GatewayError) -> None:
-        jobs = [*route.fifo, *route.held.values(), *route.retries]
-        route.fifo.clear()
-        route.retries.clear()
-        if route.flow is not None:
-            for rid in list(route.held):
-                route.flow.queue.remove(rid)
-        route.held.clear()
-        for job in jobs:
-            self._fail_job(job, err)
-
-    # -- dispatch ----------------------------------------------------------------------------------------------
-    def _pump(self, route: ModelRoute) -> None:
-        """Dispatch waiting jobs while a replica has room (and, gated, the pool is not saturated)."""
-        if route.pumping:
-            return
-        route.pumping = True
-        try:
-            now = self.clock()
-            flow = route.flow
-            while route.has_room():
-                if route.retries:
-                    job = route.retries.popleft()
-                elif flow is not None:
-                    if not len(flow.queue):
-                        break
-                    if flow.gate_dispatch_on_saturation and not flow.may_dispatch(
-                        flow.saturation.saturation(now, route.states(now))
-                    ):
-                        break  # the next scrape (or tick) pumps again
-                    item = flow.queue.pop(now)
-                    if item is None:
-                        break
-                    popped = route.held.pop(item.request_id, None)
-                    if popped is None:
-                        continue
-                    job = popped
-                elif route.fifo:
-                    job = route.fifo.popleft()
-                else:
-                    break
-                if job.slot is None or job.slot.done():
-                    continue
-                self._dispatch(route, job, now)
-        finally:
-            route.pumping = False
-
-    def _dispatch(self, route: ModelRoute, job: Job, now: float) -> None:
-        assert job.slot is not None
-        room = [u for u in route.ready if route.limit is None or u.in_flight < route.limit]
-        preferred = [u for u in room if u.name not in job.exclude] or room
-        ejected = route.ejected(now)
-        states = [u.endpoint_state(u.name not in ejected) for u in preferred]
-        if not any(s.healthy for s in states):
-            # Envoy's panic routing: when no host is healthy, load-balance over all of them rather than fail.
-            states = [replace(s, healthy=True) for s in states]
-        rr = job.route_request(route)
-        decision = route.router.pick(now, rr, states)
-        if decision.endpoint is None:
-            self._fail_job(job, GatewayError(503, "failed", "no_endpoint", decision.reason or "no endpoint"))
-            return
-        upstream = route.upstreams[decision.endpoint]
-        route.router.on_dispatch(now, rr, upstream.name)
-        if route.flow is not None:
-            route.flow.saturation.on_dispatch(now, job.rid, upstream.name)
-        upstream.in_flight += 1
-        job.slot.set_result(upstream)
-
-    def _attempt_done(self, attempt: Attempt, ok: bool | None, failure: str | None, detail: str) -> None:
-        now = self.clock()
-        route, u, job = attempt.route, attempt.upstream, attempt.job
-        u.in_flight -= 1
-        route.router.on_complete(now, job.route_request(route), u.name, now - attempt.started, ok is not False)
-        if route.flow is not None:
-            route.flow.saturation.on_complete(now, job.rid, u.name)
-        if ok is not None and route.breaker is not None:
-            route.breaker.record(now, ok)
-        if ok is not None and route.outlier is not None and u.name in route.upstreams:
-            route.outlier.record(now, u.name, ok)
-        if ok is False:
-            self.metrics.upstream_failures.labels(route.name, failure or "unknown").inc()
-            if self.on_replica_failure is not None:
-                try:
-                    self.on_replica_failure(route.name, u.name, f"{failure}: {detail}" if detail else str(failure))
-                except Exception:
-                    log.exception("on_replica_failure(%s, %s) failed", route.name, u.name)
-        if route.queued():
-            self._pump(route)
+        while not job.inbox:
+            job.waiter = loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(job.waiter), self.live.request_timeout_s)
+            except TimeoutError:
+                if not job.inbox:
+                    waited = self.clock() - job.arrival
+                    detail = f"no replica took the request within {waited:.1f} s"
+                    self._run(self.core.withdraw(self.clock(), job.ticket, TIMEOUT, "request_timeout", detail))
+            except asyncio.CancelledError:
+                self.end_job(job)
+                raise
+            finally:
+                job.waiter = None
+        action = job.inbox.popleft()
+        if isinstance(action, Respond):
+            raise GatewayError.of(action)
+        return action
 
     def end_job(self, job: Job) -> None:
-        """A request's final answer was given: a half-open probe that never reached its model counts as failed,
-        so the breaker cannot stay half-open waiting for a result that will never come."""
-        for probe in job.probes:
-            if probe.name not in job.attempted and probe.breaker is not None:
-                probe.breaker.record(self.clock(), False)
-        job.probes.clear()
+        """The handler is done with the request: one that got no final answer from the core (the client left, the
+        handler failed) is ended now, its slot at a replica released."""
+        t = job.ticket
+        if t.done:
+            return
+        now = self.clock()
+        if t.slot is not None:  # dispatched, but its handler never reported the attempt's end
+            self._run(self.core.attempt_done(now, t, ABANDONED))
+        else:
+            self._run(self.core.withdraw(now, t, FAILED, "client_gone", "the client went away"))
 
-    # -- forwarding --------------------------------------------------------------------------------------------
-    async def serve(self, job: Job, call: UpstreamCall) -> Buffered | Streaming:
-        """Attempts until one answers (below 500) or the retry policy gives up (GatewayError 502)."""
-        excused = 0
-        try:
-            while True:
-                upstream = await self.acquire(job)
-                route = job.route
-                assert route is not None
-                job.attempted.add(route.name)
-                job.attempts += 1
-                attempt = Attempt(self, job, route, upstream, self.clock())
+    def _attempt_done(
+        self, attempt: Attempt, outcome: str, detail: str, kind: str, excused: bool, value: object, size_bytes: int
+    ) -> None:
+        route, u = attempt.route, attempt.upstream
+        if outcome not in (DONE, REQUEST_FAULT, ABANDONED) and not excused:
+            self.metrics.upstream_failures.labels(route.name, kind).inc()
+            if self.on_replica_failure is not None:
                 try:
-                    assert self._client is not None
-                    result = await forward(self._client, attempt, call, self.live.request_timeout_s)
-                    if isinstance(result, Buffered):
-                        attempt.done(True)  # a stream's end is recorded by whoever relays it
-                    return result
-                except AttemptFailed as failed:
-                    stalled = self._gateway_stalled(attempt, failed)
-                    # The gateway's own stall made it late, not the replica: no breaker, outlier or failure record.
-                    attempt.done(None if stalled else False, failed.kind, failed.detail)
-                    self._end_retry(job)
-                    if stalled:
-                        self.metrics.attempts_excused.labels(route.name, failed.kind).inc()
-                        if excused == 0:  # one free retry: the replica may well have answered in time
-                            excused += 1
-                            continue
-                    backoff = self._next_step(job, route, upstream, failed)
-                except BaseException:
-                    attempt.done(None)  # the client went away or the gateway stops: not the replica's doing
-                    raise
-                if backoff > 0:
-                    await asyncio.sleep(backoff)
-        finally:
-            self._end_retry(job)
+                    self.on_replica_failure(route.name, u.name, f"{kind}: {detail}" if detail else kind)
+                except Exception:
+                    log.exception("on_replica_failure(%s, %s) failed", route.name, u.name)
+        actions = self.core.attempt_done(
+            self.clock(), attempt.job.ticket, outcome, detail, excused=excused, value=value, size_bytes=size_bytes
+        )
+        self._run(actions)
 
     def _gateway_stalled(self, attempt: Attempt, failed: AttemptFailed) -> bool:
         """The attempt timed out or failed to connect while this gateway's event loop lagged more than
@@ -567,41 +452,52 @@ class Gateway:
             return False
         return self.loop_monitor.lag_within(self.clock() - attempt.started) > self.live.loop_stall_s
 
-    def _end_retry(self, job: Job) -> None:
-        """The retry this job was counted as (in the retry budget) is over."""
-        if job.retrying:
-            job.retrying = False
-            if job.route is not None:
-                job.route.retries_in_flight = max(0, job.route.retries_in_flight - 1)
+    # -- the core's actions ------------------------------------------------------------------------------------
+    def _run(self, actions: list[Any], now: float | None = None) -> None:
+        """Carry out the core's actions in order; `now`: the time they were decided at (default: the clock)."""
+        for a in actions:
+            cls = a.__class__
+            if cls is Dispatch:
+                a.ticket.ref.deliver(a)
+            elif cls is Respond:
+                job: Job = a.ticket.ref
+                self.jobs.pop(a.ticket.id, None)
+                job.deliver(a)
+            elif cls is WakeAt:
+                self._wake_at(a, self.clock() if now is None else now)
+            elif cls is CacheWait:  # the lookup happened (in real time): go on at once
+                self._run(self.core.cache_done(self.clock(), a.ticket))
+            elif cls is Activate:
+                self._activate(self._by_core[a.route].name)
+            elif cls is Record:
+                self._record(a)
 
-    def _next_step(self, job: Job, route: ModelRoute, upstream: Upstream, failed: AttemptFailed) -> float:
-        """After a failed attempt: retry (same model, another replica preferred) or fall back, returning the
-        back-off to wait; raises GatewayError(502) when the policy gives up."""
-        job.failures += 1
-        job.exclude.add(upstream.name)
-        policy = route.retry
-        if policy is None:
-            raise GatewayError(502, "failed", "upstream_failed", f"replica {upstream.name} failed ({failed.kind})")
-        decision = policy.decide(
-            job.failures,
-            failed.kind,
-            route.fallback is not None,
-            route.in_flight(),
-            route.queued(),
-            route.retries_in_flight,
-        )
-        if decision.action == "fail" or (decision.action == "fallback" and route.fallback is None):
-            raise GatewayError(
-                502, "failed", "upstream_failed", f"replica {upstream.name} failed ({failed.kind}); {decision.reason}"
-            )
-        target = route.fallback if decision.action == "fallback" and route.fallback is not None else route
-        if target is not route:
-            job.exclude.clear()
-        job.route = target
-        job.retrying = True
-        target.retries_in_flight += 1
-        self.metrics.retries.labels(route.name).inc()
-        return decision.backoff_s
+    def _wake_at(self, a: WakeAt, now: float) -> None:
+        due = now + a.after_s
+        heapq.heappush(self._timers, (due, next(self._timer_seq), a.kind, a.target))
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # not serving (a test driving the gateway by hand): the tick fires it
+            return
+        loop.call_later(max(0.0, due - self.clock()), self._fire_due)
+
+    def _fire_due(self) -> None:
+        if self._started:
+            self.fire_timers(self.clock())
+
+    def _activate(self, model: str) -> None:
+        """Knative's activator: the request waits in the queue; the controller is asked for a replica."""
+        if self.on_cold_request is not None:
+            try:
+                self.on_cold_request(model)
+            except Exception:
+                log.exception("on_cold_request(%s) failed", model)
+
+    def _record(self, a: Record) -> None:
+        if a.kind in ("retry", "fallback"):
+            self.metrics.retries.labels(a.model).inc()
+        elif a.kind == "excused":
+            self.metrics.attempts_excused.labels(a.model, a.detail).inc()
 
     # -- gauges --------------------------------------------------------------------------------------------------
     def _shared_tier_in_use(self) -> SharedTier | None:
@@ -640,3 +536,9 @@ def build_gateway(
         prefix = scenario.live.redis_prefix or scenario_prefix(scenario.name)
         shared_tier = shared_tier_from_url(scenario.live.redis_url, prefix=prefix)
     return Gateway(scenario, RngStreams(scenario.seed), keys=keys, shared_tier=shared_tier, clock=clock)
+
+
+def _cache_key(route: RouteState, t: Ticket) -> int | None:
+    """The core asks the request itself: only the HTTP layer knows whether it may be cached, and its key."""
+    fn = t.ref.cache_key_for
+    return None if fn is None else fn(route.name, route.version)

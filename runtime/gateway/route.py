@@ -1,12 +1,16 @@
-"""Per-model state of the live gateway (replicas, policies, queues, counters) and the request (`Job`) moving
-through it. Plain data and small queries; the decisions live in `runtime.gateway.core`."""
+"""Per-model state of the live gateway and the request (`Job`) moving through it: plain data and small queries.
+
+A `ModelRoute` holds what only the live engine has (the deployment, the replicas' addresses and scrapes) around
+the gateway core's state for the model (`core`, a policies.gateway RouteState); every decision is the core's.
+A `Job` is the engine's side of one request: the core's `Ticket` and the actions the core addressed to it, which
+the request's handler awaits."""
 
 from __future__ import annotations
 
 import asyncio
-import math
+import hashlib
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -14,16 +18,22 @@ import numpy as np
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
 from policies.flowcontrol.config import FlowControl
-from policies.flowcontrol.priority import PRIORITY_CLASSES, class_to_priority
+from policies.flowcontrol.priority import PRIORITY_CLASSES
+from policies.gateway.route import RouteState
+from policies.gateway.types import Dispatch, Respond, Ticket
 from policies.resilience.breaker import CircuitBreaker
 from policies.resilience.outlier import OutlierDetector
 from policies.resilience.retry import EnvoyRetry, LadderRetry
 from policies.routing.framework import Router
-from policies.routing.types import EndpointState, RouteRequest
-from runtime.gateway.limits import BLOCK_TOKENS
+from policies.routing.types import NO_SESSION
 from runtime.gateway.upstream import Upstream
 
 Outcome = Literal["shed", "timeout", "failed"]
+CacheKeyFn = Callable[[str, str], "int | None"]
+"""(model name, version) -> the response-cache key of a request, or None when it may not be cached."""
+
+_HTTP_STATUS = {"shed": 429, "timeout": 503}
+_FAILED_STATUS = {"upstream_failed": 502, "aborted": 502, "client_gone": 499}
 
 
 class GatewayError(Exception):
@@ -36,62 +46,77 @@ class GatewayError(Exception):
         self.reason = reason
         self.message = message
 
+    @classmethod
+    def of(cls, answer: Respond) -> GatewayError:
+        """The HTTP answer of one of the core's final answers: shed 429; upstream failures 502; the rest 503."""
+        status = _HTTP_STATUS.get(answer.status) or _FAILED_STATUS.get(answer.reason, 503)
+        outcome: Outcome = answer.status if answer.status in ("shed", "timeout") else "failed"  # type: ignore[assignment]
+        return cls(status, outcome, answer.reason, answer.detail or answer.reason)
 
-@dataclass(eq=False, slots=True)
+
+def session_id(tenant: str, header: str | None) -> int:
+    """The router's session number for a client's `x-session-id` (scoped by tenant, so two tenants' sessions never
+    share a binding); NO_SESSION without one."""
+    if not header:
+        return NO_SESSION
+    digest = hashlib.blake2b(f"{tenant}\0{header}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1  # non-negative, never NO_SESSION (-1)
+
+
 class Job:
-    """One client request inside the gateway (across its attempts)."""
+    """One client request inside the gateway, across its attempts: the core's ticket and its mailbox."""
 
-    rid: int
-    request_id: str
-    model: str
-    priority_class: str
-    tenant: str
-    prompt_tokens: int
-    blocks: np.ndarray
-    arrival: float
-    route: ModelRoute | None = None
-    slot: asyncio.Future[Upstream] | None = None
-    exclude: set[str] = field(default_factory=set)
-    failures: int = 0
-    attempts: int = 0  # tries sent to a replica, on any model (the fallback included)
-    retrying: bool = False
-    probes: list[ModelRoute] = field(default_factory=list)  # half-open breakers that let it through as a probe
-    attempted: set[str] = field(default_factory=set)  # models that got an attempt
-    _route_requests: dict[str, RouteRequest] = field(default_factory=dict)
+    __slots__ = ("cache_key_for", "inbox", "model", "request_id", "ticket", "waiter")
+
+    def __init__(self, ticket: Ticket, request_id: str, model: str, cache_key_for: CacheKeyFn | None) -> None:
+        self.ticket = ticket
+        self.request_id = request_id
+        self.model = model
+        self.cache_key_for = cache_key_for
+        self.inbox: deque[Dispatch | Respond] = deque()  # the core's Dispatch / Respond for this request
+        self.waiter: asyncio.Future[None] | None = None
+
+    @property
+    def rid(self) -> int:
+        return self.ticket.id
+
+    @property
+    def arrival(self) -> float:
+        return self.ticket.arrival
+
+    @property
+    def attempts(self) -> int:
+        """Tries sent to a replica, on any model (the fallback included)."""
+        return self.ticket.attempt
 
     @property
     def retries(self) -> int:
         """Attempts beyond the first (a move to the fallback model included): the `x-odhsim-retries` header."""
-        return max(0, self.attempts - 1)
+        return max(0, self.ticket.attempt - 1)
 
     @property
-    def served_model(self) -> str:
-        return self.model if self.route is None else self.route.name
+    def cached(self) -> bytes | None:
+        """The response cache's answer when the request was a hit."""
+        found = self.ticket.cache_found
+        return found.value if found is not None and isinstance(found.value, bytes) else None
 
-    def route_request(self, route: ModelRoute) -> RouteRequest:
-        """What the router sees (one object per model, so dispatch and completion hooks get the same one)."""
-        rr = self._route_requests.get(route.name)
-        if rr is None:
-            rr = self._route_requests[route.name] = self._make_route_request(route)
-        return rr
+    @property
+    def cache_tier(self) -> str:
+        found = self.ticket.cache_found
+        return (found.tier if found is not None else None) or "local"
 
-    def _make_route_request(self, route: ModelRoute) -> RouteRequest:
-        return RouteRequest(
-            request_id=self.rid,
-            model=route.name,
-            prompt_tokens=self.prompt_tokens,
-            block_ids=self.blocks,
-            block_tokens=BLOCK_TOKENS,
-            priority=class_to_priority(self.priority_class),
-            tenant=self.tenant,
-        )
+    def deliver(self, action: Dispatch | Respond) -> None:
+        self.inbox.append(action)
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
 
 
 class ModelRoute:
-    """Everything the gateway keeps for one model: replicas, policies, queues, counters."""
+    """What the live gateway keeps for one model: the deployment, its replicas, the core's state, rate counters."""
 
     def __init__(
         self,
+        index: int,
         deployment: ModelDeployment,
         router: Router,
         flow: FlowControl | None,
@@ -99,43 +124,79 @@ class ModelRoute:
         outlier: OutlierDetector | None,
         retry: EnvoyRetry | LadderRetry | None,
         limit: int | None,
-        ttft_targets: dict[str, float | None],
+        ttft_targets: tuple[float | None, ...],
         now: float,
     ) -> None:
         self.deployment = deployment
         self.name = deployment.name
         self.version = deployment.version
-        self.router = router
-        self.flow = flow
-        self.breaker = breaker
-        self.outlier = outlier
-        self.retry = retry
-        self.limit = limit
-        self.ttft_targets = ttft_targets
-        self.fallback: ModelRoute | None = None
-        self.rejection: str | None = None  # why the deployment was rejected (no replica will ever come)
+        self.core = RouteState(
+            index, deployment.name, deployment.version, router, flow=flow, limit=limit, ttft_targets=ttft_targets
+        )
+        self.core.breaker = breaker
+        self.core.outlier = outlier
+        self.core.retry = retry
+        self.core.scales = deployment.replicas > 0 or deployment.autoscaling is not None
+        self._fallback: ModelRoute | None = None
         self.upstreams: dict[str, Upstream] = {}
-        self.fifo: deque[Job] = deque()  # without flow control
-        self.held: dict[int, Job] = {}  # in the flow-control queue, by rid
-        self.retries: deque[Job] = deque()  # admitted jobs waiting for another attempt
-        self.pumping = False
-        self.retries_in_flight = 0
-        self.arrivals = 0
-        self.last_arrival = math.nan
         self.rate_since = now
         self.rate_seen = 0
-        self.next_outlier_sweep = now + (outlier.interval_s if outlier is not None else math.inf)
+
+    # -- the core's state, read --------------------------------------------------------------------------------
+    @property
+    def router(self) -> Router:
+        return self.core.router
+
+    @property
+    def flow(self) -> FlowControl | None:
+        return self.core.flow
+
+    @property
+    def breaker(self) -> CircuitBreaker | None:
+        return self.core.breaker
+
+    @property
+    def outlier(self) -> OutlierDetector | None:
+        return self.core.outlier
+
+    @property
+    def retry(self) -> EnvoyRetry | LadderRetry | None:
+        return self.core.retry
+
+    @property
+    def limit(self) -> int | None:
+        return self.core.limit
+
+    @property
+    def fallback(self) -> ModelRoute | None:
+        return self._fallback
+
+    @fallback.setter
+    def fallback(self, route: ModelRoute | None) -> None:
+        self._fallback = route
+        self.core.fallback = None if route is None else route.core
+
+    @property
+    def rejection(self) -> str | None:
+        """Why the deployment was rejected (no replica will ever come), or None."""
+        return self.core.rejection or None
+
+    @property
+    def arrivals(self) -> int:
+        return self.core.arrivals
+
+    @property
+    def last_arrival(self) -> float:
+        return self.core.last_arrival
 
     @property
     def ready(self) -> list[Upstream]:
-        return [u for u in self.upstreams.values() if not u.draining]
+        return [self.upstreams[s.name] for s in self.core.ready if s.name in self.upstreams]
 
     @property
     def will_have_replicas(self) -> bool:
         """Something will bring a replica up: replicas are declared, or an autoscaler may add them."""
-        if self.rejection is not None:
-            return False
-        return self.deployment.replicas > 0 or self.deployment.autoscaling is not None
+        return not self.core.rejection and self.core.scales
 
     @property
     def can_scale_from_zero(self) -> bool:
@@ -143,25 +204,31 @@ class ModelRoute:
         return a is not None and int(a.params.get("min_replicas", 1)) == 0
 
     def queued(self) -> int:
-        return len(self.fifo) + len(self.held) + len(self.retries)
+        return self.core.queued()
 
     def in_flight(self) -> int:
-        return sum(u.in_flight for u in self.upstreams.values())
+        return self.core.in_flight()
 
-    def has_room(self) -> bool:
-        return any(self.limit is None or u.in_flight < self.limit for u in self.ready)
+    def replica_in_flight(self, name: str) -> int:
+        slot = self.core.slots.get(name)
+        return 0 if slot is None else slot.in_flight
 
     def ejected(self, now: float) -> set[str]:
-        return self.outlier.ejected(now) if self.outlier is not None else set()
-
-    def states(self, now: float) -> list[EndpointState]:
-        ejected = self.ejected(now)
-        return [u.endpoint_state(u.name not in ejected) for u in self.ready]
+        return self.core.ejected(now)
 
     def breaker_state(self, now: float) -> str | None:
         return None if self.breaker is None else self.breaker.state(now)
 
 
-def ttft_targets(scenario: Scenario) -> dict[str, float | None]:
-    """Each class's TTFT target (the EDF deadline of flow control's `deadline: slo`)."""
-    return {c: scenario.slo_for(c).ttft_s for c in PRIORITY_CLASSES}
+def ttft_targets(scenario: Scenario) -> tuple[float | None, ...]:
+    """Each class's TTFT target, by priority index (the EDF deadline of flow control's `deadline: slo`)."""
+    return tuple(scenario.slo_for(c).ttft_s for c in PRIORITY_CLASSES)
+
+
+def new_ticket(
+    rid: int, index: int, priority_class: str, tenant: str, arrival: float, prompt_tokens: int, blocks: np.ndarray,
+    session: int,
+) -> Ticket:  # fmt: skip
+    return Ticket(
+        rid, index, PRIORITY_CLASSES.index(priority_class), tenant, arrival, prompt_tokens, blocks, session=session
+    )

@@ -1,6 +1,6 @@
-"""The gateway's view of one replica: its address, the metrics scraped from its /metrics, and the requests the
-gateway has outstanding there. The router only ever sees these (possibly stale) scraped numbers, as llm-d's
-endpoint picker does.
+"""The gateway's view of one replica: its address and the metrics scraped from its /metrics. The router only ever
+sees these (possibly stale) scraped numbers, as llm-d's endpoint picker does; the requests outstanding there are
+counted by the gateway core (its EndpointSlot).
 """
 
 from __future__ import annotations
@@ -53,8 +53,6 @@ class Upstream:
 
     __slots__ = (
         "base_url",
-        "draining",
-        "in_flight",
         "metrics",
         "model",
         "name",
@@ -69,13 +67,12 @@ class Upstream:
         self.base_url = base_url.rstrip("/")
         # A replica that just passed its readiness test is idle: fresh zeros until the first scrape lands.
         self.metrics = ScrapedMetrics(0, 0, 0.0, added_at)
-        self.in_flight = 0
-        self.draining = False
         self.scrape_errors = 0
         self.scrapes = 0
         self.task: asyncio.Task[None] | None = None
 
-    def endpoint_state(self, healthy: bool = True) -> EndpointState:
+    def scraped_state(self) -> EndpointState:
+        """What the router sees (the core marks outlier-ejected replicas unhealthy itself)."""
         m = self.metrics
         return EndpointState(
             name=self.name,
@@ -84,7 +81,6 @@ class Upstream:
             running=m.running,
             kv_usage=m.kv_usage,
             scraped_at=m.scraped_at,
-            healthy=healthy,
         )
 
     async def scrape(self, client: httpx.AsyncClient, clock: Callable[[], float]) -> bool:

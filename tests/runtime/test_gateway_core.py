@@ -93,7 +93,7 @@ def test_gateway_builds_the_policies_library_objects_from_the_scenario() -> None
 @pytest.mark.timeout(30)
 def test_controller_interface_and_scaling_metrics() -> None:
     now = [100.0]
-    gw = build_gateway(scenario(), keys=make_keys(), clock=lambda: now[0])
+    gw = build_gateway(scenario({"max_in_flight_per_replica": 4}), keys=make_keys(), clock=lambda: now[0])
     assert not gw.ready()  # backup and digits have no replica yet
     gw.add_replica("chat", "a", "http://127.0.0.1:1")
     gw.add_replica("chat", "b", "http://127.0.0.1:2/")
@@ -104,14 +104,14 @@ def test_controller_interface_and_scaling_metrics() -> None:
     assert route.upstreams["b"].base_url == "http://127.0.0.1:2"
     route.upstreams["a"].metrics = ScrapedMetrics(waiting=3, running=2, kv_usage=0.5, scraped_at=100.0)
     route.upstreams["b"].metrics = ScrapedMetrics(waiting=1, running=4, kv_usage=0.3, scraped_at=100.0)
-    route.upstreams["a"].in_flight = 4
+    route.core.slots["a"].in_flight = route.core.slots["b"].in_flight = 4  # both full: arrivals queue
     for t in (101.0, 103.0, 104.0):
         now[0] = t
         gw.new_job("r", "chat", "normal", "acme", 5, np.zeros(0, np.int64))
     m = gw.scaling_metrics("chat", 110.0, ready=2, pending=1)
     assert (m.ready_replicas, m.pending_replicas) == (2, 1)
     assert m.arrivals_per_s == pytest.approx(3 / 10.0)
-    assert m.in_flight == 4 and m.queue_len == 4
+    assert m.in_flight == 8 + 3 and m.queue_len == 3 + 4  # held + queued; queued + the replicas' waiting
     assert m.kv_usage == pytest.approx(0.4) and m.waiting_per_replica == pytest.approx(2.0)
     assert m.seconds_since_last_request == pytest.approx(6.0)
     m2 = gw.scaling_metrics("chat", 115.0, ready=2, pending=0)
@@ -122,7 +122,7 @@ def test_controller_interface_and_scaling_metrics() -> None:
     gw.drain_replica("chat", "a")
     assert [u.name for u in route.ready] == ["b"] and gw.replicas("chat") == ["a", "b"]
     m3 = gw.scaling_metrics("chat", 116.0, ready=1, pending=0)
-    assert m3.waiting_per_replica == 1.0 and m3.in_flight == 4  # the draining replica's requests still count
+    assert m3.waiting_per_replica == 1.0 and m3.in_flight == 11  # the draining replica's requests still count
     gw.remove_replica("chat", "a")
     assert gw.replicas("chat") == ["b"]
     with pytest.raises(KeyError, match="unknown model 'nope'"):
@@ -432,3 +432,36 @@ def test_draining_replica_gets_no_new_requests_and_finishes_what_it_holds() -> N
         assert srv.call(gw.in_flight, "chat", "a") == 0
         srv.call(gw.remove_replica, "chat", "a")
         assert srv.call(gw.replicas, "chat") == ["b"]
+
+
+@pytest.mark.timeout(30)
+def test_serve_refuses_a_canary_naming_the_field() -> None:
+    from odhsim.scenario.checks import live_refusals
+    from runtime.serve import ServeError, serve
+
+    canary = scenario()
+    models = [m.model_copy(update={"canary": None}) for m in canary.models]
+    assert live_refusals(canary.model_copy(update={"models": models})) == []
+    doc = canary.model_dump(mode="json", exclude_none=True)
+    doc["models"][0]["canary"] = {"version": "v2", "traffic_percent": 10}
+    with pytest.raises(ServeError, match=r"models\.0\.canary \(model 'chat', version v2\): canary: the live engine"):
+        serve(type(canary).model_validate(doc))
+
+
+@pytest.mark.timeout(60)
+def test_session_affinity_live_sends_a_session_back_to_the_replica_that_answered_it() -> None:
+    a, b = FakeReplica("chat", "a"), FakeReplica("chat", "b")
+    router = {
+        "plugins": [{"name": "s", "type": "session-affinity-scorer"}, {"name": "p", "type": "max-score-picker"}],
+        "filters": [],
+        "scorers": [{"plugin": "s", "weight": 1.0}],
+        "picker": "p",
+    }
+    sc = scenario({"router": router})
+    with fake_replicas(a, b) as (sa, sb), serve_gateway(sc, {"chat": [("a", sa.url), ("b", sb.url)]}) as (_, srv):
+        body = {"model": "chat", "prompt": "hi", "max_tokens": 2}
+        first = _complete(srv.url, body, **{"x-session-id": "conv-1"}).headers["x-odhsim-replica"]
+        again = [_complete(srv.url, body, **{"x-session-id": "conv-1"}).headers["x-odhsim-replica"] for _ in range(8)]
+        assert again == [first] * 8
+        anonymous = {_complete(srv.url, body).headers["x-odhsim-replica"] for _ in range(12)}
+        assert anonymous == {"a", "b"}  # without a session: a tie, broken at random
