@@ -23,8 +23,12 @@ def test_notebook_executes(path: Path) -> None:
     ]
     assert not errors
     images = [o for cell in nb.cells for o in cell.get("outputs", []) if "image/png" in o.get("data", {})]
-    assert len(images) >= 2, "the quickstart should draw the TTFT distribution and the queue length"
+    assert len(images) >= 2, "every notebook draws at least two figures (quickstart: TTFT and queue length)"
 
 
 def test_quickstart_exists() -> None:
     assert (REPO_ROOT / "notebooks" / "quickstart.ipynb") in NOTEBOOKS
+
+
+def test_capacity_planning_exists() -> None:
+    assert (REPO_ROOT / "notebooks" / "capacity_planning.ipynb") in NOTEBOOKS
