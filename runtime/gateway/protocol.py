@@ -51,7 +51,9 @@ def parse_json(body: bytes) -> Any:
         raise ProtocolError("request body is not UTF-8") from None
     except json.JSONDecodeError as err:
         raise ProtocolError(f"malformed JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
-    except (ValueError, RecursionError) as err:
+    except RecursionError:  # Python's own message would be the answer otherwise
+        raise ProtocolError("malformed JSON: nested too deeply") from None
+    except ValueError as err:
         raise ProtocolError(f"malformed JSON: {err}") from None
     bad = lone_surrogate_path(doc, text)
     if bad is not None:

@@ -34,7 +34,9 @@ def parse_json(body: bytes) -> Any:
         doc = json.loads(text)
     except UnicodeDecodeError:
         raise BadRequest("the body is not UTF-8") from None
-    except (ValueError, RecursionError) as err:
+    except RecursionError:  # Python's own message would be the answer otherwise
+        raise BadRequest("the body is not valid JSON: nested too deeply") from None
+    except ValueError as err:
         raise BadRequest(f"the body is not valid JSON: {err}") from None
     bad = lone_surrogate_path(doc, text)
     if bad is not None:

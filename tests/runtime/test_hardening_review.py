@@ -8,6 +8,7 @@ which still failed, here as live tests (a real replica process behind a real gat
 - `n`, `best_of`, `logprobs`, `echo` in v2 `parameters` were silently ignored (refused on /v1).
 - Triton binary BYTES data that is not UTF-8 reached the model with U+FFFD in place of the bad bytes, while the
   same text in a JSON body is a 400.
+- JSON nested past Python's recursion limit was a 400 quoting Python's own error text.
 - A pipelined request's head (sent in the chunk where the previous request ended) escaped the 16 KiB head limit.
 """
 
@@ -165,3 +166,15 @@ def test_a_pipelined_request_head_is_held_to_the_header_limit(live: tuple[Server
     huge = b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-big: " + b"a" * 2_000_000 + b"\r\n\r\n"
     assert _pipelined(port, small + huge) == [200, 431]  # caught by the raw count: the first still answered
     assert _pipelined(port, small + small) == [200, 200]  # within the limit, pipelining still works
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("path", ["/v1/completions", "/v2/models/chat/infer"])
+def test_json_nested_too_deeply_is_400_without_python_text(
+    live: tuple[ServerThread, ReplicaProcess], path: str
+) -> None:
+    body = b'{"model": "chat", "prompt": "a", "x": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    for url, headers in _targets(live):
+        r = httpx.post(f"{url}{path}", content=body, headers={**headers, "content-type": "application/json"})
+        assert r.status_code == 400, (url, r.text)
+        assert "nested too deeply" in r.text and "recursion" not in r.text, (url, r.text)
