@@ -89,6 +89,7 @@ class ModelController:
         self.storage_uri = model.storage_uri or f"pvc://models/{model.profile or model.name}"
         self.lifecycles: dict[int, Lifecycle] = {}  # replica index -> lifecycle
         self.allocations: dict[int, Allocation] = {}  # replica index -> the GPUs it holds
+        self.deployment_of: dict[int, ModelDeployment] = {}  # replica index -> its replica group (one per GPU type)
         self.grants: dict[int, Any] = {}  # replica index -> queued GPU request of a pending replica
         self.starting: list[ReplicaBase] = []
         self.down: list[ReplicaBase] = []  # failed or backing off before a restart in place
@@ -141,8 +142,8 @@ class ModelController:
         """GPUs held now per GPU type (a model with replica groups holds several types)."""
         held = dict.fromkeys(self._gpu_s, 0)
         for index in self.allocations:
-            r = self.factory.replicas[index]
-            held[r.gpu] = held.get(r.gpu, 0) + r.gpus
+            d = self.deployment_of.get(index, self.model)
+            held[d.gpu] = held.get(d.gpu, 0) + d.gpus_per_replica
         return held
 
     def gpus_held(self) -> int:
@@ -178,8 +179,10 @@ class ModelController:
         approved_empty = self.route.revision == 0 and not self.route.rejection and not self.route.replicas
         if approved_empty and self.autoscaler is None and self.route.fallback is None:
             self._event("unservable", "replicas: 0 and no autoscaler: no replica will ever start")
-        for replica in self.route.replicas:
-            d = self.factory.deployments[replica.index]  # its replica group's GPU type, tp and pp
+        groups = [g for g in self.model.groups() for _ in range(g.replicas)]  # the cluster made them in this order
+        for k, replica in enumerate(self.route.replicas):
+            d = groups[k] if len(groups) == len(self.route.replicas) else self.model
+            self.deployment_of[replica.index] = d
             allocation = self.pool.allocate(d.gpu, d.tp, d.pp)
             assert allocation is not None, "scenario validation guarantees GPUs for the initial replicas"
             self._allocations_change()
@@ -345,7 +348,8 @@ class ModelController:
             return  # scaled away while backing off
         self.down.remove(replica)
         self.starting.append(replica)
-        plan = self.startup.plan(self.size_bytes, self.storage_uri, replica.gpus, cached=True)
+        gpus = self.deployment_of.get(replica.index, self.model).gpus_per_replica
+        plan = self.startup.plan(self.size_bytes, self.storage_uri, gpus, cached=True)
         self._advance(replica, [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)])
 
     # -- the autoscaler loop ------------------------------------------------------------------------------

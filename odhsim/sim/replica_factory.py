@@ -27,7 +27,6 @@ class ReplicaFactory:
         self.on_finish = on_finish
         self.block_tokens = block_tokens
         self.replicas: list[ReplicaBase] = []
-        self.deployments: list[ModelDeployment] = []  # by replica index: the deployment (group) it was made of
         self._made: dict[tuple[int, str], int] = {}
         self._pools = {p.gpu: p for p in scenario.gpu_pool}
         self.service_draws: dict[tuple[int, int], Callable[[], float]] = {}  # (model, revision) -> own service times
@@ -75,5 +74,4 @@ class ReplicaFactory:
         replica.revision = revision
         replica.gpu, replica.gpus = m.gpu, m.gpus_per_replica
         self.replicas.append(replica)
-        self.deployments.append(m)
         return replica
