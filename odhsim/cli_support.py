@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,14 @@ def _first_existing(path: Path) -> Path:
     return Path.cwd()
 
 
+def _probe_write(base: Path, path: Path, option: str) -> None:
+    """Create and remove a scratch folder in `base`: permission bits do not tell (root, read-only mounts, /proc)."""
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".odhsim-probe-", dir=base))
+    except OSError as err:
+        raise OutPathError(f"{option} {path}: cannot write in {base} ({err.strerror or err})") from None
+
+
 def check_out_dir(path: Path | None, option: str = "--out") -> None:
     """`path` must be a folder or creatable as one: not a file, not under a file, and writable."""
     if path is None:
@@ -51,6 +60,7 @@ def check_out_dir(path: Path | None, option: str = "--out") -> None:
         raise OutPathError(f"{option} {path}: {base} is a file, so no folder can be made under it")
     if not os.access(base, os.W_OK | os.X_OK):
         raise OutPathError(f"{option} {path}: {base} is not writable")
+    _probe_write(base, path, option)
 
 
 def check_out_file(path: Path | None, option: str = "--out") -> None:
@@ -64,6 +74,7 @@ def check_out_file(path: Path | None, option: str = "--out") -> None:
         raise OutPathError(f"{option} {path}: {base} is a file, so nothing can be written under it")
     if not os.access(base, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise OutPathError(f"{option} {path}: not writable")
+    _probe_write(base, path, option)
 
 
 def check_seed(seed: int | None, what: str = "--seed") -> None:

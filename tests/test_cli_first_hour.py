@@ -47,7 +47,8 @@ def _no_simulation(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("the simulation ran before the bad option was reported")
 
     monkeypatch.setattr("odhsim.sim.run.simulate", refuse)
-    monkeypatch.setattr(odhsim.analysis.compare, "simulate", refuse)
+    # compare now imports simulate where it runs a job (odhsim.experiments.jobs); an older binding is patched too
+    monkeypatch.setattr(odhsim.analysis.compare, "simulate", refuse, raising=False)
 
 
 # --- a run in which no model can serve ---------------------------------------------------------------------------

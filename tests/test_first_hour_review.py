@@ -132,3 +132,44 @@ def test_epp_file_with_hash_block_size_runs_from_the_cli(tmp_path: Path) -> None
     assert summary["completed"] == summary["requests"] > 0
     pasted = scenario_from_dict(_scenario(gateway={"router": yaml.safe_load(EPP_WITH_HASH_BLOCK_SIZE)}))
     assert pasted.gateway.router is not None
+
+
+# --- --out on a folder that permission bits call writable but is not (root, /proc, read-only mounts) -------------
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux's /proc")
+def test_out_under_proc_is_refused_before_running(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_scenario()))
+    res = runner.invoke(app, ["run", str(path), "--out", "/proc/odhsim-review"])
+    assert res.exit_code == 2, res.output
+    assert "--out /proc/odhsim-review: cannot write in /proc" in res.output
+    assert "Traceback" not in res.output
+
+
+# --- workloads that can never finish, and numbers too long to print ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("rate", "says"), [(1e308, "rates x durations overflow"), (1e10, "about 100,000,000,000 requests")]
+)
+def test_a_workload_no_run_can_finish_is_refused(rate: float, says: str, tmp_path: Path) -> None:
+    sc = _scenario()
+    sc["workload"]["sources"][0]["rate"] = rate
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(sc))
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 2, res.output
+    assert says in res.output and "workload.max_requests" in res.output
+    sc["workload"]["max_requests"] = 100  # capped: accepted
+    path.write_text(yaml.safe_dump(sc))
+    assert runner.invoke(app, ["validate", str(path)]).exit_code == 0
+
+
+def test_huge_duration_warning_stays_short(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(_scenario(duration_s=1e308)))
+    res = runner.invoke(app, ["validate", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "1e+307 timeseries buckets" in res.output and "3.17e+300 years" in res.output
+    assert len(max(res.output.splitlines(), key=len)) < 400

@@ -24,6 +24,9 @@ LONG_DURATION_S = 7 * 86_400.0
 until duration_s even when arrivals stop earlier, so its cost grows with the duration, not the request count."""
 MANY_REQUESTS = 10_000_000
 """Above this many expected requests a warning says so: the request table alone then takes gigabytes."""
+MAX_REQUESTS = 1e10
+"""Above this many expected requests (or when rates x durations overflow) a scenario is refused: at the simulator's
+speed it would run for months and its request table would not fit in memory; workload.max_requests caps it."""
 
 
 def non_finite(value: Any, loc: Loc = ()) -> Iterator[tuple[Loc, float]]:
@@ -76,11 +79,28 @@ def expected_requests(scenario: Scenario) -> tuple[float, int, float]:
     return total, unknown, last
 
 
+def _count(value: float) -> str:
+    """A count for a message: grouped digits up to a trillion, scientific notation beyond (1e308 has 309 digits)."""
+    return f"{value:,.0f}" if value < 1e12 else f"{value:.3g}"
+
+
 def _human_span(seconds: float) -> str:
     for unit, size in (("years", 365.25 * 86_400), ("days", 86_400.0), ("hours", 3_600.0)):
         if seconds >= size:
-            return f"{seconds / size:,.1f} {unit}"
+            return f"{_count(seconds / size) if seconds / size >= 1e12 else format(seconds / size, ',.1f')} {unit}"
     return f"{seconds:,.0f} s"
+
+
+def unbounded_workload(scenario: Scenario) -> str | None:
+    """Why the workload can never finish (more than MAX_REQUESTS expected, or an overflow), or None."""
+    count, _, _ = expected_requests(scenario)
+    if math.isfinite(count) and count <= MAX_REQUESTS:
+        return None
+    about = f"about {_count(count)} requests expected" if math.isfinite(count) else "rates x durations overflow"
+    return (
+        f"workload: {about}, more than the {MAX_REQUESTS:.0e} requests a run can finish; lower the rates or "
+        "duration_s, or cap the run with workload.max_requests"
+    )
 
 
 def validation_warnings(scenario: Scenario) -> list[str]:
@@ -93,12 +113,13 @@ def validation_warnings(scenario: Scenario) -> list[str]:
         buckets = d / scenario.outputs.timeseries_bucket_s
         ends = f"; arrivals end at about {last:,.0f} s but the run goes on to duration_s" if last < d / 2 else ""
         out.append(
-            f"duration_s: {d:g} s ({_human_span(d)} of simulated time): about {count:,.0f} requests expected{traces}"
-            f", {buckets:,.0f} timeseries buckets of {scenario.outputs.timeseries_bucket_s:g} s{ends}"
+            f"duration_s: {d:g} s ({_human_span(d)} of simulated time): about {_count(count)} requests expected"
+            f"{traces}, {_count(buckets)} timeseries buckets of {scenario.outputs.timeseries_bucket_s:g} s (a row per"
+            f" bucket and model is kept in memory; a larger outputs.timeseries_bucket_s keeps fewer){ends}"
         )
     if count > MANY_REQUESTS:
         out.append(
-            f"workload: about {count:,.0f} requests expected{traces} (more than {MANY_REQUESTS:,}); "
+            f"workload: about {_count(count)} requests expected{traces} (more than {MANY_REQUESTS:,}); "
             "lower duration_s or the rates, or set workload.max_requests"
         )
     return out

@@ -15,7 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from odhsim.errors import OdhsimError, ScenarioError
-from odhsim.scenario.checks import NON_FINITE_HINT, non_finite
+from odhsim.scenario.checks import NON_FINITE_HINT, non_finite, unbounded_workload
 from odhsim.scenario.deployment import FieldPathError
 from odhsim.scenario.fieldpaths import Loc, field_names, yaml_loc
 from odhsim.scenario.model import Scenario
@@ -160,6 +160,9 @@ def scenario_from_dict(
     except ValidationError as err:
         raise ScenarioError(validation_message(err, source, lines, set_by)) from None
     _refuse_non_finite(sc, "Scenario", source, lines, set_by)
+    unbounded = unbounded_workload(sc)
+    if unbounded is not None:
+        raise ScenarioError(f"{source}: {unbounded}")
     return sc
 
 
