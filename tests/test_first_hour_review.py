@@ -173,3 +173,62 @@ def test_huge_duration_warning_stays_short(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert "1e+307 timeseries buckets" in res.output and "3.17e+300 years" in res.output
     assert len(max(res.output.splitlines(), key=len)) < 400
+
+
+# --- odhsim import kserve on InferenceServices as people write them ------------------------------------------------
+
+ISVC_VLLM = """
+apiVersion: serving.kserve.io/v1beta1
+kind: InferenceService
+metadata:
+  name: llama-chat
+  annotations:
+    autoscaling.knative.dev/class: kpa.autoscaling.knative.dev
+    autoscaling.knative.dev/target: "8"
+spec:
+  predictor:
+    minReplicas: 1
+    maxReplicas: 4
+    nodeSelector:
+      nvidia.com/gpu.product: NVIDIA-A100-SXM4-80GB
+    model:
+      modelFormat: {name: vLLM}
+      storageUri: hf://STORAGE
+      args: ["--max-model-len=4096", "--tensor-parallel-size=TP"]
+      resources:
+        limits: {nvidia.com/gpu: "GPUS"}
+"""
+
+
+@pytest.mark.parametrize(
+    ("hf_id", "profile"),
+    [
+        ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1-8b"),
+        ("meta-llama/Meta-Llama-3.1-8B-Instruct", "llama3.1-8b"),
+        ("meta-llama/Meta-Llama-3-8B-Instruct", "llama3-8b"),
+        ("meta-llama/Llama-2-7b-chat-hf", "llama2-7b"),
+        ("mistralai/Mistral-7B-Instruct-v0.2", "mistral-7b"),
+    ],
+)
+def test_import_kserve_reads_an_instruct_model_as_its_base_profile(hf_id: str, profile: str, tmp_path: Path) -> None:
+    path = tmp_path / "isvc.yaml"
+    path.write_text(ISVC_VLLM.replace("STORAGE", hf_id).replace("TP", "1").replace("GPUS", "1"))
+    res = runner.invoke(app, ["import", "kserve", str(path)])
+    assert res.exit_code == 0, res.output
+    models = yaml.safe_load(res.stdout.split("not mapped")[0])["models"]
+    assert models[0]["profile"] == profile
+    assert "a fine-tune keeps its base's shapes" in res.output
+
+
+@pytest.mark.parametrize(
+    ("tp", "gpus", "field"),
+    [("1", "two", "resources.limits.nvidia.com/gpu: 'two'"), ("x", "1", "args[1]: 'x'")],
+)
+def test_import_kserve_bad_counts_name_the_field(tp: str, gpus: str, field: str, tmp_path: Path) -> None:
+    path = tmp_path / "isvc.yaml"
+    text = ISVC_VLLM.replace("STORAGE", "meta-llama/Llama-3.1-8B").replace("TP", tp).replace("GPUS", gpus)
+    path.write_text(text)
+    res = runner.invoke(app, ["import", "kserve", str(path)])
+    assert res.exit_code == 2, res.output
+    assert f"spec.predictor.model.{field} is not a whole number" in res.output
+    assert "Traceback" not in res.output

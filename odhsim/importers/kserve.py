@@ -184,6 +184,39 @@ class _Doc:
         return out
 
 
+def _count(value: object, where: str) -> int:
+    """A non-negative whole number from YAML or an argument string; a KServeImportError naming `where` otherwise."""
+    text = str(value).strip()
+    if not text.isdigit():
+        raise KServeImportError(f"{where}: {value!r} is not a whole number")
+    return int(text)
+
+
+# Fine-tune and packaging suffixes of Hugging Face ids (Llama-3.1-8B-Instruct, Llama-2-7b-chat-hf,
+# Mistral-7B-Instruct-v0.2): the architecture, and so the latency profile, is the base model's.
+_FINETUNE_SUFFIX = re.compile(r"-(instruct|chat|hf|it)(-v\d+(\.\d+)*)?$", re.IGNORECASE)
+
+
+def _catalogue_profile(name: str) -> tuple[str, str] | None:
+    """(profile, the name it was found under) for a model id, trying it as given, then without its fine-tune
+    suffixes and without Meta's "Meta-" prefix; None when the catalogue has no such model."""
+    tried: list[str] = []
+    base = name.strip()
+    while base and base not in tried:
+        tried.append(base)
+        head, _, last = base.rpartition("/")
+        stem = _FINETUNE_SUFFIX.sub("", last)
+        base = f"{head}/{stem}" if head else stem
+    more = [re.sub(r"(^|/)Meta-(?=Llama-3\.)", r"\1", t, flags=re.IGNORECASE) for t in tried]
+    packaged = [f"{t}{tail}" for t in tried[1:] for tail in ("-hf", "-v0.1")]  # the catalogue's base ids
+    for cand in dict.fromkeys([*tried, *more, *packaged]):
+        try:
+            return catalog.model(cand).name, cand
+        except CatalogError:
+            continue
+    return None
+
+
 def _annotation_key(path: str, key: str) -> str:
     return f"{path}.annotations.{key}"
 
@@ -352,11 +385,12 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
             candidates.append((uri[5:].split("@")[0].strip("/"), f"{M}.storageUri"))
         profile = None
         for cand, _ in candidates:
-            try:
-                profile = catalog.model(cand).name
+            found = _catalogue_profile(str(cand))
+            if found is not None:
+                profile, base = found
+                if base != str(cand):
+                    notes.append(f"{cand} read as {base} (profile {profile}): a fine-tune keeps its base's shapes")
                 break
-            except CatalogError:
-                continue
         if profile is None:
             tried = ", ".join(c for c, _ in candidates) or "nothing to go by"
             missing.append(f"which LLM this is ({tried}): pass --profile, one of {', '.join(catalog.model_names())}")
@@ -368,12 +402,14 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
             args.pop("backend")
 
     # GPUs
-    gpus_raw = d.get(f"{M}.resources.limits", key=GPU_RESOURCE)
+    limit = d.get(f"{M}.resources.limits", key=GPU_RESOURCE)
     requested = d.get(f"{M}.resources.requests", key=GPU_RESOURCE)
-    gpus_raw = requested if gpus_raw is None else gpus_raw
-    gpu_count = int(str(gpus_raw)) if gpus_raw is not None else 0
-    tp = int(args.pop("tensor-parallel-size", ("0", ""))[0]) or max(gpu_count, 1)
-    pp = int(args.pop("pipeline-parallel-size", ("1", ""))[0])
+    gpus_raw, gpu_where = (requested, "requests") if limit is None else (limit, "limits")
+    gpu_count = _count(gpus_raw, f"{M}.resources.{gpu_where}.{GPU_RESOURCE}") if gpus_raw is not None else 0
+    tp_arg = args.pop("tensor-parallel-size", None)
+    tp = (_count(tp_arg[0], tp_arg[1] or f"{M}.args") if tp_arg else 0) or max(gpu_count, 1)
+    pp_arg = args.pop("pipeline-parallel-size", None)
+    pp = _count(pp_arg[0], pp_arg[1] or f"{M}.args") if pp_arg else 1
     if gpu_count and tp * pp != gpu_count:
         notes.append(f"{GPU_RESOURCE}={gpu_count} but tensor x pipeline parallel = {tp * pp}; used tp={tp}, pp={pp}")
     if not gpu_count:
