@@ -104,6 +104,7 @@ class FakeRoute:
     revision: int = 0
     rejection: str = ""
     fallback: Any = None
+    concurrency: Any = None  # no in-flight integral (the live adapter keeps none yet): both see sampled in_flight
 
     def queued(self) -> int:
         return 0

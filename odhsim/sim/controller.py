@@ -371,6 +371,7 @@ class ModelController:
             kv_usage_sum=sum(r.kv_usage() for r in ready),
             serving=len(ready),
             last_arrival_s=route.last_arrival_s,
+            in_flight_s=None if route.concurrency is None else route.concurrency.value(self.env.now),
         )
 
     def metrics(self) -> ScalingMetrics:

@@ -21,6 +21,7 @@ from odhsim.sim.replica_base import ReplicaBase
 from odhsim.sim.request import STATUS_OK, SimRequest
 from policies.caching.key import response_key
 from policies.caching.response_cache import TieredResponseCache
+from policies.controlplane.metrics import ConcurrencyIntegral
 from policies.flowcontrol.config import FlowControl
 from policies.gateway.core import ACTIVATOR_TIMEOUT_S, NO_REPLICAS, GatewayCore
 from policies.gateway.route import RouteState
@@ -58,6 +59,9 @@ class ModelRoute:
         self.revisions: list[ModelRoute] = [self]  # on the primary: every revision, by number
         self.rollout: Any = None  # the model's CanaryRollout (odhsim.sim.rollout), on every revision of it
         self.version_code = -1  # the version's code in the requests table
+        # Requests held for this revision integrated over time (request-seconds), kept only when an autoscaler
+        # reads it: Knative's KPA scales on concurrency averaged over time, not on a point sample at its tick.
+        self.concurrency: ConcurrencyIntegral | None = None
 
     # -- what the cluster builder, the controller and the rollout set or read -------------------------------------
     @property
@@ -121,6 +125,8 @@ class ModelRoute:
     def controller(self, controller: Any) -> None:
         self._controller = controller  # the model's ModelController (set by the cluster builder)
         self.core.scales = self.autoscaled
+        if self.autoscaled and self.concurrency is None:
+            self.concurrency = ConcurrencyIntegral(controller.env.now)
 
     @property
     def autoscaled(self) -> bool:
@@ -180,6 +186,7 @@ class Gateway:
                 rev.core.model = mi
                 rev.core.primary = model.core
         self.tickets: dict[int, Ticket] = {}  # by row, while the request is in flight
+        self._counted: dict[int, ConcurrencyIntegral] = {}  # by row: the revision integral it was counted in
         self.core = GatewayCore(
             [m.core for m in routes],
             scrape_interval_s=scrape_interval_s,
@@ -197,7 +204,13 @@ class Gateway:
         t = Ticket(req.row, req.model, req.priority, tenant, req.arrival_s, req.prompt_tokens, req.blocks,
                    session=req.session, output_tokens=req.output_tokens, ref=req)  # fmt: skip
         self.tickets[req.row] = t
-        self._run(self.core.arrive(self.env.now, t))
+        now = self.env.now
+        actions = self.core.arrive(now, t)
+        counted = t.route.ref.concurrency  # type: ignore[union-attr]  # the revision that took it (split, fallback)
+        if counted is not None:  # held there until its answer (a later retry on the fallback is not followed)
+            counted.change(now, 1)
+            self._counted[req.row] = counted
+        self._run(actions)
 
     def finish(self, req: SimRequest, now: float, status: str, reason: str, kind: str | None = None) -> None:
         """A replica (or its controller, on a drain timeout) is done with a request it was handed; `kind`: the
@@ -265,6 +278,10 @@ class Gateway:
         t = a.ticket
         req: SimRequest = t.ref
         del self.tickets[t.id]
+        if self._counted:
+            counted = self._counted.pop(t.id, None)
+            if counted is not None:
+                counted.change(self.env.now, -1)
         self.in_flight -= 1
         self.completed += 1
         held = t.route  # the core's revision that holds it (t.fallback and route.revision, without the properties)
