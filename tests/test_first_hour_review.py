@@ -232,3 +232,24 @@ def test_import_kserve_bad_counts_name_the_field(tp: str, gpus: str, field: str,
     assert res.exit_code == 2, res.output
     assert f"spec.predictor.model.{field} is not a whole number" in res.output
     assert "Traceback" not in res.output
+
+
+# --- open: odhsim/bench.py (outside this review's files) -----------------------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="odhsim/bench.py run_isolated waits on queue.get() with no timeout and never checks the child: a case "
+    "that raises in its forked child (seen once: an IndexError in prefix_cache._compact_queue) hangs `odhsim bench` "
+    "for ever instead of failing",
+)
+def test_bench_child_that_raises_fails_instead_of_hanging() -> None:
+    import subprocess
+    import sys
+
+    code = "from odhsim.bench import run_isolated\ndef boom():\n    raise ValueError('x')\nrun_isolated(boom)\n"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=8)
+    except subprocess.TimeoutExpired:
+        pytest.fail("run_isolated hung after its child raised")
+    assert proc.returncode != 0 and "ValueError" in proc.stderr
