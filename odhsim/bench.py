@@ -8,14 +8,18 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
+import queue as queue_mod
 import resource
 import statistics
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from odhsim.errors import OdhsimError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AZURE_CONV = REPO_ROOT / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"  # committed (CC-BY-4.0)
@@ -154,7 +158,12 @@ def _run_mmc_bare_simpy(n: int) -> dict[str, Any]:
 
 
 def _child(fn: Callable[..., dict[str, Any]], args: tuple, queue: mp.Queue) -> None:  # type: ignore[type-arg]
-    queue.put(fn(*args))
+    """Send ("ok", result) or ("error", the child's traceback): the parent must never wait for a result that a
+    failed case will not send."""
+    try:
+        queue.put(("ok", fn(*args)))
+    except BaseException:
+        queue.put(("error", traceback.format_exc()))
 
 
 def run_isolated_value(fn: Callable[..., Any], *args: Any) -> Any:
@@ -166,9 +175,20 @@ def run_isolated(fn: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any
     queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
     proc = ctx.Process(target=_child, args=(fn, args, queue))
     proc.start()
-    result = queue.get()
+    while True:
+        try:
+            kind, payload = queue.get(timeout=0.5)
+            break
+        except queue_mod.Empty as empty:
+            if not proc.is_alive():  # died without a word (killed, out of memory): say so instead of hanging
+                proc.join()
+                raise OdhsimError(
+                    f"benchmark case {getattr(fn, '__name__', fn)!s} died (exit code {proc.exitcode})"
+                ) from empty
     proc.join()
-    return result
+    if kind == "error":
+        raise OdhsimError(f"benchmark case {getattr(fn, '__name__', fn)!s} failed:\n{payload}")
+    return payload
 
 
 def _capacity_rps_per_replica() -> float:

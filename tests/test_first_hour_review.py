@@ -234,15 +234,9 @@ def test_import_kserve_bad_counts_name_the_field(tp: str, gpus: str, field: str,
     assert "Traceback" not in res.output
 
 
-# --- open: odhsim/bench.py (outside this review's files) -----------------------------------------------------------
+# --- odhsim/bench.py: a failing benchmark case fails the bench instead of hanging it ---------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="odhsim/bench.py run_isolated waits on queue.get() with no timeout and never checks the child: a case "
-    "that raises in its forked child (seen once: an IndexError in prefix_cache._compact_queue) hangs `odhsim bench` "
-    "for ever instead of failing",
-)
 def test_bench_child_that_raises_fails_instead_of_hanging() -> None:
     import subprocess
     import sys
