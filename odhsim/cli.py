@@ -232,12 +232,21 @@ def run(
 def validate(
     scenario: Annotated[Path, typer.Argument(help="Scenario YAML to check.")],
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value.")] = None,
+    engine: Annotated[
+        str, typer.Option(help="Check for this engine too: sim (odhsim run) or live (odhsim serve).")
+    ] = "sim",
 ) -> None:
     """Check a scenario file without running it (traces: header and first row)."""
+    from odhsim.scenario.checks import live_refusals
     from odhsim.scenario.load import load_scenario
 
+    if engine not in ("sim", "live"):
+        raise OdhsimError(f"--engine must be sim or live, got {engine!r}")
     sc = load_scenario(scenario, set_, check_files=True)
     check_seed(sc.seed, "seed")
+    refused = live_refusals(sc) if engine == "live" else []
+    if refused:
+        raise OdhsimError(f"{scenario}: the live engine cannot serve this scenario: " + "; ".join(refused))
     replicas = sum(m.replicas for m in sc.models)
     console.print(
         escape(f"{scenario}: ok ({sc.name}: {len(sc.models)} models, {replicas} replicas)"),

@@ -309,3 +309,17 @@ def test_list_unknown_is_a_clear_error() -> None:
     result = runner.invoke(app, ["list", "gpu"])
     assert result.exit_code == 2
     assert "unknown list 'gpu'; choose one of: gpus, profiles, policies, autoscalers, traces" in result.output
+
+
+def test_validate_for_the_live_engine_refuses_what_serve_would_refuse() -> None:
+    """Parity (issue 9): a feature one engine lacks is refused by `validate --engine` for that engine, with why."""
+    canary = REPO_ROOT / "scenarios" / "canary.yaml"
+    sim = runner.invoke(app, ["validate", str(canary)])
+    assert sim.exit_code == 0, sim.output
+    live = runner.invoke(app, ["validate", str(canary), "--engine", "live"])
+    assert live.exit_code == 2
+    assert "models.0.canary" in live.output and "the live engine serves one revision" in live.output
+    ok = runner.invoke(app, ["validate", str(REPO_ROOT / "scenarios" / "live.yaml"), "--engine", "live"])
+    assert ok.exit_code == 0, ok.output
+    bad = runner.invoke(app, ["validate", str(canary), "--engine", "k8s"])
+    assert bad.exit_code == 2 and "--engine must be sim or live" in bad.output
