@@ -2,7 +2,8 @@
 
 Script: two ready replicas; scale to 4 under a budget that fits 3 (one start, one budget refusal); replica 0
 crashes (CrashLoopBackOff restart 1 after the base delay); scale to 1 (victims: the starting one, the one backing
-off, then the most recently ready one); a tick of observations with the same counters (same ScalingMetrics).
+off, then the most recently ready one); a tick of observations with the same counters (same ScalingMetrics,
+the time-averaged concurrency from each engine's in-flight integral included).
 Both adapters are recorded at the core's boundary: the plans the core returns, the restart decisions, the deploy
 verdict and the metrics the autoscaler observed.
 """
@@ -24,7 +25,7 @@ from odhsim.sim.controller import ModelController as SimController
 from odhsim.sim.controller import sim_verdict
 from policies.autoscaling.types import ScaleDecision, ScalingMetrics
 from policies.controlplane.capacity import Spend
-from policies.controlplane.metrics import LoadSnapshot
+from policies.controlplane.metrics import ConcurrencyIntegral, LoadSnapshot
 from policies.controlplane.restart import RestartPolicy
 from policies.cost.budget import BudgetGuard
 from policies.lifecycle.states import RestartBackoff
@@ -75,6 +76,14 @@ class Script:
 
 
 SNAPSHOTS = [(0.0, 0), (1.0, 5), (2.0, 9)]  # (t, cumulative arrivals)
+HELD = [(0.0, 3), (0.5, -2)]  # (t, change in requests held): 3 for 0.5 s, then 1
+
+
+def hold_until(integral: ConcurrencyIntegral, since: float, t: float) -> None:
+    """The script's changes in (since, t], each at its own time, into an engine's in-flight integral."""
+    for at, delta in HELD:
+        if since < at <= t:
+            integral.change(at, delta)
 
 
 # -- the SimPy adapter against fakes of its neighbours -----------------------------------------------------------
@@ -104,7 +113,7 @@ class FakeRoute:
     revision: int = 0
     rejection: str = ""
     fallback: Any = None
-    concurrency: Any = None  # no in-flight integral (the live adapter keeps none yet): both see sampled in_flight
+    concurrency: ConcurrencyIntegral = field(default_factory=ConcurrencyIntegral)  # as an autoscaled revision's
 
     def queued(self) -> int:
         return 0
@@ -171,9 +180,12 @@ def run_sim() -> tuple[list[tuple[Any, ...]], list[ScalingMetrics], tuple[bool, 
     ctl.adopt_initial()
     rec = Recorder(ctl.core)
     ctl.core.begin(0.0, 0)
+    since = -1.0
     for t, arrivals in SNAPSHOTS:
         env.run(until=t) if t > env.now else None
         route.arrivals = arrivals
+        hold_until(route.concurrency, since, t)
+        since = t
         result = ctl.core.tick(env.now, ctl.snapshot(), ctl.views())
         if result.plan is not None:
             ctl.apply(result.plan)
@@ -220,6 +232,7 @@ class FakeProber:
 class FakeGateway:
     def __init__(self) -> None:
         self.arrivals = 0
+        self.concurrency = ConcurrencyIntegral()  # as runtime.gateway's ModelRoute keeps for an autoscaled model
 
     def add_replica(self, *a: Any) -> None: ...
     def drain_replica(self, *a: Any) -> None: ...
@@ -229,7 +242,7 @@ class FakeGateway:
 
     def load_snapshot(self, model: str, now: float, ready: int, pending: int) -> LoadSnapshot:
         return LoadSnapshot(now=now, arrivals=self.arrivals, in_flight=0.0, queued=0, ready=ready, pending=pending,
-                            serving=ready)  # fmt: skip
+                            serving=ready, in_flight_s=self.concurrency.value(now))  # fmt: skip
 
 
 def run_live() -> tuple[list[tuple[Any, ...]], list[ScalingMetrics], tuple[bool, str]]:
@@ -253,8 +266,11 @@ def run_live() -> tuple[list[tuple[Any, ...]], list[ScalingMetrics], tuple[bool,
         await asyncio.wait_for(ctl.deployed.wait(), 5)
         ctl.core.begin(0.0, 0)
         prober.hold = True
+        since = -1.0
         for t, arrivals in SNAPSHOTS:
             clock["t"], gateway.arrivals = t, arrivals
+            hold_until(gateway.concurrency, since, t)
+            since = t
             result = ctl.core.tick(t, ctl._snapshot(t), ctl.views())
             if result.plan is not None:
                 ctl.apply(result.plan)
@@ -290,12 +306,10 @@ def test_both_adapters_make_the_same_decisions() -> None:
         ("plan", "4 -> 1: down", 0, ("chat-v1-2", "chat-v1-0"), None),  # loading first, then the one backing off
     ]
     assert live_decisions == sim_decisions
-    assert [(m.now, m.arrivals_per_s, m.ready_replicas) for m in sim_seen] == [
-        (0.0, 0.0, 2),
-        (1.0, 5.0, 2),
-        (2.0, 4.0, 2),
+    assert [(m.now, m.arrivals_per_s, m.ready_replicas, m.avg_concurrency) for m in sim_seen] == [
+        (0.0, 0.0, 2, 0.0),  # no time elapsed: the point sample
+        (1.0, 5.0, 2, 2.0),  # 3 held for 0.5 s, 1 for 0.5 s
+        (2.0, 4.0, 2, 1.0),
     ]
-    assert [(m.now, m.arrivals_per_s, m.ready_replicas) for m in live_seen] == [
-        (m.now, m.arrivals_per_s, m.ready_replicas) for m in sim_seen
-    ]
+    assert live_seen == sim_seen
     assert sim_verdict_ == live_verdict and sim_verdict_[0] is True

@@ -298,6 +298,7 @@ class Gateway:
             kv_usage_sum=sum(min(1.0, max(0.0, u.metrics.kv_usage)) for u in ups),
             serving=len(ups),
             last_arrival_s=route.last_arrival,
+            in_flight_s=None if route.concurrency is None else route.concurrency.value(now),
         )
 
     def scaling_metrics(self, model: str, now: float, ready: int, pending: int) -> ScalingMetrics:
@@ -353,7 +354,12 @@ class Gateway:
         job = Job(t, request_id, model, cache_key_for)
         t.ref = job
         self.jobs[t.id] = job
-        self._run(self.core.arrive(now, t))
+        actions = self.core.arrive(now, t)
+        held = self._by_core.get(t.route) if t.route is not None else None  # the revision that took it (fallback)
+        if held is not None and held.concurrency is not None:  # held there until its final answer (as the sim)
+            held.concurrency.change(now, 1)
+            job.counted = held.concurrency
+        self._run(actions)
         return job
 
     async def serve(self, job: Job, call: UpstreamCall) -> Buffered | Streaming:
@@ -462,6 +468,9 @@ class Gateway:
             elif cls is Respond:
                 job: Job = a.ticket.ref
                 self.jobs.pop(a.ticket.id, None)
+                if job.counted is not None:  # its final answer: it leaves its revision's in-flight integral
+                    job.counted.change(self.clock(), -1)
+                    job.counted = None
                 job.deliver(a)
             elif cls is WakeAt:
                 self._wake_at(a, self.clock() if now is None else now)

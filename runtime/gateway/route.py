@@ -17,6 +17,7 @@ import numpy as np
 
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
+from policies.controlplane.metrics import ConcurrencyIntegral
 from policies.flowcontrol.config import FlowControl
 from policies.flowcontrol.priority import PRIORITY_CLASSES
 from policies.gateway.route import RouteState
@@ -66,7 +67,7 @@ def session_id(tenant: str, header: str | None) -> int:
 class Job:
     """One client request inside the gateway, across its attempts: the core's ticket and its mailbox."""
 
-    __slots__ = ("cache_key_for", "inbox", "model", "request_id", "ticket", "waiter")
+    __slots__ = ("cache_key_for", "counted", "inbox", "model", "request_id", "ticket", "waiter")
 
     def __init__(self, ticket: Ticket, request_id: str, model: str, cache_key_for: CacheKeyFn | None) -> None:
         self.ticket = ticket
@@ -75,6 +76,7 @@ class Job:
         self.cache_key_for = cache_key_for
         self.inbox: deque[Dispatch | Respond] = deque()  # the core's Dispatch / Respond for this request
         self.waiter: asyncio.Future[None] | None = None
+        self.counted: ConcurrencyIntegral | None = None  # the revision's integral it is held in, until its answer
 
     @property
     def rid(self) -> int:
@@ -141,6 +143,11 @@ class ModelRoute:
         self.upstreams: dict[str, Upstream] = {}
         self.rate_since = now
         self.rate_seen = 0
+        # Requests held for this model integrated over time (request-seconds), kept only when an autoscaler reads
+        # it: Knative's KPA scales on concurrency averaged over time, not on a point sample at its tick.
+        self.concurrency: ConcurrencyIntegral | None = (
+            None if deployment.autoscaling is None else ConcurrencyIntegral(now)
+        )
 
     # -- the core's state, read --------------------------------------------------------------------------------
     @property

@@ -14,8 +14,10 @@ import pytest
 
 from odhsim.rng import RngStreams
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
+from policies.controlplane.metrics import MetricsAccumulator
 from policies.flowcontrol.config import FlowControl
 from policies.flowcontrol.queues import StrictPriorityQueue
+from policies.gateway.types import DONE
 from policies.resilience.breaker import CircuitBreaker
 from policies.resilience.outlier import OutlierDetector
 from policies.resilience.retry import EnvoyRetry, LadderRetry
@@ -127,6 +129,45 @@ def test_controller_interface_and_scaling_metrics() -> None:
     assert gw.replicas("chat") == ["b"]
     with pytest.raises(KeyError, match="unknown model 'nope'"):
         gw.scaling_metrics("nope", 1.0, 0, 0)
+
+
+@pytest.mark.timeout(30)
+def test_load_snapshot_integrates_in_flight_over_time_for_an_autoscaled_model() -> None:
+    """Knative's KPA averages concurrency over its tick: the live snapshot carries the in-flight integral
+    (arrival to final answer, whatever the answer), as the simulator's does."""
+    now = [100.0]
+    gw = build_gateway(scenario({"max_in_flight_per_replica": 2}), keys=make_keys(), clock=lambda: now[0])
+    gw.add_replica("cold", "c", "http://127.0.0.1:1")
+    gw.add_replica("chat", "a", "http://127.0.0.1:2")
+    acc = MetricsAccumulator(100.0)
+    first = gw.load_snapshot("cold", 100.0, ready=1, pending=0)
+    assert first.in_flight_s == 0.0
+    acc.observe(first)
+    a, b = (gw.new_job(f"r{i}", "cold", "normal", "acme", 5, np.zeros(0, np.int64)) for i in range(2))
+    assert gw.in_flight("cold", "c") == 2
+    now[0] = 101.0
+    gw._run(gw.core.attempt_done(101.0, a.ticket, DONE))  # answered
+    gw.end_job(b)  # dispatched, then the client went away (499)
+    now[0] = 102.0
+    snap = gw.load_snapshot("cold", 102.0, ready=1, pending=0)
+    assert snap.in_flight_s == pytest.approx(2.0)  # 2 requests for 1 s, none for the next second
+    assert acc.observe(snap).avg_concurrency == pytest.approx(1.0)
+    assert snap.in_flight == 0.0  # a point sample at the tick sees nothing
+
+    # Queued behind a full replica, then gone: counted while it waited; nothing leaks after the answers.
+    c, d, e = (gw.new_job(f"q{i}", "cold", "normal", "acme", 5, np.zeros(0, np.int64)) for i in range(3))
+    assert gw.queued("cold") == 1 and not e.inbox
+    now[0] = 102.5
+    gw.end_job(e)
+    now[0] = 103.0
+    gw._run(gw.core.attempt_done(103.0, c.ticket, DONE))
+    gw._run(gw.core.attempt_done(103.0, d.ticket, DONE))
+    now[0] = 104.0
+    snap = gw.load_snapshot("cold", 104.0, ready=1, pending=0)
+    assert snap.in_flight_s == pytest.approx(2.0 + 2 * 1.0 + 0.5)
+    assert acc.observe(snap).avg_concurrency == pytest.approx(2.5 / 2)
+    assert gw.routes["cold"].concurrency.level == 0 and not gw.jobs  # type: ignore[union-attr]
+    assert gw.load_snapshot("chat", 104.0, 1, 0).in_flight_s is None  # no autoscaler reads chat's
 
 
 @pytest.mark.timeout(10)
