@@ -185,7 +185,6 @@ class Gateway:
             for rev in model.revisions:
                 rev.core.model = mi
                 rev.core.primary = model.core
-        self.tickets: dict[int, Ticket] = {}  # by row, while the request is in flight
         self._counted: dict[int, ConcurrencyIntegral] = {}  # by row: the revision integral it was counted in
         self.core = GatewayCore(
             [m.core for m in routes],
@@ -203,8 +202,8 @@ class Gateway:
         tenant = self.tenant_names[req.tenant] if self.tenant_names else ""
         t = Ticket(req.row, req.model, req.priority, tenant, req.arrival_s, req.prompt_tokens, req.blocks,
                    session=req.session, output_tokens=req.output_tokens, ref=req)  # fmt: skip
-        self.tickets[req.row] = t
-        now = self.env.now
+        req.ticket = t  # on the request rather than in a dict by row: one attribute store per request
+        now = self.env._now
         actions = self.core.arrive(now, t)
         counted = t.route.ref.concurrency  # type: ignore[union-attr]  # the revision that took it (split, fallback)
         if counted is not None:  # held there until its answer (a later retry on the fallback is not followed)
@@ -215,7 +214,7 @@ class Gateway:
     def finish(self, req: SimRequest, now: float, status: str, reason: str, kind: str | None = None) -> None:
         """A replica (or its controller, on a drain timeout) is done with a request it was handed; `kind`: the
         attempt failed in a way the retry policy acts on (connect-failure, reset, timeout, 5xx, gateway-error)."""
-        t = self.tickets[req.row]
+        t: Ticket = req.ticket
         outcome = kind if kind is not None else DONE if status == STATUS_OK else ABORTED
         actions = self.core.attempt_done(now, t, outcome, reason, size_bytes=4 * req.output_tokens)
         replica = self.replicas[req.replica]
@@ -243,7 +242,7 @@ class Gateway:
 
     def serving_route(self, req: SimRequest) -> ModelRoute:
         """The revision route that holds `req` (of its model, or of the fallback it went to)."""
-        return self.tickets[req.row].route.ref  # type: ignore[union-attr]
+        return req.ticket.route.ref  # type: ignore[no-any-return]
 
     def _cache_key(self, route: RouteState, t: Ticket) -> int | None:
         if t.blocks is None:
@@ -277,7 +276,7 @@ class Gateway:
     def _respond(self, a: Respond) -> None:
         t = a.ticket
         req: SimRequest = t.ref
-        del self.tickets[t.id]
+        req.ticket = None
         if self._counted:
             counted = self._counted.pop(t.id, None)
             if counted is not None:
@@ -289,7 +288,7 @@ class Gateway:
         req.fallback = held.model != t.model
         req.version = held.revision
         req.retries = t.attempt - 1 if t.attempt > 1 else 0
-        now = self.env.now
+        now = self.env._now
         if a.reason == "cache_hit":
             req.cache_hit = True
             req.first_token_s = now

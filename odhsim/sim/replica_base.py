@@ -64,33 +64,38 @@ class ReplicaBase:
         """Call before any change to waiting/running/kv: keeps the metrics of the current scrape tick."""
         if self.parent is not None:  # the pipeline replica publishes sums over its engines: it keeps them first
             self.parent._before_change()
-        tick = int(self.env.now / self.scrape_interval_s)
+        tick = int(self.env._now / self.scrape_interval_s)
         if tick != self._published_tick:
             self._published = None
             self._published_values = (self.waiting(), self.running(), self.kv_usage())
             self._published_tick = tick
 
     def scraped_state(self) -> EndpointState:
-        """The metrics as of the latest scrape tick (what the router may see now)."""
-        tick = int(self.env.now / self.scrape_interval_s)
-        if tick != self._published_tick:  # no change since the tick began: the current state is the scrape
+        """The metrics as of the latest scrape tick (what the router may see now).
+
+        Hot: called once per candidate replica per dispatch. The state built for a tick is kept until the next
+        change or tick, so most calls are one division and one comparison (env._now: simpy's clock without the
+        property call)."""
+        tick = int(self.env._now / self.scrape_interval_s)
+        if tick == self._published_tick:
+            state = self._published
+            if state is not None:
+                return state
+        else:  # no change since the tick began: the current state is the scrape
             self._published_values = (self.waiting(), self.running(), self.kv_usage())
             self._published_tick = tick
-            self._published = None
-        state = self._published
-        if state is None:
-            waiting, running, kv = self._published_values
-            state = self._published = EndpointState(
-                self.name,
-                self.model_name,
-                waiting,
-                running,
-                kv,
-                tick * self.scrape_interval_s,
-                # vllm:cache_config_info (num_gpu_blocks, block_size) of LLM replicas; 0 where there is none
-                cache_num_blocks=getattr(self, "total_blocks", 0),
-                cache_block_size=getattr(self, "bs", 0),
-            )
+        waiting, running, kv = self._published_values
+        state = self._published = EndpointState(
+            self.name,
+            self.model_name,
+            waiting,
+            running,
+            kv,
+            tick * self.scrape_interval_s,
+            # vllm:cache_config_info (num_gpu_blocks, block_size) of LLM replicas; 0 where there is none
+            cache_num_blocks=getattr(self, "total_blocks", 0),
+            cache_block_size=getattr(self, "bs", 0),
+        )
         return state
 
     # -- busy-time accounting (for gpu_busy) ------------------------------------------------------------------

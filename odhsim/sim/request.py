@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -56,6 +57,7 @@ class SimRequest:
         "session",
         "start_s",
         "tenant",
+        "ticket",
         "version",
     )
 
@@ -95,5 +97,6 @@ class SimRequest:
         self.running_epoch = 0
         self.service_s = 0.0
         self.route: RouteRequest | None = None
+        self.ticket: Any = None  # the gateway core's Ticket while the gateway holds it (arrival to answer)
         self.version = 0  # revision of the serving model: 0 its own version, 1 its canary
         self.cache_key = 0  # response-cache key, fixed at arrival (model, version chosen, prompt, sampling)

@@ -154,7 +154,9 @@ class GatewayCore(Retrying):
         outlier = primary.outlier
         if counts and outlier is not None and slot.name in route.slots:
             outlier.record(now, slot.name, ok)
-        route.release(slot)
+        slot.in_flight -= 1  # route.release(slot), inlined (once per request)
+        if slot.draining and slot.in_flight == 0 and route.slots.get(slot.name) is slot:
+            del route.slots[slot.name]
         rr = t.rr
         if rr is not None:
             route.router.on_complete(now, rr, slot.name, now - t.dispatched_at, ok or not counts)
@@ -407,16 +409,18 @@ class GatewayCore(Retrying):
     def _route_request(self, route: RouteState, t: Ticket) -> RouteRequest:
         rr = t.rr
         if rr is None:
+            # positional (request_id, model, prompt_tokens, block_ids, block_tokens, session, priority, tenant,
+            # adapter): keyword passing costs more than the dataclass's own __init__ in M/M/c
             rr = t.rr = RouteRequest(
-                request_id=t.id,
-                model=route.name,
-                prompt_tokens=t.prompt_tokens,
-                block_ids=t.blocks if t.blocks is not None else _NO_BLOCKS,
-                block_tokens=self.block_tokens,
-                session=t.session,
-                priority=class_to_priority(t.priority),
-                tenant=t.tenant,
-                adapter=t.adapter,
+                t.id,
+                route.name,
+                t.prompt_tokens,
+                t.blocks if t.blocks is not None else _NO_BLOCKS,
+                self.block_tokens,
+                t.session,
+                class_to_priority(t.priority),
+                t.tenant,
+                t.adapter,
             )
         return rr
 
