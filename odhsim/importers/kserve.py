@@ -7,25 +7,43 @@ container_concurrency; a `fixed` model's concurrency slots; for an LLM the gatew
 canaryTrafficPercent to `canary`, storageUri to `storage_uri`, the nvidia.com/gpu limit to `tp`, the GPU type from
 nodeSelector / node affinity (nvidia.com/gpu.product, cloud.google.com/gke-accelerator) and vLLM's engine arguments.
 Everything else in the document is reported with its field path and why (`Unmapped`). Pure: no file I/O.
+This module maps; kserve_doc reads the document, kserve_match names the model and GPU, kserve_scenario wraps
+the result in a runnable scenario.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from odhsim import catalog
-from odhsim.errors import CatalogError, OdhsimError
+from odhsim.importers.kserve_doc import (
+    KNATIVE,
+    KPA_ANNOTATIONS,
+    InferenceServiceDoc,
+    KServeImport,
+    KServeImportError,
+    Unmapped,
+    convert_annotation,
+    parse_engine_args,
+    whole_number,
+)
+from odhsim.importers.kserve_match import catalogue_profile, find_gpu
+from odhsim.importers.kserve_scenario import minimal_scenario
 from policies.lifecycle.storage import parse_storage_uri
-from policies.routing.epp_config import EppConfigError, go_duration_s
 
-KNATIVE = "autoscaling.knative.dev/"
+__all__ = [
+    "ImportOptions",
+    "KServeImport",
+    "KServeImportError",
+    "Unmapped",
+    "import_inference_service",
+    "minimal_scenario",
+]
+
 GPU_RESOURCE = "nvidia.com/gpu"
-GPU_LABELS = ("nvidia.com/gpu.product", "cloud.google.com/gke-accelerator")
 LLM_FORMATS = frozenset({"huggingface", "vllm"})
 FIXED_FORMATS = frozenset(
     {
@@ -45,20 +63,6 @@ FIXED_FORMATS = frozenset(
 # Old-style predictors name the framework as a key (`predictor: {sklearn: {storageUri: ...}}`).
 FRAMEWORK_KEYS = LLM_FORMATS | FIXED_FORMATS | {"model"}
 
-# Annotation (without the autoscaling.knative.dev/ prefix) -> (KPA param, how the string becomes its value).
-_PERCENT = "percent"
-_DURATION = "duration"
-KPA_ANNOTATIONS: dict[str, tuple[str, str]] = {
-    "target": ("target", "float"),
-    "target-utilization-percentage": ("target_utilization", _PERCENT),
-    "window": ("stable_window_s", _DURATION),
-    "panic-window-percentage": ("panic_window_percentage", "float"),
-    "panic-threshold-percentage": ("panic_threshold", _PERCENT),
-    "scale-down-delay": ("scale_down_delay_s", _DURATION),
-    "initial-scale": ("initial_scale", "int"),
-    "initialScale": ("initial_scale", "int"),
-    "target-burst-capacity": ("target_burst_capacity", "float"),
-}
 # vLLM engine arguments -> odhsim engine fields (value type).
 VLLM_ARGS: dict[str, tuple[str, type]] = {
     "max-model-len": ("max_model_len", int),
@@ -67,43 +71,6 @@ VLLM_ARGS: dict[str, tuple[str, type]] = {
     "block-size": ("block_size", int),
     "gpu-memory-utilization": ("gpu_memory_utilization", float),
 }
-# Subtrees reported once, with the reason.
-SUBTREE_REASONS: dict[str, str] = {
-    "status": "the cluster's state, not configuration",
-    "metadata.labels": "labels select nothing in odhsim",
-    "metadata.namespace": "odhsim simulates one namespace",
-    "spec.transformer": "odhsim simulates the predictor only (a transformer's latency is not modelled)",
-    "spec.explainer": "odhsim simulates the predictor only",
-    "spec.predictor.model.runtime": "odhsim's engine model stands for the runtime (kind llm: vLLM-like; fixed)",
-    "spec.predictor.model.resources.limits.cpu": "odhsim places replicas by GPU only",
-    "spec.predictor.model.resources.limits.memory": "odhsim places replicas by GPU only",
-    "spec.predictor.model.resources.requests.cpu": "odhsim places replicas by GPU only",
-    "spec.predictor.model.resources.requests.memory": "odhsim places replicas by GPU only",
-    "spec.predictor.tolerations": "odhsim's GPU pool has no taints",
-    "spec.predictor.serviceAccountName": "no credentials in a simulation",
-}
-
-
-class KServeImportError(OdhsimError):
-    """An InferenceService that cannot become a model section; the message names the field and what to pass."""
-
-
-@dataclass(frozen=True, slots=True)
-class Unmapped:
-    """A field of the InferenceService with no odhsim counterpart (or overridden), and why."""
-
-    path: str
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class KServeImport:
-    """One InferenceService: the model section, gateway settings it implies, and what was not mapped."""
-
-    model: dict[str, Any]
-    gateway: dict[str, Any] = field(default_factory=dict)
-    unmapped: tuple[Unmapped, ...] = ()
-    notes: tuple[str, ...] = ()
 
 
 class ImportOptions(BaseModel):
@@ -131,176 +98,10 @@ class _Predictor(BaseModel):
     canaryTrafficPercent: Annotated[int, Field(ge=0, le=100)] | None = None
 
 
-class _Doc:
-    """The document with a record of which leaves were read, so the rest can be reported."""
-
-    def __init__(self, doc: Mapping[str, Any]) -> None:
-        self.doc = doc
-        self.used: set[str] = set()
-        self.unmapped: list[Unmapped] = []
-
-    def get(self, path: str, default: Any = None, *, key: str | None = None) -> Any:
-        """The value at a dotted `path` (then at `key`, which may itself hold dots: nvidia.com/gpu), marked read."""
-        node: Any = self.doc
-        parts = path.split(".") + ([key] if key is not None else [])
-        for part in parts:
-            if not isinstance(node, Mapping) or part not in node:
-                return default
-            node = node[part]
-        self.used.add(path if key is None else f"{path}.{key}")
-        return node
-
-    def skip(self, path: str, reason: str) -> None:
-        self.used.add(path)
-        self.unmapped.append(Unmapped(path, reason))
-
-    def leaves(self) -> Iterator[str]:
-        def walk(node: Any, prefix: str) -> Iterator[str]:
-            if isinstance(node, Mapping) and node:
-                for k, v in node.items():
-                    yield from walk(v, f"{prefix}.{k}" if prefix else str(k))
-            elif isinstance(node, list) and node:
-                for i, v in enumerate(node):
-                    yield from walk(v, f"{prefix}[{i}]")
-            else:
-                yield prefix
-
-        yield from walk(self.doc, "")
-
-    def rest(self) -> list[Unmapped]:
-        """Every leaf never read, collapsed to the subtrees with a known reason."""
-        out = list(self.unmapped)
-        seen_subtrees: set[str] = set()
-        for leaf in self.leaves():
-            if any(leaf == u or leaf.startswith((u + ".", u + "[")) for u in self.used):
-                continue
-            sub = next((s for s in SUBTREE_REASONS if leaf == s or leaf.startswith((s + ".", s + "["))), None)
-            if sub is not None:
-                if sub not in seen_subtrees:
-                    seen_subtrees.add(sub)
-                    out.append(Unmapped(sub, SUBTREE_REASONS[sub]))
-                continue
-            out.append(Unmapped(leaf, "no odhsim counterpart"))
-        return out
-
-
-def _count(value: object, where: str) -> int:
-    """A non-negative whole number from YAML or an argument string; a KServeImportError naming `where` otherwise."""
-    text = str(value).strip()
-    if not text.isdigit():
-        raise KServeImportError(f"{where}: {value!r} is not a whole number")
-    return int(text)
-
-
-# Fine-tune and packaging suffixes of Hugging Face ids (Llama-3.1-8B-Instruct, Llama-2-7b-chat-hf,
-# Mistral-7B-Instruct-v0.2): the architecture, and so the latency profile, is the base model's.
-_FINETUNE_SUFFIX = re.compile(r"-(instruct|chat|hf|it)(-v\d+(\.\d+)*)?$", re.IGNORECASE)
-
-
-def _catalogue_profile(name: str) -> tuple[str, str] | None:
-    """(profile, the name it was found under) for a model id, trying it as given, then without its fine-tune
-    suffixes and without Meta's "Meta-" prefix; None when the catalogue has no such model."""
-    tried: list[str] = []
-    base = name.strip()
-    while base and base not in tried:
-        tried.append(base)
-        head, _, last = base.rpartition("/")
-        stem = _FINETUNE_SUFFIX.sub("", last)
-        base = f"{head}/{stem}" if head else stem
-    more = [re.sub(r"(^|/)Meta-(?=Llama-3\.)", r"\1", t, flags=re.IGNORECASE) for t in tried]
-    packaged = [f"{t}{tail}" for t in tried[1:] for tail in ("-hf", "-v0.1")]  # the catalogue's base ids
-    for cand in dict.fromkeys([*tried, *more, *packaged]):
-        try:
-            return catalog.model(cand).name, cand
-        except CatalogError:
-            continue
-    return None
-
-
-def _annotation_key(path: str, key: str) -> str:
-    return f"{path}.annotations.{key}"
-
-
-def _convert(raw: object, how: str, where: str) -> float | int:
-    try:
-        if how == _DURATION:
-            return go_duration_s(raw, where)
-        value = float(str(raw))
-    except (EppConfigError, ValueError):
-        raise KServeImportError(f"{where}: {raw!r} is not a {how if how != 'float' else 'number'}") from None
-    if how == _PERCENT:
-        return value / 100.0
-    if how == "int":
-        if value != int(value):
-            raise KServeImportError(f"{where}: {raw!r} is not a whole number")
-        return int(value)
-    return value
-
-
-def _gpu_from_label(value: str) -> str | None:
-    """nvidia.com/gpu.product (NVIDIA-A100-SXM4-80GB, Tesla-T4, NVIDIA-H100-80GB-HBM3) or a GKE accelerator
-    (nvidia-tesla-a100, nvidia-l4) -> the catalogue's GPU, else None."""
-    text = value.lower().replace("nvidia-", "").replace("tesla-", "")
-    for candidate in (value, text):
-        try:
-            return catalog.gpu(candidate).name
-        except CatalogError:
-            pass
-    family = re.search(r"(a100|h100|h200|l40s|a10g|l4|t4)", text)
-    if family is None:
-        return None
-    memory = re.search(r"(\d+)gb", text)
-    for candidate in (f"{family.group(1)}-{memory.group(1)}gb" if memory else "", family.group(1)):
-        try:
-            return catalog.gpu(candidate).name if candidate else None
-        except CatalogError:
-            continue
-    return None
-
-
-def _find_gpu(d: _Doc, pred: str) -> tuple[str | None, str | None]:
-    """(catalogue GPU, where it came from) from the predictor's nodeSelector or required node affinity."""
-    for label in GPU_LABELS:
-        value = d.get(f"{pred}.nodeSelector", key=label)
-        if isinstance(value, str):
-            return _gpu_from_label(value), f"{pred}.nodeSelector.{label}"
-    terms = d.doc.get("spec", {}).get("predictor", {}).get("affinity", {}).get("nodeAffinity", {})
-    terms = (terms.get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms") or []
-    for i, term in enumerate(terms):
-        for j, expr in enumerate(term.get("matchExpressions") or []):
-            if expr.get("key") in GPU_LABELS and expr.get("operator") == "In" and expr.get("values"):
-                base = f"{pred}.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution"
-                where = f"{base}.nodeSelectorTerms[{i}].matchExpressions[{j}]"
-                d.used.add(where)
-                return _gpu_from_label(str(expr["values"][0])), where
-    return None, None
-
-
-def _parse_args(args: list[Any], where: str, d: _Doc) -> dict[str, tuple[str, str]]:
-    """vLLM-style `--name=value` / `--name value` / `--flag` -> {name: (value, path)}."""
-    out: dict[str, tuple[str, str]] = {}
-    i = 0
-    while i < len(args):
-        arg, path = str(args[i]), f"{where}[{i}]"
-        if not arg.startswith("--"):
-            d.skip(path, "not a --option; no odhsim counterpart")
-            i += 1
-            continue
-        name, eq, value = arg[2:].partition("=")
-        name = name.replace("_", "-")
-        if not eq and i + 1 < len(args) and not str(args[i + 1]).startswith("--"):
-            value = str(args[i + 1])
-            d.used.add(f"{where}[{i + 1}]")
-            i += 1
-        out[name] = (value if (eq or value) else "true", path)
-        i += 1
-    return out
-
-
 def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | None = None) -> KServeImport:
     """Map one InferenceService document; raises KServeImportError naming what is missing or malformed."""
     opts = options or ImportOptions()
-    d = _Doc(doc)
+    d = InferenceServiceDoc(doc)
     if d.get("kind") != "InferenceService":
         raise KServeImportError(f"kind: expected InferenceService, got {doc.get('kind')!r}")
     api = d.get("apiVersion")
@@ -369,7 +170,7 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
 
     # vLLM / Hugging Face runtime arguments
     args_raw = d.doc["spec"]["predictor"][fw_key].get("args") or []
-    args = _parse_args(list(args_raw), f"{M}.args", d) if isinstance(args_raw, list) else {}
+    args = parse_engine_args(list(args_raw), f"{M}.args", d) if isinstance(args_raw, list) else {}
     if args_raw:
         d.used.add(f"{M}.args")
 
@@ -385,7 +186,7 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
             candidates.append((uri[5:].split("@")[0].strip("/"), f"{M}.storageUri"))
         profile = None
         for cand, _ in candidates:
-            found = _catalogue_profile(str(cand))
+            found = catalogue_profile(str(cand))
             if found is not None:
                 profile, base = found
                 if base != str(cand):
@@ -405,11 +206,11 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
     limit = d.get(f"{M}.resources.limits", key=GPU_RESOURCE)
     requested = d.get(f"{M}.resources.requests", key=GPU_RESOURCE)
     gpus_raw, gpu_where = (requested, "requests") if limit is None else (limit, "limits")
-    gpu_count = _count(gpus_raw, f"{M}.resources.{gpu_where}.{GPU_RESOURCE}") if gpus_raw is not None else 0
+    gpu_count = whole_number(gpus_raw, f"{M}.resources.{gpu_where}.{GPU_RESOURCE}") if gpus_raw is not None else 0
     tp_arg = args.pop("tensor-parallel-size", None)
-    tp = (_count(tp_arg[0], tp_arg[1] or f"{M}.args") if tp_arg else 0) or max(gpu_count, 1)
+    tp = (whole_number(tp_arg[0], tp_arg[1] or f"{M}.args") if tp_arg else 0) or max(gpu_count, 1)
     pp_arg = args.pop("pipeline-parallel-size", None)
-    pp = _count(pp_arg[0], pp_arg[1] or f"{M}.args") if pp_arg else 1
+    pp = whole_number(pp_arg[0], pp_arg[1] or f"{M}.args") if pp_arg else 1
     if gpu_count and tp * pp != gpu_count:
         notes.append(f"{GPU_RESOURCE}={gpu_count} but tensor x pipeline parallel = {tp * pp}; used tp={tp}, pp={pp}")
     if not gpu_count:
@@ -418,7 +219,7 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
         model["tp"] = tp
     if pp > 1:
         model["pp"] = pp
-    gpu, gpu_from = _find_gpu(d, P)
+    gpu, gpu_from = find_gpu(d, P)
     if opts.gpu:
         gpu = catalog.gpu(opts.gpu).name
     elif gpu is None:
@@ -470,15 +271,15 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
         ("maxScale", pred.maxReplicas or None, "maxReplicas"),
     ):
         got = take(KNATIVE + key)
-        if got is not None and spec_value is not None and _convert(got[0], "int", got[1]) != spec_value:
+        if got is not None and spec_value is not None and convert_annotation(got[0], "int", got[1]) != spec_value:
             d.skip(got[1], f"overridden by {P}.{spec_name}={spec_value} (KServe writes it over the annotation)")
         elif got is not None and spec_value is None:  # maxReplicas unset: the annotation stands
-            pred = pred.model_copy(update={"maxReplicas": _convert(got[0], "int", got[1])})
+            pred = pred.model_copy(update={"maxReplicas": convert_annotation(got[0], "int", got[1])})
     params: dict[str, Any] = {"min_replicas": min_replicas, "max_replicas": pred.maxReplicas}
     for key, (param, how) in KPA_ANNOTATIONS.items():
         got = take(KNATIVE + key)
         if got is not None:
-            params[param] = _convert(got[0], how, got[1])
+            params[param] = convert_annotation(got[0], how, got[1])
     metric = take(KNATIVE + "metric")
     metric_value = pred.scaleMetric or (metric[0] if metric else None)
     if pred.scaleTarget is not None:
@@ -531,51 +332,3 @@ def import_inference_service(doc: Mapping[str, Any], options: ImportOptions | No
     order = ("name", "version", "kind", "profile", "gpu", "tp", "pp", "replicas", "concurrency", "service_time")
     model = {k: model[k] for k in order if k in model} | {k: v for k, v in model.items() if k not in order}
     return KServeImport(model=model, gateway=gateway, unmapped=tuple(d.rest()), notes=tuple(notes))
-
-
-def minimal_scenario(
-    imports: list[KServeImport], *, rate: float = 1.0, duration_s: float = 300.0, name: str = "imported"
-) -> dict[str, Any]:
-    """A runnable scenario around imported models: a GPU pool that holds their largest scale-out and a Poisson
-    workload (a placeholder to replace with the real traffic: `rate` requests/s shared evenly)."""
-    pools: dict[str, dict[str, int]] = {}
-    for imp in imports:
-        m = imp.model
-        per_replica = m.get("tp", 1) * m.get("pp", 1)
-        most = max(m["replicas"], m.get("autoscaling", {}).get("params", {}).get("max_replicas", 0) or 8)
-        if "autoscaling" not in m:
-            most = m["replicas"]
-        most += max(1, m["replicas"]) if "canary" in m else 0
-        pool = pools.setdefault(m["gpu"], {"count": 0, "gpus_per_node": 8})
-        pool["count"] += max(1, most) * per_replica
-        pool["gpus_per_node"] = max(pool["gpus_per_node"], m.get("tp", 1))
-    gateway: dict[str, Any] = {}
-    for imp in imports:
-        if "max_in_flight_per_replica" in imp.gateway:
-            gateway["max_in_flight_per_replica"] = max(
-                gateway.get("max_in_flight_per_replica", 0), imp.gateway["max_in_flight_per_replica"]
-            )
-    llm = any(imp.model["kind"] == "llm" for imp in imports)
-    source: dict[str, Any] = {"kind": "poisson", "rate": rate, "duration_s": duration_s}
-    if llm:
-        source |= {
-            "prompt_tokens": {"dist": "lognormal", "median": 800, "sigma": 0.8, "max": 8000},
-            "output_tokens": {"dist": "lognormal", "median": 150, "sigma": 0.8, "max": 1000},
-        }
-    else:
-        source |= {"prompt_tokens": {"dist": "fixed", "value": 1}, "output_tokens": {"dist": "fixed", "value": 1}}
-    scenario: dict[str, Any] = {
-        "name": name,
-        "description": "imported from KServe InferenceService(s); the workload is a placeholder",
-        "seed": 0,
-        "duration_s": duration_s,
-        "gpu_pool": [{"gpu": g, **p} for g, p in pools.items()],
-        "models": [imp.model for imp in imports],
-        "workload": {
-            "sources": [source],
-            "models": {imp.model["name"]: 1.0 for imp in imports},
-        },
-    }
-    if gateway:
-        scenario["gateway"] = gateway
-    return scenario
