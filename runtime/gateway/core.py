@@ -6,19 +6,19 @@ out the core's actions: hand a request's handler the replica to send it to (Disp
 reason (Respond), schedule a wake-up (WakeAt), ask the controller for a replica (Activate), count (Record). The
 request path itself (response cache, breaker and fallback, activator, admission, flow-control queue, gated
 dispatch, router with session affinity, completion hooks, retries, outlier ejection and panic routing) is described
-in policies/gateway/core.py. What stays here is I/O: HTTP forwarding and the relay of streams (forward.py, app.py),
-scraping (upstream.py), the Redis tier behind the response cache, metrics, the event loop's lag. Every core call
-takes `now` from the injected clock (time.monotonic by default).
+in policies/gateway/core.py. The I/O lives beside this module, one job each: HTTP forwarding (forward.py, one
+`Attempt` of attempt.py at a time), the relay of streams (relay.py), the scrape loops (scrape.py), the wake-up heap
+(timers.py), the load read for the controller and /metrics (load.py), the Redis tier behind the response cache
+(shared_tier.py), the HTTP surface (app.py). Every core call takes `now` from the injected clock (time.monotonic
+by default).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import heapq
 import itertools
 import logging
-import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -33,7 +33,6 @@ from policies.caching.config import build_response_cache
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
 from policies.caching.tiers import SharedTier
 from policies.controlplane.metrics import LoadSnapshot
-from policies.flowcontrol.config import build_flow_control
 from policies.gateway.core import GatewayCore
 from policies.gateway.route import RouteState
 from policies.gateway.types import (
@@ -50,47 +49,25 @@ from policies.gateway.types import (
     Ticket,
     WakeAt,
 )
-from policies.resilience.config import build_breaker, build_outlier_detector, build_retry
-from policies.routing.config import build_router
+from runtime.gateway.attempt import Attempt
 from runtime.gateway.auth import KeyStore
 from runtime.gateway.forward import AttemptFailed, Buffered, Streaming, UpstreamCall, forward
 from runtime.gateway.limits import BLOCK_TOKENS
-from runtime.gateway.metrics import GatewayMetrics, breaker_value
-from runtime.gateway.route import CacheKeyFn, GatewayError, Job, ModelRoute, new_ticket, session_id, ttft_targets
-from runtime.gateway.upstream import Upstream, forward_client, scrape_client
+from runtime.gateway.load import gauges_of, scaling_metrics_of, snapshot_of
+from runtime.gateway.metrics import GatewayMetrics
+from runtime.gateway.route import CacheKeyFn, GatewayError, Job, ModelRoute, build_routes, new_ticket, session_id
+from runtime.gateway.scrape import Scrapers
+from runtime.gateway.timers import TimerHeap
+from runtime.gateway.upstream import Upstream, forward_client
 from runtime.loop_lag import LoopLagMonitor
 
 log = logging.getLogger("odhsim.gateway")
 
 ColdCallback = Callable[[str], None]
 FailureCallback = Callable[[str, str, str], None]
-ForwardFn = Callable[[httpx.AsyncClient, "Attempt", UpstreamCall, float], Awaitable[Buffered | Streaming]]
+ForwardFn = Callable[[httpx.AsyncClient, Attempt, UpstreamCall, float], Awaitable[Buffered | Streaming]]
 SHUTTING_DOWN = "the gateway is shutting down"
-
-
-class Attempt:
-    """One dispatched try at one replica; `done` reports its end to the core exactly once."""
-
-    __slots__ = ("_gateway", "finished", "job", "route", "started", "upstream")
-
-    def __init__(self, gateway: Gateway, job: Job, route: ModelRoute, upstream: Upstream, started: float) -> None:
-        self._gateway = gateway
-        self.job = job
-        self.route = route
-        self.upstream = upstream
-        self.started = started
-        self.finished = False
-
-    def done(
-        self, outcome: str, detail: str = "", *, kind: str = "", excused: bool = False, value: object = None,
-        size_bytes: int = 0,
-    ) -> None:  # fmt: skip
-        """`outcome`: ok, request-fault, aborted (failed after bytes went out: never retried; `kind` says how),
-        abandoned (the client left), or a retry failure kind; `excused`: the gateway's own stall made it fail."""
-        if self.finished:
-            return
-        self.finished = True
-        self._gateway._attempt_done(self, outcome, detail, kind or outcome, excused, value, size_bytes)
+__all__ = ["Attempt", "Gateway", "build_gateway"]  # Attempt: imported from here by the equivalence test
 
 
 class Gateway:
@@ -116,25 +93,7 @@ class Gateway:
         self.replica_headers: dict[str, str] = {}
         """Sent on every request to a replica (forwards and scrapes): the run's replica secret, set by serve."""
         gw = scenario.gateway
-        now = clock()
-        targets = ttft_targets(scenario)
-        self.routes: dict[str, ModelRoute] = {}
-        for i, m in enumerate(scenario.models):
-            router = build_router(gw.router, streams.get(f"router.{m.name}"))
-            flow = (
-                None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))
-            )
-            breaker = outlier = retry = None
-            if gw.resilience is not None:
-                breaker = build_breaker(gw.resilience, streams.get(f"breaker.{m.name}"))
-                outlier = build_outlier_detector(gw.resilience, streams.get(f"outlier.{m.name}"))
-                retry = build_retry(gw.resilience, streams.get(f"retry.{m.name}"))
-            self.routes[m.name] = ModelRoute(
-                i, m, router, flow, breaker, outlier, retry, gw.max_in_flight_per_replica, targets, now
-            )
-        for m in scenario.models:
-            if m.fallback is not None:
-                self.routes[m.name].fallback = self.routes[m.fallback]
+        self.routes: dict[str, ModelRoute] = build_routes(scenario, streams, clock())
         self._by_core: dict[RouteState, ModelRoute] = {r.core: r for r in self.routes.values()}
         self.cache: TieredResponseCache | NullResponseCache = build_response_cache(
             gw.response_cache, streams.get("response_cache")
@@ -149,14 +108,13 @@ class Gateway:
             cache=self.cache,
             cache_key=_cache_key,
         )
-        self.metrics = GatewayMetrics(self._gauges, self._shared_tier_in_use)
+        self.metrics = GatewayMetrics(lambda: gauges_of(self.routes, self.clock()), self._shared_tier_in_use)
         self.loop_monitor = LoopLagMonitor(observe=self.metrics.observe_loop_lag)
         self.jobs: dict[int, Job] = {}  # requests not answered yet, by ticket id
         self._ids = itertools.count(1)
-        self._timers: list[tuple[float, int, str, Any]] = []  # (due, seq, kind, target): the core's WakeAt
-        self._timer_seq = itertools.count()
+        self.timers = TimerHeap(clock, self._fire_due)  # the core's WakeAt
+        self.scrapers = Scrapers(self.live.scrape_interval_s, clock, self._on_scraped)
         self._client: httpx.AsyncClient | None = None
-        self._scraper: httpx.AsyncClient | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._started = False
         self._closing = False
@@ -172,10 +130,7 @@ class Gateway:
         self._started = True
         self._closing = False
         self._client = forward_client(self.live.request_timeout_s, self.replica_headers)
-        self._scraper = scrape_client(self.live.scrape_interval_s, self.replica_headers)
-        for route in self.routes.values():
-            for u in route.upstreams.values():
-                self._start_scraping(u)
+        self.scrapers.start(self.replica_headers, self._upstreams())
         self._ticker = asyncio.get_running_loop().create_task(self._tick_forever(), name="gateway-tick")
         self.loop_monitor.start()
         self._run(self.core.start(self.clock()))
@@ -191,26 +146,18 @@ class Gateway:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
-        for route in self.routes.values():
-            for u in route.upstreams.values():
-                await u.stop()
+        await self.scrapers.aclose(self._upstreams())
         now = self.clock()
         for job in list(self.jobs.values()):  # queued, in a retry's back-off, or held by the activator
             if job.ticket.slot is None:
                 self._run(self.core.withdraw(now, job.ticket, FAILED, "shutting_down", SHUTTING_DOWN))
-        self._timers.clear()
-        for client in (self._client, self._scraper):
-            if client is not None:
-                await client.aclose()
-        self._client = self._scraper = None
+        self.timers.clear()
+        if self._client is not None:
+            await self._client.aclose()
+        self._client = None
 
-    def _start_scraping(self, u: Upstream) -> None:
-        assert self._scraper is not None
-        loop = asyncio.get_running_loop()
-        u.task = loop.create_task(
-            u.scrape_forever(self._scraper, self.live.scrape_interval_s, self.clock, self._on_scraped),
-            name=f"scrape-{u.model}-{u.name}",
-        )
+    def _upstreams(self) -> list[Upstream]:
+        return [u for route in self.routes.values() for u in route.upstreams.values()]
 
     def _on_scraped(self, u: Upstream) -> None:
         route = self.routes.get(u.model)
@@ -236,9 +183,7 @@ class Gateway:
         """Run the core's wake-ups due by `now`, in the order they are due, each at its due time (as the simulator
         does; a wake-up it schedules is due relative to that time, so a late tick does not stretch a sweep
         interval)."""
-        timers = self._timers
-        while timers and timers[0][0] <= now:
-            due, _, kind, target = heapq.heappop(timers)
+        for due, kind, target in self.timers.pop_due(now):
             self._run(self.core.timer(due, kind, target), due)
 
     # -- the controller's interface ----------------------------------------------------------------------------
@@ -246,12 +191,12 @@ class Gateway:
         """Start scraping and routing to a replica that passed its readiness test."""
         route = self._route(model)
         old = route.upstreams.get(name)
-        if old is not None and old.task is not None:
-            old.task.cancel()
+        if old is not None:
+            self.scrapers.forget(old)
         u = Upstream(model, name, base_url, self.clock())
         route.upstreams[name] = u
         if self._started:
-            self._start_scraping(u)
+            self.scrapers.watch(u)
         self._run(self.core.endpoint_added(self.clock(), route.core, name, u))
 
     def drain_replica(self, model: str, name: str) -> None:
@@ -264,9 +209,7 @@ class Gateway:
         u = route.upstreams.pop(name, None)
         if u is None:
             return
-        if u.task is not None:
-            u.task.cancel()
-            u.task = None
+        self.scrapers.forget(u)
         self.core.endpoint_removed(route.core, name)
 
     def reject_model(self, model: str, reason: str) -> None:
@@ -282,46 +225,12 @@ class Gateway:
         return list(self._route(model).upstreams)
 
     def load_snapshot(self, model: str, now: float, ready: int, pending: int) -> LoadSnapshot:
-        """The model's raw load counters for the controller core (policies.controlplane), which turns successive
-        snapshots into the autoscaler's ScalingMetrics (rates over the time that elapsed)."""
-        route = self._route(model)
-        ups = route.ready
-        waiting = sum(u.metrics.waiting for u in ups)
-        return LoadSnapshot(
-            now=now,
-            arrivals=route.arrivals,
-            in_flight=float(route.in_flight() + route.queued()),
-            queued=route.queued() + waiting,
-            ready=ready,
-            pending=pending,
-            waiting=float(waiting),
-            kv_usage_sum=sum(min(1.0, max(0.0, u.metrics.kv_usage)) for u in ups),
-            serving=len(ups),
-            last_arrival_s=route.last_arrival,
-            in_flight_s=None if route.concurrency is None else route.concurrency.value(now),
-        )
+        """The model's raw load counters for the controller core (runtime.gateway.load)."""
+        return snapshot_of(self._route(model), now, ready, pending)
 
     def scaling_metrics(self, model: str, now: float, ready: int, pending: int) -> ScalingMetrics:
         """What the model's autoscaler observes now; arrivals_per_s counts arrivals since the previous call."""
-        route = self._route(model)
-        ups = route.ready
-        dt = now - route.rate_since
-        rate = (route.arrivals - route.rate_seen) / dt if dt > 0 else 0.0
-        route.rate_since, route.rate_seen = now, route.arrivals
-        waiting = sum(u.metrics.waiting for u in ups)
-        kv = sum(u.metrics.kv_usage for u in ups) / len(ups) if ups else 0.0
-        last = route.last_arrival
-        return ScalingMetrics(
-            now=now,
-            ready_replicas=ready,
-            pending_replicas=pending,
-            in_flight=float(route.in_flight() + route.queued()),
-            arrivals_per_s=max(0.0, rate),
-            queue_len=route.queued() + waiting,
-            kv_usage=min(1.0, max(0.0, kv)),
-            waiting_per_replica=waiting / len(ups) if ups else 0.0,
-            seconds_since_last_request=max(0.0, now - last) if last == last else math.inf,
-        )
+        return scaling_metrics_of(self._route(model), now, ready, pending)
 
     def queued(self, model: str) -> int:
         return self._route(model).queued()
@@ -473,22 +382,13 @@ class Gateway:
                     job.counted = None
                 job.deliver(a)
             elif cls is WakeAt:
-                self._wake_at(a, self.clock() if now is None else now)
+                self.timers.schedule((self.clock() if now is None else now) + a.after_s, a.kind, a.target)
             elif cls is CacheWait:  # the lookup happened (in real time): go on at once
                 self._run(self.core.cache_done(self.clock(), a.ticket))
             elif cls is Activate:
                 self._activate(self._by_core[a.route].name)
             elif cls is Record:
                 self._record(a)
-
-    def _wake_at(self, a: WakeAt, now: float) -> None:
-        due = now + a.after_s
-        heapq.heappush(self._timers, (due, next(self._timer_seq), a.kind, a.target))
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # not serving (a test driving the gateway by hand): the tick fires it
-            return
-        loop.call_later(max(0.0, due - self.clock()), self._fire_due)
 
     def _fire_due(self) -> None:
         if self._started:
@@ -508,23 +408,8 @@ class Gateway:
         elif a.kind == "excused":
             self.metrics.attempts_excused.labels(a.model, a.detail).inc()
 
-    # -- gauges --------------------------------------------------------------------------------------------------
     def _shared_tier_in_use(self) -> SharedTier | None:
         return self.cache.shared if isinstance(self.cache, TieredResponseCache) else None
-
-    def _gauges(self) -> dict[str, dict[str, float]]:
-        now = self.clock()
-        out: dict[str, dict[str, float]] = {}
-        for name, r in self.routes.items():
-            out[name] = {
-                "odhsim_gateway_queue_length": float(r.queued()),
-                "odhsim_gateway_breaker_open": breaker_value(r.breaker_state(now)),
-                "odhsim_gateway_replicas_ready": float(len(r.ready)),
-                "odhsim_gateway_replicas_draining": float(len(r.upstreams) - len(r.ready)),
-                "odhsim_gateway_replicas_ejected": float(len(r.ejected(now) & set(r.upstreams))),
-                "odhsim_gateway_in_flight": float(r.in_flight()),
-            }
-        return out
 
 
 def build_gateway(

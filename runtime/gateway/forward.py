@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 if TYPE_CHECKING:
-    from runtime.gateway.core import Attempt
+    from runtime.gateway.attempt import Attempt
 
 
 class AttemptFailed(Exception):

@@ -15,16 +15,19 @@ from typing import Literal
 
 import numpy as np
 
+from odhsim.rng import RngStreams
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
 from policies.controlplane.metrics import ConcurrencyIntegral
-from policies.flowcontrol.config import FlowControl
+from policies.flowcontrol.config import FlowControl, build_flow_control
 from policies.flowcontrol.priority import PRIORITY_CLASSES
 from policies.gateway.route import RouteState
 from policies.gateway.types import Dispatch, Respond, Ticket
 from policies.resilience.breaker import CircuitBreaker
+from policies.resilience.config import build_breaker, build_outlier_detector, build_retry
 from policies.resilience.outlier import OutlierDetector
 from policies.resilience.retry import EnvoyRetry, LadderRetry
+from policies.routing.config import build_router
 from policies.routing.framework import Router
 from policies.routing.types import NO_SESSION
 from runtime.gateway.upstream import Upstream
@@ -225,6 +228,29 @@ class ModelRoute:
 
     def breaker_state(self, now: float) -> str | None:
         return None if self.breaker is None else self.breaker.state(now)
+
+
+def build_routes(scenario: Scenario, streams: RngStreams, now: float) -> dict[str, ModelRoute]:
+    """Each model's route with the policies the scenario's gateway section asks for (each drawing on its own named
+    random stream, as the simulator's do), fallbacks linked."""
+    gw = scenario.gateway
+    targets = ttft_targets(scenario)
+    routes: dict[str, ModelRoute] = {}
+    for i, m in enumerate(scenario.models):
+        router = build_router(gw.router, streams.get(f"router.{m.name}"))
+        flow = None if gw.flow_control is None else build_flow_control(gw.flow_control, streams.get(f"flow.{m.name}"))
+        breaker = outlier = retry = None
+        if gw.resilience is not None:
+            breaker = build_breaker(gw.resilience, streams.get(f"breaker.{m.name}"))
+            outlier = build_outlier_detector(gw.resilience, streams.get(f"outlier.{m.name}"))
+            retry = build_retry(gw.resilience, streams.get(f"retry.{m.name}"))
+        routes[m.name] = ModelRoute(
+            i, m, router, flow, breaker, outlier, retry, gw.max_in_flight_per_replica, targets, now
+        )
+    for m in scenario.models:
+        if m.fallback is not None:
+            routes[m.name].fallback = routes[m.fallback]
+    return routes
 
 
 def ttft_targets(scenario: Scenario) -> tuple[float | None, ...]:
