@@ -186,3 +186,25 @@ def test_new_blocks_matches_per_request_block_counts(bs: int) -> None:
             computed = [r.ctx - r.join_step + batch.steps - 1 for r in batch.requests.values()]
             want = sum(ceil_div(c + k, bs) - ceil_div(c, bs) for c in computed)
             assert batch.new_blocks(k) == want, (row, k)
+
+
+def test_steps_done_equals_the_latency_models_decode_steps_within() -> None:
+    """The replica's own count of decode steps done mid-span (what kv usage reads at each scrape) is the latency
+    model's, exact at step boundaries too, for spans with and without context growth."""
+    rng = np.random.default_rng(3)
+    h = Harness()
+    rep = h.replica
+    for trial in range(300):
+        per_ctx = 0.0 if trial % 5 == 0 else float(rng.uniform(1e-9, 1e-5))
+        lat = LatencyModel(
+            model="t", gpu="t", tp=1, source="t", prefill_base_s=0.1, prefill_per_token_s=0.0,
+            prefill_per_token_sq_s=0.0, decode_base_s=float(rng.uniform(1e-3, 0.05)),
+            decode_per_seq_s=float(rng.uniform(0.0, 1e-3)), decode_per_context_token_s=per_ctx,
+        )  # fmt: skip
+        batch, context = int(rng.integers(1, 257)), int(rng.integers(1, 500_000))
+        rep.latency = lat
+        rep._span_first = lat.decode_step_s(batch, context)
+        rep._span_growth_s = lat.decode_per_context_token_s * batch
+        boundaries = [lat.decode_span_s(batch, context, k) for k in range(1, 40)]
+        for elapsed in [0.0, -1.0, *boundaries, *(math.nextafter(b, 0.0) for b in boundaries), *rng.uniform(0, 2, 20)]:
+            assert rep._steps_done(float(elapsed)) == lat.decode_steps_within(batch, context, float(elapsed))

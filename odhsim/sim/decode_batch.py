@@ -78,6 +78,8 @@ class DecodeBatch:
         Over k = q * bs + rem steps every request starts q new blocks, plus one more if its computed tokens
         mod bs lie in the cyclic window of rem values that reach a block boundary first: a slice of the
         histogram, so O(rem) in C whatever the batch size."""
+        if k == 1:  # the common case (every chunked-prefill step): requests whose next token starts a block
+            return self._phase_counts[-self.steps % self.bs]
         if k <= 0:
             return 0
         bs = self.bs

@@ -98,6 +98,9 @@ class LlmReplica(ReplicaBase):
         self._step_chunks: list[tuple[SimRequest, int]] = []
         self._step_decodes = False
         self._span: tuple[float, int, int, int] = (0.0, 0, 0, 0)  # start, batch, context, steps
+        # the span's first step time and per-step context growth cost, so `_steps_done` needs no model calls
+        self._span_first = 0.0
+        self._span_growth_s = 0.0
         self._taken = 0  # blocks already allocated for the decode step(s) in flight
         self._span_growth = 0  # blocks the span in flight allocates after its first step (0: usage is flat)
         self._held: dict[int, _Held] = {}
@@ -121,17 +124,39 @@ class LlmReplica(ReplicaBase):
         return len(self.waiting_q)
 
     def running(self) -> int:
-        return len(self.batch) + len(self._prefill_batch) + len(self._prefilling)
+        return len(self.batch.requests) + len(self._prefill_batch) + len(self._prefilling)
 
     @property
     def used_blocks(self) -> int:
         """Blocks some request holds now (idle cached blocks count as free), mid-span growth included."""
         used = self.pool.used
         if self._state == _DECODE and self._span_growth:
-            start, batch, context, k = self._span
-            done = self.latency.decode_steps_within(batch, context, self.env.now - start)
+            k = self._span[3]
+            done = self._steps_done(self.env.now - self._span[0])
             used += self.batch.new_blocks(min(done + 1, k)) - self._taken  # vLLM allocates at each step's start
         return used
+
+    def _steps_done(self, elapsed: float) -> int:
+        """`latency.decode_steps_within(batch, context, elapsed)` for the span in flight, without its calls (kv
+        usage asks this at every scrape): the largest k whose span time k * first + c * k(k-1)/2, computed with
+        the float operations of `decode_span_s`, is <= elapsed. That time rises with k, so the k is unique."""
+        if not elapsed > 0.0:
+            return 0
+        first = self._span_first
+        c = self._span_growth_s
+        a = c / 2.0
+        b = first - a
+        if a == 0.0:
+            k_real = elapsed / b
+        else:
+            root = math.sqrt(b * b + 4.0 * a * elapsed)
+            k_real = 2.0 * elapsed / (b + root) if b > 0.0 else (root - b) / (2.0 * a)
+        k = max(0, math.floor(k_real))
+        while (k + 1) * first + c * ((k + 1) * k / 2) <= elapsed:
+            k += 1
+        while k > 0 and k * first + c * (k * (k - 1) / 2) > elapsed:
+            k -= 1
+        return k
 
     def kv_usage(self) -> float:
         """vLLM's kv_cache_usage_perc: 1 - free / total, per step, shared blocks once, idle cache as free."""
@@ -178,7 +203,7 @@ class LlmReplica(ReplicaBase):
     def _shorten_span(self) -> None:
         """A request arrived mid-span: end the span after the decode step now in flight."""
         start, batch, context, k = self._span
-        done = self.latency.decode_steps_within(batch, context, self.env.now - start)
+        done = self._steps_done(self.env.now - start)
         if done + 1 >= k:
             return
         self._token += 1
@@ -475,6 +500,8 @@ class LlmReplica(ReplicaBase):
         self._mark_busy()
         self._token += 1
         self._span = (self.env.now, batch, context, limit)
+        self._span_first = self.latency.decode_step_s(batch, context)
+        self._span_growth_s = self.latency.decode_per_context_token_s * batch
         self._span_growth = self.batch.new_blocks(limit) - self._taken
         ev = self.env.timeout(self.latency.decode_span_s(batch, context, limit), self._token)
         ev.callbacks.append(self._on_span_end)
