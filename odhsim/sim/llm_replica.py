@@ -103,6 +103,7 @@ class LlmReplica(ReplicaBase):
         self._span_growth_s = 0.0
         self._taken = 0  # blocks already allocated for the decode step(s) in flight
         self._span_growth = 0  # blocks the span in flight allocates after its first step (0: usage is flat)
+        self._span_blocks: int | None = None  # new_blocks(steps) of the span in flight; None after shortening
         self._held: dict[int, _Held] = {}
         self.prefix_block_tokens = prefix_block_tokens
         self._offload_s_per_token = 0.0
@@ -159,8 +160,16 @@ class LlmReplica(ReplicaBase):
         return k
 
     def kv_usage(self) -> float:
-        """vLLM's kv_cache_usage_perc: 1 - free / total, per step, shared blocks once, idle cache as free."""
-        return self.used_blocks / self.total_blocks if self.total_blocks else 1.0
+        """vLLM's kv_cache_usage_perc: 1 - free / total, per step, shared blocks once, idle cache as free (the
+        body of `used_blocks`, inlined: every scrape tick asks each replica)."""
+        total = self.total_blocks
+        if not total:
+            return 1.0
+        used = self.pool.used
+        if self._state == _DECODE and self._span_growth:
+            done = self._steps_done(self.env.now - self._span[0])
+            used += self.batch.new_blocks(min(done + 1, self._span[3])) - self._taken
+        return used / total
 
     def abort_all(self) -> list[SimRequest]:
         """Drop every request this replica holds (its drain timed out) and return them; scheduled step ends
@@ -197,7 +206,7 @@ class LlmReplica(ReplicaBase):
         self.waiting_q.append(req)
         if self._state == _IDLE:
             self._schedule()
-        elif self._state == _DECODE and len(self.batch) < self.engine.max_num_seqs:
+        elif self._state == _DECODE and len(self.batch.requests) < self.engine.max_num_seqs:
             self._shorten_span()
 
     def _shorten_span(self) -> None:
@@ -209,6 +218,7 @@ class LlmReplica(ReplicaBase):
         self._token += 1
         end = start + self.latency.decode_span_s(batch, context, done + 1)
         self._span = (start, batch, context, done + 1)
+        self._span_blocks = None
         ev = self.env.timeout(max(0.0, end - self.env.now), self._token)
         ev.callbacks.append(self._on_span_end)
 
@@ -289,7 +299,7 @@ class LlmReplica(ReplicaBase):
             load_s = host_tokens * self._offload_s_per_token  # copy host-tier KV back before the step
             ev = self.env.timeout(self.latency.prefill_s(tokens, sum_sq) + load_s)
             ev.callbacks.append(self._on_prefill_end)
-        elif self.batch:
+        elif self.batch.requests:
             self._start_span()
         else:
             self._state = _IDLE
@@ -300,7 +310,7 @@ class LlmReplica(ReplicaBase):
         allocating its whole prompt while the free blocks stay above the watermark (V0 can_allocate)."""
         batch: list[SimRequest] = []
         tokens = sum_sq = host_tokens = 0
-        free_seqs = self.engine.max_num_seqs - len(self.batch)
+        free_seqs = self.engine.max_num_seqs - len(self.batch.requests)
         budget = self.engine.max_num_batched_tokens
         while self.waiting_q and len(batch) < free_seqs:
             req = self.waiting_q[0]
@@ -352,21 +362,21 @@ class LlmReplica(ReplicaBase):
             preempted = self._ensure_decode_room()
             if preempted is None:
                 return
-            decode_blocks = self.batch.new_blocks(1) if self.batch else 0
+            decode_blocks = self.batch.new_blocks(1) if self.batch.requests else 0
             self.pool.take(decode_blocks)
             self._taken = decode_blocks
             chunks, tokens, attention, host_tokens, chunk_preempted = self._plan_chunks(preempted)
-            if chunks or self.batch or not (preempted or chunk_preempted) or not self.waiting_q:
+            if chunks or self.batch.requests or not (preempted or chunk_preempted) or not self.waiting_q:
                 break
             # the step preempted everything it had: vLLM's next (empty) step admits the waiting requests
         if not chunks:
-            if self.batch:  # after a preemption the next step may admit again: a span of one step
+            if self.batch.requests:  # after a preemption the next step may admit again: a span of one step
                 self._start_span(ensured=True, one_step=(preempted or chunk_preempted) and bool(self.waiting_q))
             else:
                 self._state = _IDLE
                 self._mark_idle()
             return
-        batch = len(self.batch)
+        batch = len(self.batch.requests)
         duration = self.latency.prefill_s(tokens, attention) + host_tokens * self._offload_s_per_token
         if batch:
             duration += self.latency.decode_step_s(batch, self.batch.context_tokens())
@@ -385,7 +395,7 @@ class LlmReplica(ReplicaBase):
         """(request, prompt tokens this step) pairs, their total, the attention term sum(chunk x context), the
         host-tier tokens to copy back and whether a prompt in progress was preempted, within the token budget,
         the sequence limit and the free blocks."""
-        budget = self.engine.max_num_batched_tokens - len(self.batch)
+        budget = self.engine.max_num_batched_tokens - len(self.batch.requests)
         chunks: list[tuple[SimRequest, int]] = []
         tokens = attention = host_tokens = 0
         i = 0
@@ -415,7 +425,7 @@ class LlmReplica(ReplicaBase):
             if chunks:
                 self._before_change()
             return chunks, tokens, attention, host_tokens, True
-        free_seqs = self.engine.max_num_seqs - len(self.batch) - len(self._prefilling)
+        free_seqs = self.engine.max_num_seqs - len(self.batch.requests) - len(self._prefilling)
         while self.waiting_q and budget > 0 and free_seqs > 0:
             req = self.waiting_q[0]
             self._before_change()
@@ -458,9 +468,9 @@ class LlmReplica(ReplicaBase):
         more decode step: whether it preempted, or None if the step cannot happen (the scheduler was re-entered
         after a request that can never fit failed)."""
         preempted = False
-        while self.batch and self.batch.new_blocks(1) > self.pool.free:
+        while self.batch.requests and self.batch.new_blocks(1) > self.pool.free:
             self._before_change()
-            if len(self.batch) == 1 and not self._prefilling:
+            if len(self.batch.requests) == 1 and not self._prefilling:
                 req = self.batch.only()
                 self.batch.leave(req)
                 self._finish_request(req, self.env.now, STATUS_FAILED, "context outgrew the replica's KV cache")
@@ -487,14 +497,14 @@ class LlmReplica(ReplicaBase):
     def _start_span(self, ensured: bool = False, one_step: bool = False) -> None:
         if not ensured and self._ensure_decode_room() is None:
             return
-        if not self.batch:  # all were preempted: their prompts wait to be recomputed
+        if not self.batch.requests:  # all were preempted: their prompts wait to be recomputed
             self._schedule()
             return
         # blocks for k steps fit in the free pool plus what this step already took (V1 took it in _schedule)
         room = self.pool.free + self._taken
         steps = 1 if one_step else self.batch.steps_to_next_finish()
         limit = self.batch.step_limit(steps, room)  # >= 1 once one step fits
-        batch = len(self.batch)
+        batch = len(self.batch.requests)
         context = self.batch.context_tokens()
         self._state = _DECODE
         self._mark_busy()
@@ -502,7 +512,8 @@ class LlmReplica(ReplicaBase):
         self._span = (self.env.now, batch, context, limit)
         self._span_first = self.latency.decode_step_s(batch, context)
         self._span_growth_s = self.latency.decode_per_context_token_s * batch
-        self._span_growth = self.batch.new_blocks(limit) - self._taken
+        self._span_blocks = self.batch.new_blocks(limit)  # the batch cannot change until the span ends
+        self._span_growth = self._span_blocks - self._taken
         ev = self.env.timeout(self.latency.decode_span_s(batch, context, limit), self._token)
         ev.callbacks.append(self._on_span_end)
 
@@ -512,7 +523,8 @@ class LlmReplica(ReplicaBase):
         self._before_change()
         k = self._span[3]
         self._state = _PREFILL  # the span is over: its blocks are booked below, not read in closed form
-        self.pool.take(self.batch.new_blocks(k) - self._taken)
+        blocks = self._span_blocks
+        self.pool.take((self.batch.new_blocks(k) if blocks is None else blocks) - self._taken)
         self._taken = 0
         self._advance_decodes(k, self.env.now)
         self._schedule()
