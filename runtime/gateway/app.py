@@ -1,37 +1,41 @@
 """The gateway's HTTP surface (FastAPI): auth -> limits -> parsing -> response cache -> `Gateway.serve`.
 
-Every answer is JSON (OpenAI's error shape on /v1, `{"error": ...}` on /v2) and carries `x-request-id`; every
-request to a model ends counted in /metrics as answered, shed (429) or failed (5xx), or refused (4xx). Streams
-are relayed chunk by chunk as the replica sends them (no buffering), so the client's time to first token is real.
+Every answer is JSON (OpenAI's error shape on /v1, `{"error": ...}` on /v2; http_errors.py) and carries
+`x-request-id`; every request to a model ends counted in /metrics as answered, shed (429) or failed (5xx), or
+refused (4xx). Streams are relayed chunk by chunk as the replica sends them (relay.py), so the client's time to
+first token is real.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import JSONResponse, Response
 
 from policies.caching.key import response_key
 from policies.caching.response_cache import TieredResponseCache
-from policies.gateway.types import ABANDONED, ABORTED, DONE, REQUEST_FAULT
-from runtime.errors import SEQUENCE_FAILED, SEQUENCE_FAILED_MARK, SEQUENCE_FAILED_STATUS, new_error_id
+from runtime.errors import SEQUENCE_FAILED, SEQUENCE_FAILED_STATUS, new_error_id
 from runtime.gateway.auth import ANONYMOUS, Principal, bearer_token, lower_priority
 from runtime.gateway.forward import Buffered, Streaming, UpstreamCall
+from runtime.gateway.http_errors import (
+    RETRIES_HEADER,
+    HttpError,
+    RequestIdMiddleware,
+    body_deadline,
+    error_response,
+    mark_retries,
+)
 from runtime.gateway.limits import (
     LimitError,
     block_ids,
@@ -53,92 +57,16 @@ from runtime.gateway.protocol import (
     v2_metadata,
     validate,
 )
+from runtime.gateway.relay import RelayStream, StreamEnd
 from runtime.gateway.route import GatewayError, Job
-from runtime.transport import REQUEST_DEADLINE
 
 if TYPE_CHECKING:
     from runtime.gateway.core import Gateway
 
 log = logging.getLogger("odhsim.gateway")
-_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 SESSION_HEADER = "x-session-id"
 """A client's conversation id: requests carrying the same one (per tenant) are the session the router's
 session-affinity scorer binds to the replica that last answered it."""
-RETRIES_HEADER = "x-odhsim-retries"
-"""On every answer whose request went to a replica: its attempts beyond the first (a move to the fallback model
-included); on a stream, the retries made before the attempt that is relayed began."""
-_OPENAI_TYPE = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "invalid_request_error",
-    405: "invalid_request_error",
-    408: "invalid_request_error",
-    413: "invalid_request_error",
-    431: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
-
-class HttpError(Exception):
-    """A refusal by the HTTP layer (auth, unknown model, wrong kind of model)."""
-
-    def __init__(self, status: int, message: str, reason: str, param: str | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.reason = reason
-        self.param = param
-
-
-class RequestIdMiddleware:
-    """Gives every request an id (the client's `x-request-id` when well-formed) and echoes it on every answer."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        given = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"x-request-id"), "")
-        rid = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                MutableHeaders(scope=message)["x-request-id"] = rid
-            await send(message)
-
-        await self.app(scope, receive, send_with_id)
-
-
-def error_response(
-    path: str, status: int, message: str, reason: str, param: str | None = None, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """OpenAI's error shape under /v1, `{"error": message}` elsewhere; the reason slug also in a header."""
-    h = {"x-odhsim-reason": reason, **(headers or {})}
-    if status == 429:
-        h.setdefault("retry-after", "1")
-    if path.startswith("/v1"):
-        kind = _OPENAI_TYPE.get(status, "server_error")
-        body: dict[str, Any] = {"error": {"message": message, "type": kind, "param": param, "code": reason}}
-    else:
-        body = {"error": message}
-    return JSONResponse(body, status_code=status, headers=h)
-
-
-def body_deadline(request: Request) -> float | None:
-    """The loop time by which the request's body must have arrived (set by runtime.transport; None without it)."""
-    value = request.scope.get("state", {}).get(REQUEST_DEADLINE)
-    return float(value) if isinstance(value, int | float) else None
-
-
-def _mark_retries(resp: Response, job: Job | None) -> Response:
-    """Add `x-odhsim-retries` to an answer (an error included) whose request reached a replica."""
-    if job is not None and job.attempts and RETRIES_HEADER not in resp.headers:
-        resp.headers[RETRIES_HEADER] = str(job.retries)
-    return resp
 
 
 def _cache_key(
@@ -167,104 +95,6 @@ def _with_fresh_id(body: bytes) -> bytes:
         doc["id"] = f"cmpl-{uuid.uuid4().hex}"
         return json.dumps(doc, separators=(",", ":")).encode()
     return body
-
-
-class _StreamEnd:
-    """The end of a relayed stream, recorded once: release the replica slot and count the outcome."""
-
-    def __init__(self, gateway: Gateway, s: Streaming, model_label: str, job: Job) -> None:
-        self.gateway = gateway
-        self.s = s
-        self.model_label = model_label
-        self.job = job
-        self.done = False
-
-    def finish(
-        self, ok: bool | None, failure: str | None = None, detail: str = "", request_fault: bool = False
-    ) -> None:
-        """`request_fault`: the replica ended the stream with the request's own failure (a healthy replica)."""
-        if self.done:
-            return
-        self.done = True
-        if request_fault:
-            self.s.attempt.done(REQUEST_FAULT, SEQUENCE_FAILED)
-        elif ok is True:
-            self.s.attempt.done(DONE)
-        elif ok is False:  # bytes already went out: counts against the replica, never retried
-            self.s.attempt.done(ABORTED, detail, kind=failure or "reset")
-        else:
-            self.s.attempt.done(ABANDONED)
-        if request_fault:
-            self.gateway.metrics.count(self.model_label, SEQUENCE_FAILED_STATUS, SEQUENCE_FAILED)
-        elif ok is True:
-            self.gateway.metrics.count(self.model_label, 200, "ok")
-        elif ok is False:
-            self.gateway.metrics.count(self.model_label, 502, "stream_aborted")
-        else:
-            self.gateway.metrics.count(self.model_label, 499, "client_closed")
-        self.gateway.end_job(self.job)
-
-    async def close(self) -> None:
-        with suppress(httpx.HTTPError):
-            await self.s.response.aclose()
-
-
-def _sse_error(message: str) -> bytes:
-    err = {"error": {"message": message, "type": "server_error", "param": None, "code": "stream_aborted"}}
-    return f"data: {json.dumps(err)}\n\n".encode() + b"data: [DONE]\n\n"
-
-
-async def _chunks(s: Streaming) -> AsyncIterator[bytes]:
-    if s.first:
-        yield s.first
-    async for chunk in s.chunks:
-        yield chunk
-
-
-async def _relay(end: _StreamEnd) -> AsyncIterator[bytes]:
-    """The replica's SSE bytes as they come; a replica failing mid-stream ends the stream with an error event.
-
-    The outcome is recorded when `[DONE]` arrives, before it is relayed, so a client that has read the whole
-    stream finds it counted. A stream the replica ended with the request's own failure (its `sequence_failed`
-    error event, then `[DONE]`) is counted as that, and not against the replica."""
-    tail = b""
-    request_fault = False
-    failed: tuple[str, str] | None = None
-    try:
-        async for chunk in _chunks(end.s):
-            window = tail + chunk
-            request_fault = request_fault or SEQUENCE_FAILED_MARK in window
-            tail = window[-64:]
-            if b"[DONE]" in tail:
-                end.finish(True, request_fault=request_fault)
-            yield chunk
-    except httpx.HTTPError as err:
-        kind = "timeout" if isinstance(err, httpx.TimeoutException) else "reset"
-        failed = (kind, f"mid-stream: {err or type(err).__name__}")
-    finally:
-        await end.close()
-    if end.done:
-        return
-    if failed is None:
-        failed = ("reset", "the stream ended without [DONE]")
-    end.finish(False, *failed)
-    yield _sse_error(f"the replica failed mid-stream ({failed[0]}); the answer is incomplete")
-
-
-class RelayStream(StreamingResponse):
-    """A StreamingResponse that always releases its replica slot, even when the client leaves before the first
-    chunk (the generator's own `finally` would then never run)."""
-
-    def __init__(self, end: _StreamEnd, headers: dict[str, str]) -> None:
-        super().__init__(_relay(end), media_type="text/event-stream", headers=headers)
-        self.end = end
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            self.end.finish(None)
-            await self.end.close()
 
 
 def create_app(gateway: Gateway) -> FastAPI:
@@ -418,7 +248,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             call = UpstreamCall(path=lambda m: "/v1/completions", body=req.upstream_body, stream=req.stream)
             result = await gateway.serve(job, call)
             if isinstance(result, Streaming):
-                end = _StreamEnd(gateway, result, req.model, job)
+                end = StreamEnd(gateway, result, req.model, job)
                 job_ref.clear()  # the stream's end closes the job
                 headers = {
                     "x-odhsim-replica": result.response.headers.get("x-odhsim-replica", result.attempt.upstream.name),
@@ -430,7 +260,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             return answer(result, job, extra)
 
         try:
-            return _mark_retries(await guarded(request, lambda: label[0], work), seen[0] if seen else None)
+            return mark_retries(await guarded(request, lambda: label[0], work), seen[0] if seen else None)
         finally:
             for job in job_ref:
                 gateway.end_job(job)
@@ -504,7 +334,7 @@ def create_app(gateway: Gateway) -> FastAPI:
             return answer(result, job, {})
 
         try:
-            return _mark_retries(await guarded(request, lambda: label, work), job_ref[0] if job_ref else None)
+            return mark_retries(await guarded(request, lambda: label, work), job_ref[0] if job_ref else None)
         finally:
             for job in job_ref:
                 gateway.end_job(job)
