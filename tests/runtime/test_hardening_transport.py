@@ -550,6 +550,12 @@ def test_injected_loop_stall_does_not_open_the_breaker_of_a_healthy_replica() ->
         assert 'odhsim_gateway_breaker_open{model="chat"} 0.0' in text
         assert failures == [] and "odhsim_gateway_upstream_failures_total{" not in text
         assert r.hits == 2  # the stalled attempt, then its free retry
+        # the monitor samples every 50 ms once the gateway starts (at the first request), so right after the stall
+        # it may have recorded only the stalled sample: give it a few more intervals before reading the histogram
+        deadline = time.monotonic() + 5
+        while _metric(text, "odhsim_gateway_event_loop_lag_seconds_count") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+            text = httpx.get(f"{srv.url}/metrics", timeout=5).text
         lag_count = _metric(text, "odhsim_gateway_event_loop_lag_seconds_count")
         assert lag_count >= 2 and _metric(text, "odhsim_gateway_event_loop_lag_seconds_sum") > 2.0
         slow = _metric(text, 'odhsim_gateway_event_loop_lag_seconds_bucket{le="1.0"}')
