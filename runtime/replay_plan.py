@@ -20,6 +20,7 @@ from odhsim.workload.schema import RequestBatch, concat
 SCENARIO_SUFFIXES = (".yaml", ".yml")
 FILLER = "the quick brown fox jumps over the lazy dog while a small model serves its tokens one by one; "
 
+
 class ReplayError(OdhsimError):
     """Bad replay input (source, target, options); the CLI prints it and exits 2."""
 
