@@ -13,6 +13,8 @@ from policies.routing.types import EndpointState
 FinishCallback = Callable[[SimRequest, float, str, str], None]
 """on_finish(request, now, status, reason): the replica is done with a request (ok or failed)."""
 
+_NO_ADAPTERS: frozenset[str] = frozenset()
+
 
 class ReplicaBase:
     """Base of the LLM and fixed replicas.
@@ -49,6 +51,7 @@ class ReplicaBase:
         self._published: EndpointState | None = None  # built lazily from _published_values when read
         self._published_values: tuple[int, int, float] = (0, 0, 0.0)
         self._published_tick = -1
+        self._cache_config: tuple[int, int] | None = None  # fixed once the replica is built (read at first scrape)
 
     # -- metrics -------------------------------------------------------------------------------------------
     def waiting(self) -> int:
@@ -84,7 +87,11 @@ class ReplicaBase:
         else:  # no change since the tick began: the current state is the scrape
             self._published_values = (self.waiting(), self.running(), self.kv_usage())
             self._published_tick = tick
+        cache_config = self._cache_config
+        if cache_config is None:  # vllm:cache_config_info (num_gpu_blocks, block_size) of LLM replicas, else 0
+            cache_config = self._cache_config = (getattr(self, "total_blocks", 0), getattr(self, "bs", 0))
         waiting, running, kv = self._published_values
+        # positional (fields in EndpointState's order; healthy, no adapters): cheaper than keywords on this path
         state = self._published = EndpointState(
             self.name,
             self.model_name,
@@ -92,9 +99,12 @@ class ReplicaBase:
             running,
             kv,
             tick * self.scrape_interval_s,
-            # vllm:cache_config_info (num_gpu_blocks, block_size) of LLM replicas; 0 where there is none
-            cache_num_blocks=getattr(self, "total_blocks", 0),
-            cache_block_size=getattr(self, "bs", 0),
+            True,
+            _NO_ADAPTERS,
+            _NO_ADAPTERS,
+            0,
+            cache_config[0],
+            cache_config[1],
         )
         return state
 
