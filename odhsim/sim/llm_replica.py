@@ -37,11 +37,11 @@ import simpy
 from odhsim.profiles.latency import LatencyModel
 from odhsim.scenario.deployment import EngineLimits
 from odhsim.sim.decode_batch import DecodeBatch, ceil_div
+from odhsim.sim.llm_chunked import DECODE, IDLE, PREFILL, ChunkedPrefill
 from odhsim.sim.prefix_cache import BlockPool, block_keys
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
 
-_IDLE, _PREFILL, _DECODE = 0, 1, 2
 V0_WATERMARK = 0.01  # vLLM V0 BlockSpaceManager's default watermark (V1 has none)
 _NO_BLOCKS = np.zeros(0, dtype=np.int64)
 
@@ -62,7 +62,10 @@ class _Held:
         self.tokens = 0
 
 
-class LlmReplica(ReplicaBase):
+class LlmReplica(ChunkedPrefill, ReplicaBase):
+    """One vLLM engine: arrivals, KV blocks, the V0 prefill-first step and decode spans here; the V1 chunked-prefill
+    step planner in `ChunkedPrefill`."""
+
     def __init__(
         self,
         env: simpy.Environment,
@@ -91,7 +94,7 @@ class LlmReplica(ReplicaBase):
         self.waiting_q: deque[SimRequest] = deque()
         self.batch = DecodeBatch(self.bs)
         self.preemptions = 0
-        self._state = _IDLE
+        self._state = IDLE
         self._token = 0  # invalidates a scheduled span end when the span is shortened
         self._prefill_batch: list[SimRequest] = []  # prefill-first: the prompts of the prefill step in flight
         self._prefilling: list[SimRequest] = []  # chunked prefill: admitted requests with prompt tokens left
@@ -131,7 +134,7 @@ class LlmReplica(ReplicaBase):
     def used_blocks(self) -> int:
         """Blocks some request holds now (idle cached blocks count as free), mid-span growth included."""
         used = self.pool.used
-        if self._state == _DECODE and self._span_growth:
+        if self._state == DECODE and self._span_growth:
             k = self._span[3]
             done = self._steps_done(self.env.now - self._span[0])
             used += self.batch.new_blocks(min(done + 1, k)) - self._taken  # vLLM allocates at each step's start
@@ -166,7 +169,7 @@ class LlmReplica(ReplicaBase):
         if not total:
             return 1.0
         used = self.pool.used
-        if self._state == _DECODE and self._span_growth:
+        if self._state == DECODE and self._span_growth:
             done = self._steps_done(self.env.now - self._span[0])
             used += self.batch.new_blocks(min(done + 1, self._span[3])) - self._taken
         return used / total
@@ -184,7 +187,7 @@ class LlmReplica(ReplicaBase):
         self.pool = self._new_pool(self.pool.caching, self.pool.host_blocks)
         self.in_flight = 0
         self._token += 1  # a scheduled decode-span end is void
-        self._state = _IDLE
+        self._state = IDLE
         self._mark_idle()
         return held
 
@@ -204,9 +207,9 @@ class LlmReplica(ReplicaBase):
             self.on_finish(req, self.env.now, STATUS_FAILED, "prompt exceeds the replica's KV cache")
             return
         self.waiting_q.append(req)
-        if self._state == _IDLE:
+        if self._state == IDLE:
             self._schedule()
-        elif self._state == _DECODE and len(self.batch.requests) < self.engine.max_num_seqs:
+        elif self._state == DECODE and len(self.batch.requests) < self.engine.max_num_seqs:
             self._shorten_span()
 
     def _shorten_span(self) -> None:
@@ -293,7 +296,7 @@ class LlmReplica(ReplicaBase):
             return
         batch, tokens, sum_sq, host_tokens = self._admit()
         if batch:
-            self._state = _PREFILL
+            self._state = PREFILL
             self._prefill_batch = batch
             self._mark_busy()
             load_s = host_tokens * self._offload_s_per_token  # copy host-tier KV back before the step
@@ -302,7 +305,7 @@ class LlmReplica(ReplicaBase):
         elif self.batch.requests:
             self._start_span()
         else:
-            self._state = _IDLE
+            self._state = IDLE
             self._mark_idle()
 
     def _admit(self) -> tuple[list[SimRequest], int, int, int]:
@@ -353,116 +356,6 @@ class LlmReplica(ReplicaBase):
         else:
             self.batch.join(req)
 
-    # -- chunked prefill (vLLM V1) -------------------------------------------------------------------------
-    def _schedule_chunked(self) -> None:
-        """One engine step: decode every running request and spend the rest of the token budget on prompt
-        chunks (in-progress prompts first, then new ones FCFS unless this step preempted); a pure decode span
-        when no prompt is scheduled."""
-        while True:
-            preempted = self._ensure_decode_room()
-            if preempted is None:
-                return
-            decode_blocks = self.batch.new_blocks(1) if self.batch.requests else 0
-            self.pool.take(decode_blocks)
-            self._taken = decode_blocks
-            chunks, tokens, attention, host_tokens, chunk_preempted = self._plan_chunks(preempted)
-            if chunks or self.batch.requests or not (preempted or chunk_preempted) or not self.waiting_q:
-                break
-            # the step preempted everything it had: vLLM's next (empty) step admits the waiting requests
-        if not chunks:
-            if self.batch.requests:  # after a preemption the next step may admit again: a span of one step
-                self._start_span(ensured=True, one_step=(preempted or chunk_preempted) and bool(self.waiting_q))
-            else:
-                self._state = _IDLE
-                self._mark_idle()
-            return
-        batch = len(self.batch.requests)
-        duration = self.latency.prefill_s(tokens, attention) + host_tokens * self._offload_s_per_token
-        if batch:
-            duration += self.latency.decode_step_s(batch, self.batch.context_tokens())
-        self._state = _PREFILL
-        self._step_chunks = chunks
-        self._step_decodes = batch > 0
-        self._mark_busy()
-        ev = self.env.timeout(duration)
-        ev.callbacks.append(self._on_chunked_step_end)
-
-    def _chunk_cap(self, left: int, budget: int) -> int:
-        chunk = min(left, budget)
-        return min(chunk, self._threshold) if self._threshold else chunk
-
-    def _plan_chunks(self, preempted: bool) -> tuple[list[tuple[SimRequest, int]], int, int, int, bool]:
-        """(request, prompt tokens this step) pairs, their total, the attention term sum(chunk x context), the
-        host-tier tokens to copy back and whether a prompt in progress was preempted, within the token budget,
-        the sequence limit and the free blocks."""
-        budget = self.engine.max_num_batched_tokens - len(self.batch.requests)
-        chunks: list[tuple[SimRequest, int]] = []
-        tokens = attention = host_tokens = 0
-        i = 0
-        while i < len(self._prefilling) and budget > 0:
-            req = self._prefilling[i]
-            held = self._held[req.row]
-            chunk = self._chunk_cap(req.prefill_left, budget)
-            done = req.ctx - req.prefill_left
-            need = ceil_div(done + chunk, self.bs) - ceil_div(held.tokens, self.bs)
-            while need > self.pool.free:  # preempt the newest running request: the last prompt in progress
-                self._before_change()
-                preempted = True
-                victim = self._prefilling.pop()
-                self._preempt(victim)
-                if victim is req:
-                    break
-            if i >= len(self._prefilling):  # it preempted itself: vLLM stops scheduling running requests
-                break
-            self.pool.take(need)
-            self._hash(req, held, done + chunk)
-            chunks.append((req, chunk))
-            tokens += chunk
-            attention += chunk * (done + chunk)
-            budget -= chunk
-            i += 1
-        if preempted:  # vLLM: a step that preempted schedules no waiting request
-            if chunks:
-                self._before_change()
-            return chunks, tokens, attention, host_tokens, True
-        free_seqs = self.engine.max_num_seqs - len(self.batch.requests) - len(self._prefilling)
-        while self.waiting_q and budget > 0 and free_seqs > 0:
-            req = self.waiting_q[0]
-            self._before_change()
-            got = self._try_admit(req, budget, self.pool.free)
-            if got is None:
-                break
-            cached, from_host, chunk = got
-            self.waiting_q.popleft()
-            req.prefill_left = req.ctx - cached
-            self._started(req, cached)
-            self._prefilling.append(req)
-            chunks.append((req, chunk))
-            tokens += chunk
-            attention += chunk * (cached + chunk)
-            host_tokens += from_host
-            budget -= chunk
-            free_seqs -= 1
-        if chunks:
-            self._before_change()
-        return chunks, tokens, attention, host_tokens, False
-
-    def _on_chunked_step_end(self, _event: simpy.Event) -> None:
-        now = self.env.now
-        self._before_change()
-        if self._step_decodes:
-            self._advance_decodes(1, now)
-        finished_prompts = False
-        for req, chunk in self._step_chunks:
-            req.prefill_left -= chunk
-            if req.prefill_left == 0:
-                finished_prompts = True
-                self._first_token(req, now)
-        if finished_prompts:
-            self._prefilling = [r for r in self._prefilling if r.prefill_left > 0]
-        self._step_chunks = []
-        self._schedule()
-
     def _ensure_decode_room(self) -> bool | None:
         """Preempt (recompute) the newest running requests until the running batch gets its blocks for one
         more decode step: whether it preempted, or None if the step cannot happen (the scheduler was re-entered
@@ -506,7 +399,7 @@ class LlmReplica(ReplicaBase):
         limit = self.batch.step_limit(steps, room)  # >= 1 once one step fits
         batch = len(self.batch.requests)
         context = self.batch.context_tokens()
-        self._state = _DECODE
+        self._state = DECODE
         self._mark_busy()
         self._token += 1
         self._span = (self.env.now, batch, context, limit)
@@ -522,7 +415,7 @@ class LlmReplica(ReplicaBase):
             return  # a shortened span's original end
         self._before_change()
         k = self._span[3]
-        self._state = _PREFILL  # the span is over: its blocks are booked below, not read in closed form
+        self._state = PREFILL  # the span is over: its blocks are booked below, not read in closed form
         blocks = self._span_blocks
         self.pool.take((self.batch.new_blocks(k) if blocks is None else blocks) - self._taken)
         self._taken = 0
