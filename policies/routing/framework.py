@@ -109,19 +109,20 @@ class SchedulerProfile:
         return candidates
 
     def _weighted_totals(self, now: float, request: RouteRequest, candidates: list[EndpointState]) -> list[float]:
+        """Each candidate's sum of weight x score, every score clamped to [0, 1] (NaN counts as 0).
+
+        Hot (once per dispatch): one comprehension per scorer rather than an indexed loop; the same additions in
+        the same order, so the totals are bit-identical to the loop's."""
         n = len(candidates)
         totals = [0.0] * n
         for scorer, weight in self.scorers:
             scores = scorer.score(now, request, candidates)
             if len(scores) != n:
                 raise RuntimeError(f"scorer '{plugin_name(scorer)}' returned {len(scores)} scores for {n} endpoints")
-            for i in range(n):
-                v = scores[i]
-                if v > 1.0:
-                    v = 1.0
-                elif not v >= 0.0:  # negative or NaN
-                    v = 0.0
-                totals[i] += weight * v
+            totals = [
+                t + weight * (v if 0.0 <= v <= 1.0 else (1.0 if v > 1.0 else 0.0))
+                for t, v in zip(totals, scores, strict=True)
+            ]
         return totals
 
     def on_dispatch(self, now: float, request: RouteRequest, endpoint: str) -> None:
