@@ -118,13 +118,14 @@ class ReplicaBase:
             state = self._published
             if state is not None:
                 return state
-        else:  # no change since the tick began: the current state is the scrape
-            self._published_values = (self.waiting(), self.running(), self.kv_usage())
+            waiting, running, kv = self._published_values  # kept by _before_change at the tick's first change
+        else:  # no change since the tick began: the current state is the scrape (kept below as _published, which
+            # stays until the next tick: _published_values is read only when a new tick cleared _published)
+            waiting, running, kv = self.waiting(), self.running(), self.kv_usage()
             self._published_tick = tick
         cache_config = self._cache_config
         if cache_config is None:  # vllm:cache_config_info (num_gpu_blocks, block_size) of LLM replicas, else 0
             cache_config = self._cache_config = (getattr(self, "total_blocks", 0), getattr(self, "bs", 0))
-        waiting, running, kv = self._published_values
         # healthy, no adapters; every one of EndpointState's fields set (see _new_state above)
         state = self._published = _new_state(EndpointState)
         _SET_NAME(state, self.name)
