@@ -4,50 +4,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import fields
 
 import simpy
 
 from odhsim.sim.request import SimRequest
-from policies.routing.types import EndpointState
+from policies.routing.types import EndpointState, new_endpoint_state
 
 FinishCallback = Callable[[SimRequest, float, str, str], None]
 """on_finish(request, now, status, reason): the replica is done with a request (ok or failed)."""
 
 _NO_ADAPTERS: frozenset[str] = frozenset()
-
-# EndpointState is a frozen, slotted dataclass: its __init__ sets each of its 12 fields through object.__setattr__
-# (~2.4 us). Scrapes build one per replica per tick, so they set the slots through their descriptors instead
-# (~0.7 us); the object is the same (no __post_init__, equal field by field to the __init__-built one).
-_new_state = object.__new__
-_STATE_FIELDS = (
-    "name",
-    "model",
-    "waiting",
-    "running",
-    "kv_usage",
-    "scraped_at",
-    "healthy",
-    "active_adapters",
-    "waiting_adapters",
-    "max_adapters",
-    "cache_num_blocks",
-    "cache_block_size",
-)
-if tuple(f.name for f in fields(EndpointState)) != _STATE_FIELDS:  # a new field would be left unset below
-    raise RuntimeError("EndpointState's fields changed: update scraped_state's field setters in replica_base.py")
-_SET_NAME = EndpointState.name.__set__  # type: ignore[attr-defined]
-_SET_MODEL = EndpointState.model.__set__  # type: ignore[attr-defined]
-_SET_WAITING = EndpointState.waiting.__set__  # type: ignore[attr-defined]
-_SET_RUNNING = EndpointState.running.__set__  # type: ignore[attr-defined]
-_SET_KV = EndpointState.kv_usage.__set__  # type: ignore[attr-defined]
-_SET_SCRAPED_AT = EndpointState.scraped_at.__set__  # type: ignore[attr-defined]
-_SET_HEALTHY = EndpointState.healthy.__set__  # type: ignore[attr-defined]
-_SET_ACTIVE = EndpointState.active_adapters.__set__  # type: ignore[attr-defined]
-_SET_WAITING_AD = EndpointState.waiting_adapters.__set__  # type: ignore[attr-defined]
-_SET_MAX_AD = EndpointState.max_adapters.__set__  # type: ignore[attr-defined]
-_SET_BLOCKS = EndpointState.cache_num_blocks.__set__  # type: ignore[attr-defined]
-_SET_BLOCK_SIZE = EndpointState.cache_block_size.__set__  # type: ignore[attr-defined]
 
 
 class ReplicaBase:
@@ -126,20 +92,11 @@ class ReplicaBase:
         cache_config = self._cache_config
         if cache_config is None:  # vllm:cache_config_info (num_gpu_blocks, block_size) of LLM replicas, else 0
             cache_config = self._cache_config = (getattr(self, "total_blocks", 0), getattr(self, "bs", 0))
-        # healthy, no adapters; every one of EndpointState's fields set (see _new_state above)
-        state = self._published = _new_state(EndpointState)
-        _SET_NAME(state, self.name)
-        _SET_MODEL(state, self.model_name)
-        _SET_WAITING(state, waiting)
-        _SET_RUNNING(state, running)
-        _SET_KV(state, kv)
-        _SET_SCRAPED_AT(state, tick * self.scrape_interval_s)
-        _SET_HEALTHY(state, True)
-        _SET_ACTIVE(state, _NO_ADAPTERS)
-        _SET_WAITING_AD(state, _NO_ADAPTERS)
-        _SET_MAX_AD(state, 0)
-        _SET_BLOCKS(state, cache_config[0])
-        _SET_BLOCK_SIZE(state, cache_config[1])
+        # healthy, no adapters (policies.routing.types.new_endpoint_state: EndpointState without its frozen __init__)
+        state = self._published = new_endpoint_state(
+            self.name, self.model_name, waiting, running, kv, tick * self.scrape_interval_s, True,
+            _NO_ADAPTERS, _NO_ADAPTERS, 0, cache_config[0], cache_config[1],
+        )  # fmt: skip
         return state
 
     # -- busy-time accounting (for gpu_busy) ------------------------------------------------------------------

@@ -28,7 +28,7 @@ Definitions, agreed once for both engines:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import fields, replace
+from dataclasses import replace
 
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
 from policies.flowcontrol.priority import PRIORITY_CLASSES, class_to_priority
@@ -58,7 +58,7 @@ from policies.gateway.types import (
     WakeAt,
 )
 from policies.resilience.breaker import HALF_OPEN
-from policies.routing.types import RouteRequest
+from policies.routing.types import RouteRequest, new_route_request
 
 ACTIVATOR_TIMEOUT_S = 300.0
 """How long Knative's activator holds a request for a revision with no ready replica: the revision's
@@ -409,18 +409,10 @@ class GatewayCore(Retrying):
     def _route_request(self, route: RouteState, t: Ticket) -> RouteRequest:
         rr = t.rr
         if rr is None:
-            # RouteRequest's slots set through their descriptors (see _ROUTE_REQUEST_FIELDS): its frozen __init__
-            # costs more than the rest of a dispatch in M/M/c
-            rr = t.rr = _new(RouteRequest)
-            _SET_RR_ID(rr, t.id)
-            _SET_RR_MODEL(rr, route.name)
-            _SET_RR_PROMPT(rr, t.prompt_tokens)
-            _SET_RR_BLOCKS(rr, t.blocks if t.blocks is not None else _NO_BLOCKS)
-            _SET_RR_BLOCK_TOKENS(rr, self.block_tokens)
-            _SET_RR_SESSION(rr, t.session)
-            _SET_RR_PRIORITY(rr, class_to_priority(t.priority))
-            _SET_RR_TENANT(rr, t.tenant)
-            _SET_RR_ADAPTER(rr, t.adapter)
+            rr = t.rr = new_route_request(
+                t.id, route.name, t.prompt_tokens, t.blocks if t.blocks is not None else _NO_BLOCKS,
+                self.block_tokens, t.session, class_to_priority(t.priority), t.tenant, t.adapter,
+            )  # fmt: skip
         return rr
 
     def _dispatch(self, now: float, route: RouteState, t: Ticket, out: list[Action]) -> bool:
@@ -485,29 +477,3 @@ class GatewayCore(Retrying):
 
 
 _NO_BLOCKS = RouteRequest(0, "", 0).block_ids
-
-# RouteRequest is a frozen, slotted dataclass with no __post_init__: one built by setting every slot through its
-# descriptor equals the __init__-built one field by field, at a third of the cost. A new field would be left unset.
-_ROUTE_REQUEST_FIELDS = (
-    "request_id",
-    "model",
-    "prompt_tokens",
-    "block_ids",
-    "block_tokens",
-    "session",
-    "priority",
-    "tenant",
-    "adapter",
-)
-if tuple(f.name for f in fields(RouteRequest)) != _ROUTE_REQUEST_FIELDS:
-    raise RuntimeError("RouteRequest's fields changed: update GatewayCore._route_request's field setters")
-_new = object.__new__
-_SET_RR_ID = RouteRequest.request_id.__set__  # type: ignore[attr-defined]
-_SET_RR_MODEL = RouteRequest.model.__set__  # type: ignore[attr-defined]
-_SET_RR_PROMPT = RouteRequest.prompt_tokens.__set__  # type: ignore[attr-defined]
-_SET_RR_BLOCKS = RouteRequest.block_ids.__set__  # type: ignore[attr-defined]
-_SET_RR_BLOCK_TOKENS = RouteRequest.block_tokens.__set__  # type: ignore[attr-defined]
-_SET_RR_SESSION = RouteRequest.session.__set__  # type: ignore[attr-defined]
-_SET_RR_PRIORITY = RouteRequest.priority.__set__  # type: ignore[attr-defined]
-_SET_RR_TENANT = RouteRequest.tenant.__set__  # type: ignore[attr-defined]
-_SET_RR_ADAPTER = RouteRequest.adapter.__set__  # type: ignore[attr-defined]
