@@ -116,22 +116,6 @@ class Option:
         return self.tp * self.pp
 
 
-def _options(m: ModelDeployment, scenario: Scenario | None = None) -> list[Option]:
-    """Each GPU type of the catalogue at the smallest tensor-parallel degree (within a node) where the model
-    fits, and the model's own deployment."""
-    assert m.profile is not None
-    need = m.engine.max_model_len or catalog.model(m.profile).max_context
-    per_node = {p.gpu: p.gpus_per_node for p in scenario.gpu_pool} if scenario is not None else {}
-    out = []
-    for gpu in catalog.gpu_names():
-        for tp in (1, 2, 4, 8):
-            if tp <= per_node.get(gpu, 8) and catalog.fits(m.profile, gpu, tp, m.engine.gpu_memory_utilization, need):
-                out.append(Option(gpu, tp))
-                break
-    own = Option(m.gpu, m.tp, m.pp)
-    return out if own in out else [*out, own]
-
-
 @dataclass(frozen=True)
 class SloThroughput:
     """What one option carries: its saturation rate and the search for the highest rate within the SLOs."""
