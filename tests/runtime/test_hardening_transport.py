@@ -101,33 +101,14 @@ def test_share_across_tenants_is_explicit_and_a_hit_gets_a_fresh_id() -> None:
 
 @contextmanager
 def redis_with_password(password: str) -> Iterator[tuple[int, Any]]:
-    import shutil
-    import subprocess
-
-    exe = shutil.which("redis-server")
-    if exe is None:
-        pytest.skip("redis-server is not installed (apt-get install redis-server)")
-    with socket.socket() as sk:
-        sk.bind(("127.0.0.1", 0))
-        port = sk.getsockname()[1]
-    args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen([*args, "--requirepass", password], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, password=password, socket_timeout=0.5, socket_connect_timeout=0.5)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        yield port, client
-    finally:
-        client.close()
-        proc.kill()
-        proc.wait(10)
+    """A password-protected redis-server of the test's own: its port and a client that authenticates."""
+    with redis_server(password) as (url, _):
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        client = redis.Redis(port=port, password=password, socket_timeout=0.5, socket_connect_timeout=0.5)
+        try:
+            yield port, client
+        finally:
+            client.close()
 
 
 @pytest.mark.timeout(60)

@@ -35,14 +35,18 @@ def _free_port() -> int:
 
 
 @contextmanager
-def redis_server() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+def redis_server(password: str | None = None) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own on a free loopback port (with `requirepass` when given a password); its
+    URL (without the password) and process, killed at the end."""
     exe = shutil.which("redis-server")
     if exe is None:
         pytest.skip("redis-server is not installed (apt-get install redis-server)")
     port = _free_port()
     args = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    if password is not None:
+        args += ["--requirepass", password]
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(port=port, socket_timeout=0.5, socket_connect_timeout=0.5)
+    client = redis.Redis(port=port, password=password, socket_timeout=0.5, socket_connect_timeout=0.5)
     try:
         deadline = time.monotonic() + 10
         while True:
