@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 
 from odhsim.scenario.deployment import FieldPathError, Frozen, GpuPool, ModelDeployment
+from odhsim.scenario.faults import FaultSpec, check_fault_targets
 from odhsim.scenario.live import LiveConfig
 from odhsim.workload.config import WorkloadConfig
 from odhsim.workload.schema import PRIORITY_CLASSES
@@ -98,6 +99,8 @@ class Scenario(Frozen):
     """The gateway process of `odhsim serve` (odhsim.scenario.live); the simulator ignores it."""
     actions: list[RolloutAction] = Field(default_factory=list)
     """Timed canary steps (promote, rollback, traffic) for models with a `canary`."""
+    faults: list[FaultSpec] = Field(default_factory=list)
+    """What goes wrong and when (odhsim.scenario.faults): injected by the simulator and by `odhsim serve` alike."""
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
     @model_validator(mode="after")
@@ -170,6 +173,7 @@ class Scenario(Frozen):
                 )
         if self.hard_stop_s is not None and self.duration_s is not None and self.hard_stop_s < self.duration_s:
             raise ValueError("hard_stop_s must not be before duration_s")
+        check_fault_targets(self.faults, names, {gpu: -(-p.count // p.gpus_per_node) for gpu, p in pools.items()})
         return self
 
     @model_validator(mode="after")
