@@ -21,8 +21,11 @@ Kinds (what the engines do with each is described where they inject it):
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterator
 from typing import Annotated, Literal
 
+import numpy as np
 from pydantic import Field, model_validator
 
 from odhsim.scenario.deployment import Frozen
@@ -172,3 +175,37 @@ def check_fault_targets(faults: list[FaultSpec], model_names: list[str], pools: 
                 raise ValueError(f"faults[{i}]: pool {pool!r} is not in gpu_pool; known: {sorted(pools)}")
             if f.node is not None and f.node >= pools[pool]:
                 raise ValueError(f"faults[{i}]: pool {pool!r} has {pools[pool]} nodes (0..{pools[pool] - 1})")
+
+
+def draw(d: Distribution, rng: np.random.Generator) -> float:
+    """One duration from `d` (Weibull scaled to its mean: scale = mean / Gamma(1 + 1/shape))."""
+    if d.dist == "exponential":
+        return float(rng.exponential(d.mean_s))
+    shape = float(d.shape)  # type: ignore[arg-type]  # checked by Distribution
+    return float(rng.weibull(shape)) * d.mean_s / math.gamma(1.0 + 1.0 / shape)
+
+
+def fault_windows(spec: FaultSpec, rng: np.random.Generator) -> Iterator[tuple[float, float]]:
+    """When the fault holds: (start_s, end_s) windows in time order, end_s = inf for one that never ends (and
+    end_s = start_s for an instant: a crash). Timed: one window. Random: endless (fail, repair, fail, ...), each
+    time to failure counted from the previous repair, drawn from `rng` (the fault's own stream), so engines stop
+    reading past their horizon. Both engines read the same windows for the same seed."""
+    if spec.at_s is not None:
+        if spec.kind == "replica_crash":
+            yield spec.at_s, spec.at_s
+        else:
+            yield spec.at_s, math.inf if spec.duration_s is None else spec.at_s + spec.duration_s
+        return
+    ttf = spec.time_to_failure
+    assert ttf is not None  # checked by FaultSpec
+    t = 0.0
+    while True:
+        start = t + draw(ttf, rng)
+        if spec.repair_time is not None:
+            end = start + draw(spec.repair_time, rng)
+        elif spec.duration_s is not None:
+            end = start + spec.duration_s
+        else:
+            end = start
+        yield start, end
+        t = end
