@@ -28,7 +28,7 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from odhsim.scenario.deployment import Frozen
+from odhsim.scenario.deployment import FieldPathError, Frozen
 
 FAULT_KINDS = (
     "replica_crash",
@@ -163,18 +163,22 @@ class FaultSpec(Frozen):
 
 def check_fault_targets(faults: list[FaultSpec], model_names: list[str], pools: dict[str, int]) -> None:
     """Refuse a fault that names a model or pool the scenario lacks, or a node past the pool's end (`pools`: each
-    pool's node count), naming the fault's index."""
+    pool's node count), naming the fault's field (so the loader quotes its line)."""
     for i, f in enumerate(faults):
         if f.model is not None and f.model not in model_names:
-            raise ValueError(f"faults[{i}]: model {f.model!r} is not in the scenario; known: {model_names}")
+            raise FieldPathError(
+                ("faults", i, "model"), f"model {f.model!r} is not in the scenario; known: {model_names}"
+            )
         if f.kind == "node_failure":
             if f.pool is None and len(pools) != 1:
-                raise ValueError(f"faults[{i}]: node_failure: name the `pool` (the scenario has {sorted(pools)})")
+                raise FieldPathError(("faults", i), f"node_failure: name the `pool` (the scenario has {sorted(pools)})")
             pool = f.pool if f.pool is not None else next(iter(pools))
             if pool not in pools:
-                raise ValueError(f"faults[{i}]: pool {pool!r} is not in gpu_pool; known: {sorted(pools)}")
+                raise FieldPathError(("faults", i, "pool"), f"pool {pool!r} is not in gpu_pool; known: {sorted(pools)}")
             if f.node is not None and f.node >= pools[pool]:
-                raise ValueError(f"faults[{i}]: pool {pool!r} has {pools[pool]} nodes (0..{pools[pool] - 1})")
+                raise FieldPathError(
+                    ("faults", i, "node"), f"pool {pool!r} has {pools[pool]} nodes (0..{pools[pool] - 1})"
+                )
 
 
 def draw(d: Distribution, rng: np.random.Generator) -> float:
