@@ -43,6 +43,9 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "odhsim.bench": "tools",
     "odhsim.listing": "tools",
     "odhsim.cli_support": "tools",
+    "odhsim.fidelity": "tools",
+    "odhsim.fidelity.loop": "cli",  # drives both engines: serve + replay, then simulate
+    "odhsim.fidelity.bench": "cli",
     "odhsim.cli": "cli",
     "odhsim.commands": "cli",
 }
