@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from odhsim import catalog
+from odhsim.calibrate.profile_file import CalibratedProfile, ProfileFileError, load_profile
 from odhsim.errors import CatalogError
 from odhsim.scenario.live import LiveModelSpec
 from policies.autoscaling.config import AutoscalerConfig
@@ -180,6 +190,9 @@ class ModelDeployment(Frozen):
     name: str
     version: str = "v1"
     kind: Literal["llm", "fixed"] = "llm"
+    profile_file: CalibratedProfile | None = None
+    """Set by `profile: {file: calib/chat.json}` (a profile `odhsim calibrate` wrote; odhsim.calibrate.profile_file):
+    the latency, engine size, batching and overheads measured on a machine; `profile` is then the file's path."""
     profile: str | None = None
     gpu: str
     tp: Annotated[int, Field(ge=1, le=64)] = 1
@@ -214,11 +227,34 @@ class ModelDeployment(Frozen):
     def gpus_per_replica(self) -> int:
         return self.tp * self.pp
 
+    @property
+    def weight_bytes(self) -> int | None:
+        """Bytes of weights a replica downloads: the profile file's, the catalogue model's, or None (fixed)."""
+        if self.profile_file is not None:
+            return None if self.profile_file.engine is None else self.profile_file.engine.weight_bytes
+        return None if self.profile is None else catalog.model(self.profile).weight_bytes
+
+    @model_validator(mode="before")
+    @classmethod
+    def _load_profile_file(cls, data: object, info: ValidationInfo) -> object:
+        """`profile: {file: PATH}` (relative to the scenario file): load the calibrated profile it names."""
+        if not isinstance(data, dict) or not isinstance(data.get("profile"), dict):
+            return data
+        ref = data["profile"]
+        if set(ref) != {"file"} or not isinstance(ref["file"], str):
+            raise FieldPathError(("profile",), "a profile is a catalogue name or {file: PATH} (a calibrated profile)")
+        base = (info.context or {}).get("base_dir")
+        try:
+            loaded = load_profile(ref["file"], base)
+        except ProfileFileError as err:
+            raise FieldPathError(("profile", "file"), str(err)) from None
+        return {**data, "profile": ref["file"], "profile_file": loaded}
+
     def tp_problem(self) -> str | None:
         """Why vLLM would refuse this model's tensor-parallel degree, or None. vLLM's ModelConfig checks that tp
         divides the attention heads (vllm/config: verify_with_parallel_config), and its QKV projection either
         splits the KV heads over the ranks or replicates them, so tp must divide them or be a multiple of them."""
-        if self.kind != "llm" or self.profile is None:
+        if self.kind != "llm" or self.profile is None or self.profile_file is not None:
             return None
         spec = catalog.model(self.profile)
         heads, kv = spec.num_heads, spec.num_kv_heads
@@ -250,6 +286,9 @@ class ModelDeployment(Frozen):
             return (False, refused[0]) if refused else (True, "; ".join(why for _, why in verdicts))
         if self.kind != "llm" or self.profile is None:
             return True, f"approved: {self.replicas} x {self.kind} model on {self.gpu}"
+        if self.profile_file is not None:
+            pv = self.profile_file.provenance
+            return True, f"approved: {self.replicas} x {self.name} (calibrated on {pv.device}, {pv.machine})"
         spec, gpu = catalog.model(self.profile), catalog.gpu(self.gpu)
         need = self.engine.max_model_len or spec.max_context
         gpus = f"{self.tp} x {gpu.name}" if self.pp == 1 else f"{self.pp} stages of {self.tp} x {gpu.name}"
@@ -339,8 +378,8 @@ class ModelDeployment(Frozen):
 
     @field_validator("profile")
     @classmethod
-    def _known_profile(cls, v: str | None) -> str | None:
-        if v is None:
+    def _known_profile(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if v is None or info.data.get("profile_file") is not None:
             return v
         try:
             return catalog.model(v).name
@@ -349,18 +388,19 @@ class ModelDeployment(Frozen):
 
     @model_validator(mode="after")
     def _kind_fields(self) -> ModelDeployment:
+        self._check_profile_file()
         if self.kind == "llm":
             if self.profile is None:
                 raise ValueError(f"model '{self.name}': an llm needs `profile` (one of {catalog.model_names()})")
             if self.service_time is not None:
                 raise ValueError(f"model '{self.name}': `service_time` is for kind 'fixed', not 'llm'")
-            spec = catalog.model(self.profile)
-            if self.engine.max_model_len is not None and self.engine.max_model_len > spec.max_context:
+            max_context, label = self._context_limit()
+            if self.engine.max_model_len is not None and self.engine.max_model_len > max_context:
                 raise ValueError(
                     f"model '{self.name}': engine.max_model_len {self.engine.max_model_len} exceeds "
-                    f"{spec.name}'s context of {spec.max_context}"
+                    f"{label}'s context of {max_context}"
                 )
-            max_len = self.engine.max_model_len or spec.max_context
+            max_len = self.engine.max_model_len or max_context
             if self.engine.scheduler == "prefill-first" and self.engine.max_num_batched_tokens < max_len:
                 raise FieldPathError(
                     ("engine", "max_num_batched_tokens"),
@@ -380,6 +420,27 @@ class ModelDeployment(Frozen):
                 f"model '{self.name}': a {self.kind!r} model needs {want}, not live.{self.live.architecture}"
             )
         return self
+
+    def _context_limit(self) -> tuple[int, str]:
+        """The longest context of this LLM and whose it is (the profile file's engine, else the catalogue's)."""
+        pf = self.profile_file
+        if pf is not None and pf.engine is not None:
+            return pf.engine.max_context, str(self.profile)
+        assert self.profile is not None
+        spec = catalog.model(self.profile)
+        return spec.max_context, spec.name
+
+    def _check_profile_file(self) -> None:
+        """A calibrated profile is of this model's kind, measured on one device (tp = pp = 1)."""
+        pf = self.profile_file
+        if pf is None:
+            return
+        if pf.kind != self.kind:
+            raise FieldPathError(("profile", "file"), f"model '{self.name}': {self.profile} is a {pf.kind!r} "
+                                 f"profile, the model is kind {self.kind!r}")  # fmt: skip
+        if self.tp != 1 or self.pp != 1:
+            raise FieldPathError(("tp",), f"model '{self.name}': a calibrated profile was measured on one device; "
+                                 "tp and pp must be 1")  # fmt: skip
 
     @model_validator(mode="after")
     def _build_canary(self) -> ModelDeployment:

@@ -84,7 +84,7 @@ class ModelController:
         self.autoscaler = autoscaler
         self.events = events
         self.states = states
-        self.size_bytes = catalog.model(model.profile).weight_bytes if model.profile else FIXED_MODEL_BYTES
+        self.size_bytes = model.weight_bytes or FIXED_MODEL_BYTES  # the catalogue's, a profile file's, or fixed
         self.gpus_per_replica = model.gpus_per_replica  # tp x pp
         self.storage_uri = model.storage_uri or f"pvc://models/{model.profile or model.name}"
         self.lifecycles: dict[int, Lifecycle] = {}  # replica index -> lifecycle

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from typing import Any
 
 import simpy
 
@@ -84,3 +85,79 @@ class FixedReplica(ReplicaBase):
         self.in_flight = 0
         self._mark_idle()
         return held
+
+
+class BatchingReplica(FixedReplica):
+    """A fixed model behind a dynamic batcher, as the live replica runs it (runtime/models/dynamic_batching.py):
+    one forward pass at a time; once a request waits and the batcher is free, the batch closes when it holds
+    `max_batch_size` requests or `max_delay_s` later, and takes `service_s(batch)` (the calibrated profile's
+    service time by batch size). A request's own drawn service time is not used. Its own class, so replicas
+    without a batcher pay nothing for it."""
+
+    def __init__(self, *args: Any, service_s: Callable[[int], float], max_batch_size: int, max_delay_s: float) -> None:
+        super().__init__(*args, concurrency=1)
+        self.service_for = service_s
+        self.max_batch_size = max_batch_size
+        self.max_delay_s = max_delay_s
+        self._batch: list[SimRequest] = []
+        self._timer: simpy.Event | None = None  # the open batch's delay, while one is waiting for requests
+
+    def running(self) -> int:
+        return len(self._batch)
+
+    def submit(self, req: SimRequest) -> None:
+        self._before_change()
+        self.in_flight += 1
+        req.replica = self.index
+        self.queue.append(req)
+        if self._batch:
+            return  # computing: the batcher looks again when the pass ends
+        if len(self.queue) >= self.max_batch_size:
+            self._run_batch()
+        elif self._timer is None:
+            self._open()
+
+    def _open(self) -> None:
+        timer = self._timer = self.env.timeout(self.max_delay_s)
+        timer.callbacks.append(self._on_delay)
+
+    def _on_delay(self, event: simpy.Event) -> None:
+        if event is self._timer and not self._batch and self.queue:
+            self._run_batch()
+
+    def _run_batch(self) -> None:
+        self._timer = None
+        self._before_change()
+        n = min(self.max_batch_size, len(self.queue))
+        self._batch = [self.queue.popleft() for _ in range(n)]
+        self._mark_busy()
+        now = self.env._now
+        for req in self._batch:
+            req.start_s = now
+            self.serving[req.row] = req
+        done = self.env.timeout(self.service_for(n), self._batch)
+        done.callbacks.append(self._batch_done)
+
+    def _batch_done(self, event: simpy.Event) -> None:
+        if event.value is not self._batch:
+            return  # aborted when the replica's drain timed out
+        now = self.env._now
+        self._before_change()
+        batch, self._batch = self._batch, []
+        self._mark_idle()
+        for req in batch:
+            del self.serving[req.row]
+            self.in_flight -= 1
+            req.first_token_s = now
+            req.generated = req.output_tokens
+        if len(self.queue) >= self.max_batch_size:
+            self._run_batch()
+        elif self.queue:
+            self._open()
+        for req in batch:
+            self.on_finish(req, now, STATUS_OK, "")
+
+    def abort_all(self) -> list[SimRequest]:
+        self._batch = []
+        self._timer = None
+        return super().abort_all()

@@ -7,13 +7,15 @@ from collections.abc import Callable
 import simpy
 
 from odhsim import catalog
+from odhsim.calibrate.profile_file import CalibratedProfile
 from odhsim.profiles.latency import latency_model
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
-from odhsim.sim.fixed_replica import FixedReplica
+from odhsim.sim.fixed_replica import BatchingReplica, FixedReplica
 from odhsim.sim.llm_replica import LlmReplica
 from odhsim.sim.pipeline_replica import PipelineReplica
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
+from odhsim.sim.request import STATUS_OK, SimRequest
 
 
 class ReplicaFactory:
@@ -41,7 +43,25 @@ class ReplicaFactory:
         name = f"{m.name}-{m.version}-{n}"
         interval = self.scenario.gateway.scrape_interval_s
         replica: ReplicaBase
-        if m.kind == "llm":
+        pf = m.profile_file
+        on_finish = self.on_finish if pf is None or not pf.overheads.active else self._with_overheads(pf)
+        if pf is not None and pf.engine is not None:  # a calibrated LLM: the measured engine, on one device
+            replica = LlmReplica(
+                self.env, index, name, m.name, interval, on_finish,
+                engine=m.engine,
+                latency=pf.latency_model(m.gpu),
+                kv_capacity_tokens=pf.engine.kv_capacity_tokens,
+                prefix_block_tokens=self.block_tokens,
+                max_model_len=m.engine.max_model_len or pf.engine.max_context,
+                kv_bytes_per_token=pf.engine.kv_bytes_per_token,
+            )  # fmt: skip
+        elif pf is not None and pf.batching is not None:  # a calibrated fixed model: its dynamic batcher
+            b = pf.batching
+            replica = BatchingReplica(
+                self.env, index, name, m.name, interval, on_finish,
+                service_s=b.service_s, max_batch_size=b.max_batch_size, max_delay_s=b.max_batch_delay_ms / 1000.0,
+            )  # fmt: skip
+        elif m.kind == "llm":
             assert m.profile is not None
             spec = catalog.model(m.profile)
             pool = self._pools[m.gpu]
@@ -75,3 +95,21 @@ class ReplicaFactory:
         replica.gpu, replica.gpus = m.gpu, m.gpus_per_replica
         self.replicas.append(replica)
         return replica
+
+    def _with_overheads(self, pf: CalibratedProfile) -> FinishCallback:
+        """on_finish, with the time a calibrated profile measured outside the engine: a served request's first
+        token comes `request_s` later, its end `request_s + per_token_s x (tokens after the first)` later; the
+        gateway holds it until then (the replica is free at once, as the live one is)."""
+        env, on_finish = self.env, self.on_finish
+        request_s, per_token_s = pf.overheads.request_s, pf.overheads.per_token_s
+
+        def finish(req: SimRequest, now: float, status: str, reason: str) -> None:
+            if status != STATUS_OK:
+                on_finish(req, now, status, reason)
+                return
+            delay = request_s + per_token_s * max(0, req.generated - 1)
+            req.first_token_s += request_s
+            done = env.timeout(delay)
+            done.callbacks.append(lambda _e: on_finish(req, now + delay, status, reason))
+
+        return finish
