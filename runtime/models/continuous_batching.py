@@ -5,6 +5,11 @@ requests into free slots (their prompts are prefilled in that step), decodes one
 in a single forward pass, then delivers each token to its request's stream and retires finished or cancelled
 sequences. All torch work runs on one dedicated worker thread, so the event loop stays free to serve HTTP while the
 model computes, and the cache is never touched by two threads at once.
+
+Every step appends one tuple to `step_rows`, a bounded ring in steps.parquet's field order
+(odhsim.results.steps: time, duration, batch, prefill tokens / sequences / attention, decode sequences, context,
+KV tokens held, preemptions, host tokens, input rows) that the replica spools to a file (runtime.replica.steps_spool).
+The slot cache reserves `max_model_len` per sequence and never preempts, so a KV "block" is one token here.
 """
 
 from __future__ import annotations
@@ -32,6 +37,8 @@ from runtime.tokenizer import EOS, VOCAB_SIZE
 log = logging.getLogger(__name__)
 
 FinishReason = Literal["length", "stop", "abort"]
+STEP_RING = 65536
+"""Engine steps kept in memory until the replica's spooler drains them (oldest dropped beyond)."""
 
 
 class ContextLengthError(ValueError):
@@ -209,6 +216,7 @@ class ContinuousBatchingEngine:
         self._task: asyncio.Task | None = None
         self._closing = False
         self._prompt_tokens = self._generation_tokens = self._successes = 0
+        self.step_rows: deque[tuple] = deque(maxlen=STEP_RING)
 
     # lifecycle -------------------------------------------------------------------------------------------------
 
@@ -318,6 +326,7 @@ class ContinuousBatchingEngine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            started = time.monotonic()
             decode = list(self._running)
             admitted: list[_Sequence] = []
             while self._waiting and len(decode) + len(admitted) < self.max_num_seqs:
@@ -349,6 +358,19 @@ class ContinuousBatchingEngine:
                     self._fail_alone(seq, tok, now)
                 else:
                     self._accept(seq, tok, now)
+            self._record_step(started, inputs[1], prefill)
+
+    def _record_step(self, started: float, positions: list[int], prefill: list[tuple[int, list[int]]]) -> None:
+        """One row of the step log: a decode row at position p reads p + 1 tokens of context (its newest token
+        included, as the simulator counts it); a prompt of n tokens costs n x n attention."""
+        n_decode = len(positions)
+        context = sum(positions) + n_decode
+        lengths = [len(ids) for _, ids in prefill]
+        prefill_tokens = sum(lengths)
+        self.step_rows.append((
+            started, time.monotonic() - started, n_decode + len(lengths), prefill_tokens, len(lengths),
+            sum(n * n for n in lengths), n_decode, context, context + prefill_tokens, 0, 0, 0,
+        ))  # fmt: skip
 
     def _step(
         self,

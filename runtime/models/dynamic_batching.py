@@ -3,6 +3,10 @@
 Requests carry a few rows each. The first request to arrive opens a batch; the batch closes when it holds
 `max_batch_size` rows or `max_batch_delay_ms` after that first arrival, runs as one forward pass on a dedicated
 worker thread, and each request gets its own rows back. A request bigger than `max_batch_size` runs alone.
+
+Every batch that ran appends one tuple to `step_rows`, a bounded ring in steps.parquet's field order
+(odhsim.results.steps: start time, duration from the batch closing until its results are handed out, requests,
+zeros for the LLM fields, input rows) that the replica spools to a file (runtime.replica.steps_spool).
 """
 
 from __future__ import annotations
@@ -17,6 +21,9 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+STEP_RING = 65536
+"""Batches kept in memory until the replica's spooler drains them (oldest dropped beyond)."""
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,7 @@ class DynamicBatcher:
         self._requests = self._batches = self._rows = 0
         self._executor: ThreadPoolExecutor | None = None
         self._task: asyncio.Task | None = None
+        self.step_rows: deque[tuple] = deque(maxlen=STEP_RING)
 
     async def start(self) -> None:
         if self._task is None:
@@ -113,6 +121,7 @@ class DynamicBatcher:
             if not batch:
                 continue
             self._running = len(batch)
+            started = time.monotonic()
             try:
                 rows = torch.cat([p.rows for p in batch]) if len(batch) > 1 else batch[0].rows
                 outs = await loop.run_in_executor(self._executor, self._fn, rows)
@@ -132,6 +141,8 @@ class DynamicBatcher:
                     p.future.set_result(tuple(o[start : start + n] for o in outs))
                     self._requests += 1
                 start += n
+            n_rows = rows.shape[0]
+            self.step_rows.append((started, time.monotonic() - started, len(batch), 0, 0, 0, 0, 0, 0, 0, 0, n_rows))
 
     def _rows_queued(self) -> int:
         return sum(p.rows.shape[0] for p in self._queue if not p.future.done())
