@@ -163,6 +163,9 @@ class ModelController:
             usd_per_replica_hour=model.gpus_per_replica * catalog.gpu(model.gpu).price_per_gpu_hour,
         )
         self.deployed = asyncio.Event()
+        self.before_ready: Callable[[str, str], Awaitable[None]] | None = None
+        """Awaited with (replica name, url) after a replica passed its test, before it gets traffic: the live
+        faults re-apply a fault that holds on a replica whose process was replaced (runtime.faults)."""
         self._count = 0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopped = False
@@ -298,6 +301,11 @@ class ModelController:
             return await self._fail(r, exit_reason(r.proc.returncode))
         r.tests_passed += 1
         self.log.event("test", self.name, r.name, detail)
+        if self.before_ready is not None:
+            try:
+                await self.before_ready(r.name, r.proc.url)
+            except Exception as err:  # a fault switch that failed must not stop the replica serving
+                self.log.event("error", self.name, r.name, f"before ready: {type(err).__name__}: {err}")
         self._move(r, READY)
         r.ready_at = self.clock()
         await _call(self.gateway.add_replica, self.name, r.name, r.proc.url)

@@ -147,6 +147,7 @@ class LiveStack:
         self._server: Any = None
         self._server_task: asyncio.Task[None] | None = None
         self._stopped = False
+        self.faults: Any = None  # runtime.faults.LiveFaults when the scenario has faults: armed by arm_faults()
 
     # -- records ---------------------------------------------------------------------------------------------
     def _sink(self, ev: LiveEvent) -> None:
@@ -223,6 +224,12 @@ class LiveStack:
                     devices=capacity.devices, device_names=capacity.device_name,
                 )  # fmt: skip
                 capacity.spend.controllers.append(self.controllers[m.name])
+            if sc.faults:
+                from runtime.faults import LiveFaults
+
+                self.faults = LiveFaults(
+                    sc, log=self.log, controllers=self.controllers, gateway=self.gateway, client=self._client
+                )
             self.gateway.on_cold_request = self._cold
             self.gateway.on_replica_failure = self._replica_failure
             transport = uvicorn_options(
@@ -255,6 +262,11 @@ class LiveStack:
         if c is not None:
             c.replica_failed(name, reason)
 
+    def arm_faults(self) -> None:
+        """Start the scenario's faults now (their times count from here); nothing without faults."""
+        if self.faults is not None:
+            self.faults.arm()
+
     async def wait_deployed(self, timeout_s: float | None = None) -> None:
         """Until every model's initial replicas have settled (ready, or failed once) or were rejected."""
         await asyncio.wait_for(asyncio.gather(*(c.deployed.wait() for c in self.controllers.values())), timeout_s)
@@ -273,6 +285,8 @@ class LiveStack:
             return
         self._stopped = True
         try:
+            if self.faults is not None:  # every fault in force ends (an event) before the drain
+                await self.faults.stop()
             if self._server is not None and self._server_task is not None:
                 self._server.should_exit = True
                 try:
@@ -350,6 +364,7 @@ async def serve_async(
 
         async def announce() -> None:
             await stack.wait_deployed()
+            stack.arm_faults()  # the scenario's fault times count from the moment the initial replicas settled
             console.print(ready_table(stack))
             console.print("Ctrl-C (SIGINT) or SIGTERM stops: drain, then stop every replica.")
 

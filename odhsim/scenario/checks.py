@@ -128,12 +128,30 @@ def validation_warnings(scenario: Scenario) -> list[str]:
 LIVE_ONE_REVISION = "canary: the live engine serves one revision"
 
 
+LIVE_FAULT_REFUSALS = {
+    "node_failure": "the live engine runs on one machine: no node can fail without taking the gateway with it "
+    "(live.devices groups could stand for nodes, but taking a group's slots out is not built); use replica_crash",
+    "download_failure": "live replicas build or read their weights locally (live: lm/mlp/cnn): no storage download",
+    "download_timeout": "live replicas build or read their weights locally (live: lm/mlp/cnn): no storage download",
+    "readiness_failure": "not injected live yet (the readiness test would have to fail in the window)",
+    "load_oom": "not injected live yet (the replica process would have to fail its load in the window)",
+}
+"""Fault kinds `odhsim serve` cannot inject for real (runtime.faults injects the others), and why."""
+
+
 def live_refusals(scenario: Scenario) -> list[str]:
     """What `odhsim serve` refuses to run, one line per cause naming the field; [] when the live engine can serve
     the scenario as the simulator would. A canary rollout is simulated only: the live controller runs one revision
-    per model, so serving it would silently drop the split the scenario asks for."""
-    return [
+    per model, so serving it would silently drop the split the scenario asks for. A fault the live engine cannot
+    inject is refused too, rather than silently not injected."""
+    refused = [
         f"models.{i}.canary (model '{m.name}', version {m.canary.version}): {LIVE_ONE_REVISION}"
         for i, m in enumerate(scenario.models)
         if m.canary is not None
     ]
+    refused += [
+        f"faults.{i} ({f.label(i)}): {f.kind}: {LIVE_FAULT_REFUSALS[f.kind]}"
+        for i, f in enumerate(scenario.faults)
+        if f.kind in LIVE_FAULT_REFUSALS
+    ]
+    return refused

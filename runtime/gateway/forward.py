@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from runtime.gateway.upstream import LinkFault, connect_timeout_s
+
 if TYPE_CHECKING:
     from runtime.gateway.attempt import Attempt
 
@@ -68,6 +70,9 @@ async def forward(
     url = u.base_url + call.path(route.name)
     headers = {"x-request-id": attempt.job.request_id}
     req = client.build_request("POST", url, json=call.body(route.name), headers=headers)
+    link = u.link
+    if link is not None:  # a network fault (runtime.faults): no connection, or a delay each way
+        await _cross(link, timeout_s)
     try:
         resp = await client.send(req, stream=True)
     except httpx.ConnectError as err:
@@ -77,6 +82,8 @@ async def forward(
     except httpx.HTTPError as err:
         raise AttemptFailed("reset", str(err) or type(err).__name__) from None
     try:
+        if link is not None:  # the answer's way back
+            await asyncio.sleep(link.delay_s())
         if resp.status_code >= 500:
             with contextlib.suppress(httpx.HTTPError):
                 await resp.aread()
@@ -106,3 +113,13 @@ async def forward(
     await resp.aclose()
     ctype = resp.headers.get("content-type", "application/json")
     return Buffered(resp.status_code, body, ctype, resp.headers.get("x-odhsim-replica", u.name), route.name)
+
+
+async def _cross(link: LinkFault, timeout_s: float) -> None:
+    """The request's way out over a faulty link: a partition fails it as a connect failure once the connect
+    timeout has passed; latency and jitter delay it."""
+    if link.partition:
+        wait_s = connect_timeout_s(timeout_s)
+        await asyncio.sleep(wait_s)
+        raise AttemptFailed("connect-failure", f"no connection in {wait_s:g} s (network partition, fault {link.label})")
+    await asyncio.sleep(link.delay_s())

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 import httpx
 
-from runtime.gateway.upstream import Upstream, scrape_client
+from runtime.gateway.upstream import LinkFault, Upstream, scrape_client
 
 
 class Scrapers:
@@ -20,6 +20,10 @@ class Scrapers:
         self._clock = clock
         self._on_scraped = on_scraped
         self._client: httpx.AsyncClient | None = None
+        self.stale: set[str] = set()
+        """Models whose scrapes are lost (stale_metrics faults, runtime.faults)."""
+        self.links: dict[tuple[str, str], LinkFault] = {}
+        """Network faults by (model, replica name): given to the replica's Upstream whenever it is (re)added."""
 
     def start(self, headers: dict[str, str], upstreams: Iterable[Upstream]) -> None:
         """Open the client (`headers`: the run's replica secret) and scrape each of `upstreams` (inside the loop)."""
@@ -29,10 +33,11 @@ class Scrapers:
 
     def watch(self, u: Upstream) -> None:
         """Scrape `u` until it is forgotten (nothing before `start`: `start` picks it up)."""
+        u.link = self.links.get((u.model, u.name))
         if self._client is None:
             return
         u.task = asyncio.get_running_loop().create_task(
-            u.scrape_forever(self._client, self.interval_s, self._clock, self._on_scraped),
+            u.scrape_forever(self._client, self.interval_s, self._clock, self._on_scraped, self.stale),
             name=f"scrape-{u.model}-{u.name}",
         )
 

@@ -56,6 +56,9 @@ class RedisSharedTier:
         self.last_error = ""
         self.up = True  # the last call's outcome (True before the first: the tier connects lazily)
         self.on_change: ChangeCallback | None = None
+        self.blocked: str | None = None
+        """Set by a cache_down fault (runtime.faults) when serve did not start this Redis: every call fails as a
+        refused connection would, naming the fault, and the tier goes down as it would for a dead server."""
 
     def _key(self, key: int) -> str:
         return f"{self.prefix}{key:016x}"
@@ -67,6 +70,9 @@ class RedisSharedTier:
     def _usable(self) -> bool:
         if self.is_down:
             self.skipped += 1
+            return False
+        if self.blocked is not None:
+            self._failed(redis.ConnectionError(f"connection blocked by fault {self.blocked}"))
             return False
         return True
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 
 import httpx
+import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from policies.routing.types import EndpointState
@@ -48,11 +49,32 @@ def parse_vllm_metrics(text: str, model: str) -> tuple[int, int, float]:
     return max(0, round(found[WAITING])), max(0, round(found[RUNNING])), kv
 
 
+class LinkFault:
+    """A `network` fault on the link from the gateway to one replica (runtime.faults sets it, the forwarder and the
+    scraper read it): each way of an attempt waits `latency_s` plus a uniform draw in [0, `jitter_s`) from the
+    fault's own stream; a `partition` lets no connection through: an attempt fails as a connect failure after the
+    connect timeout (a SYN that is never answered), a scrape is lost."""
+
+    __slots__ = ("jitter_s", "label", "latency_s", "partition", "rng")
+
+    def __init__(self, label: str, latency_s: float, jitter_s: float, partition: bool, rng: np.random.Generator):
+        self.label = label
+        self.latency_s = latency_s
+        self.jitter_s = jitter_s
+        self.partition = partition
+        self.rng = rng
+
+    def delay_s(self) -> float:
+        """One way's added delay."""
+        return self.latency_s + (float(self.rng.uniform(0.0, self.jitter_s)) if self.jitter_s > 0.0 else 0.0)
+
+
 class Upstream:
     """One replica of one model behind the gateway."""
 
     __slots__ = (
         "base_url",
+        "link",
         "metrics",
         "model",
         "name",
@@ -70,6 +92,7 @@ class Upstream:
         self.scrape_errors = 0
         self.scrapes = 0
         self.task: asyncio.Task[None] | None = None
+        self.link: LinkFault | None = None  # a network fault between the gateway and this replica
 
     def scraped_state(self) -> EndpointState:
         """What the router sees (the core marks outlier-ejected replicas unhealthy itself)."""
@@ -85,6 +108,12 @@ class Upstream:
 
     async def scrape(self, client: httpx.AsyncClient, clock: Callable[[], float]) -> bool:
         """One GET /metrics; True when the metrics were refreshed (a failure keeps the old, aging ones)."""
+        link = self.link
+        if link is not None:  # a network fault: delayed each way, or lost behind a partition
+            if link.partition:
+                self.scrape_errors += 1
+                return False
+            await asyncio.sleep(link.delay_s())
         try:
             resp = await client.get(f"{self.base_url}/metrics")
             resp.raise_for_status()
@@ -102,11 +131,15 @@ class Upstream:
         interval_s: float,
         clock: Callable[[], float],
         on_scraped: Callable[[Upstream], None],
+        stale: Container[str] = (),
     ) -> None:
         """Scrape every `interval_s` until cancelled; `on_scraped` runs after each refresh (the dispatch gate may
-        open when the numbers change)."""
+        open when the numbers change). While the model is in `stale` (a stale_metrics fault) the scrapes are lost:
+        the router keeps seeing the last numbers, aging."""
         while True:
-            if await self.scrape(client, clock):
+            if self.model in stale:
+                self.scrape_errors += 1
+            elif await self.scrape(client, clock):
                 on_scraped(self)
             await asyncio.sleep(interval_s)
 
@@ -118,12 +151,17 @@ class Upstream:
                 await task
 
 
+def connect_timeout_s(request_timeout_s: float) -> float:
+    """How long an attempt waits to connect to a replica."""
+    return min(request_timeout_s, 5.0)
+
+
 def forward_client(request_timeout_s: float, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
     """The client for requests to replicas: pooled keep-alive connections, per-attempt timeouts; `headers` (the
     run's replica secret) go with every request."""
     return httpx.AsyncClient(
         headers=headers,
-        timeout=httpx.Timeout(request_timeout_s, connect=min(request_timeout_s, 5.0)),
+        timeout=httpx.Timeout(request_timeout_s, connect=connect_timeout_s(request_timeout_s)),
         limits=httpx.Limits(max_connections=1024, max_keepalive_connections=128, keepalive_expiry=30.0),
         follow_redirects=False,
     )

@@ -40,6 +40,7 @@ from runtime.models.continuous_batching import (
 )
 from runtime.replica.backends import Backend, ClassifierBackend, LmBackend, make_backend
 from runtime.replica.config import ReplicaConfig
+from runtime.replica.faults import FaultSwitch, ReplicaFaults
 from runtime.replica.metrics import exposition
 from runtime.replica.schemas import (
     BadRequest,
@@ -158,7 +159,8 @@ def create_app(
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """The replica app for `config`. `on_fatal(err)` is called if the model fails to load (the CLI then exits 1)."""
-    state = ReplicaState(config, replica_name, make_backend(config, device, threads))
+    faults = ReplicaFaults()  # the scenario's error_rate / slow_replica faults, switched by `odhsim serve`
+    state = ReplicaState(config, replica_name, make_backend(config, device, threads, faults))
 
     async def load() -> None:
         try:
@@ -185,6 +187,7 @@ def create_app(
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.replica = state
     app.add_middleware(_ReplicaHeader, name=replica_name)
+    app.add_middleware(FaultSwitch, faults=faults, replica_name=replica_name)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:

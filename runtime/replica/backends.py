@@ -20,6 +20,7 @@ from runtime.models.continuous_batching import ContinuousBatchingEngine, EngineS
 from runtime.models.dynamic_batching import DynamicBatcher
 from runtime.models.tiny_lm import TinyLm
 from runtime.replica.config import ReplicaConfig
+from runtime.replica.faults import ReplicaFaults
 
 PLATFORM = "pytorch_torchscript"
 log = logging.getLogger(__name__)
@@ -50,9 +51,10 @@ def _tensor_meta(name: str, datatype: str, shape: list[int]) -> dict[str, Any]:
 class LmBackend:
     """A `TinyLm` with its `ContinuousBatchingEngine`."""
 
-    def __init__(self, config: ReplicaConfig, device: str, threads: int) -> None:
+    def __init__(self, config: ReplicaConfig, device: str, threads: int, faults: ReplicaFaults | None = None) -> None:
         assert config.spec.lm is not None
         self.config, self.device, self.threads = config, device, threads
+        self.faults = faults or ReplicaFaults()
         self.engine: ContinuousBatchingEngine | None = None
 
     async def start(self) -> None:
@@ -63,6 +65,7 @@ class LmBackend:
         engine = ContinuousBatchingEngine(
             model, max_num_seqs=cfg.spec.max_num_seqs, max_model_len=cfg.context_len, threads=self.threads
         )
+        engine._step = self.faults.stretched(engine._step)  # type: ignore[method-assign]  # slow_replica faults
         await engine.start(warmup=True)
         self.engine = engine
 
@@ -86,8 +89,9 @@ class LmBackend:
 class ClassifierBackend:
     """An MLP or CNN behind a `DynamicBatcher`."""
 
-    def __init__(self, config: ReplicaConfig, device: str, threads: int) -> None:
+    def __init__(self, config: ReplicaConfig, device: str, threads: int, faults: ReplicaFaults | None = None) -> None:
         self.config, self.device, self.threads = config, device, threads
+        self.faults = faults or ReplicaFaults()
         self.spec = config.spec.mlp or config.spec.cnn
         assert self.spec is not None
         cnn = config.spec.cnn
@@ -99,7 +103,7 @@ class ClassifierBackend:
     async def start(self) -> None:
         model = await asyncio.to_thread(build_classifier, self.spec, base_dir=self.config.base_dir, device=self.device)
         batcher = DynamicBatcher(
-            lambda x: predict(model, x),
+            self.faults.stretched(lambda x: predict(model, x)),  # slow_replica faults stretch each batch
             max_batch_size=self.config.spec.max_batch_size,
             max_batch_delay_ms=self.config.spec.max_batch_delay_ms,
             threads=self.threads,
@@ -146,6 +150,8 @@ class ClassifierBackend:
 Backend = LmBackend | ClassifierBackend
 
 
-def make_backend(config: ReplicaConfig, device: str = "cpu", threads: int | None = None) -> Backend:
+def make_backend(
+    config: ReplicaConfig, device: str = "cpu", threads: int | None = None, faults: ReplicaFaults | None = None
+) -> Backend:
     cls = LmBackend if config.kind == "llm" else ClassifierBackend
-    return cls(config, resolve_device(device), threads or default_threads())
+    return cls(config, resolve_device(device), threads or default_threads(), faults)

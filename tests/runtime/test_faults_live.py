@@ -1,0 +1,248 @@
+"""The scenario's `faults:` injected for real by `odhsim serve` (runtime.faults): one serve subprocess with two tiny
+LM replicas, an error rate on one, a slow replica, then a crash, at the scenario's times; a client keeps sending
+requests throughout. Bounded: about 150 short requests, faults within 12 s of arming, serve stops by itself
+(--duration), every process killed at the end whatever happened."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+import yaml
+
+from odhsim.scenario.checks import live_refusals
+from odhsim.scenario.load import scenario_from_dict
+
+KEYS = "faults-key:team-a:critical"
+AUTH = {"Authorization": "Bearer faults-key"}
+TINY_LM = {"lm": {"d_model": 64, "n_layers": 2, "n_heads": 2, "max_seq_len": 128, "seed": 1}, "max_num_seqs": 8}
+ERROR_AT, ERROR_FOR = 1.0, 3.0
+SLOW_AT, SLOW_FOR, FACTOR = 5.0, 3.0, 6.0
+CRASH_AT = 9.0
+SCENARIO: dict[str, Any] = {
+    "name": "faults-live",
+    "seed": 5,
+    "gpu_pool": [{"gpu": "L4", "count": 4}],
+    "models": [{"name": "chat", "profile": "llama3.2-1b", "gpu": "L4", "replicas": 2, "live": TINY_LM}],
+    "gateway": {
+        "router": {"profile": "round-robin"},
+        "resilience": {"retry": {"type": "envoy-budget", "params": {"max_retries": 2, "budget_percent": 100}}},
+    },
+    "faults": [
+        {"kind": "error_rate", "model": "chat", "replica": 0, "at_s": ERROR_AT, "duration_s": ERROR_FOR, "share": 0.5},
+        {
+            "kind": "slow_replica",
+            "model": "chat",
+            "replica": 1,
+            "at_s": SLOW_AT,
+            "duration_s": SLOW_FOR,
+            "factor": FACTOR,
+        },
+        {"kind": "replica_crash", "model": "chat", "replica": 0, "at_s": CRASH_AT},
+    ],
+    "live": {
+        "port": 0,
+        "request_timeout_s": 20,
+        "limits": {"max_prompt_tokens": 64, "max_tokens": 40},
+        "restart_backoff": {"base_s": 1, "max_s": 10},
+    },
+    "workload": {"sources": [{"kind": "poisson", "rate": 1, "requests": 1}], "models": {"chat": 1.0}},
+}
+
+
+class Client(threading.Thread):
+    """Two requests at a time, until stopped: each answer's status, JSON body, replica, retries and latency."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(daemon=True)
+        self.url = url
+        self.stop = threading.Event()
+        self.answers: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    def one(self, client: httpx.Client, i: int) -> None:
+        body = {"model": "chat", "prompt": f"request {i}", "max_tokens": 24, "temperature": 0, "ignore_eos": True}
+        t0 = time.monotonic()
+        resp = client.post("/v1/completions", json=body, headers=AUTH)
+        with self.lock:
+            self.answers.append(
+                {
+                    "sent": t0,
+                    "status": resp.status_code,
+                    "json": _json(resp.content),
+                    "replica": resp.headers.get("x-odhsim-replica"),
+                    "retries": int(resp.headers.get("x-odhsim-retries", "0")),
+                    "latency": time.monotonic() - t0,
+                }
+            )
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30) as client:
+            i = 0
+            while not self.stop.is_set():
+                workers = [threading.Thread(target=self.one, args=(client, i + k)) for k in range(2)]
+                for w in workers:
+                    w.start()
+                for w in workers:
+                    w.join()
+                i += 2
+
+
+def _json(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except ValueError:
+        return None
+
+
+def _events(out: Path) -> list[dict[str, Any]]:
+    path = out / "events.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _status(out: Path) -> dict[str, Any]:
+    with contextlib.suppress(OSError, ValueError):
+        return json.loads((out / "serve.json").read_text())
+    return {}
+
+
+def _wait(proc: subprocess.Popen[bytes], log: Path, what: str, cond: Any, timeout_s: float) -> None:
+    end = time.monotonic() + timeout_s
+    while not cond():
+        if proc.poll() is not None:
+            pytest.fail(f"odhsim serve exited ({proc.returncode}) waiting for {what}:\n{log.read_text()[-3000:]}")
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _at(events: list[dict[str, Any]], text: str) -> float:
+    """The time (s after arming) of the first fault event whose detail contains `text`."""
+    armed = next(e["time_s"] for e in events if e["kind"] == "faults_armed")
+    return next(e["time_s"] for e in events if e["kind"] == "fault" and text in e["detail"]) - armed
+
+
+@pytest.mark.timeout(240)
+def test_crash_error_rate_and_slow_replica_injected_for_real(tmp_path: Path) -> None:
+    scenario = tmp_path / "faults.yaml"
+    scenario.write_text(yaml.safe_dump(SCENARIO, sort_keys=False))
+    out, log = tmp_path / "out", tmp_path / "serve.log"
+    exe = Path(sys.executable).with_name("odhsim")
+    cmd = [str(exe), "serve", str(scenario), "--port", "0", "--out", str(out), "--device", "cpu", "--duration", "150"]
+    env = {**os.environ, "ODHSIM_API_KEYS": KEYS, "ODHSIM_TORCH_THREADS": "1"}
+    with log.open("wb") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    pids: set[int] = set()
+    client: Client | None = None
+    try:
+        _wait(proc, log, "faults armed", lambda: any(e["kind"] == "faults_armed" for e in _events(out)), 120)
+        client = Client(_status(out)["url"])
+        client.start()
+        crashed = "chat-v1-0"
+        armed_wall = time.monotonic()
+
+        def back_at() -> float | None:
+            """When the crashed replica was ready again (s after arming), once it was."""
+            ev = _events(out)
+            armed = next(e["time_s"] for e in ev if e["kind"] == "faults_armed")
+            crash = [e["time_s"] for e in ev if e["kind"] == "crash" and e["replica"] == crashed]
+            ready = [e["time_s"] for e in ev if e["kind"] == "state" and e["replica"] == crashed
+                     and e["detail"].startswith("testing -> ready")]  # fmt: skip
+            return ready[-1] - armed if crash and ready[-1] > crash[0] else None
+
+        def served_after_restart() -> bool:
+            t = back_at()
+            return t is not None and any(
+                a["replica"] == crashed and a["status"] == 200 and a["sent"] - armed_wall > t + 0.2
+                for a in list(client.answers)
+            )
+
+        _wait(proc, log, "a 200 from the crashed replica after its restart", served_after_restart, 90)
+        client.stop.set()
+        client.join(60)
+        assert not client.is_alive()
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        if client is not None:
+            client.stop.set()
+        pids |= {int(m.group(1)) for e in _events(out) for m in [re.search(r"pid (\d+)", e["detail"])] if m}
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    answers = client.answers
+    assert len(answers) >= 20
+    # every request answered: 200, or 429 / 5xx with a JSON error body
+    for a in answers:
+        assert a["status"] == 200 or a["status"] == 429 or a["status"] >= 500, a
+        if a["status"] != 200:
+            assert isinstance(a["json"], dict) and "error" in a["json"], a
+    events = _events(out)
+    # the faults at the scenario's times after arming (the event loop may be a little late, never early)
+    for text, t in (
+        ("error_rate start", ERROR_AT), ("error_rate end", ERROR_AT + ERROR_FOR), ("slow_replica start", SLOW_AT),
+        ("slow_replica end", SLOW_AT + SLOW_FOR), ("replica_crash: SIGKILL", CRASH_AT),
+    ):  # fmt: skip
+        assert t - 0.01 <= _at(events, text) <= t + 0.5, (text, _at(events, text))
+    fault_events = [e for e in events if e["kind"] == "fault"]
+    assert {e["replica"] for e in fault_events if "error_rate" in e["detail"]} == {"chat-v1-0"}
+    assert {e["replica"] for e in fault_events if "slow_replica" in e["detail"]} == {"chat-v1-1"}
+    # the error rate: injected 503s the gateway retried (the client saw retries, not the 503s)
+    in_window = [a for a in answers if ERROR_AT + 0.3 < a["sent"] - armed_wall < ERROR_AT + ERROR_FOR - 0.3]
+    assert any(a["retries"] > 0 for a in in_window), in_window
+    # the crash: a crash event for that replica, its restart (failed -> restarting -> ... -> ready), a 200 after it
+    crash = next(e for e in events if e["kind"] == "crash" and e["replica"] == "chat-v1-0")
+    assert "signal 9" in crash["detail"]
+    after = [e["detail"] for e in events if e["replica"] == "chat-v1-0" and e["kind"] == "state"
+             and e["time_s"] >= crash["time_s"]]  # fmt: skip
+    assert [d.split(":")[0] for d in after][:4] == [
+        "ready -> failed",
+        "failed -> restarting",
+        "restarting -> loading",
+        "loading -> testing",
+    ], after
+    assert "testing -> ready" in after[4]
+    # the slow replica: its answers took longer while its steps were stretched
+    slow = [a["latency"] for a in answers if a["status"] == 200 and a["replica"] == "chat-v1-1"
+            and SLOW_AT + 0.3 < a["sent"] - armed_wall < SLOW_AT + SLOW_FOR - 0.5]  # fmt: skip
+    before = [a["latency"] for a in answers if a["status"] == 200 and a["replica"] == "chat-v1-1"
+              and a["sent"] - armed_wall < ERROR_AT]  # fmt: skip
+    assert len(slow) >= 2 and len(before) >= 2, (slow, before)
+    assert statistics.median(slow) > 2.0 * statistics.median(before), (slow, before)
+    # the records: fault events in events.parquet, as the simulator's
+    frame = pd.read_parquet(out / "events.parquet")
+    kinds = frame[frame["kind"] == "fault"]["detail"].tolist()
+    assert sum("start" in d for d in kinds) == 2 and sum("end" in d for d in kinds) == 2
+    assert sum("SIGKILL" in d for d in kinds) == 1
+
+
+def test_validate_live_refuses_fault_kinds_it_cannot_inject() -> None:
+    doc = {**SCENARIO, "faults": [*SCENARIO["faults"], {"kind": "node_failure", "at_s": 1.0, "duration_s": 5.0},
+                                  {"kind": "download_failure", "model": "chat", "at_s": 0.0}]}  # fmt: skip
+    refused = live_refusals(scenario_from_dict(doc))
+    assert len(refused) == 2
+    assert refused[0].startswith("faults.3 (node_failure-3): node_failure: the live engine runs on one machine")
+    assert refused[1].startswith("faults.4 (download_failure-4): download_failure: live replicas build or read")
