@@ -19,6 +19,7 @@ class FinishedRequest(Protocol):
     first_token_s: float
     replica: int
     retries: int
+    attempts: int
     cached_tokens: int
     cache_hit: bool
     fallback: bool
@@ -33,6 +34,7 @@ class RequestRecord:
     first_token_s: float = math.nan
     replica: int = -1
     retries: int = 0
+    attempts: int = 0
     cached_tokens: int = 0
     cache_hit: bool = False
     fallback: bool = False

@@ -27,6 +27,7 @@ _COLUMNS: dict[str, tuple[type, object]] = {
     "reason": (np.int16, 0),
     "replica": (np.int32, -1),
     "retries": (np.int16, 0),
+    "attempts": (np.int16, 0),
     "cache_hit": (np.bool_, False),
     "fallback": (np.bool_, False),
     "cached_tokens": (np.int64, 0),
@@ -93,6 +94,7 @@ class RequestLog:
         c["reason"][r] = self.reason_code(reason) if reason else 0
         c["replica"][r] = req.replica
         c["retries"][r] = req.retries
+        c["attempts"][r] = req.attempts
         c["cached_tokens"][r] = req.cached_tokens
         c["cache_hit"][r] = req.cache_hit
         c["fallback"][r] = req.fallback
@@ -126,6 +128,7 @@ class RequestLog:
                 "replica": replica_cat,
                 "version": pd.Categorical.from_codes(c["version"].astype(np.int64), categories=self.versions),
                 "retries": c["retries"].astype(np.int64),
+                "attempts": c["attempts"].astype(np.int64),
                 "cache_hit": c["cache_hit"],
                 "fallback": c["fallback"],
                 "cached_tokens": c["cached_tokens"],

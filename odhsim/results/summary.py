@@ -78,7 +78,21 @@ def _request_metrics(requests: pd.DataFrame, met: np.ndarray, span: float) -> di
         "slo_attainment": float(met.mean()) if n else float("nan"),
         "slo_missed": int(n - met.sum()),
         "prefix_cache_hit_rate": _token_hit_rate(requests, ok),
+        "availability": counts["ok"] / n if n else float("nan"),
+        "retry_amplification": retry_amplification(requests),
     }
+
+
+def retry_amplification(requests: pd.DataFrame) -> float:
+    """Attempts per request that reached dispatch: the `attempts` column (replicas tried, the fallback's included)
+    summed over the requests with at least one, divided by their number. 1.0: no request was tried twice; a
+    cache hit or a request shed or failed before any replica saw it is left out (it cost no attempt). NaN when no
+    request was dispatched (or the table predates the column)."""
+    if "attempts" not in requests:
+        return float("nan")
+    attempts = requests["attempts"].to_numpy()
+    dispatched = attempts > 0
+    return float(attempts[dispatched].sum() / dispatched.sum()) if dispatched.any() else float("nan")
 
 
 def summarize(
@@ -93,7 +107,8 @@ def summarize(
     """Pooled metrics, the same per model (`by_model`), the SLOs used (`slos`) and run-level `warnings`.
 
     `slo_missed` counts requests that did not finish ok within their class's targets (shed, failed, timed-out and
-    unfinished requests miss too), so `slo_attainment` = 1 - slo_missed / requests."""
+    unfinished requests miss too), so `slo_attainment` = 1 - slo_missed / requests. `availability` is the share of
+    requests answered ok (completed / requests); `retry_amplification` is defined in `retry_amplification`."""
     n = len(requests)
     met = slo_met(requests, scenario)
     span = end_s if end_s > 0 else float("nan")

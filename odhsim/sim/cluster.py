@@ -23,7 +23,7 @@ from policies.caching.config import build_response_cache
 from policies.cost.budget import BudgetGuard
 from policies.flowcontrol.config import build_flow_control
 from policies.lifecycle.storage import StartupModel
-from policies.resilience.config import build_breaker
+from policies.resilience.config import build_breaker, build_outlier_detector, build_retry
 from policies.routing.config import build_router
 
 
@@ -79,8 +79,12 @@ def build_cluster(
     for m, route in zip(scenario.models, routes, strict=True):
         if m.fallback is not None:
             route.fallback = routes[scenario.model_index(m.fallback)]
-        if resilience is not None:
+        if resilience is not None:  # the live gateway's streams and objects (runtime.gateway.route.build_routes)
             route.breaker = build_breaker(resilience, streams.get(f"breaker.{m.name}"))
+            route.core.retry = build_retry(resilience, streams.get(f"retry.{m.name}"))
+            route.core.outlier = build_outlier_detector(resilience, streams.get(f"outlier.{m.name}"))
+            if route.core.outlier is not None:  # the cluster's hosts, so the ejection cap counts every replica
+                route.core.outlier.set_hosts(r.name for r in route.replicas)
     cache = None
     if scenario.gateway.response_cache is not None:
         cache = build_response_cache(scenario.gateway.response_cache, streams.get("response_cache"))

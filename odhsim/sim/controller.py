@@ -94,6 +94,7 @@ class ModelController:
         self.starting: list[ReplicaBase] = []
         self.down: list[ReplicaBase] = []  # failed or backing off before a restart in place
         self.attempts: dict[int, int] = {}  # replica index -> CrashLoopBackOff attempt of its latest restart
+        self.crashed: set[int] = set()  # replicas that crashed and are not ready again yet
         self.price_per_gpu_hour = catalog.gpu(model.gpu).price_per_gpu_hour
         self.core = ControllerCore(
             model.name,
@@ -225,6 +226,7 @@ class ModelController:
                 self._drain(replica)
             elif replica in self.down:
                 self.down.remove(replica)
+                self.crashed.discard(replica.index)
                 self._move(replica, GONE, "scaled down while failed")
                 self._free(replica)
             else:
@@ -274,6 +276,9 @@ class ModelController:
             for node in self.allocations[replica.index].nodes:
                 node.cache.add(self.env.now, self._cache_key(), self.size_bytes)
             self.route.add_replica(replica)
+            if self.crashed:
+                self.crashed.discard(replica.index)
+                self.route.core.scales = self.route.autoscaled or bool(self.crashed)
             self.gateway.replica_ready(self.route)
             return
         ev = self.env.timeout(delay)
@@ -323,11 +328,15 @@ class ModelController:
         self.pool.release(self.allocations.pop(replica.index))
 
     # -- crashes: CrashLoopBackOff restarts in place (the core decides when) ------------------------------------
-    def crash(self, replica: ReplicaBase, reason: str) -> None:
+    def crash(self, replica: ReplicaBase, reason: str, kind: str | None = None) -> None:
         """A ready replica's engine died: out of the route, its requests fail with `reason` (counted), `failed`,
-        then a restart in place (it keeps its GPUs and the node's cached weights) when the core's back-off says."""
+        then a restart in place (it keeps its GPUs and the node's cached weights) when the core's back-off says.
+        `kind`: the failure kind the gateway's retry policy sees for each of them (a `reset` when the process died
+        under them); None ends them for good (not retried)."""
         if replica.state != READY:
             return
+        self.crashed.add(replica.index)
+        self.route.core.scales = True  # a replica is coming back: requests wait for it rather than fail at once
         life = self.lifecycles[replica.index]
         ran_for = self.env.now - life.entered_at
         self.route.remove_replica(replica)
@@ -335,7 +344,7 @@ class ModelController:
         self._event("crash", f"{reason} after {ran_for:.1f} s ready", replica.name)
         self._move(replica, FAILED, reason)
         for req in held:
-            self.gateway.finish(req, self.env.now, STATUS_FAILED, f"replica failed: {reason}")
+            self.gateway.finish(req, self.env.now, STATUS_FAILED, f"replica failed: {reason}", kind)
         self.down.append(replica)
         decision = self.core.restart.on_failure(self.env.now, self.attempts.get(replica.index, 0), ran_for)
         self.attempts[replica.index] = decision.attempt
@@ -350,6 +359,8 @@ class ModelController:
         self.starting.append(replica)
         gpus = self.deployment_of.get(replica.index, self.model).gpus_per_replica
         plan = self.startup.plan(self.size_bytes, self.storage_uri, gpus, cached=True)
+        attempt = self.attempts.get(replica.index, 0)
+        self._event("restart", f"restart {attempt}: warm start, {plan.total_s:.1f} s to ready", replica.name)
         self._advance(replica, [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)])
 
     # -- the autoscaler loop ------------------------------------------------------------------------------

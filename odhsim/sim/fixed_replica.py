@@ -31,6 +31,7 @@ class FixedReplica(ReplicaBase):
         self.queue: deque[SimRequest] = deque()
         self.serving: dict[int, SimRequest] = {}  # row -> request in a slot
         self.draw_service: Callable[[], float] | None = None
+        self.slowdown = 1.0  # a slow_replica fault's factor on the service times that start (odhsim.sim.faults)
 
     def waiting(self) -> int:
         return len(self.queue)
@@ -56,7 +57,7 @@ class FixedReplica(ReplicaBase):
         self.busy_slots += 1
         req.start_s = self.env._now
         self.serving[req.row] = req
-        done = self.env.timeout(req.service_s, req)
+        done = self.env.timeout(req.service_s * self.slowdown, req)
         done.callbacks.append(self._done)
 
     def _done(self, event: simpy.Event) -> None:
@@ -135,7 +136,7 @@ class BatchingReplica(FixedReplica):
         for req in self._batch:
             req.start_s = now
             self.serving[req.row] = req
-        done = self.env.timeout(self.service_for(n), self._batch)
+        done = self.env.timeout(self.service_for(n) * self.slowdown, self._batch)
         done.callbacks.append(self._batch_done)
 
     def _batch_done(self, event: simpy.Event) -> None:

@@ -25,11 +25,14 @@ from policies.controlplane.metrics import ConcurrencyIntegral
 from policies.flowcontrol.config import FlowControl
 from policies.gateway.core import ACTIVATOR_TIMEOUT_S, NO_REPLICAS, GatewayCore
 from policies.gateway.route import RouteState
-from policies.gateway.types import ABORTED, DONE, Activate, CacheWait, Dispatch, Respond, Ticket, WakeAt
+from policies.gateway.types import ABORTED, DONE, Activate, CacheWait, Dispatch, Record, Respond, Ticket, WakeAt
 from policies.resilience.breaker import CircuitBreaker
 from policies.routing.framework import Router
 
 __all__ = ["ACTIVATOR_TIMEOUT_S", "NO_REPLICAS", "Gateway", "ModelRoute"]
+
+_LOGGED = frozenset({"retry", "fallback", "alert"})
+"""The core's Records that become rows of events.parquet (the reactions to a failed attempt)."""
 
 
 class ModelRoute:
@@ -180,6 +183,7 @@ class Gateway:
         self.in_flight = 0
         self.arrivals = [0] * len(routes)
         self.completed = 0
+        self.events: list[dict[str, Any]] | None = None  # events.parquet's rows, where retries and alerts go
         for mi, model in enumerate(routes):
             model.core.revisions = [rev.core for rev in model.revisions]
             for rev in model.revisions:
@@ -271,7 +275,9 @@ class Gateway:
                 ev.callbacks.append(self._after_lookup)
             elif cls is Activate:
                 a.route.ref.controller.poke()
-            # Record: the simulator's results carry the outcome of each request; nothing else to count yet
+            elif cls is Record and a.kind in _LOGGED and self.events is not None:  # only after a failed attempt
+                self.events.append({"time_s": self.env._now, "kind": a.kind, "model": a.model, "replica": "",
+                                    "detail": a.detail})  # fmt: skip
 
     def _respond(self, a: Respond) -> None:
         t = a.ticket
@@ -288,6 +294,7 @@ class Gateway:
         req.fallback = held.model != t.model
         req.version = held.revision
         req.retries = t.attempt - 1 if t.attempt > 1 else 0
+        req.attempts = t.attempt
         now = self.env._now
         if a.reason == "cache_hit":
             req.cache_hit = True

@@ -33,6 +33,7 @@ class SimRequest:
 
     __slots__ = (
         "arrival_s",
+        "attempts",
         "blocks",
         "cache_hit",
         "cache_key",
@@ -91,6 +92,7 @@ class SimRequest:
         self.fallback = False  # served by the model's fallback model
         self.replica = -1
         self.retries = 0
+        self.attempts = 0  # replicas tried (the fallback's included): 0 for a cache hit or a request never dispatched
         self.finish_step = 0
         self.join_step = 0
         self.prefill_left = 0  # prompt tokens still to compute (chunked prefill)

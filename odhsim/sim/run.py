@@ -17,6 +17,8 @@ from odhsim.rng import RngStreams
 from odhsim.scenario.model import Scenario
 from odhsim.sim.arrivals import ArrivalFeeder
 from odhsim.sim.cluster import build_cluster
+from odhsim.sim.faults import start_faults
+from odhsim.sim.gateway import Gateway
 from odhsim.sim.run_warnings import run_warnings
 from odhsim.sim.sampler import TimeseriesSampler
 from odhsim.workload.build import build_workload
@@ -51,6 +53,17 @@ def _run_in_chunks(
         step = step * 2 if took < low else step / 2 if took > high else step
 
 
+def outlier_events(gateway: Gateway) -> list[dict[str, Any]]:
+    """The outlier detectors' ejections (`ejection`, detail: why) and returns (`ejection_end`), as events rows."""
+    return [
+        {"time_s": t, "kind": "ejection" if what == "ejected" else "ejection_end", "model": route.name,
+         "replica": host, "detail": reason}
+        for route in gateway.routes
+        if route.core.outlier is not None
+        for t, host, what, reason in route.core.outlier.events
+    ]  # fmt: skip
+
+
 def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressFn | None = None) -> RunResult:
     """Run `scenario` (with `seed` overriding the scenario's) and return its tidy results."""
     seed = scenario.seed if seed is None else int(seed)
@@ -64,6 +77,10 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     events_log: list[dict[str, Any]] = []
     states_log: list[dict[str, Any]] = []
     gateway = build_cluster(env, scenario, streams, log, tenant_names, workload.block_tokens, events_log, states_log)
+    horizon = scenario.hard_stop_s or scenario.duration_s
+    if scenario.faults:
+        start_faults(env, scenario, gateway, streams, events_log, horizon)  # replica, network, cache, metrics
+    gateway.events = events_log  # the core's retries, fallbacks and alerts (there are none without failures)
     for route in gateway.routes:
         if route.autoscaled:
             env.process(route.controller.run())
@@ -76,7 +93,6 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
 
     sampler = TimeseriesSampler(env, scenario, gateway, finished)
     sampler_done = env.process(sampler.process())
-    horizon = scenario.hard_stop_s or scenario.duration_s
     stop = scenario.hard_stop_s if scenario.hard_stop_s is not None else math.inf
     # The sampler ends the run once arrivals are over and nothing is in flight (SimPy's run(until=...) leaves
     # its own marker event queued, so "no events left" cannot serve as the end condition). The run stops at that
@@ -100,14 +116,14 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     replicas = pd.DataFrame(states_log + final, columns=columns)
     ending = {"time_s": end_s, "kind": "hard_stop" if hard_stopped else "end", "model": "", "replica": "", "detail": ""}
     events = pd.DataFrame([*events_log, ending], columns=["time_s", "kind", "model", "replica", "detail"])
-    breaker_events = [
+    reactions = [
         {"time_s": t, "kind": "breaker", "model": route.name, "replica": "", "detail": f"{old} -> {new}"}
         for route in gateway.routes
         if route.breaker is not None
         for t, old, new in route.breaker.transitions
-    ]
-    if breaker_events:
-        events = pd.concat([events, pd.DataFrame(breaker_events)], ignore_index=True)
+    ] + outlier_events(gateway)
+    if reactions:
+        events = pd.concat([events, pd.DataFrame(reactions)], ignore_index=True)
         events = events.sort_values("time_s", kind="stable", ignore_index=True)
     timeseries = pd.DataFrame(sampler.rows)
     preemptions = sum(getattr(r, "preemptions", 0) for r in gateway.replicas)

@@ -39,7 +39,7 @@ class Retrying:
         t.exclude.add(replica)
         primary = route.primary
         policy = primary.retry
-        what = f"replica {replica} failed ({kind})"
+        what = f"replica {replica} failed ({kind}: {detail})" if detail else f"replica {replica} failed ({kind})"
         if policy is None:
             self._respond(now, t, FAILED, "upstream_failed", what, out)
             return
@@ -48,6 +48,8 @@ class Retrying:
             t.failures, kind, fallback is not None, route.in_flight(), route.queued(), route.retries_in_flight
         )
         if decision.action == "fail" or (decision.action == "fallback" and fallback is None):
+            if t.failures == getattr(policy, "open_breaker_after", 0):  # the ladder's last rung: tell the operator
+                out.append(Record("alert", route.name, f"request {t.id}: {what}; {decision.reason}"))
             self._respond(now, t, FAILED, "upstream_failed", f"{what}; {decision.reason}", out)
             return
         target = route

@@ -179,7 +179,8 @@ class Activate(NamedTuple):
 
 
 class Record(NamedTuple):
-    """Something worth counting or logging: kind (retry, fallback, upstream-failure, excused), model, detail."""
+    """Something worth counting or logging: kind (retry, fallback, upstream-failure, excused, alert: a request
+    reached the ladder's last rung, `open_breaker_after` failures), model, detail."""
 
     kind: str
     model: str
