@@ -11,6 +11,7 @@ scaling loses nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import simpy
@@ -18,7 +19,7 @@ import simpy
 from odhsim import catalog
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.sim.gateway import Gateway, ModelRoute
-from odhsim.sim.gpu_pool import Allocation, SimGpuPool
+from odhsim.sim.gpu_pool import Allocation, Node, SimGpuPool
 from odhsim.sim.replica_base import ReplicaBase
 from odhsim.sim.replica_factory import ReplicaFactory
 from odhsim.sim.request import STATUS_FAILED
@@ -29,6 +30,7 @@ from policies.controlplane.deploy import DeployFacts, deploy_verdict
 from policies.controlplane.metrics import LoadSnapshot
 from policies.controlplane.restart import RestartPolicy
 from policies.controlplane.victims import ReplicaView
+from policies.lifecycle.start_faults import FailedStart
 from policies.lifecycle.states import (
     DOWNLOADING,
     DRAINING,
@@ -41,7 +43,7 @@ from policies.lifecycle.states import (
     TESTING,
     Lifecycle,
 )
-from policies.lifecycle.storage import StartupModel
+from policies.lifecycle.storage import StartupModel, StartupPlan
 
 FIXED_MODEL_BYTES = 512 * 2**20  # weights of a `fixed` model when the catalogue has none (a small classifier)
 
@@ -94,6 +96,11 @@ class ModelController:
         self.starting: list[ReplicaBase] = []
         self.down: list[ReplicaBase] = []  # failed or backing off before a restart in place
         self.attempts: dict[int, int] = {}  # replica index -> CrashLoopBackOff attempt of its latest restart
+        # Deploy faults (odhsim.sim.faults_infra): asked at every start attempt; None when the scenario has none
+        self.start_fault: Callable[[ReplicaBase, StartupPlan], FailedStart | None] | None = None
+        self._failing: dict[int, FailedStart] = {}  # replica index -> how its current start attempt fails
+        self._redownload: set[int] = set()  # replicas whose restart downloads again (their download failed)
+        self._boots: dict[int, int] = {}  # replica index -> start attempts cut short (stale start-up timers skip)
         self.crashed: set[int] = set()  # replicas that crashed and are not ready again yet
         self.price_per_gpu_hour = catalog.gpu(model.gpu).price_per_gpu_hour
         self.core = ControllerCore(
@@ -240,13 +247,17 @@ class ModelController:
             {"time_s": self.env.now, "model": self.model.name, "replica": replica.name, "state": PENDING}
         )
         self.starting.append(replica)
+        self._request_gpus(replica)
+
+    def _request_gpus(self, replica: ReplicaBase) -> None:
+        """Ask the pool for the replica's GPUs; it boots when they are granted (at once, or when some free up)."""
 
         def granted(allocation: Allocation, replica: ReplicaBase = replica) -> None:
             self.grants.pop(replica.index, None)
             self._boot(replica, allocation)
 
         self.grants[replica.index] = granted
-        m = self.model
+        m = self.deployment_of.get(replica.index, self.model)
         if not self.pool.request(m.gpu, m.tp, granted, m.pp):
             where = "one node" if m.pp == 1 else f"each of {m.pp} nodes"
             self._event("pending", f"no {m.tp} free {m.gpu} GPU(s) on {where}", replica.name)
@@ -259,17 +270,30 @@ class ModelController:
         nodes = allocation.nodes
         warm = all(node.cache.has(self._cache_key()) for node in nodes)
         plan = self.startup.plan(self.size_bytes, self.storage_uri, self.gpus_per_replica, cached=warm)
-        steps = [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)]
-        if not warm:
-            steps.insert(0, (DOWNLOADING, plan.download_s))
         where = "+".join(node.name for node in nodes)
         self._event("start", f"{'warm' if warm else 'cold'} start on {where}: {plan.total_s:.1f} s", replica.name)
-        self._advance(replica, steps)
+        self._advance(replica, self._steps(replica, plan))
 
-    def _advance(self, replica: ReplicaBase, steps: list[tuple[str, float]]) -> None:
-        if replica.state == GONE:
-            return  # cancelled while starting
+    def _steps(self, replica: ReplicaBase, plan: StartupPlan) -> list[tuple[str, float]]:
+        """The start-up steps of `plan`, cut short by a deploy fault when one holds now (`start_fault`)."""
+        failure = None if self.start_fault is None else self.start_fault(replica, plan)
+        if failure is not None:
+            self._failing[replica.index] = failure
+            return [*failure.phases, (FAILED, 0.0)]
+        steps = [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)]
+        if not plan.warm:
+            steps.insert(0, (DOWNLOADING, plan.download_s))
+        return steps
+
+    def _advance(self, replica: ReplicaBase, steps: list[tuple[str, float]], boot: int | None = None) -> None:
+        if boot is None:
+            boot = self._boots.get(replica.index, 0)
+        if replica.state == GONE or boot != self._boots.get(replica.index, 0):
+            return  # cancelled while starting, or its node failed under it
         state, delay = steps[0]
+        if state == FAILED:
+            self._start_failed(replica)
+            return
         self._move(replica, state)
         if state == READY:
             self.starting.remove(replica)
@@ -282,7 +306,7 @@ class ModelController:
             self.gateway.replica_ready(self.route)
             return
         ev = self.env.timeout(delay)
-        ev.callbacks.append(lambda _e: self._advance(replica, steps[1:]))
+        ev.callbacks.append(lambda _e: self._advance(replica, steps[1:], boot))
 
     def _cancel(self, replica: ReplicaBase) -> None:
         self.starting.remove(replica)
@@ -357,11 +381,69 @@ class ModelController:
             return  # scaled away while backing off
         self.down.remove(replica)
         self.starting.append(replica)
+        if replica.index not in self.allocations:  # its node failed while it backed off: scheduled again
+            self._move(replica, PENDING, "rescheduled: its node failed")
+            self._request_gpus(replica)
+            return
         gpus = self.deployment_of.get(replica.index, self.model).gpus_per_replica
-        plan = self.startup.plan(self.size_bytes, self.storage_uri, gpus, cached=True)
-        attempt = self.attempts.get(replica.index, 0)
-        self._event("restart", f"restart {attempt}: warm start, {plan.total_s:.1f} s to ready", replica.name)
-        self._advance(replica, [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)])
+        cold = replica.index in self._redownload  # its download failed: the restart downloads again
+        self._redownload.discard(replica.index)
+        plan = self.startup.plan(self.size_bytes, self.storage_uri, gpus, cached=not cold)
+        attempt, start = self.attempts.get(replica.index, 0), "cold" if cold else "warm"
+        self._event("restart", f"restart {attempt}: {start} start, {plan.total_s:.1f} s to ready", replica.name)
+        self._advance(replica, self._steps(replica, plan))
+
+    # -- infrastructure faults (odhsim.sim.faults_infra) ----------------------------------------------------
+    def _start_failed(self, replica: ReplicaBase) -> None:
+        """A deploy fault failed this start attempt: a `fault` event naming it, `failed`, then CrashLoopBackOff."""
+        failure = self._failing.pop(replica.index)
+        self._event("fault", failure.reason, replica.name)
+        self._move(replica, FAILED, failure.reason)
+        if failure.redownload:
+            self._redownload.add(replica.index)
+        self.starting.remove(replica)
+        self.down.append(replica)
+        decision = self.core.restart.on_failure(self.env.now, self.attempts.get(replica.index, 0), 0.0)
+        self.attempts[replica.index] = decision.attempt
+        self._move(replica, RESTARTING, decision.reason)
+        timer = self.env.timeout(decision.delay_s)
+        timer.callbacks.append(lambda _e: self._restart(replica))
+
+    def node_lost(self, node: Node, reason: str) -> int:
+        """`node` failed: every replica of this revision with GPUs on it dies and gives them back. Ready ones leave
+        the route and their requests fail as a `reset` (the gateway's retry policy acts on it); ready and starting
+        ones are scheduled again at once (a new pod, not a container restart: no back-off), pending until GPUs
+        are free; backing-off ones are scheduled again when their back-off ends; draining ones are gone.
+        Returns how many replicas it killed."""
+        killed = 0
+        for index, allocation in list(self.allocations.items()):
+            if node not in allocation.nodes:
+                continue
+            killed += 1
+            replica = self.factory.replicas[index]
+            state = replica.state
+            held = replica.abort_all() if state in (READY, DRAINING) else []
+            if state == DRAINING:
+                self._move(replica, GONE, reason)
+            elif state not in (FAILED, RESTARTING):  # ready or starting (backing-off ones wait for _restart)
+                if state == READY:
+                    self.route.remove_replica(replica)
+                    self.starting.append(replica)
+                    self.crashed.add(index)  # as a crash: requests wait for it rather than fail at once
+                    self.route.core.scales = True
+                self._boots[index] = self._boots.get(index, 0) + 1  # its start-up timers are stale now
+                self._failing.pop(index, None)
+                self._redownload.discard(index)
+                self._move(replica, FAILED, reason)
+                self._move(replica, RESTARTING, "rescheduled: its node failed")
+                self._event("restart", f"rescheduled: {reason}", replica.name)
+            self._free(replica)
+            if replica.state == RESTARTING and replica in self.starting:
+                self._move(replica, PENDING)
+                self._request_gpus(replica)
+            for req in held:
+                self.gateway.finish(req, self.env.now, STATUS_FAILED, f"replica failed: {reason}", "reset")
+        return killed
 
     # -- the autoscaler loop ------------------------------------------------------------------------------
     def snapshot(self) -> LoadSnapshot:

@@ -28,6 +28,7 @@ class Node:
     memory_bytes: float
     free_indices: set[int]
     cache: NodeModelCache = field(repr=False)
+    down: bool = False  # failed (a node_failure fault): its GPUs are out of the pool until repaired
 
     @property
     def free(self) -> int:
@@ -82,7 +83,7 @@ class SimGpuPool:
     def allocate(self, gpu: str, tp: int, pp: int = 1) -> Allocation | None:
         """Place a replica of `pp` stages of `tp` GPUs (each stage on its own node of that GPU type), or None when
         the nodes have no room."""
-        candidates = [n.state() for n in self.nodes if n.gpu == gpu and n.free >= tp]
+        candidates = [n.state() for n in self.nodes if n.gpu == gpu and n.free >= tp and not n.down]
         if len(candidates) < pp:
             return None
         placement = self.placer.place(ReplicaRequest("replica", tp, 0.0, gpu, pp), candidates)
@@ -130,4 +131,19 @@ class SimGpuPool:
         self._waiting = kept
 
     def free_gpus(self, gpu: str) -> int:
-        return sum(n.free for n in self.nodes if n.gpu == gpu)
+        return sum(n.free for n in self.nodes if n.gpu == gpu and not n.down)
+
+    def gpus_in_service(self, gpu: str) -> int:
+        """GPUs of that type on nodes that are up (held or free)."""
+        return sum(n.gpus for n in self.nodes if n.gpu == gpu and not n.down)
+
+    def fail_node(self, node: Node) -> None:
+        """The node is lost: its GPUs leave the pool and its model cache is emptied (a repaired node comes back as
+        a fresh machine). The caller kills the replicas on it and releases their allocations."""
+        node.down = True
+        node.cache = NodeModelCache(node.cache.capacity_bytes)
+
+    def repair_node(self, node: Node) -> None:
+        """The node is back: its GPUs rejoin the pool and queued requests are placed (FIFO per GPU type)."""
+        node.down = False
+        self._serve_waiting()

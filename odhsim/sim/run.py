@@ -18,6 +18,7 @@ from odhsim.scenario.model import Scenario
 from odhsim.sim.arrivals import ArrivalFeeder
 from odhsim.sim.cluster import build_cluster
 from odhsim.sim.faults import start_faults
+from odhsim.sim.faults_infra import start_infra_faults
 from odhsim.sim.gateway import Gateway
 from odhsim.sim.run_warnings import run_warnings
 from odhsim.sim.sampler import TimeseriesSampler
@@ -78,7 +79,8 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     states_log: list[dict[str, Any]] = []
     gateway = build_cluster(env, scenario, streams, log, tenant_names, workload.block_tokens, events_log, states_log)
     horizon = scenario.hard_stop_s or scenario.duration_s
-    if scenario.faults:
+    if scenario.faults:  # node and deploy faults (odhsim.sim.faults_infra); nothing to do without a faults: section
+        start_infra_faults(env, scenario, gateway, streams, events_log)
         start_faults(env, scenario, gateway, streams, events_log, horizon)  # replica, network, cache, metrics
     gateway.events = events_log  # the core's retries, fallbacks and alerts (there are none without failures)
     for route in gateway.routes:
