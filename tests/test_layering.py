@@ -46,6 +46,10 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "odhsim.fidelity": "tools",
     "odhsim.fidelity.loop": "cli",  # drives both engines: serve + replay, then simulate
     "odhsim.fidelity.bench": "cli",
+    "odhsim.calibrate": "base",  # the profile file the scenario loads, and the fits (numpy/scipy)
+    "odhsim.calibrate.live_steps": "cli",  # time the live engine in-process (runtime imported lazily)
+    "odhsim.calibrate.overheads": "cli",  # probe a live gateway
+    "odhsim.calibrate.instrumented": "cli",
     "odhsim.cli": "cli",
     "odhsim.commands": "cli",
 }

@@ -1,0 +1,136 @@
+"""Measure the time spent outside the engine: a real gateway and real replica processes on 127.0.0.1.
+
+The scenario's live models are served by a `LiveStack` (the same gateway, controller and replica processes as
+`odhsim serve`; one replica each, no autoscaler, no response cache, anonymous requests allowed) and sent requests
+one at a time, so nothing queues: what a request takes beyond the fitted engine time (its prefill and decode steps
+at batch 1, or the batcher's delay and one pass of one row) is HTTP in and out, tokenising, authentication,
+routing and streaming. `request_s` is the median extra time to the first token; `per_token_s` the median extra
+time per later token. The live runtime is imported inside the functions (CLI layer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from odhsim.calibrate.profile_file import Batching, Overheads, StepCoefficients
+from odhsim.errors import OdhsimError
+from odhsim.profiles.coefficients import LatencyModel
+from odhsim.scenario.load import scenario_from_dict
+
+LLM_REQUESTS = ((16, 8), (64, 16), (128, 32), (256, 8), (32, 32), (192, 16))
+"""(prompt tokens, output tokens) of the probe requests, cycled."""
+
+
+class OverheadError(OdhsimError):
+    """The live stack could not be started or a probe request failed."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    model: str
+    prompt_tokens: int
+    output_tokens: int
+    ttft_s: float
+    e2e_s: float
+
+
+def probe_scenario(data: dict[str, Any], models: list[str], base_dir: Path) -> Any:
+    """The scenario to probe with: its live models, one replica each, nothing that changes a request's path
+    beyond what every request pays (no autoscaler, canary, faults, response cache), anonymous requests allowed."""
+    d = copy.deepcopy(data)
+    d["models"] = [dict(m) for m in d["models"] if m.get("name") in models]
+    for m in d["models"]:
+        m["replicas"] = 1
+        for key in ("autoscaling", "canary", "deployments"):
+            m.pop(key, None)
+    d.pop("faults", None)
+    d.setdefault("gateway", {})
+    d["gateway"] = {**d["gateway"], "response_cache": None}
+    d["live"] = {**d.get("live", {}), "allow_anonymous": True, "api_keys_file": None}
+    weights = d.get("workload", {}).get("models")
+    if isinstance(weights, dict):
+        d["workload"]["models"] = {k: v for k, v in weights.items() if k in models} or {models[0]: 1.0}
+    return scenario_from_dict(d, source="<calibrate probe>", base_dir=base_dir)
+
+
+async def _probe(
+    data: dict[str, Any], kinds: dict[str, str], base_dir: Path, device: str, per_model: int, tick: Callable[[], None]
+) -> list[Probe]:
+    import httpx
+
+    from runtime.replay import Sender
+    from runtime.replay_plan import ReplayOptions, synth_prompt
+    from runtime.serve import LiveStack
+
+    sc = probe_scenario(data, list(kinds), base_dir)
+    stack = LiveStack(sc, port=0, device=device)
+    out: list[Probe] = []
+    try:
+        await stack.start()
+        await stack.wait_deployed(180)
+        clock = time.perf_counter
+        async with httpx.AsyncClient(base_url=stack.url, timeout=60.0, trust_env=False) as client:
+            sender = Sender(client, clock, ReplayOptions())
+            for name, kind in kinds.items():
+                for i in range(per_model + 1):  # the first one warms the path up and is not kept
+                    p, o = LLM_REQUESTS[i % len(LLM_REQUESTS)]
+                    t0 = clock()
+                    if kind == "llm":
+                        body = {"model": name, "prompt": synth_prompt(10_000 + i, p), "max_tokens": o,
+                                "temperature": 1.0, "seed": i, "ignore_eos": True, "stream": True}  # fmt: skip
+                        res = await sender.completion({}, body)
+                    else:
+                        p, o = 0, 1
+                        res = await sender.infer({}, name, i)
+                    if res.status != "ok":
+                        raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
+                    if i > 0:
+                        out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0))
+                    tick()
+    except OdhsimError:
+        raise
+    except Exception as err:  # a replica that did not start, a refused request: say what failed
+        raise OverheadError(f"the live stack for measuring overheads failed: {err!r}") from err
+    finally:
+        await stack.stop()
+    return out
+
+
+def probe_live(
+    data: dict[str, Any],
+    kinds: dict[str, str],
+    base_dir: Path,
+    device: str,
+    per_model: int,
+    tick: Callable[[], None] = lambda: None,
+) -> list[Probe]:
+    """Serve the scenario's live models (`kinds`: name -> llm/fixed) and time `per_model` requests to each."""
+    return asyncio.run(_probe(data, kinds, base_dir, device, per_model, tick))
+
+
+def llm_overheads(probes: list[Probe], coef: StepCoefficients) -> Overheads:
+    """Median time beyond the engine's batch-1 prefill (to the first token) and decode steps (per later token)."""
+    lm = LatencyModel(model="probe", gpu="cpu", tp=1, source="calibrated", **coef.model_dump())
+    first, later = [], []
+    for pr in probes:
+        first.append(pr.ttft_s - lm.prefill_s(pr.prompt_tokens))
+        if pr.output_tokens > 1:
+            decode = lm.decode_span_s(1, pr.prompt_tokens, pr.output_tokens - 1)
+            later.append((pr.e2e_s - pr.ttft_s - decode) / (pr.output_tokens - 1))
+    return Overheads(
+        request_s=round(max(0.0, statistics.median(first)), 6),
+        per_token_s=round(max(0.0, statistics.median(later)), 7) if later else 0.0,
+    )
+
+
+def fixed_overheads(probes: list[Probe], batching: Batching) -> Overheads:
+    """Median time beyond the batcher's delay and one pass of one row."""
+    engine = batching.max_batch_delay_ms / 1000.0 + batching.service_s(1)
+    return Overheads(request_s=round(max(0.0, statistics.median(pr.e2e_s - engine for pr in probes)), 6))
