@@ -104,16 +104,18 @@ def _take(batches: Any, opts: ReplayOptions, duration_s: float | None) -> Reques
     return concat(parts)
 
 
-def load_plan(source: str | Path, opts: ReplayOptions) -> ReplayPlan:
-    """Requests from a scenario's workload (built as the simulator builds it) or from a trace file."""
-    path = Path(source)
-    if not path.exists():
+def load_plan(source: str | Path | Scenario, opts: ReplayOptions) -> ReplayPlan:
+    """Requests from a scenario's workload (built as the simulator builds it; a file or an already loaded
+    Scenario, as `odhsim fidelity` passes one) or from a trace file."""
+    scenario: Scenario | None = source if isinstance(source, Scenario) else None
+    path = Path(f"{scenario.name}.yaml") if scenario is not None else Path(str(source))
+    if scenario is None and not path.exists():
         raise ReplayError(f"{path}: no such file (give a trace file or a scenario YAML)")
-    scenario: Scenario | None = None
-    if path.suffix.lower() in SCENARIO_SUFFIXES:
+    if scenario is None and path.suffix.lower() in SCENARIO_SUFFIXES:
         from odhsim.scenario.load import load_scenario
 
         scenario = load_scenario(path)
+    if scenario is not None:
         models = [m.name for m in scenario.models]
         workload = build_workload(
             scenario.workload, model_names=models, streams=RngStreams(scenario.seed), base_dir=scenario.base_dir

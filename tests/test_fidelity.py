@@ -139,3 +139,61 @@ def test_error_pct_edge_cases() -> None:
     assert error_pct(1.1, 1.0) == pytest.approx(10.0)
     assert error_pct(0.0, 0.0) == 0.0
     assert math.isnan(error_pct(1.0, 0.0)) and math.isnan(error_pct(math.nan, 1.0))
+
+
+def test_fidelity_refuses_a_scenario_without_live_sections(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["fidelity", "scenarios/default.yaml", "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert "no model has a `live:` section" in res.output and "Traceback" not in res.output
+
+
+def _tiny_scenario(tmp_path: Path) -> Path:
+    """scenarios/live.yaml's tiny LM alone, one replica, no autoscaling: a fixed capacity."""
+    import yaml
+
+    doc = yaml.safe_load((Path(__file__).resolve().parents[1] / "scenarios" / "live.yaml").read_text())
+    chat = next(m for m in doc["models"] if m["name"] == "chat")
+    chat.pop("autoscaling")
+    chat["replicas"] = 1
+    doc.update(name="tiny-fidelity", models=[chat])
+    doc["workload"]["models"] = {"chat": 1}
+    doc["live"]["port"] = 0
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+THROUGHPUT_BOUND_PCT = 10.0
+"""At 2 req/s (well under the tiny LM's capacity) both engines answer every request as it comes, so ok throughput
+over first arrival -> last answer differs only by the last answers' latency: within 10% over 8 s."""
+
+
+@pytest.mark.timeout(400)
+def test_a_short_real_fidelity_run_finishes_and_its_throughput_matches(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    out = tmp_path / "fid"
+    args = [
+        "fidelity",
+        str(_tiny_scenario(tmp_path)),
+        "--rates",
+        "2",
+        "--absolute",
+        "--duration",
+        "8",
+        "--out",
+        str(out),
+    ]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "fidelity.csv")
+    assert set(table["load"]) == {2.0}
+    err = table.loc[table["metric"] == "throughput_rps", "error_pct"].iloc[0]
+    assert abs(err) < THROUGHPUT_BOUND_PCT, table.to_string()
+    assert table.loc[table["metric"] == "ok_fraction", "live"].iloc[0] == 1.0
+    live = pd.read_parquet(out / "load-2" / "live" / "requests.parquet")
+    sim = pd.read_parquet(out / "load-2" / "sim" / "requests.parquet")
+    assert len(live) == len(sim) > 8  # the same requests on both sides
+    assert live["prompt_tokens"].tolist() == sim["prompt_tokens"].tolist()
+    ready = table[table["metric"] == "ready_replicas"]
+    assert ready["live"].iloc[0] == 1.0 and ready["sim"].iloc[0] == 1.0  # one replica ready throughout, both engines
+    assert (out / "plots" / "fidelity-load-2.png").stat().st_size > 10_000

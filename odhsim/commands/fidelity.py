@@ -25,6 +25,20 @@ def fidelity(
     live: Annotated[Path | None, typer.Option(help="... with this live result folder (with --sim).")] = None,
     load: Annotated[float, typer.Option(help="With --sim/--live: the load label written in the table.")] = math.nan,
     step: Annotated[float, typer.Option(help="Time step (s) of the queue and ready-replica series.")] = 0.5,
+    workload: Annotated[
+        Path | None, typer.Option(help="Replay this trace (Azure, Mooncake, CSV) instead of the scenario's workload.")
+    ] = None,
+    rates: Annotated[
+        str,
+        typer.Option(
+            help="Loads, comma-separated: fractions of the measured live capacity (or req/s with --absolute)."
+        ),
+    ] = "0.3,0.6,0.9",
+    absolute: Annotated[bool, typer.Option(help="--rates are req/s; no capacity probe.")] = False,
+    duration: Annotated[float, typer.Option(help="Seconds of arrivals per load (both engines).")] = 30.0,
+    length_scale: Annotated[float, typer.Option(help="Divide the workload's token counts by this.")] = 1.0,
+    skip: Annotated[float, typer.Option(help="With --workload: start this many trace seconds in.")] = 0.0,
+    device: Annotated[str, typer.Option(help="Where the live replicas run: cpu | cuda | auto.")] = "cpu",
 ) -> None:
     """Measure the simulator against the live engine: TTFT, E2E, throughput, queue and ready replicas."""
     from odhsim.fidelity.compare import FidelityError, compare_folders, load_run
@@ -41,4 +55,45 @@ def fidelity(
         console.print(fidelity_table(table, f"fidelity: {sim} (sim) against {live} (live)"))
         console.print(escape(f"written: {path}, {plot}"), highlight=False, soft_wrap=True)
         return
-    raise FidelityError("give a scenario, or --sim DIR and --live DIR")
+    if scenario is None:
+        raise FidelityError("give a scenario, or --sim DIR and --live DIR")
+    run_loop(scenario, out, workload=workload, rates=rates, absolute=absolute, duration_s=duration,
+             length_scale=length_scale, skip_s=skip, device=device, step=step)  # fmt: skip
+
+
+def parse_rates(text: str) -> tuple[float, ...]:
+    from odhsim.fidelity.compare import FidelityError
+
+    try:
+        return tuple(float(r) for r in text.split(",") if r.strip())
+    except ValueError:
+        raise FidelityError(f"--rates {text!r}: expected numbers separated by commas, e.g. 0.3,0.6,0.9") from None
+
+
+def run_loop(scenario: Path, out: Path, *, rates: str, step: float, **kw: object) -> None:
+    """Serve + replay + simulate per load with progress bars; print the table."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from odhsim.commands.output import err_console
+    from odhsim.fidelity.loop import FidelitySettings, Hooks, run_fidelity
+    from odhsim.fidelity.report import fidelity_table
+    from odhsim.scenario.load import load_scenario
+
+    check_out_dir(out)
+    settings = FidelitySettings(rates=parse_rates(rates), step_s=step, **kw)  # type: ignore[arg-type]
+    sc = load_scenario(scenario)
+    with Progress(
+        TextColumn("[bold]fidelity[/] {task.description}"), BarColumn(), TextColumn("{task.fields[count]}"),
+        TimeElapsedColumn(), console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("starting", total=None, count="")
+
+        def stage(text: str) -> None:
+            bar.update(task, description=escape(text), completed=0, total=None, count="")
+
+        def replay(sent: int, done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total, count=f"{done:,}/{total:,} answered, {sent:,} sent")
+
+        table = run_fidelity(scenario, sc, settings, out, Hooks(stage, replay))
+    console.print(fidelity_table(table, f"fidelity: {sc.name}, simulated against served ({out}/fidelity.csv)"))
+    console.print(escape(f"written: {out}/fidelity.csv, {out}/plots/, {out}/load-*/{{live,sim}}"), highlight=False)

@@ -58,6 +58,9 @@ class Series:
     queue_live: np.ndarray
     ready_sim: dict[str, np.ndarray]
     ready_live: dict[str, np.ndarray]
+    arrivals_end_s: float
+    """Ready replicas compare up to here (the last arrival both runs share): after it each engine's own way of
+    ending (the simulator marks replicas stopped, serve drains them) says nothing about the system."""
 
 
 def load_run(folder: str | Path, label: str) -> RunTables:
@@ -124,7 +127,9 @@ def series_of(sim: RunTables, live: RunTables, step_s: float = DEFAULT_STEP_S) -
     ends = [t["finish_s"].max() for t in (sim.requests, live.requests) if len(t)]
     end = float(np.nanmax(ends)) if ends else 0.0
     grid = time_grid(end if math.isfinite(end) else 0.0, step_s)
+    last = [float(t["arrival_s"].max()) for t in (sim.requests, live.requests) if len(t)]
     return Series(
+        arrivals_end_s=min(last) if last else 0.0,
         grid=grid,
         queue_sim=waiting_for_first_token(sim.requests, grid),
         queue_live=waiting_for_first_token(live.requests, grid),
@@ -153,7 +158,10 @@ def compare_runs(
     for model in sorted(set(series.ready_sim) | set(series.ready_live)):
         if model not in series.ready_sim or model not in series.ready_live:
             continue  # one engine recorded no replica of it: nothing to compare over time
-        s, v = series.ready_sim[model], series.ready_live[model]
+        if not (series.grid <= series.arrivals_end_s).any():
+            continue
+        window = series.grid <= series.arrivals_end_s
+        s, v = series.ready_sim[model][window], series.ready_live[model][window]
         row = _row("ready_replicas", load, float(s.mean()), float(v.mean()), model)
         diff = float(np.abs(s - v).max())
         row.update(abs_diff=diff, target=READY_TARGET_REPLICAS, passed=bool(diff <= READY_TARGET_REPLICAS))
