@@ -8,13 +8,13 @@ How each kind is made real (and why there):
   restarts it in place after its CrashLoopBackOff delay and a readiness test (its `crash` and `state` events).
 - error_rate / slow_replica: the replica's fault switch (`POST /odhsim/faults`, runtime.replica.faults) behind the
   run's replica secret: a share of inference requests answered `status` at once, drawn from a seed the fault's
-  stream `faults/<index>/errors` gives; engine steps stretched to `factor` times their measured duration. A
+  stream `faults/<index>/draws` gives; engine steps stretched to `factor` times their measured duration. A
   replica whose process is replaced while the fault holds gets it again before it takes traffic.
 - network: in the gateway's upstream layer (runtime.gateway.upstream.LinkFault, read by the forwarder and the
   scraper), not a TCP proxy: a proxy would put a hop and a copy of every byte on every replica's path for the
   whole run, faulted or not, and re-pointing the gateway at a proxy mid-run would drop its pooled connections;
   the upstream layer is where the gateway meets "the network" to that replica and costs one attribute test when
-  nothing is faulted. Latency and jitter (stream `faults/<index>/network`) delay each way of an attempt (request
+  nothing is faulted. Latency and jitter (stream `faults/<index>/draws`) delay each way of an attempt (request
   out, answer's first byte back) and each scrape; a partition fails attempts as connect failures after the
   connect timeout and loses scrapes. What it does not model: per-packet delay inside a long stream.
 - cache_down: `odhsim serve` does not start a Redis (live.redis_url points at one), so the gateway's connection
@@ -24,8 +24,10 @@ How each kind is made real (and why there):
 - node_failure and the deploy kinds are refused by `odhsim validate --engine live` and `odhsim serve`
   (odhsim.scenario.checks.LIVE_FAULT_REFUSALS says why for each).
 
-Replica faults pick the replica at the fault's start: `replica` indexes the model's replicas that are not gone or
-retiring, ordered by name; null draws one from the fault's stream `faults/<index>` after its window was drawn.
+Streams and targets as the simulator's (odhsim.sim.faults): windows from `faults/<index>` alone, a replica fault
+with `replica: null` picks from `faults/<index>/target`, `replica: k` is the k-th ready replica of the model by name
+when the window starts (none: the window is `skipped`, with why). Events: `fault` rows whose detail is
+`<label>: <kind> on <target>: start | end | skipped (note)`, the simulator's format.
 """
 
 from __future__ import annotations
@@ -109,16 +111,15 @@ class LiveFaults:
         await asyncio.sleep(max(0.0, self.origin + t_s - self.clock()))
 
     async def _run(self, index: int, spec: FaultSpec, streams: RngStreams) -> None:
-        rng = streams.get(f"faults/{index}")
-        errors = streams.get(f"faults/{index}/errors")
-        network = streams.get(f"faults/{index}/network")
+        target = streams.get(f"faults/{index}/target")
+        draws = streams.get(f"faults/{index}/draws")
         label = spec.label(index)
-        for start, end in fault_windows(spec, rng):
+        for start, end in fault_windows(spec, streams.get(f"faults/{index}")):
             await self._sleep_until(start)
             try:
-                undo = await self._begin(index, spec, label, rng, errors, network)
+                undo = await self._begin(spec, label, target, draws)
             except Exception as err:  # the fault could not be injected: said, and the schedule goes on
-                self.log.event(FAULT_EVENT, spec.model or "", "", f"{label} {spec.kind} failed to start: {err}")
+                self._event(spec, label, spec.model or "", "skipped", f"could not inject: {type(err).__name__}: {err}")
                 undo = None
             if undo is None or end == start:
                 continue
@@ -141,38 +142,42 @@ class LiveFaults:
                 await undo()
 
     # -- targets ---------------------------------------------------------------------------------------------
-    def _replica(self, spec: FaultSpec, rng: np.random.Generator) -> Any | None:
-        """The replica a replica fault hits now (see the module doc), or None when the model has no such one."""
+    def _pick(self, spec: FaultSpec, rng: np.random.Generator) -> tuple[Any | None, str]:
+        """The ready replica a replica fault hits now (see the module doc), or None and why."""
         assert spec.model is not None
-        candidates = sorted(self.controllers[spec.model].active(), key=lambda r: r.name)
-        if not candidates:
-            return None
+        ready = sorted(self.controllers[spec.model].ready(), key=lambda r: r.name)
+        if not ready:
+            return None, f"model {spec.model} has no ready replica"
         if spec.replica is None:
-            return candidates[int(rng.integers(len(candidates)))]
-        return candidates[spec.replica] if spec.replica < len(candidates) else None
+            return ready[int(rng.integers(len(ready)))], ""
+        if spec.replica >= len(ready):
+            return None, f"model {spec.model} has {len(ready)} ready replica(s), no replica {spec.replica}"
+        return ready[spec.replica], ""
 
-    def _event(self, spec: FaultSpec, replica: str, detail: str) -> None:
+    def _event(self, spec: FaultSpec, label: str, target: str, phase: str, note: str = "") -> None:
+        """A `fault` row in the simulator's format: `<label>: <kind> on <target>: <phase> (note)`."""
+        replica = target if spec.kind not in ("cache_down", "stale_metrics") else ""
+        detail = f"{label}: {spec.kind} on {target}: {phase}" + (f" ({note})" if note else "")
         self.log.event(FAULT_EVENT, spec.model or "", replica, detail)
 
     # -- the kinds -------------------------------------------------------------------------------------------
     async def _begin(
-        self, index: int, spec: FaultSpec, label: str, rng: np.random.Generator, errors: np.random.Generator,
-        network: np.random.Generator,
-    ) -> Callable[[], Awaitable[None]] | None:  # fmt: skip
-        """Inject the fault; the coroutine function that ends it (None: nothing to end)."""
+        self, spec: FaultSpec, label: str, target: np.random.Generator, draws: np.random.Generator
+    ) -> Callable[[], Awaitable[None]] | None:
+        """Inject the fault; the coroutine function that ends it (None: nothing to end). `target` picks a replica,
+        `draws` gives the error seed and the jitter."""
         kind = spec.kind
         if kind in ("replica_crash", "error_rate", "slow_replica", "network"):
-            r = self._replica(spec, rng)
+            r, why = self._pick(spec, target)
             if r is None:
-                n = len(self.controllers[spec.model or ""].active())
-                self._event(spec, "", f"{label} {kind} skipped: replica {spec.replica} of {n} does not exist")
+                self._event(spec, label, spec.model or "", "skipped", why)
                 return None
             if kind == "replica_crash":
                 self._crash(spec, label, r)
                 return None
             if kind == "network":
-                return self._network(spec, label, r.name, network)
-            return await self._switch(spec, label, r.name, errors)
+                return self._network(spec, label, r.name, draws)
+            return await self._switch(spec, label, r.name, draws)
         if kind == "cache_down":
             return self._cache_down(spec, label)
         if kind == "stale_metrics":
@@ -182,33 +187,33 @@ class LiveFaults:
     def _crash(self, spec: FaultSpec, label: str, r: Any) -> None:
         proc = r.proc
         if proc is None or not proc.alive():
-            self._event(spec, r.name, f"{label} replica_crash: no process to kill ({r.state})")
+            self._event(spec, label, r.name, "skipped", f"no process to kill ({r.state})")
             return
         with contextlib.suppress(ProcessLookupError):
             os.kill(proc.pid, signal.SIGKILL)
-        self._event(spec, r.name, f"{label} replica_crash: SIGKILL pid {proc.pid} ({r.state})")
+        self._event(spec, label, r.name, "start", f"SIGKILL pid {proc.pid}")
         r.wake.set()  # the supervisor looks at once instead of at its next poll
 
     async def _switch(
-        self, spec: FaultSpec, label: str, replica: str, errors: np.random.Generator
+        self, spec: FaultSpec, label: str, replica: str, draws: np.random.Generator
     ) -> Callable[[], Awaitable[None]]:
         assert spec.model is not None
         key = (spec.model, replica)
         sw = self._switches.setdefault(key, _Switch())
         if spec.kind == "error_rate":
-            seed = int(errors.integers(2**62))
+            seed = int(draws.integers(2**62))
             sw.error[label] = {"share": spec.share, "status": spec.status, "seed": seed}
             what = f"share {spec.share:g} answered {spec.status} (seed {seed})"
         else:
             sw.slow[label] = float(spec.factor or 1.0)
             what = f"steps x{spec.factor:g}"
-        self._event(spec, replica, f"{label} {spec.kind} start: {what}")
+        self._event(spec, label, replica, "start", what)
         await self._push(spec.model, replica)
 
         async def end() -> None:
             sw.error.pop(label, None)
             sw.slow.pop(label, None)
-            self._event(spec, replica, f"{label} {spec.kind} end")
+            self._event(spec, label, replica, "end")
             await self._push(spec.model or "", replica)
 
         return end
@@ -218,7 +223,7 @@ class LiveFaults:
             sw = self._switches.get((model, replica))
             if sw is not None and (sw.error or sw.slow):
                 await self._post(url, sw.body())
-                self.log.event(FAULT_EVENT, model, replica, f"faults re-applied to the new process: {sw.body()}")
+                self.log.event("fault_reapplied", model, replica, f"to its new process: {sw.body()}")
 
         return reapply
 
@@ -230,7 +235,7 @@ class LiveFaults:
         try:
             await self._post(r.proc.url, self._switches[(model, replica)].body())
         except httpx.HTTPError as err:  # it may be dying: the re-apply hook covers its next process
-            self.log.event(FAULT_EVENT, model, replica, f"fault switch not reached: {type(err).__name__}")
+            self.log.event("error", model, replica, f"fault switch not reached: {type(err).__name__}")
 
     async def _post(self, url: str, body: dict[str, Any]) -> None:
         resp = await self.client.post(f"{url}{CONTROL_PATH}", json=body, timeout=5.0)
@@ -245,12 +250,12 @@ class LiveFaults:
         link = LinkFault(label, spec.latency_s, spec.jitter_s, spec.partition, rng)
         self._set_link(key, link)
         what = "partition" if spec.partition else f"latency {spec.latency_s:g} s + jitter {spec.jitter_s:g} s"
-        self._event(spec, replica, f"{label} network start: {what}")
+        self._event(spec, label, replica, "start", what)
 
         async def end() -> None:
             if self.gateway.scrapers.links.get(key) is link:
                 self._set_link(key, None)
-            self._event(spec, replica, f"{label} network end")
+            self._event(spec, label, replica, "end")
 
         return end
 
@@ -266,16 +271,17 @@ class LiveFaults:
 
     def _cache_down(self, spec: FaultSpec, label: str) -> Callable[[], Awaitable[None]] | None:
         tier = self.gateway.shared_tier
+        where = "shared cache tier"
         if tier is None or not hasattr(tier, "blocked"):
-            self._event(spec, "", f"{label} cache_down skipped: no shared tier (live.redis_url is null)")
+            self._event(spec, label, where, "skipped", "the gateway has no shared cache tier (live.redis_url: null)")
             return None
         tier.blocked = label
-        self._event(spec, "", f"{label} cache_down start: the gateway's connection to Redis is blocked")
+        self._event(spec, label, where, "start", "the gateway's connection to Redis is blocked")
 
         async def end() -> None:
             if tier.blocked == label:
                 tier.blocked = None
-            self._event(spec, "", f"{label} cache_down end")
+            self._event(spec, label, where, "end")
 
         return end
 
@@ -284,12 +290,12 @@ class LiveFaults:
         holding = self._stale_by.setdefault(model, set())
         holding.add(label)
         self.gateway.scrapers.stale.add(model)
-        self._event(spec, "", f"{label} stale_metrics start: scrapes of {model}'s replicas are lost")
+        self._event(spec, label, f"{model}'s scrapes", "start")
 
         async def end() -> None:
             holding.discard(label)
             if not holding:  # another stale_metrics fault on the model may still hold
                 self.gateway.scrapers.stale.discard(model)
-            self._event(spec, "", f"{label} stale_metrics end")
+            self._event(spec, label, f"{model}'s scrapes", "end")
 
         return end

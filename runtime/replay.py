@@ -98,6 +98,7 @@ class Outcome:
     finish_s: float = math.nan
     replica: str | None = None
     retries: int = 0
+    attempts: int = 0
     cache_hit: bool = False
     fallback: bool = False
     cached_tokens: int = 0
@@ -125,7 +126,8 @@ def _error_outcome(status_code: int, body: bytes, headers: httpx.Headers) -> Out
     except ValueError:
         pass
     reason = f"HTTP {status_code} {slug + ': ' if slug else ''}{message}"
-    return Outcome(refusal_status(status_code, slug), reason.strip()[:300], retries=_retries(headers))
+    status = refusal_status(status_code, slug)
+    return Outcome(status, reason.strip()[:300], retries=_retries(headers), attempts=_attempts(headers))
 
 
 def refusal_status(status_code: int, slug: str) -> str:
@@ -144,6 +146,14 @@ def _retries(headers: httpx.Headers) -> int:
     return int(value) if value.isdigit() else 0
 
 
+def _attempts(headers: httpx.Headers) -> int:
+    """Replicas tried, as the simulator's `attempts` column counts them: the gateway sends `x-odhsim-retries` on
+    every answer whose request reached a replica (retries + 1 attempts), and none on a cache hit or a request
+    shed or failed before dispatch (0 attempts)."""
+    value = headers.get("x-odhsim-retries", "").strip()
+    return int(value) + 1 if value.isdigit() else 0
+
+
 def _headers_into(out: Outcome, headers: httpx.Headers, model: str) -> None:
     """What the gateway says about the answer: the replica, a response-cache hit, the model that served it, and
     the retries it took."""
@@ -153,6 +163,7 @@ def _headers_into(out: Outcome, headers: httpx.Headers, model: str) -> None:
     out.served = served or model
     out.fallback = served is not None and served != model
     out.retries = _retries(headers)
+    out.attempts = _attempts(headers)
 
 
 class Sender:
@@ -319,6 +330,7 @@ async def run_replay(
                 req.replica = replica_index[out.replica]
             req.first_token_s = out.first_token_s
             req.retries, req.cache_hit, req.fallback = out.retries, out.cache_hit, out.fallback
+            req.attempts = out.attempts
             req.cached_tokens = out.cached_tokens
             finish_s = out.finish_s if out.finish_s == out.finish_s else clock()
             label = plan.versions.get(out.served or "")

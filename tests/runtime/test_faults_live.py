@@ -5,6 +5,7 @@ requests throughout. Bounded: about 150 short requests, faults within 12 s of ar
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -25,6 +26,8 @@ import yaml
 
 from odhsim.scenario.checks import live_refusals
 from odhsim.scenario.load import scenario_from_dict
+from runtime.replay import replay_async
+from tests.runtime.test_replay import FakeTarget, write_scenario
 
 KEYS = "faults-key:team-a:critical"
 AUTH = {"Authorization": "Bearer faults-key"}
@@ -203,8 +206,11 @@ def test_crash_error_rate_and_slow_replica_injected_for_real(tmp_path: Path) -> 
     events = _events(out)
     # the faults at the scenario's times after arming (the event loop may be a little late, never early)
     for text, t in (
-        ("error_rate start", ERROR_AT), ("error_rate end", ERROR_AT + ERROR_FOR), ("slow_replica start", SLOW_AT),
-        ("slow_replica end", SLOW_AT + SLOW_FOR), ("replica_crash: SIGKILL", CRASH_AT),
+        ("error_rate-0: error_rate on chat-v1-0: start (share 0.5 answered 503", ERROR_AT),
+        ("error_rate-0: error_rate on chat-v1-0: end", ERROR_AT + ERROR_FOR),
+        ("slow_replica-1: slow_replica on chat-v1-1: start (steps x6)", SLOW_AT),
+        ("slow_replica-1: slow_replica on chat-v1-1: end", SLOW_AT + SLOW_FOR),
+        ("replica_crash-2: replica_crash on chat-v1-0: start (SIGKILL pid", CRASH_AT),
     ):  # fmt: skip
         assert t - 0.01 <= _at(events, text) <= t + 0.5, (text, _at(events, text))
     fault_events = [e for e in events if e["kind"] == "fault"]
@@ -234,9 +240,12 @@ def test_crash_error_rate_and_slow_replica_injected_for_real(tmp_path: Path) -> 
     assert statistics.median(slow) > 2.0 * statistics.median(before), (slow, before)
     # the records: fault events in events.parquet, as the simulator's
     frame = pd.read_parquet(out / "events.parquet")
-    kinds = frame[frame["kind"] == "fault"]["detail"].tolist()
-    assert sum("start" in d for d in kinds) == 2 and sum("end" in d for d in kinds) == 2
-    assert sum("SIGKILL" in d for d in kinds) == 1
+    details = frame[frame["kind"] == "fault"]["detail"].tolist()
+    assert [d.split(" (")[0] for d in details] == [
+        "error_rate-0: error_rate on chat-v1-0: start", "error_rate-0: error_rate on chat-v1-0: end",
+        "slow_replica-1: slow_replica on chat-v1-1: start", "slow_replica-1: slow_replica on chat-v1-1: end",
+        "replica_crash-2: replica_crash on chat-v1-0: start",
+    ]  # fmt: skip
 
 
 def test_validate_live_refuses_fault_kinds_it_cannot_inject() -> None:
@@ -246,3 +255,47 @@ def test_validate_live_refuses_fault_kinds_it_cannot_inject() -> None:
     assert len(refused) == 2
     assert refused[0].startswith("faults.3 (node_failure-3): node_failure: the live engine runs on one machine")
     assert refused[1].startswith("faults.4 (download_failure-4): download_failure: live replicas build or read")
+
+
+class AttemptsTarget(FakeTarget):
+    """FakeTarget as the gateway answers under faults: row % 4 == 0 a cache hit (no retries header: 0 attempts),
+    1 shed before dispatch (429, no header: 0 attempts), 2 served after 2 retries (3 attempts), 3 failed after one
+    retry (502, header 1: 2 attempts)."""
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.method != "POST":
+            return await super().__call__(request)
+        body = json.loads(request.content)
+        row = int(body["prompt"][1:].split("]")[0]) if "prompt" in body else int(body["id"])
+        kind = row % 4
+        if kind == 1:
+            err = {"error": {"message": "shed", "type": "shed", "param": None, "code": "admission"}}
+            return httpx.Response(429, json=err, headers={"x-odhsim-reason": "admission"})
+        if kind == 3:
+            err = {"error": {"message": "replica failed", "type": "server_error", "param": None, "code": "upstream"}}
+            return httpx.Response(
+                502, json=err, headers={"x-odhsim-reason": "upstream_failed", "x-odhsim-retries": "1"}
+            )
+        resp = await super().__call__(request)
+        headers = dict(resp.headers)
+        headers.update({"x-odhsim-cache": "hit"} if kind == 0 else {"x-odhsim-retries": "2"})
+        return httpx.Response(resp.status_code, content=resp.content, headers=headers)
+
+
+@pytest.mark.timeout(60)
+def test_live_requests_get_attempts_and_the_summary_availability_and_retry_amplification(tmp_path: Path) -> None:
+    path = write_scenario(tmp_path)
+    target = httpx.MockTransport(AttemptsTarget())
+    run = replay_async(path, "http://gw.test", speed=8.0, transport=target, env={}, max_prompt_tokens=16,
+                       max_output_tokens=2, out_dir=tmp_path / "out")  # fmt: skip
+    result = asyncio.run(run)
+    req = result.requests
+    assert len(req) == 30
+    assert req["attempts"].tolist() == [(0, 0, 3, 2)[i % 4] for i in range(30)]
+    status = req["status"].astype(str).tolist()
+    assert status == [("ok", "shed", "ok", "failed")[i % 4] for i in range(30)]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    ok = sum(i % 4 in (0, 2) for i in range(30))  # 16
+    assert summary["availability"] == pytest.approx(ok / 30)
+    dispatched = [(0, 0, 3, 2)[i % 4] for i in range(30) if i % 4 in (2, 3)]  # 8 x 3 and 7 x 2 attempts
+    assert summary["retry_amplification"] == pytest.approx(sum(dispatched) / len(dispatched))
