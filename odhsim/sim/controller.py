@@ -272,16 +272,17 @@ class ModelController:
         plan = self.startup.plan(self.size_bytes, self.storage_uri, self.gpus_per_replica, cached=warm)
         where = "+".join(node.name for node in nodes)
         self._event("start", f"{'warm' if warm else 'cold'} start on {where}: {plan.total_s:.1f} s", replica.name)
-        self._advance(replica, self._steps(replica, plan))
+        self._advance(replica, self._steps(replica, plan, warm))
 
-    def _steps(self, replica: ReplicaBase, plan: StartupPlan) -> list[tuple[str, float]]:
-        """The start-up steps of `plan`, cut short by a deploy fault when one holds now (`start_fault`)."""
+    def _steps(self, replica: ReplicaBase, plan: StartupPlan, warm: bool) -> list[tuple[str, float]]:
+        """The start-up steps of `plan` (no download when `warm`), cut short by a deploy fault when one holds now
+        (`start_fault`)."""
         failure = None if self.start_fault is None else self.start_fault(replica, plan)
         if failure is not None:
             self._failing[replica.index] = failure
             return [*failure.phases, (FAILED, 0.0)]
         steps = [(LOADING, plan.load_s), (TESTING, plan.test_s), (READY, 0.0)]
-        if not plan.warm:
+        if not warm:
             steps.insert(0, (DOWNLOADING, plan.download_s))
         return steps
 
@@ -391,7 +392,7 @@ class ModelController:
         plan = self.startup.plan(self.size_bytes, self.storage_uri, gpus, cached=not cold)
         attempt, start = self.attempts.get(replica.index, 0), "cold" if cold else "warm"
         self._event("restart", f"restart {attempt}: {start} start, {plan.total_s:.1f} s to ready", replica.name)
-        self._advance(replica, self._steps(replica, plan))
+        self._advance(replica, self._steps(replica, plan, not cold))
 
     # -- infrastructure faults (odhsim.sim.faults_infra) ----------------------------------------------------
     def _start_failed(self, replica: ReplicaBase) -> None:
