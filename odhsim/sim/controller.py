@@ -22,7 +22,7 @@ from odhsim.sim.gateway import Gateway, ModelRoute
 from odhsim.sim.gpu_pool import Allocation, Node, SimGpuPool
 from odhsim.sim.replica_base import ReplicaBase
 from odhsim.sim.replica_factory import ReplicaFactory
-from odhsim.sim.request import STATUS_FAILED
+from odhsim.sim.request import STATUS_FAILED, SimRequest
 from policies.autoscaling.types import Autoscaler, ScalingMetrics
 from policies.controlplane.capacity import Spend
 from policies.controlplane.core import ControllerCore, ScalePlan
@@ -410,20 +410,20 @@ class ModelController:
         timer = self.env.timeout(decision.delay_s)
         timer.callbacks.append(lambda _e: self._restart(replica))
 
-    def node_lost(self, node: Node, reason: str) -> int:
+    def node_lost(self, node: Node, reason: str) -> list[SimRequest]:
         """`node` failed: every replica of this revision with GPUs on it dies and gives them back. Ready ones leave
-        the route and their requests fail as a `reset` (the gateway's retry policy acts on it); ready and starting
-        ones are scheduled again at once (a new pod, not a container restart: no back-off), pending until GPUs
-        are free; backing-off ones are scheduled again when their back-off ends; draining ones are gone.
-        Returns how many replicas it killed."""
-        killed = 0
+        the route; ready and starting ones are scheduled again at once (a new pod, not a container restart: no
+        back-off), pending until GPUs are free; backing-off ones are scheduled again when their back-off ends;
+        draining ones are gone. Returns the requests they held: the caller fails them (`fail_lost`) once every
+        replica on the node is out of its route, so that no retry goes to a replica about to die."""
+        lost: list[SimRequest] = []
         for index, allocation in list(self.allocations.items()):
             if node not in allocation.nodes:
                 continue
-            killed += 1
             replica = self.factory.replicas[index]
             state = replica.state
-            held = replica.abort_all() if state in (READY, DRAINING) else []
+            if state in (READY, DRAINING):
+                lost += replica.abort_all()
             if state == DRAINING:
                 self._move(replica, GONE, reason)
             elif state not in (FAILED, RESTARTING):  # ready or starting (backing-off ones wait for _restart)
@@ -442,9 +442,14 @@ class ModelController:
             if replica.state == RESTARTING and replica in self.starting:
                 self._move(replica, PENDING)
                 self._request_gpus(replica)
-            for req in held:
-                self.gateway.finish(req, self.env.now, STATUS_FAILED, f"replica failed: {reason}", "reset")
-        return killed
+        return lost
+
+    def fail_lost(self, lost: list[SimRequest], reason: str) -> None:
+        """The requests a lost node's replicas held end as failed attempts of kind `reset` (the process died under
+        them), so the gateway's retry policy and fallback act (before their first token: `Gateway.connection_lost`);
+        the reason names the fault."""
+        for req in lost:
+            self.gateway.connection_lost(req, self.env.now, f"replica failed: {reason}", "reset")
 
     # -- the autoscaler loop ------------------------------------------------------------------------------
     def snapshot(self) -> LoadSnapshot:

@@ -16,7 +16,8 @@ Both read their schedule from `odhsim.scenario.faults.fault_windows` with the fa
   (a first start, a rescheduled one or a CrashLoopBackOff restart) that begins inside a window fails as
   `policies.lifecycle.start_faults.failed_start` says (when and in which phase), goes `failed`, and the
   controller restarts it after its back-off; the first attempt after the window succeeds. A window with no length
-  (a random fault without `duration_s`) arms one failure: the model's next start attempt fails.
+  (a random fault without `duration_s`) arms one failure: the model's next start attempt fails (a second arming
+before that start changes nothing).
 
 Every window's start and end, and every failed start, is a `fault` event, its detail as odhsim.sim.faults writes
 it: `<label>: <kind> on <target>: start|end (<note>)`. Windows that start after the run's horizon are not read.
@@ -147,8 +148,10 @@ def _node_failures(
                 f"{on_it} replica(s) on it lost; node model cache emptied"
             )
             _event(events, env.now, f"{head}: start ({note})")  # before the replicas' records of the same instant
-            for c in controllers:
-                c.node_lost(node, f"{label}: node {node.name} failed")
+            reason = f"{label}: node {node.name} failed"
+            lost = [(c, c.node_lost(node, reason)) for c in controllers]  # every replica on it out of its route,
+            for c, requests in lost:  # then their requests fail (a retry cannot pick a replica about to die)
+                c.fail_lost(requests, reason)
         else:
             _event(events, env.now, f"{head}: start (already down)")
         if math.isinf(end):
@@ -168,7 +171,7 @@ class _DeployFault:
     def __init__(self, spec: FaultSpec, label: str) -> None:
         self.spec, self.label = spec, label
         self.active = False
-        self.armed = 0
+        self.armed = False
 
     def run(self, env: simpy.Environment, windows: Iterator[tuple[float, float]], events: Events):  # type: ignore[no-untyped-def]
         model = self.spec.model or ""
@@ -176,9 +179,10 @@ class _DeployFault:
             if start > env.now:
                 yield env.timeout(start - env.now)
             head = f"{self.label}: {self.spec.kind} on {model}"
-            if end == start:
-                self.armed += 1
-                _event(events, env.now, f"{head}: start (the next replica start fails)", model)
+            if end == start:  # armed until a start consumes it (arming it twice is still one failure)
+                note = "already armed" if self.armed else "the next replica start fails"
+                self.armed = True
+                _event(events, env.now, f"{head}: start ({note})", model)
                 continue
             self.active = True
             until = "the end of the run" if math.isinf(end) else f"{end:g} s"
@@ -196,7 +200,7 @@ class _DeployFault:
         if failure is None:
             return None
         if not self.active:
-            self.armed -= 1
+            self.armed = False
         return replace(failure, reason=f"{self.label}: {self.spec.kind} on {replica.name}: {failure.reason}")
 
 
