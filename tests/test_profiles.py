@@ -124,7 +124,9 @@ def test_roofline_tracks_every_fitted_profile() -> None:
     ]
     points_dec = [(b, b * 576) for b in (1, 4, 16, 64)] + [(1, 8256)]
     for entry in load_coefficients().values():
-        if entry["gpu"] not in catalog.gpu_names():
+        # the roofline was calibrated on Splitwise's groups; the Vidur-fitted 7B-70B groups exist because it is off
+        # there (issue 11: 84 vs 46 ms), and tests/test_profiles_vidur.py checks them against Vidur instead
+        if entry["gpu"] not in catalog.gpu_names() or entry.get("source") == "vidur":
             continue
         fitted = latency_model(entry["model"], entry["gpu"], entry["tp"])
         roof = roofline_model(entry["model"], entry["gpu"], entry["tp"])
@@ -172,6 +174,8 @@ def test_committed_coefficients_match_a_fresh_fit() -> None:
 
     fresh = fit_profiles(PERF_CSV)
     committed = json.loads(COEFFICIENTS_PATH.read_text())["profiles"]
+    # the file also holds the Vidur fits (source "vidur"), which tests/test_profiles_vidur.py refits
+    committed = {k: v for k, v in committed.items() if v.get("source") != "vidur"}
     assert fresh.keys() == committed.keys()
     for key, entry in fresh.items():
         for name in COEFFICIENT_FIELDS:

@@ -204,6 +204,13 @@ def write_coefficients(path: Path | str = COEFFICIENTS_PATH, csv_path: Path | st
         "holdout": {"prompt_sizes": sorted(HOLDOUT_PROMPTS), "batch_sizes": sorted(HOLDOUT_BATCHES)},
         "profiles": fit_profiles(csv_path),
     }
+    # the Vidur fits (`profiles fit --vidur --write`) live in the same file: keep them where Splitwise has no group
+    old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+    for key, entry in old.get("profiles", {}).items():
+        if entry.get("source") == "vidur":
+            doc["profiles"].setdefault(key, entry)
+    if "vidur" in old:
+        doc["vidur"] = old["vidur"]
     Path(path).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return doc
 
@@ -212,4 +219,5 @@ def run_fit(csv_path: Path | str = DEFAULT_PERF_CSV, write: bool = False) -> tup
     """What `odhsim profiles fit` runs: (held-out error table, coefficient table); optionally rewrite the JSON."""
     errors = evaluate_holdout(csv_path)
     profiles = write_coefficients(COEFFICIENTS_PATH, csv_path)["profiles"] if write else fit_profiles(csv_path)
+    profiles = {k: p for k, p in profiles.items() if p.get("source") != "vidur"}  # the Splitwise fits only
     return errors, coefficient_table(profiles)

@@ -20,7 +20,7 @@ from typing import Any
 
 from odhsim import catalog
 from odhsim.errors import CatalogError
-from odhsim.profiles.coefficients import COEFFICIENT_FIELDS, LatencyModel
+from odhsim.profiles.coefficients import COEFFICIENT_FIELDS, CPU_FIELDS, LatencyModel
 from odhsim.profiles.roofline import roofline_model
 
 __all__ = [
@@ -111,9 +111,10 @@ def latency_model(
         gpu_name = fitted_gpu
     entry = _committed().get(profile_key(model_name, gpu_name, tp))
     if entry is not None:
-        coeffs: dict[str, Any] = {name: float(entry.get(name, 0.0)) for name in COEFFICIENT_FIELDS}
+        coeffs: dict[str, Any] = {name: float(entry.get(name, 0.0)) for name in (*COEFFICIENT_FIELDS, *CPU_FIELDS)}
         coeffs["prefill_knee_tokens"] = int(coeffs["prefill_knee_tokens"])
-        return LatencyModel(model=model_name, gpu=gpu_name, tp=tp, source="fitted", **coeffs)
+        source = "fitted-vidur" if entry.get("source") == "vidur" else "fitted"
+        return LatencyModel(model=model_name, gpu=gpu_name, tp=tp, source=source, **coeffs)
     if gpu_name not in catalog.gpu_names():
         raise CatalogError(f"no fitted profile for {model_name} on {gpu_name} TP{tp} and no specs for a roofline")
     return roofline_model(model_name, gpu_name, tp)

@@ -32,6 +32,7 @@ import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -39,6 +40,9 @@ import pandas as pd
 import odhsim
 from odhsim import catalog
 from odhsim.errors import OdhsimError
+
+ArrayLike = TypeVar("ArrayLike", int, np.ndarray)
+Num = float | np.ndarray
 
 VIDUR_DIR = Path(odhsim.__file__).resolve().parents[1] / "traces" / "vidur"
 OPERATORS_CSV = "operators.csv.gz"
@@ -78,7 +82,7 @@ CPU_PROFILE_SINGLE_GPU = ("meta-llama/Llama-2-7b-hf", 1)
 CPU_PROFILE_MULTI_GPU = ("meta-llama/Llama-2-70b-hf", 4)
 
 
-def round_tokens(n: int) -> int:
+def round_tokens(n: ArrayLike) -> ArrayLike:
     """Token count as Vidur looks operators up: rounded up to a multiple of 8."""
     return (n + TOKEN_ROUNDING - 1) // TOKEN_ROUNDING * TOKEN_ROUNDING
 
@@ -103,6 +107,7 @@ class VidurData:
     attention: pd.DataFrame
     all_reduce: pd.DataFrame
     cpu: pd.DataFrame
+    reference: _ReferenceAttention
 
 
 @functools.cache
@@ -114,7 +119,8 @@ def load_vidur(data_dir: Path = VIDUR_DIR) -> VidurData:
     keys = ["is_prefill", "batch_size", "prefill_chunk_size", "kv_cache_size"]
     att = att.groupby(keys, as_index=False)[["time_stats.attn_decode.median", "time_stats.attn_prefill.median"]]
     att = att.median()
-    return VidurData(ops, att, _read(ALL_REDUCE_CSV, data_dir), _read(CPU_OVERHEAD_CSV, data_dir))
+    cpu = _read(CPU_OVERHEAD_CSV, data_dir)
+    return VidurData(ops, att, _read(ALL_REDUCE_CSV, data_dir), cpu, _ReferenceAttention(att))
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,7 @@ class VidurComposer:
         if group.tp > 1 and ar.empty:
             raise OdhsimError(f"no Vidur all-reduce profile for TP{group.tp} on {network}")
         self._ar_size, self._ar_ms = ar["size"].to_numpy(float), ar["all_reduce_median_ms"].to_numpy(float)
-        self._attention = _ReferenceAttention(data.attention)
+        self._attention = data.reference
         self.is_reference = (group.model, group.gpu, group.tp) == ATTENTION_REFERENCE
         self._decode_scale, self._prefill_scale = self._attention_scales()
         self.attention_source = "measured" if self.is_reference else "scaled from Llama-2-7B/A100/TP1"
@@ -173,36 +179,45 @@ class VidurComposer:
         q_width = m.num_heads * m.head_dim / self.group.tp / (rm.num_heads * rm.head_dim / ref_tp)
         return kv_width * rg.mem_bw_bytes_s / g.mem_bw_bytes_s, q_width * rg.peak_flops / g.peak_flops
 
-    def linear_ms(self, op: str, tokens: int) -> float:
-        """One layer's `op` at `tokens` batched tokens (rounded up to 8)."""
-        return float(np.interp(round_tokens(tokens), self._tokens, self._ops[op]))
+    # Each method takes scalars or equal-shaped arrays (one element per step shape) and returns the same shape.
 
-    def all_reduce_ms(self, tokens: int) -> float:
+    def linear_ms(self, op: str, tokens: Num) -> Num:
+        """One layer's `op` at `tokens` batched tokens (rounded up to 8)."""
+        return _out(np.interp(round_tokens(np.asarray(tokens)), self._tokens, self._ops[op]))
+
+    def all_reduce_ms(self, tokens: Num) -> Num:
         """One all-reduce of `tokens` activations (0 at TP1), NCCL launch overhead included."""
         if self.group.tp == 1:
-            return 0.0
-        size = round_tokens(tokens) * self.spec.hidden_size * 2
-        return float(np.interp(size, self._ar_size, self._ar_ms)) + NCCL_LAUNCH_OVERHEAD_MS
+            return _out(np.zeros(np.shape(tokens)))
+        size = round_tokens(np.asarray(tokens)) * self.spec.hidden_size * 2
+        return _out(np.interp(size, self._ar_size, self._ar_ms) + NCCL_LAUNCH_OVERHEAD_MS)
 
-    def decode_attention_ms(self, batch: int, kv: int) -> float:
+    def decode_attention_ms(self, batch: Num, kv: Num) -> Num:
         """One layer's decode attention kernel for `batch` sequences of `kv` cached tokens each."""
-        ms = self._attention.decode(batch, kv, self._decode_scale)
-        return ms * (1.0 + ATTENTION_BATCHING_OVERHEAD * (batch > 1))
+        b = np.asarray(batch)
+        ms = self._attention.decode(b, np.asarray(kv), self._decode_scale)
+        return _out(ms * (1.0 + ATTENTION_BATCHING_OVERHEAD * (b > 1)))
 
-    def prefill_attention_ms(self, chunk: int, kv: int) -> float:
+    def prefill_attention_ms(self, chunk: Num, kv: Num) -> Num:
         """One layer's prefill attention kernel for one `chunk`-token prompt chunk after `kv` cached tokens."""
-        return self._attention.prefill(chunk, kv, self._prefill_scale)
+        return _out(self._attention.prefill(np.asarray(chunk), np.asarray(kv), self._prefill_scale))
 
-    def _layer_ms(self, tokens: int, attention_ms: float) -> float:
-        return sum(self.linear_ms(op, tokens) for op in LAYER_OPS) + 2 * self.all_reduce_ms(tokens) + attention_ms
+    def _layer_ms(self, tokens: Num, attention_ms: Num) -> np.ndarray:
+        linear = sum(np.asarray(self.linear_ms(op, tokens)) for op in LAYER_OPS)
+        return linear + 2 * np.asarray(self.all_reduce_ms(tokens)) + np.asarray(attention_ms)
 
-    def decode_ms(self, batch: int, kv: int) -> float:
+    def decode_ms(self, batch: Num, kv: Num) -> Num:
         """GPU time of a decode step: `batch` sequences, `kv` cached tokens each (Vidur rounds it up to 64)."""
-        return self.spec.layers * self._layer_ms(batch, self.decode_attention_ms(batch, kv))
+        return _out(self.spec.layers * self._layer_ms(batch, self.decode_attention_ms(batch, kv)))
 
-    def prefill_ms(self, chunk: int, kv: int = 0) -> float:
+    def prefill_ms(self, chunk: Num, kv: Num = 0) -> Num:
         """GPU time of a prefill step of one `chunk`-token prompt chunk after `kv` cached tokens."""
-        return self.spec.layers * self._layer_ms(chunk, self.prefill_attention_ms(chunk, kv))
+        return _out(self.spec.layers * self._layer_ms(chunk, self.prefill_attention_ms(chunk, kv)))
+
+
+def _out(values: np.ndarray) -> Num:
+    """A 0-d result as a float, an array as an array."""
+    return float(values) if np.ndim(values) == 0 else values
 
 
 class _ReferenceAttention:
@@ -229,17 +244,22 @@ class _ReferenceAttention:
         self.prefill_floor = float(self.prefill_values.min())
 
     @staticmethod
-    def _lookup(linear: object, nearest: object, x: np.ndarray) -> float:
-        value = float(linear(x)[0])  # type: ignore[operator]
-        return value if math.isfinite(value) else float(nearest(x)[0])  # type: ignore[operator]
+    def _lookup(linear: object, nearest: object, x: np.ndarray) -> np.ndarray:
+        value = linear(x)  # type: ignore[operator]
+        return np.where(np.isfinite(value), value, nearest(x))  # type: ignore[operator]
 
-    def decode(self, batch: int, kv: int, scale: float) -> float:
-        ms = self._lookup(self._dec, self._dec_near, np.array([[batch, kv]], float) * self._dec_axes)
+    def decode(self, batch: np.ndarray, kv: np.ndarray, scale: float) -> np.ndarray:
+        ms = self._at(self._dec, self._dec_near, self._dec_axes, batch, kv)
         return self.decode_floor + (ms - self.decode_floor) * scale
 
-    def prefill(self, chunk: int, kv: int, scale: float) -> float:
-        ms = self._lookup(self._pre, self._pre_near, np.array([[chunk, kv]], float) * self._pre_axes)
+    def prefill(self, chunk: np.ndarray, kv: np.ndarray, scale: float) -> np.ndarray:
+        ms = self._at(self._pre, self._pre_near, self._pre_axes, chunk, kv)
         return self.prefill_floor + (ms - self.prefill_floor) * scale
+
+    def _at(self, linear: object, nearest: object, axes: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        a, b = np.broadcast_arrays(a, b)
+        x = np.column_stack([a.ravel(), b.ravel()]).astype(float) * axes
+        return self._lookup(linear, nearest, x).reshape(a.shape)
 
 
 def cpu_profile(model: str, tp: int) -> tuple[str, int, bool]:
