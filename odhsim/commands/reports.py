@@ -72,10 +72,20 @@ def profiles_fit(
     json_: Annotated[
         bool, typer.Option("--json", help="Print the held-out errors and coefficients as JSON instead of tables.")
     ] = False,
+    vidur: Annotated[
+        bool,
+        typer.Option(help="Fit 7B-70B profiles on Vidur's operator times (traces/vidur/) instead of Splitwise's."),
+    ] = False,
+    csv_out: Annotated[Path | None, typer.Option(help="With --vidur: also write the held-out table here.")] = None,
 ) -> None:
     """Refit the latency profiles and print the error on held-out prompt/batch sizes."""
     from odhsim.profiles.fit import DEFAULT_PERF_CSV, run_fit
 
+    if vidur:
+        _profiles_fit_vidur(write, csv_out, json_)
+        return
+    if csv_out is not None:
+        raise typer.BadParameter("--csv-out goes with --vidur", param_hint="--csv-out")
     with err_console.status("fitting latency profiles ..."):
         errors, coefficients = run_fit(csv or DEFAULT_PERF_CSV, write=write)
     if json_:
@@ -101,6 +111,45 @@ def profiles_fit(
     )
     if write:
         console.print("coefficients written to odhsim/data/latency_coefficients.json")
+
+
+def _profiles_fit_vidur(write: bool, csv_out: Path | None, json_: bool) -> None:
+    """`profiles fit --vidur`: held-out error per (model, GPU, TP), the issue's 7B/A100 example, optional write."""
+    from odhsim.profiles.vidur_fit import run_vidur_fit
+
+    check_out_file(csv_out, "--csv-out")
+    with err_console.status("composing Vidur step times and fitting ..."):
+        errors, coefficients, example = run_vidur_fit(write=write, csv_out=csv_out)
+    done = [f"held-out table written to {csv_out}"] if csv_out else []
+    done += ["Vidur coefficients written to odhsim/data/latency_coefficients.json"] if write else []
+    if json_:
+        echo_json({"held_out_error": frame_records(errors), "coefficients": frame_records(coefficients), **example})
+        for line in done:
+            err_console.print(escape(line))
+        return
+    shown = errors.rename(
+        columns={
+            "prefill_mdape_pct": "prefill MdAPE %",
+            "prefill_max_ape_pct": "prefill max %",
+            "decode_mdape_pct": "decode MdAPE %",
+            "decode_max_ape_pct": "decode max %",
+            "cpu_max_ape_pct": "cpu max %",
+        }
+    ).drop(columns=["n_test_prefill", "n_test_decode", "cpu_source"])
+    title = "Vidur: fitted GPU step time vs composed operator times, held-out shapes (every 5th batch, KV, chunk)"
+    console.print(frame_table(shown, title))
+    e = example
+    console.print(
+        f"Llama-2-7B / A100 / TP1 decode, batch {e['batch']} x {e['context_per_seq']} tokens: Vidur composed "
+        f"{e['vidur_composed_gpu_ms']:.1f} ms (Vidur's predictor, issue 11: {e['vidur_predictor_gpu_ms_issue']:.0f} "
+        f"ms), fitted GPU {e['fitted_gpu_ms']:.1f} ms + CPU {e['cpu_overhead_ms']:.1f} ms = "
+        f"{e['fitted_step_ms']:.1f} ms; stored profile ({e['stored_source']}) {e['stored_step_ms']:.1f} ms; "
+        f"roofline {e['roofline_ms']:.1f} ms",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for line in done:
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 def bench(
