@@ -134,22 +134,29 @@ def test_failed_node_gpus_leave_the_pool_and_queued_requests_are_placed_at_repai
     assert pool.gpus_in_service("A100-80GB") == 8
 
 
-def test_nothing_is_lost_under_node_failure_with_retries_and_every_failure_names_the_fault() -> None:
+def test_nothing_is_lost_under_node_failure_and_each_retry_goes_to_a_live_replica() -> None:
     faults = [{"kind": "node_failure", "node": 0, "at_s": 100, "duration_s": 200}]
-    retry = {"retry": {"type": "ladder", "params": {"fallback_after": 2, "open_breaker_after": 5}}}
-    sc = fixed_scenario(faults, replicas=6, count=8, per_node=4, gateway={"resilience": retry})
-    with_faults = simulate(scenario_from_dict(sc)).requests
+    sc = fixed_scenario(faults, replicas=6, count=8, per_node=4)
+    no_retry = simulate(scenario_from_dict(sc)).requests
+    ample = {"retry": {"type": "ladder", "params": {"budget_percent": 100, "min_retry_concurrency": 100}}}
+    retried = simulate(scenario_from_dict({**sc, "gateway": {"resilience": ample}})).requests
     without = simulate(scenario_from_dict({**sc, "faults": []})).requests
-    assert len(with_faults) == len(without) > 7000  # every arrival is a row, answered once
-    assert with_faults["request_id"].is_unique
-    assert set(with_faults["request_id"]) == set(without["request_id"])
-    assert with_faults["finish_s"].notna().all()
-    assert set(with_faults["status"].astype(str)) <= {"ok", "failed", "shed", "timeout"}
-    failed = with_faults[with_faults["status"] != "ok"]
-    assert failed["reason"].astype(str).str.contains("node_failure-0").all()
-    hit = with_faults[(with_faults["arrival_s"] < 100) & (with_faults["finish_s"] > 100)]
-    retried = hit[hit["attempts"] > 1]
-    assert len(retried) > 0 and (retried["status"] == "ok").all()  # the retry went to a live replica
+    for r in (no_retry, retried):  # every arrival is one row, answered once
+        assert len(r) == len(without) > 7000 and r["request_id"].is_unique
+        assert set(r["request_id"]) == set(without["request_id"])
+        assert r["finish_s"].notna().all()
+        assert set(r["status"].astype(str)) <= {"ok", "failed", "shed", "timeout"}
+    # without retries, exactly the requests node 0's replicas held fail, each naming the fault
+    lost = no_retry[no_retry["status"] != "ok"]
+    assert len(lost) > 0 and (lost["arrival_s"] <= 100).all() and (lost["finish_s"] == 100).all()
+    assert lost["replica"].isin([f"clf-v1-{i}" for i in range(4)]).all()
+    assert lost["reason"].astype(str).str.contains("node_failure-0: node a100-80gb-node-0 failed").all()
+    # with an ample retry budget each of them is retried once, on a replica that lives (none of node 0's, which
+    # all leave the route before any request fails), and answered ok
+    assert (retried["status"] == "ok").all()
+    again = retried[retried["attempts"] > 1]
+    assert sorted(again["request_id"]) == sorted(lost["request_id"]) and (again["attempts"] == 2).all()
+    assert again["replica"].isin(["clf-v1-4", "clf-v1-5"]).all()
 
 
 # -- deploy faults ------------------------------------------------------------------------------------------------
