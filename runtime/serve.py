@@ -5,7 +5,8 @@ Start: keys (live.api_keys_file, else $ODHSIM_API_KEYS), `build_gateway`, the co
 the simulator builds them: `build_autoscaler(section, RngStreams(seed).get("autoscaler.<model>"))`), the listening
 socket, uvicorn, then every model's deploy flow. Stop (SIGINT / SIGTERM / `duration_s`): uvicorn stops accepting and
 lets the requests it holds finish (bounded), the controllers drain and terminate every replica (SIGTERM, then
-SIGKILL), and, with `out_dir`, events.parquet and replicas.parquet are written (events.jsonl and serve.json are
+SIGKILL), and, with `out_dir`, events.parquet, replicas.parquet and steps.parquet (every replica's engine steps,
+spooled by the replicas to out_dir/steps/, runtime.replica.steps_spool) are written (events.jsonl and serve.json are
 kept current while it runs, so tests and tools can follow it). Every process is stopped on every way out.
 """
 
@@ -29,6 +30,7 @@ from rich.table import Table
 
 from odhsim.errors import OdhsimError
 from odhsim.results.run_result import RunResult
+from odhsim.results.steps import write_steps
 from odhsim.rng import RngStreams
 from odhsim.scenario.checks import live_refusals
 from odhsim.scenario.deployment import ModelDeployment
@@ -94,10 +96,11 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _spawner(
-    scenario: Scenario, device: str, log_dir: Path | None, secret: str
+    scenario: Scenario, device: str, log_dir: Path | None, secret: str, steps_dir: Path | None = None
 ) -> Callable[[ModelDeployment, str], Any]:
     from runtime.processes import ReplicaProcess
     from runtime.replica.config import ReplicaConfig
+    from runtime.replica.steps_spool import STEPS_FILE_ENV
 
     def spawn(model: ModelDeployment, name: str, placed: str | None = None) -> Any:
         """`placed`: the device from `live.devices` ("cpu", "cuda:N"); a CUDA device is the only one the replica
@@ -110,6 +113,8 @@ def _spawner(
         if placed is not None:
             run_on = "cpu" if placed == "cpu" else "cuda"
             env = None if placed == "cpu" else {"CUDA_VISIBLE_DEVICES": placed.removeprefix("cuda:")}
+        if steps_dir is not None:
+            env = {**(env or {}), STEPS_FILE_ENV: str(steps_dir / f"{name}.csv")}
         return ReplicaProcess.start(config, name=name, device=run_on, log_path=log_path, secret=secret, env=env)
 
     return spawn
@@ -136,7 +141,7 @@ class LiveStack:
         self._spawn = spawn
         self.run_id = f"{scenario.name}-live-seed{scenario.seed}"
         self.replica_secret = new_secret()  # this run's: replicas answer only requests that carry it
-        t0 = time.monotonic()
+        t0 = self.t0 = time.monotonic()  # the run's start; replicas' step times are shifted by it
         self.clock: Callable[[], float] = lambda: time.monotonic() - t0
         self.log = EventLog(self.clock, self._sink)
         self.controllers: dict[str, ModelController] = {}
@@ -210,7 +215,8 @@ class LiveStack:
             self._client = httpx.AsyncClient(trust_env=False, timeout=10.0, headers=self.gateway.replica_headers)
             prober = HttpProber(self._client, test_timeout_s=60.0)
             log_dir = None if self.out_dir is None else self.out_dir / "logs"
-            spawn = self._spawn or _spawner(sc, self.device, log_dir, self.replica_secret)
+            steps_dir = None if self.out_dir is None else self.out_dir / "steps"
+            spawn = self._spawn or _spawner(sc, self.device, log_dir, self.replica_secret, steps_dir)
             streams = RngStreams(sc.seed)
             capacity = live_capacity(sc, streams)
             for m in sc.models:
@@ -309,6 +315,7 @@ class LiveStack:
         if self.out_dir is None or self.gateway is None:  # nothing ran
             return
         self._write_status()
+        steps = self._read_steps()
         if self._events_file is not None:
             self._events_file.close()
             self._events_file = None
@@ -316,9 +323,24 @@ class LiveStack:
         tagged = RunResult.tag(
             scenario_name=self.scenario.name, run_id=self.run_id, seed=self.scenario.seed, summary={},
             requests=empty, replicas=self.log.states_frame(), timeseries=empty, events=self.log.events_frame(),
+            steps=steps,
         )  # fmt: skip
         tagged.events.to_parquet(self.out_dir / "events.parquet", index=False)
         tagged.replicas.to_parquet(self.out_dir / "replicas.parquet", index=False)
+        if tagged.steps is not None:
+            write_steps(tagged.steps, self.out_dir / "steps.parquet")
+
+    def _read_steps(self) -> pd.DataFrame | None:
+        """The replicas' spooled engine steps as one table (times since the run's start); an unreadable step file
+        is an event and leaves steps.parquet out."""
+        from runtime.replica.steps_spool import SpoolError, read_spools
+
+        assert self.out_dir is not None
+        try:
+            return read_spools(self.out_dir / "steps", self.t0)
+        except (SpoolError, OSError) as err:
+            self.log.event("steps_unreadable", "", "", str(err)[:300])
+            return None
 
 
 def ready_table(stack: LiveStack) -> Table:

@@ -58,7 +58,12 @@ def default_slos() -> dict[str, Slo]:
 
 
 class OutputConfig(Frozen):
+    """What a run writes besides its requests: the timeseries bucket, and `steps` (steps.parquet: a row per engine
+    step of every LLM replica and per batch of every fixed one, the table `odhsim serve --out` writes; off by
+    default, since a long run has millions of steps)."""
+
     timeseries_bucket_s: Annotated[float, Field(gt=0.0)] = 10.0
+    steps: bool = False
 
 
 class RolloutAction(Frozen):

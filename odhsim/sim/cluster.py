@@ -90,6 +90,7 @@ def build_cluster(
         cache = build_response_cache(scenario.gateway.response_cache, streams.get("response_cache"))
     gateway = Gateway(env, routes, factory.replicas, log, tenant_names, block_tokens, interval, cache)
     gateway_ref.append(gateway)
+    gateway.step_log = factory.step_log  # outputs.steps: the engines' step rows (None: off)
     placer = REGISTRY.build("placement", scenario.placement, {}, streams.get("placement"))
     pool = SimGpuPool(scenario.gpu_pool, placer)  # type: ignore[arg-type]
     startup = StartupModel(scenario.startup)

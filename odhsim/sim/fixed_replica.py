@@ -10,11 +10,16 @@ from typing import Any
 
 import simpy
 
+from odhsim.results.steps import StepLog
+from odhsim.sim import steps_hook
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_OK, SimRequest
 
 
 class FixedReplica(ReplicaBase):
+    step_log: StepLog | None = None  # outputs.steps: a row per forward pass (odhsim.sim.steps_hook); None: off
+    step_src = 0
+
     def __init__(
         self,
         env: simpy.Environment,
@@ -59,6 +64,8 @@ class FixedReplica(ReplicaBase):
         self.serving[req.row] = req
         done = self.env.timeout(req.service_s * self.slowdown, req)
         done.callbacks.append(self._done)
+        if self.step_log is not None:
+            steps_hook.fixed_batch(self, req.service_s * self.slowdown, 1)
 
     def _done(self, event: simpy.Event) -> None:
         req: SimRequest = event.value
@@ -136,7 +143,10 @@ class BatchingReplica(FixedReplica):
         for req in self._batch:
             req.start_s = now
             self.serving[req.row] = req
-        done = self.env.timeout(self.service_for(n) * self.slowdown, self._batch)
+        duration = self.service_for(n) * self.slowdown
+        if self.step_log is not None:
+            steps_hook.fixed_batch(self, duration, n)
+        done = self.env.timeout(duration, self._batch)
         done.callbacks.append(self._batch_done)
 
     def _batch_done(self, event: simpy.Event) -> None:

@@ -9,6 +9,7 @@ import simpy
 from odhsim import catalog
 from odhsim.calibrate.profile_file import CalibratedProfile
 from odhsim.profiles.latency import latency_model
+from odhsim.results.steps import StepLog
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
 from odhsim.sim.fixed_replica import BatchingReplica, FixedReplica
@@ -16,6 +17,7 @@ from odhsim.sim.llm_replica import LlmReplica
 from odhsim.sim.pipeline_replica import PipelineReplica
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_OK, SimRequest
+from odhsim.sim.steps_hook import attach
 
 
 class ReplicaFactory:
@@ -32,6 +34,7 @@ class ReplicaFactory:
         self._made: dict[tuple[int, str], int] = {}
         self._pools = {p.gpu: p for p in scenario.gpu_pool}
         self.service_draws: dict[tuple[int, int], Callable[[], float]] = {}  # (model, revision) -> own service times
+        self.step_log = StepLog() if scenario.outputs.steps else None  # every replica's engine steps (steps.parquet)
 
     def make(self, model_index: int, deployment: ModelDeployment | None = None, revision: int = 0) -> ReplicaBase:
         """A replica of model `model_index`: of its own deployment, or of `deployment` (one of its replica groups,
@@ -93,6 +96,8 @@ class ReplicaFactory:
         replica.model_index = model_index
         replica.revision = revision
         replica.gpu, replica.gpus = m.gpu, m.gpus_per_replica
+        if self.step_log is not None:
+            attach(replica, self.step_log)
         self.replicas.append(replica)
         return replica
 

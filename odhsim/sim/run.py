@@ -154,4 +154,5 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         timeseries=timeseries,
         events=events,
         summary=summary,
+        steps=None if gateway.step_log is None else gateway.step_log.to_frame(),
     )

@@ -54,6 +54,7 @@ from runtime.replica.schemas import (
     parse_v2,
     validate,
 )
+from runtime.replica.steps_spool import StepSpool
 from runtime.tokenizer import encode
 
 log = logging.getLogger("runtime.replica")
@@ -161,10 +162,13 @@ def create_app(
     """The replica app for `config`. `on_fatal(err)` is called if the model fails to load (the CLI then exits 1)."""
     faults = ReplicaFaults()  # the scenario's error_rate / slow_replica faults, switched by `odhsim serve`
     state = ReplicaState(config, replica_name, make_backend(config, device, threads, faults))
+    spool = StepSpool.from_env(config, replica_name)  # engine steps to $ODHSIM_STEPS_FILE (odhsim serve --out)
 
     async def load() -> None:
         try:
             await state.backend.start()
+            if spool is not None:
+                spool.start(state.backend)
             state.ready = True
             log.info("replica %s ready: %s %s", replica_name, config.model, config.version)
         except Exception as err:
@@ -183,6 +187,8 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
             await state.backend.close()
+            if spool is not None:
+                await spool.close()
 
     app = FastAPI(lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.replica = state
