@@ -369,7 +369,10 @@ class ModelController:
         self._event("crash", f"{reason} after {ran_for:.1f} s ready", replica.name)
         self._move(replica, FAILED, reason)
         for req in held:
-            self.gateway.finish(req, self.env.now, STATUS_FAILED, f"replica failed: {reason}", kind)
+            if kind is None:
+                self.gateway.finish(req, self.env.now, STATUS_FAILED, f"replica failed: {reason}")
+            else:
+                self.gateway.connection_lost(req, self.env.now, f"replica failed: {reason}", kind)
         self.down.append(replica)
         decision = self.core.restart.on_failure(self.env.now, self.attempts.get(replica.index, 0), ran_for)
         self.attempts[replica.index] = decision.attempt

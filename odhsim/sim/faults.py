@@ -5,7 +5,8 @@ horizon and injects each window, writing a `fault` row into events.parquet at it
 What each kind does here (node and deploy faults are odhsim.sim.faults_infra's):
 - replica_crash: the model's controller crashes the replica (`ModelController.crash`): every request it holds ends
   as a failed attempt of kind `reset` whose reason names the fault, so the gateway core retries, falls back or
-  fails it by its policy; the replica restarts in place after its CrashLoopBackOff and readiness test.
+  fails it by its policy (one whose first token was already sent fails: `Gateway.connection_lost`); the replica
+  restarts in place after its CrashLoopBackOff and readiness test.
 - error_rate: each attempt dispatched to the replica while the fault holds is answered `status` with probability
   `share` (a draw from the fault's stream at dispatch), at once and without reaching the engine, as a vLLM server
   whose engine is dead or whose GPU is bad answers: an error from its API server, no tokens, no prefill
@@ -16,7 +17,8 @@ What each kind does here (node and deploy faults are odhsim.sim.faults_infra's):
 - network: each way of each attempt waits `latency_s` + uniform[0, `jitter_s`) from the fault's stream (the first
   token is late by the way back too); a `partition` fails a new attempt as `connect-failure` after
   `CONNECT_TIMEOUT_S` (an unanswered SYN), and an answer the replica sends while partitioned never arrives: the
-  attempt fails as a `reset` when it would have finished (the replica did the work for nothing).
+  attempt fails as a `reset` when it would have finished (the replica did the work for nothing), unless its
+  stream had begun before the partition (then the request fails: a started stream is not retried).
 - cache_down: the response cache's shared tier raises on every read and write; the cache counts each as a
   `shared_errors` miss and the local tier keeps serving (the path a Redis outage takes live).
 - stale_metrics: the model's replicas' scrapes stop: the router sees each one's last scraped metrics until the
@@ -74,7 +76,8 @@ class _ReplicaFaults:
         self.replica = replica
         self.gateway = gateway
         self.errors: list[tuple[str, float, int, np.random.Generator]] = []  # label, share, status, stream
-        self.links: list[tuple[str, float, float, bool, np.random.Generator]] = []  # label, latency, jitter, cut
+        # label, latency, jitter, cut, stream, since (when the fault began)
+        self.links: list[tuple[str, float, float, bool, np.random.Generator, float]] = []
         self.slow: list[float] = []
         engines = getattr(replica, "engines", None) or [replica]
         self.base_latency: list[Any] = [getattr(e, "latency", None) for e in engines]
@@ -103,7 +106,7 @@ class _ReplicaFaults:
 
     # -- the hooks ------------------------------------------------------------------------------------------
     def _one_way_s(self) -> float:
-        return sum(lat + (float(rng.uniform(0.0, jit)) if jit > 0.0 else 0.0) for _, lat, jit, _, rng in self.links)
+        return sum(lat + (float(rng.uniform(0.0, jit)) if jit > 0.0 else 0.0) for _, lat, jit, _, rng, _ in self.links)
 
     def _fail_later(self, req: SimRequest, after_s: float, reason: str, kind: str) -> None:
         req.replica = self.replica.index
@@ -113,7 +116,7 @@ class _ReplicaFaults:
     def submit(self, req: SimRequest) -> None:
         """The gateway dispatches `req` here: a partition, an injected 5xx, or the link's delay, then the
         replica's own submit."""
-        for label, _, _, cut, _ in self.links:
+        for label, _, _, cut, _, _ in self.links:
             if cut:
                 why = f"fault {label}: network partition, no connection within {CONNECT_TIMEOUT_S:g} s"
                 self._fail_later(req, CONNECT_TIMEOUT_S, why, "connect-failure")
@@ -142,11 +145,14 @@ class _ReplicaFaults:
         type(r).submit(r, req)
 
     def finish(self, req: SimRequest, now: float, status: str, reason: str) -> None:
-        """The replica answered: the answer crosses the link (late, or lost behind a partition)."""
-        for label, _, _, cut, _ in self.links:
+        """The replica answered: the answer crosses the link (late, or lost behind a partition: tokens sent since
+        the partition began never arrived, and the connection is found dead when the answer should have come)."""
+        for label, _, _, cut, _, since in self.links:
             if cut:
+                if req.first_token_s >= since:
+                    req.first_token_s = math.nan  # the client never saw it
                 why = f"fault {label}: network partition, the answer was lost"
-                self.gateway.finish(req, now, STATUS_FAILED, why, "reset")
+                self.gateway.connection_lost(req, now, why)
                 return
         delay = self._one_way_s()
         if delay <= 0.0:
@@ -272,7 +278,7 @@ class FaultInjector:
         if kind == "error_rate":
             held, entry = faults.errors, (label, float(spec.share or 0.0), spec.status, draws)
         elif kind == "network":
-            held, entry = faults.links, (label, spec.latency_s, spec.jitter_s, spec.partition, draws)
+            held, entry = faults.links, (label, spec.latency_s, spec.jitter_s, spec.partition, draws, self.env.now)
         else:
             assert kind == "slow_replica" and spec.factor is not None
             held, entry = faults.slow, spec.factor

@@ -18,7 +18,7 @@ import simpy
 
 from odhsim.results.request_log import RequestLog
 from odhsim.sim.replica_base import ReplicaBase
-from odhsim.sim.request import STATUS_OK, SimRequest
+from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
 from policies.caching.key import response_key
 from policies.caching.response_cache import TieredResponseCache
 from policies.controlplane.metrics import ConcurrencyIntegral
@@ -227,6 +227,16 @@ class Gateway:
             if controller is not None:
                 controller.retire(replica)
         self._run(actions)
+
+    def connection_lost(self, req: SimRequest, now: float, reason: str, kind: str = "reset") -> None:
+        """The connection to the replica broke under `req` (its process or node died, the link was cut). Before
+        the first token the attempt fails with `kind` and the retry policy may try again; after it the client
+        already holds part of the stream, which no gateway retries (Envoy retries only before the response
+        starts), so the request fails with `reason`."""
+        if req.first_token_s == req.first_token_s:  # not NaN: the stream had begun
+            self.finish(req, now, STATUS_FAILED, f"{reason} (mid-stream: not retried)")
+        else:
+            self.finish(req, now, STATUS_FAILED, reason, kind)
 
     def replica_ready(self, route: ModelRoute) -> None:
         """A replica joined the route (add_replica): dispatch what waited for it (a canary's first one also opens

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import simpy
 
+from odhsim.sim import steps_hook
 from odhsim.sim.decode_batch import ceil_div
 from odhsim.sim.request import SimRequest
 
@@ -50,6 +51,8 @@ class ChunkedPrefill:
         duration = self.latency.prefill_s(tokens, attention) + host_tokens * self._offload_s_per_token
         if batch:
             duration += self.latency.decode_step_s(batch, self.batch.context_tokens())
+        if self.step_log is not None:
+            steps_hook.llm_step(self, duration, tokens, len(chunks), attention, host_tokens, batch)
         self._state = PREFILL
         self._step_chunks = chunks
         self._step_decodes = batch > 0

@@ -35,7 +35,9 @@ import numpy as np
 import simpy
 
 from odhsim.profiles.latency import LatencyModel
+from odhsim.results.steps import StepLog
 from odhsim.scenario.deployment import EngineLimits
+from odhsim.sim import steps_hook
 from odhsim.sim.decode_batch import DecodeBatch, ceil_div
 from odhsim.sim.llm_chunked import DECODE, IDLE, PREFILL, ChunkedPrefill
 from odhsim.sim.prefix_cache import BlockPool, block_keys
@@ -65,6 +67,10 @@ class _Held:
 class LlmReplica(ChunkedPrefill, ReplicaBase):
     """One vLLM engine: arrivals, KV blocks, the V0 prefill-first step and decode spans here; the V1 chunked-prefill
     step planner in `ChunkedPrefill`."""
+
+    step_log: StepLog | None = None  # outputs.steps: a row per engine step (odhsim.sim.steps_hook); None: off
+    step_src = 0
+    step_preemptions_seen = 0
 
     def __init__(
         self,
@@ -300,7 +306,10 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
             self._prefill_batch = batch
             self._mark_busy()
             load_s = host_tokens * self._offload_s_per_token  # copy host-tier KV back before the step
-            ev = self.env.timeout(self.latency.prefill_s(tokens, sum_sq) + load_s)
+            duration = self.latency.prefill_s(tokens, sum_sq) + load_s
+            if self.step_log is not None:
+                steps_hook.llm_step(self, duration, tokens, len(batch), sum_sq, host_tokens, 0)
+            ev = self.env.timeout(duration)
             ev.callbacks.append(self._on_prefill_end)
         elif self.batch.requests:
             self._start_span()
@@ -413,6 +422,8 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
     def _on_span_end(self, event: simpy.Event) -> None:
         if event.value != self._token:
             return  # a shortened span's original end
+        if self.step_log is not None:
+            steps_hook.llm_span(self)
         self._before_change()
         k = self._span[3]
         self._state = PREFILL  # the span is over: its blocks are booked below, not read in closed form
