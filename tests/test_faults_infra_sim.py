@@ -21,6 +21,7 @@ from odhsim.sim.controller import FIXED_MODEL_BYTES
 from odhsim.sim.gpu_pool import SimGpuPool
 from odhsim.sim.run import simulate
 from policies.builtin import REGISTRY
+from policies.lifecycle.start_faults import failed_start
 from policies.lifecycle.states import RestartBackoff
 from policies.lifecycle.storage import StartupModel, StartupParams
 
@@ -285,3 +286,18 @@ def test_the_no_fault_path_is_unchanged() -> None:
     csv = res.requests[FINGERPRINT_COLUMNS].to_csv(index=False).encode()
     assert hashlib.sha256(csv).hexdigest() == DEFAULT_FINGERPRINT
     assert not (res.events["kind"] == "fault").any()
+
+
+def test_failed_start_phases_per_kind_and_download_faults_spare_warm_plans() -> None:
+    cold = StartupModel().plan(2e9, "s3://b/m", 1, cached=False)
+    warm = StartupModel().plan(2e9, "s3://b/m", 1, cached=True)
+    assert failed_start(cold, "download_failure").phases == (("downloading", cold.download_s / 2),)
+    assert failed_start(cold, "download_timeout", 42.0).phases == (("downloading", 42.0),)
+    assert failed_start(cold, "download_timeout", 42.0).redownload
+    oom = failed_start(warm, "load_oom")
+    assert oom.phases == (("loading", warm.load_s),) and not oom.redownload
+    ready = failed_start(cold, "readiness_failure")
+    assert ready.total_s == pytest.approx(cold.total_s) and ready.phases[-1] == ("testing", cold.test_s)
+    assert failed_start(warm, "download_failure") is None and failed_start(warm, "download_timeout") is None
+    with pytest.raises(ValueError, match="unknown deploy fault kind 'node_failure'"):
+        failed_start(cold, "node_failure")

@@ -269,6 +269,7 @@ class ModelController:
         self.allocations[replica.index] = allocation
         nodes = allocation.nodes
         warm = all(node.cache.has(self._cache_key()) for node in nodes)
+        self._redownload.discard(replica.index)  # new GPUs: the node's cache decides, not a failed download elsewhere
         plan = self.startup.plan(self.size_bytes, self.storage_uri, self.gpus_per_replica, cached=warm)
         where = "+".join(node.name for node in nodes)
         self._event("start", f"{'warm' if warm else 'cold'} start on {where}: {plan.total_s:.1f} s", replica.name)
