@@ -172,3 +172,13 @@ def test_profiles_fit_vidur_prints_the_table_and_writes_the_csv(tmp_path: Path) 
     assert np.isclose(report["vidur_composed_gpu_ms"], 48.2, atol=0.1)
     refused = CliRunner().invoke(app, ["profiles", "fit", "--csv-out", str(out)])
     assert refused.exit_code != 0 and "--vidur" in refused.output
+
+
+def test_a_slow_replica_fault_slows_the_cpu_term_too() -> None:
+    """slow_replica makes every step `factor` times longer, the CPU work per step included."""
+    from odhsim.sim.faults import slowed
+
+    lm = latency_model("llama2-7b", "A100-80GB", 1)
+    slow = slowed(lm, 2.0)
+    assert slow.decode_step_s(64, 64_000) == pytest.approx(2.0 * lm.decode_step_s(64, 64_000), rel=1e-12)
+    assert slow.prefill_s(1000) == pytest.approx(2.0 * lm.prefill_s(1000), rel=1e-12)

@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import simpy
 
-from odhsim.profiles.coefficients import COEFFICIENT_FIELDS, LatencyModel
+from odhsim.profiles.coefficients import COEFFICIENT_FIELDS, CPU_FIELDS, LatencyModel
 from odhsim.rng import RngStreams
 from odhsim.scenario.faults import FaultSpec, fault_windows
 from odhsim.scenario.model import Scenario
@@ -60,7 +60,7 @@ CONNECT_TIMEOUT_S = 5.0
 """How long an attempt waits for a connection a partition never answers: Envoy's cluster connect_timeout default
 (5 s), and the live gateway's (runtime.gateway.upstream.connect_timeout_s)."""
 _GATEWAY_ERRORS = frozenset({502, 503, 504})
-_TIME_FIELDS = tuple(f for f in COEFFICIENT_FIELDS if f != "prefill_knee_tokens")
+_TIME_FIELDS = (*(f for f in COEFFICIENT_FIELDS if f != "prefill_knee_tokens"), *CPU_FIELDS)
 
 
 def slowed(latency: LatencyModel, factor: float) -> LatencyModel:
