@@ -73,6 +73,7 @@ for command in (
     app.command()(user_errors(command))
 app.command("bench-live")(user_errors(live.bench_live))
 app.command("fidelity")(user_errors(fidelity.fidelity))
+app.command("bench-fidelity")(user_errors(fidelity.bench_fidelity))
 app.command("calibrate")(user_errors(calibrate.calibrate))
 app.command("list")(user_errors(reports.list_))
 traces_app.command("info")(user_errors(reports.traces_info))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,9 +75,7 @@ class ServeProcess:
         pids = set()
         with contextlib.suppress(OSError):
             for line in (self.out / "events.jsonl").read_text().splitlines():
-                detail = json.loads(line)["detail"]
-                if "pid " in detail:
-                    pids.add(int(detail.split("pid ")[1].split()[0]))
+                pids.update(int(pid) for pid in re.findall(r"\bpid (\d+)", json.loads(line)["detail"]))
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -84,9 +83,10 @@ class ServeProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        for pid in pids:  # a replica left behind; a pid the events name may since belong to another process
+            with contextlib.suppress(OSError):
+                if b"runtime.replica" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
         self.log.close()
 
 

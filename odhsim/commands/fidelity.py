@@ -97,3 +97,52 @@ def run_loop(scenario: Path, out: Path, *, rates: str, step: float, **kw: object
         table = run_fidelity(scenario, sc, settings, out, Hooks(stage, replay))
     console.print(fidelity_table(table, f"fidelity: {sc.name}, simulated against served ({out}/fidelity.csv)"))
     console.print(escape(f"written: {out}/fidelity.csv, {out}/plots/, {out}/load-*/{{live,sim}}"), highlight=False)
+
+
+def bench_fidelity(
+    out: Annotated[Path, typer.Option(help="Write bench-fidelity.csv, plots/ and every run here.")] = Path(
+        "results/bench-fidelity"
+    ),
+    duration: Annotated[float, typer.Option(help="Seconds of arrivals per run (the KPA rush: 1.5x).")] = 20.0,
+    device: Annotated[str, typer.Option(help="Where the live replicas run: cpu | cuda | auto.")] = "cpu",
+    scenario: Annotated[
+        Path | None, typer.Option(help="Base scenario (default scenarios/fidelity.yaml, else scenarios/live.yaml).")
+    ] = None,
+    case: Annotated[
+        list[str] | None, typer.Option(help="Run only these cases: poisson, bursty, azure, kpa-rush, crash.")
+    ] = None,
+) -> None:
+    """Simulator vs live engine at 0.3/0.6/0.9 of capacity (Poisson, bursty, Azure slice), a KPA rush and a replica
+    crash, against issue 11's targets; prints the table and writes bench-fidelity.csv."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from odhsim.commands.output import err_console
+    from odhsim.fidelity.bench import BenchSettings, bench_table, run_bench_fidelity
+    from odhsim.fidelity.compare import FidelityError
+    from odhsim.fidelity.loop import Hooks
+
+    known = BenchSettings().cases
+    cases = tuple(case or known)
+    unknown = sorted(set(cases) - set(known))
+    if unknown:
+        raise FidelityError(f"--case {unknown}: unknown; known: {', '.join(known)}")
+    if not duration > 0:
+        raise FidelityError(f"--duration must be > 0, got {duration}")
+    check_out_dir(out)
+    bench = BenchSettings(duration_s=duration, rush_duration_s=1.5 * duration, device=device, scenario=scenario,
+                          cases=cases)  # fmt: skip
+    with Progress(
+        SpinnerColumn(), TextColumn("[bold]bench-fidelity[/] {task.description}"), TextColumn("{task.fields[count]}"),
+        TimeElapsedColumn(), console=err_console, transient=True,
+    ) as bar:  # fmt: skip
+        task = bar.add_task("starting", total=None, count="")
+
+        def stage(text: str) -> None:
+            bar.update(task, description=escape(text), count="")
+
+        def replay(sent: int, done: int, total: int) -> None:
+            bar.update(task, count=f"{done:,}/{total:,} answered")
+
+        result = run_bench_fidelity(out, bench, Hooks(stage, replay))
+    console.print(bench_table(result))
+    console.print(escape(f"written: {out}/bench-fidelity.csv, {out}/plots/"), highlight=False)

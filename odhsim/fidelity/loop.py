@@ -249,6 +249,22 @@ def fidelity_scenario(scenario: Scenario, req: Requests, folder: Path, settings:
     return fid.model_copy(update=update)
 
 
+def aligned_faults(fid: Scenario, live_events: pd.DataFrame) -> tuple[Scenario, float]:
+    """The scenario with its timed faults moved to when the live ones started (serve arms its faults once the
+    replicas settled, a little before the replay's first request): (scenario, shift in s, >= 0)."""
+    faults = list(getattr(fid, "faults", None) or [])
+    timed = [f.at_s for f in faults if f.at_s is not None]
+    if not timed or live_events.empty or "detail" not in live_events.columns:
+        return fid, 0.0
+    kind, detail = live_events["kind"].astype(str), live_events["detail"].astype(str)
+    starts = live_events.loc[(kind == "fault") & detail.str.endswith(": start"), "time_s"]
+    if starts.empty:
+        return fid, 0.0
+    shift = max(0.0, float(starts.min()) - min(timed))
+    moved = [f.model_copy(update={"at_s": f.at_s + shift}) if f.at_s is not None else f for f in faults]
+    return fid.model_copy(update={"faults": moved}), shift
+
+
 # -- capacity ------------------------------------------------------------------------------------------------
 def probe_size(scenario: Scenario, settings: FidelitySettings) -> int:
     if settings.probe_requests is not None:
@@ -315,22 +331,63 @@ def _serve(scenario_path: Path, scenario: Scenario, out: Path, settings: Fidelit
     return server
 
 
-def _finish_load(run: LiveRun, scenario: Scenario, base: Requests, settings: FidelitySettings, out: Path,
-                 hooks: Hooks) -> pd.DataFrame:  # fmt: skip
-    """Add serve's replica records to the live folder, simulate, compare, write the load's CSV and plot."""
+def finish_load(run: LiveRun, settings: FidelitySettings, plots: Path, hooks: Hooks) -> pd.DataFrame:
+    """After its serve stopped: add serve's replica records to the live folder, simulate, compare, write the
+    load's fidelity.csv and its plot (plots/<folder name>.png)."""
     live_dir = run.folder / "live"
     replicas, events = live_replicas(run.serve_out, run.replay_zero - run.serve_zero)
     replicas.to_parquet(live_dir / "replicas.parquet", index=False)
     events.to_parquet(live_dir / "events.parquet", index=False)
     live_tables = load_run(live_dir, "live")
     hooks.stage(f"{run.folder.name}: simulating")
-    sim_tables = run_sim(run.scenario, run.folder / "sim", settings)
+    fid, shift = aligned_faults(run.scenario, events)
+    sim_tables = run_sim(fid, run.folder / "sim", settings)
     table, series = compare_runs(sim_tables, live_tables, load=run.load, step_s=settings.step_s)
     table["rate_rps"] = run.requests.rate_rps
+    table["fault_shift_s"] = shift
     write_csv(table, run.folder)
-    title = f"{scenario.name}: load {run.load:g} ({run.requests.rate_rps:.3g} req/s), {base.source}"
-    plot_fidelity(sim_tables, live_tables, series, out / "plots" / f"fidelity-load-{run.load:g}.png", title=title)
+    title = f"{run.scenario.name}: load {run.load:g} ({run.requests.rate_rps:.3g} req/s), {run.requests.source}"
+    plot_fidelity(sim_tables, live_tables, series, plots / f"{run.folder.name}.png", title=title)
     return table
+
+
+def live_loads(
+    scenario_path: Path,
+    scenario: Scenario,
+    base: Requests,
+    settings: FidelitySettings,
+    out: Path,
+    hooks: Hooks,
+    *,
+    capacity_rps: float = math.nan,
+    server: LiveServer | None = None,
+) -> list[LiveRun]:
+    """Every load's live run (folders OUT/load-<load>). With `server` every load uses it and it is left running;
+    else one serve is started for all loads, or a fresh one per load when the scenario needs it."""
+    fresh = server is None and needs_fresh_serve(scenario, settings)
+    own = server is None
+    runs: list[LiveRun] = []
+    try:
+        for load in settings.rates:
+            rate = load if settings.absolute else load * capacity_rps
+            folder = out / f"load-{load:g}"
+            req = at_rate(repeated(base, rate, settings.duration_s), rate, settings.duration_s)
+            fid = fidelity_scenario(scenario, req, folder, settings)
+            if server is None:
+                hooks.stage(f"{folder.name}: starting odhsim serve")
+                server = _serve(scenario_path, scenario, folder / "serve", settings)
+            elif runs or not own:
+                time.sleep(PAUSE_BETWEEN_LOADS_S)  # the previous run's stragglers are gone; let the scrapes settle
+            hooks.stage(f"{folder.name}: {len(req)} requests at {rate:.3g} req/s, live")
+            _, zero = run_live(fid, server, folder / "live", settings, hooks)
+            runs.append(LiveRun(load, folder, fid, req, zero, server.t0_epoch, server.out))
+            if fresh:
+                server.stop()
+                server = None
+    finally:
+        if own and server is not None:
+            server.stop()
+    return runs
 
 
 def run_fidelity(
@@ -342,40 +399,23 @@ def run_fidelity(
     check_live(scenario, scenario_path)
     base = base_requests(scenario, settings)
     out.mkdir(parents=True, exist_ok=True)
-    fresh = needs_fresh_serve(scenario, settings)
+    meta: dict[str, Any] = {"scenario": str(scenario_path), "workload": base.source}
+    capacity = math.nan
     server: LiveServer | None = None
-    runs: list[LiveRun] = []
-    meta: dict[str, Any] = {"scenario": str(scenario_path), "workload": base.source, "fresh_serve": fresh}
     try:
-        capacity = math.nan
         if not settings.absolute:
             hooks.stage("capacity: starting odhsim serve")
             server = _serve(scenario_path, scenario, out / "capacity" / "serve", settings)
             capacity = measure_capacity(scenario, base, server, out / "capacity", settings, hooks)
             meta["capacity_rps"] = capacity
-            if fresh:
+            if needs_fresh_serve(scenario, settings):
                 server.stop()
                 server = None
-        for load in settings.rates:
-            rate = load if settings.absolute else load * capacity
-            folder = out / f"load-{load:g}"
-            req = at_rate(repeated(base, rate, settings.duration_s), rate, settings.duration_s)
-            fid = fidelity_scenario(scenario, req, folder, settings)
-            if server is None:
-                hooks.stage(f"{folder.name}: starting odhsim serve")
-                server = _serve(scenario_path, scenario, folder / "serve", settings)
-            else:
-                time.sleep(PAUSE_BETWEEN_LOADS_S)  # the previous load's stragglers are gone; let the scrapes settle
-            hooks.stage(f"{folder.name}: {len(req)} requests at {rate:.3g} req/s, live")
-            _, zero = run_live(fid, server, folder / "live", settings, hooks)
-            runs.append(LiveRun(load, folder, fid, req, zero, server.t0_epoch, server.out))
-            if fresh:
-                server.stop()
-                server = None
+        runs = live_loads(scenario_path, scenario, base, settings, out, hooks, capacity_rps=capacity, server=server)
     finally:
         if server is not None:
             server.stop()
-    tables = [_finish_load(run, scenario, base, settings, out, hooks) for run in runs]
+    tables = [finish_load(run, settings, out / "plots", hooks) for run in runs]
     meta["loads"] = [{"load": r.load, "rate_rps": r.requests.rate_rps, "requests": len(r.requests)} for r in runs]
     result = pd.concat(tables, ignore_index=True)
     write_csv(result, out)
