@@ -29,7 +29,7 @@ from odhsim.results.run_result import RunResult
 from odhsim.scenario.load import load_scenario
 
 PRIMARY_METRICS = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s", "goodput_rps", "slo_attainment", "cost_usd")
-EXTRA_METRICS = ("throughput_rps", "prefix_cache_hit_rate")
+EXTRA_METRICS = ("throughput_rps", "prefix_cache_hit_rate", "availability", "retry_amplification")
 METRICS = PRIMARY_METRICS + EXTRA_METRICS
 TABLE_COLUMNS = ("metric", "variant", "value", "diff", "ci_low", "ci_high", "p_value")
 ALPHA = 0.05

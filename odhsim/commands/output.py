@@ -36,8 +36,8 @@ def echo_json(value: Any) -> None:
 SUMMARY_ROWS = (
     "requests", "completed", "shed", "failed", "timeout", "in_flight_at_stop", "ttft_p50_s", "ttft_p99_s",
     "tpot_p50_s", "e2e_p50_s", "e2e_p99_s", "throughput_rps", "output_tokens_per_s", "goodput_rps",
-    "slo_attainment", "slo_missed", "prefix_cache_hit_rate", "preemptions", "gpu_hours", "cost_usd", "wall_s",
-    "sim_requests_per_wall_s",
+    "slo_attainment", "slo_missed", "availability", "retry_amplification", "prefix_cache_hit_rate", "preemptions",
+    "gpu_hours", "cost_usd", "wall_s", "sim_requests_per_wall_s",
 )  # fmt: skip
 
 
