@@ -170,6 +170,7 @@ def test_profiles_fit_vidur_prints_the_table_and_writes_the_csv(tmp_path: Path) 
     assert len(table) == len(report["held_out_error"]) == 21
     assert set(table["stored"]) == {"vidur", "splitwise kept"}
     assert np.isclose(report["vidur_composed_gpu_ms"], 48.2, atol=0.1)
+    assert len(report["splitwise_crosscheck"]) == 6
     refused = CliRunner().invoke(app, ["profiles", "fit", "--csv-out", str(out)])
     assert refused.exit_code != 0 and "--vidur" in refused.output
 
@@ -182,3 +183,13 @@ def test_a_slow_replica_fault_slows_the_cpu_term_too() -> None:
     slow = slowed(lm, 2.0)
     assert slow.decode_step_s(64, 64_000) == pytest.approx(2.0 * lm.decode_step_s(64, 64_000), rel=1e-12)
     assert slow.prefill_s(1000) == pytest.approx(2.0 * lm.prefill_s(1000), rel=1e-12)
+
+
+def test_vidur_composition_agrees_with_splitwise_measurements_where_both_exist() -> None:
+    """The only real end-to-end check of the scaled attention kernel and the CPU term: llama2-70b, 6 groups."""
+    from odhsim.profiles.vidur_fit import splitwise_crosscheck
+
+    table = splitwise_crosscheck()
+    assert len(table) == 6 and set(table["model"]) == {"llama2-70b"}
+    assert table["prefill_ratio_median"].between(0.75, 1.10).all(), table
+    assert table["decode_ratio_median"].between(0.65, 1.20).all(), table

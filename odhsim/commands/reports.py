@@ -119,11 +119,12 @@ def _profiles_fit_vidur(write: bool, csv_out: Path | None, json_: bool) -> None:
 
     check_out_file(csv_out, "--csv-out")
     with err_console.status("composing Vidur step times and fitting ..."):
-        errors, coefficients, example = run_vidur_fit(write=write, csv_out=csv_out)
+        errors, coefficients, example, crosscheck = run_vidur_fit(write=write, csv_out=csv_out)
     done = [f"held-out table written to {csv_out}"] if csv_out else []
     done += ["Vidur coefficients written to odhsim/data/latency_coefficients.json"] if write else []
     if json_:
-        echo_json({"held_out_error": frame_records(errors), "coefficients": frame_records(coefficients), **example})
+        tables = {"held_out_error": frame_records(errors), "coefficients": frame_records(coefficients)}
+        echo_json({**tables, **example, "splitwise_crosscheck": frame_records(crosscheck)})
         for line in done:
             err_console.print(escape(line))
         return
@@ -138,6 +139,7 @@ def _profiles_fit_vidur(write: bool, csv_out: Path | None, json_: bool) -> None:
     ).drop(columns=["n_test_prefill", "n_test_decode", "cpu_source"])
     title = "Vidur: fitted GPU step time vs composed operator times, held-out shapes (every 5th batch, KV, chunk)"
     console.print(frame_table(shown, title))
+    console.print(frame_table(crosscheck.round(2), "Vidur composition (GPU + CPU) / Splitwise's measured step time"))
     e = example
     console.print(
         f"Llama-2-7B / A100 / TP1 decode, batch {e['batch']} x {e['context_per_seq']} tokens: Vidur composed "

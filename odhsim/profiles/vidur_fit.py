@@ -148,6 +148,49 @@ def evaluate_vidur_holdout(data: VidurData | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def splitwise_crosscheck(data: VidurData | None = None) -> pd.DataFrame:
+    """Where Splitwise measured the same group (llama2-70b, A100/H100, TP 2/4/8): the Vidur composition (GPU + CPU
+    term) over Splitwise's measured step times, median and range, for single-prompt prefills up to 4,096 tokens and
+    decode steps up to batch 128. It tests the scaled attention and the CPU term against real end-to-end steps."""
+    from odhsim.profiles.fit import load_measurements
+
+    data = data or load_vidur()
+    pre, dec = load_measurements()
+    rows = []
+    for group in vidur_groups(data):
+        sel_p = (pre["model"] == group.model) & (pre["gpu"] == group.gpu) & (pre["tp"] == group.tp)
+        sel_d = (dec["model"] == group.model) & (dec["gpu"] == group.gpu) & (dec["tp"] == group.tp)
+        p = pre[sel_p & (pre["batch_size"] == 1) & (pre["prompt_size"] <= 4096)]
+        d = dec[sel_d & (dec["batch_size"] <= 128)]
+        kv = np.ceil((d["prompt_size"] + d["token_size"] / 2) / 64) * 64
+        d, kv = d[kv <= 4096], kv[kv <= 4096]
+        if p.empty or d.empty:
+            continue
+        composer, cpu = VidurComposer(group, data), fit_cpu(data, group.model, group.tp)
+        cpu_pre = cpu["cpu_step_s"] + cpu["cpu_per_seq_s"]
+        cpu_dec = cpu["cpu_step_s"] + cpu["cpu_per_seq_s"] * d["batch_size"].to_numpy(float)
+        ratio_p = (np.asarray(composer.prefill_ms(p["prompt_size"].to_numpy(), 0)) / 1e3 + cpu_pre) / p["y"]
+        ratio_d = (np.asarray(composer.decode_ms(d["batch_size"].to_numpy(), kv.to_numpy(int))) / 1e3 + cpu_dec) / d[
+            "y"
+        ]
+        rows.append(
+            {
+                "model": group.model,
+                "gpu": group.gpu,
+                "tp": group.tp,
+                "prefill_ratio_median": float(np.median(ratio_p)),
+                "prefill_ratio_min": float(ratio_p.min()),
+                "prefill_ratio_max": float(ratio_p.max()),
+                "decode_ratio_median": float(np.median(ratio_d)),
+                "decode_ratio_min": float(ratio_d.min()),
+                "decode_ratio_max": float(ratio_d.max()),
+                "n_prefill": len(p),
+                "n_decode": len(d),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def example_check(data: VidurData | None = None) -> dict[str, float]:
     """The issue's example (7B / A100 / TP1 decode, batch 128 x 900 tokens): Vidur's composition, the fitted and
     the stored profile (GPU and with CPU), and the roofline, in ms."""
@@ -197,8 +240,9 @@ def coefficient_table(profiles: dict[str, dict[str, Any]]) -> pd.DataFrame:
 
 def run_vidur_fit(
     write: bool = False, csv_out: Path | None = None
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float]]:
-    """What `odhsim profiles fit --vidur` runs: (held-out error table, coefficients, the issue's example)."""
+) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, float], pd.DataFrame]:
+    """What `odhsim profiles fit --vidur` runs: (held-out error table, coefficients, the issue's example, the
+    cross-check against Splitwise's measurements)."""
     data = load_vidur()
     errors = evaluate_vidur_holdout(data)
     if csv_out is not None:
@@ -211,4 +255,4 @@ def run_vidur_fit(
 
         _committed.cache_clear()
         latency_model.cache_clear()
-    return errors, coefficient_table(profiles), example_check(data)
+    return errors, coefficient_table(profiles), example_check(data), splitwise_crosscheck(data)
