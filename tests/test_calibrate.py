@@ -248,3 +248,22 @@ def test_a_quick_real_calibrate_of_the_live_scenario(tmp_path: Path) -> None:
     assert sc.gateway.scrape_interval_s == sc.live.scrape_interval_s
     res = simulate(load_scenario(tmp_path / "live-calibrated.yaml", ["duration_s=10"]))
     assert (res.requests["status"] == "ok").mean() > 0.95
+
+
+def test_replicas_sharing_too_few_cores_stretch_their_steps(tmp_path: Path) -> None:
+    trace = tmp_path / "t.csv"
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,1\n0.0,100,1\n")  # one to each replica
+    src = {"kind": "trace", "path": "t.csv", "format": "csv"}
+    prefill = TRUE.prefill_base_s + TRUE.prefill_per_token_s * 100 + TRUE.prefill_per_token_sq_s * 100**2
+
+    def ttfts(cpu: dict[str, Any] | None) -> list[float]:
+        doc = llm_profile() | ({"cpu": cpu} if cpu else {})
+        write_json(tmp_path / "calib" / "chat.json", doc)
+        req = simulate(load_scenario(scenario(tmp_path, [chat_model(replicas=2)], src, {"chat": 1.0}))).requests
+        assert req["replica"].nunique() == 2
+        return sorted((req["first_token_s"] - req["arrival_s"]).tolist())
+
+    assert ttfts(None) == pytest.approx([prefill, prefill], rel=1e-12)
+    # one core, +50% per busy replica beyond it: the second replica starts its step while the first computes
+    cpu = {"cores": 1, "slowdown_per_extra_busy": 0.5, "measured": {"1": 1.0, "2": 1.5}}
+    assert ttfts(cpu) == pytest.approx([prefill, 1.5 * prefill], rel=1e-12)

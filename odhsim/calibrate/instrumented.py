@@ -40,6 +40,7 @@ class CalibrateOptions:
     threads: int | None = None
     probes_per_model: int | None = None
     measure_overheads: bool = True
+    measure_cpu: bool = False
 
 
 @dataclass
@@ -154,8 +155,16 @@ def calibrate_scenario(
                 if m.kind == "llm"
                 else overheads.fixed_overheads(mine, f["batching"])
             )
+    cpu = None
+    lms = [m for m in live if m.kind == "llm"]
+    if opts.measure_cpu and lms:  # one machine: measured once, on the first LLM's engine, for every profile
+        from odhsim.calibrate.cpu_share import measure_cpu_share
+
+        assert lms[0].live is not None
+        cpu = measure_cpu_share(lms[0].live, max_len=_lm_sizes(lms[0])[0], threads=threads)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    command = f"odhsim calibrate {src} --device {opts.device}{' --quick' if opts.quick else ''}"
+    flags = (" --quick" if opts.quick else "") + (" --cpu-share" if opts.measure_cpu else "")
+    command = f"odhsim calibrate {src} --device {opts.device}{flags}"
     machine = machine_name()
     for m in live:
         assert m.live is not None
@@ -165,6 +174,8 @@ def calibrate_scenario(
                           grid=live_steps.grid_doc(grids[m.name]), held_out=held,
                           note=f"{threads} torch thread(s) per engine; median of repeats per grid point")  # fmt: skip
         extra: dict[str, Any] = {"overheads": measured[m.name]} if m.name in measured else {}
+        if cpu is not None:
+            extra["cpu"] = cpu
         out.profiles[m.name] = CalibratedProfile(
             model=m.name, kind=m.kind, live=m.live.model_dump(mode="json", exclude_none=True), provenance=prov,
             **f, **extra,

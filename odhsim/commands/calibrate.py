@@ -29,6 +29,12 @@ def calibrate(
     no_overheads: Annotated[
         bool, typer.Option("--no-overheads", help="Skip the live gateway probes (overheads stay 0).")
     ] = False,
+    cpu_share: Annotated[
+        bool,
+        typer.Option(
+            "--cpu-share", help="Also time the engine in 1..cores+2 processes at once (minutes; a quiet machine)."
+        ),
+    ] = False,
     from_requests: Annotated[
         Path | None, typer.Option("--from-requests", help="Fit from a requests.parquet alone (no engine access).")
     ] = None,
@@ -53,7 +59,9 @@ def calibrate(
         raise CalibrateUsageError("--model and --instrumented go with --from-requests")
     from odhsim.calibrate.instrumented import CalibrateOptions, calibrate_scenario
 
-    opts = CalibrateOptions(device=device, quick=quick, threads=threads, measure_overheads=not no_overheads)
+    opts = CalibrateOptions(
+        device=device, quick=quick, threads=threads, measure_overheads=not no_overheads, measure_cpu=cpu_share
+    )
     with Progress(
         TextColumn("calibrating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err_console
     ) as bar:
@@ -81,7 +89,7 @@ def _profile_table(name: str, doc: dict[str, Any]) -> Table:
     table = Table(title=escape(title), header_style="bold")
     table.add_column("term")
     table.add_column("value", justify="right")
-    for section in ("latency", "overheads"):
+    for section in ("latency", "overheads", "cpu"):
         for key, value in (doc.get(section) or {}).items():
             table.add_row(f"{section}.{key}", fmt(value))
     batching = doc.get("batching")

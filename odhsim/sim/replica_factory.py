@@ -7,6 +7,7 @@ from collections.abc import Callable
 import simpy
 
 from odhsim import catalog
+from odhsim.calibrate.cpu_model import CpuMachine, CpuSeat, shared_latency, shared_service
 from odhsim.calibrate.profile_file import CalibratedProfile
 from odhsim.profiles.latency import latency_model
 from odhsim.results.steps import StepLog
@@ -35,6 +36,7 @@ class ReplicaFactory:
         self._pools = {p.gpu: p for p in scenario.gpu_pool}
         self.service_draws: dict[tuple[int, int], Callable[[], float]] = {}  # (model, revision) -> own service times
         self.step_log = StepLog() if scenario.outputs.steps else None  # every replica's engine steps (steps.parquet)
+        self._machine: CpuMachine | None = None  # the cores calibrated replicas share, if a profile measured them
 
     def make(self, model_index: int, deployment: ModelDeployment | None = None, revision: int = 0) -> ReplicaBase:
         """A replica of model `model_index`: of its own deployment, or of `deployment` (one of its replica groups,
@@ -48,11 +50,13 @@ class ReplicaFactory:
         replica: ReplicaBase
         pf = m.profile_file
         on_finish = self.on_finish if pf is None or not pf.overheads.active else self._with_overheads(pf)
+        seat = self._seat(pf) if pf is not None else None
         if pf is not None and pf.engine is not None:  # a calibrated LLM: the measured engine, on one device
+            lm = pf.latency_model(m.gpu)
             replica = LlmReplica(
                 self.env, index, name, m.name, interval, on_finish,
                 engine=m.engine,
-                latency=pf.latency_model(m.gpu),
+                latency=lm if seat is None else shared_latency(lm, seat),
                 kv_capacity_tokens=pf.engine.kv_capacity_tokens,
                 prefix_block_tokens=self.block_tokens,
                 max_model_len=m.engine.max_model_len or pf.engine.max_context,
@@ -62,7 +66,8 @@ class ReplicaFactory:
             b = pf.batching
             replica = BatchingReplica(
                 self.env, index, name, m.name, interval, on_finish,
-                service_s=b.service_s, max_batch_size=b.max_batch_size, max_delay_s=b.max_batch_delay_ms / 1000.0,
+                service_s=b.service_s if seat is None else shared_service(b.service_s, seat),
+                max_batch_size=b.max_batch_size, max_delay_s=b.max_batch_delay_ms / 1000.0,
             )  # fmt: skip
         elif m.kind == "llm":
             assert m.profile is not None
@@ -93,6 +98,8 @@ class ReplicaFactory:
         else:
             replica = FixedReplica(self.env, index, name, m.name, interval, self.on_finish, concurrency=m.concurrency)
             replica.draw_service = self.service_draws.get((model_index, revision))
+        if seat is not None:
+            seat.take(replica)
         replica.model_index = model_index
         replica.revision = revision
         replica.gpu, replica.gpus = m.gpu, m.gpus_per_replica
@@ -100,6 +107,14 @@ class ReplicaFactory:
             attach(replica, self.step_log)
         self.replicas.append(replica)
         return replica
+
+    def _seat(self, pf: CalibratedProfile) -> CpuSeat | None:
+        """A place on the one machine calibrated replicas share, when the profile measured its CPU sharing."""
+        if pf.cpu is None:
+            return None
+        if self._machine is None:
+            self._machine = CpuMachine(pf.cpu)
+        return CpuSeat(self._machine)
 
     def _with_overheads(self, pf: CalibratedProfile) -> FinishCallback:
         """on_finish, with the time a calibrated profile measured outside the engine: a served request's first

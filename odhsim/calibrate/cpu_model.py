@@ -1,0 +1,71 @@
+"""The simulator's side of CPU sharing: replicas of calibrated models whose profile has a `cpu` section run on one
+machine, and each step they start takes `CpuShare.factor(busy)` times its calibrated time, busy counting the
+replicas computing at that moment (the one starting the step included).
+
+The factor is read when a step or a decode span starts and holds for it (a span already running keeps its
+length, as the simulator plans spans in closed form); only the small context-growth term of a decode span is not
+scaled. Replicas are read duck-typed (`_busy_since` is NaN while idle: odhsim.sim.replica_base) so this module
+stays in the base layer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+from odhsim.calibrate.profile_file import CpuShare
+from odhsim.profiles.coefficients import LatencyModel
+
+
+class CpuMachine:
+    """The replicas sharing one machine's cores, and what that costs (CpuShare)."""
+
+    def __init__(self, share: CpuShare) -> None:
+        self.share = share
+        self.replicas: list[Any] = []
+
+    def factor(self, me: Any) -> float:
+        busy = sum(1 for r in self.replicas if r is me or r._busy_since == r._busy_since)  # not NaN: computing
+        return self.share.factor(busy)
+
+
+class CpuSeat:
+    """One replica's place on the machine (set once the replica exists)."""
+
+    def __init__(self, machine: CpuMachine) -> None:
+        self.machine = machine
+        self.replica: Any = None
+
+    def take(self, replica: Any) -> None:
+        self.replica = replica
+        self.machine.replicas.append(replica)
+
+    def factor(self) -> float:
+        return self.machine.factor(self.replica)
+
+
+@dataclass(frozen=True)
+class SharedCpuLatency(LatencyModel):
+    """A calibrated LatencyModel whose steps stretch while more replicas compute than the machine has cores.
+    A dataclass, so a slow-replica fault's `replace` keeps the seat."""
+
+    seat: CpuSeat | None = None
+
+    def prefill_s(self, tokens: int, sum_sq_tokens: int | None = None) -> float:
+        t = LatencyModel.prefill_s(self, tokens, sum_sq_tokens)
+        return t * self.seat.factor() if self.seat is not None else t
+
+    def decode_step_s(self, batch: int, context_tokens: int) -> float:
+        t = LatencyModel.decode_step_s(self, batch, context_tokens)
+        return t * self.seat.factor() if self.seat is not None else t
+
+
+def shared_latency(latency: LatencyModel, seat: CpuSeat) -> SharedCpuLatency:
+    """`latency` on a shared machine."""
+    return SharedCpuLatency(**{f.name: getattr(latency, f.name) for f in fields(latency) if f.init}, seat=seat)
+
+
+def shared_service(service_s: Callable[[int], float], seat: CpuSeat) -> Callable[[int], float]:
+    """A batch's service time, stretched as steps are."""
+    return lambda n: service_s(n) * seat.factor()
