@@ -149,15 +149,17 @@ def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = No
     finally:
         server.stop()
     if "kpa-rush" in bench.cases:
-        rush_sc = load_scenario(paths["kpa-rush"])
+        # steady at 0.2 x capacity, the rush adds 1.0 x capacity: absolute rates, replayed as generated
+        rush = copy.deepcopy(docs["kpa-rush"])
+        steady, extra = rush["workload"]["sources"]
+        steady["rate"], extra["rate"] = round(0.2 * capacity, 3), round(1.0 * capacity, 3)
+        rush_path = _write(rush, paths["kpa-rush"])
+        rush_sc = load_scenario(rush_path)
         rush_settings = replace(settings, absolute=True, duration_s=bench.rush_duration_s)
         base = base_requests(rush_sc, rush_settings)
-        # steady at 0.2 x capacity, the rush adds 1.0 x capacity: the two sources' rates scale together
-        quiet = rush_settings.duration_s / 3
-        mean_rate = 0.2 * capacity + 1.0 * capacity * (rush_settings.duration_s - quiet) / rush_settings.duration_s
-        rush_settings = replace(rush_settings, rates=(round(mean_rate, 3),))
-        runs += [("kpa-rush", r) for r in live_loads(paths["kpa-rush"], rush_sc, base, rush_settings,
-                                                      out / "kpa-rush", hooks)]  # fmt: skip
+        rush_settings = replace(rush_settings, rates=(round(base.rate_rps, 3),))
+        runs += [("kpa-rush", r) for r in live_loads(rush_path, rush_sc, base, rush_settings, out / "kpa-rush",
+                                                      hooks)]  # fmt: skip
     if "crash" in bench.cases:
         crash_sc = load_scenario(paths["crash"])
         crash_settings = replace(settings, rates=(0.5,), fresh_serve=True)

@@ -219,16 +219,16 @@ def run_live(
     return RunTables("live", result.requests, pd.DataFrame()), zero
 
 
-def live_replicas(serve_out: Path, shift_s: float, since_s: float = -math.inf) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """serve's replicas.parquet and events.parquet, times moved onto the replay's clock (minus `shift_s`)."""
+def live_records(serve_out: Path, shift_s: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """serve's replicas, events and steps tables, times moved onto the replay's clock (minus `shift_s`)."""
     out = []
-    for name in ("replicas", "events"):
+    for name in ("replicas", "events", "steps"):
         path = serve_out / f"{name}.parquet"
         frame = pd.read_parquet(path) if path.is_file() else pd.DataFrame()
         if not frame.empty:
             frame = frame.assign(time_s=frame["time_s"] - shift_s)
         out.append(frame)
-    return out[0], out[1]
+    return out[0], out[1], out[2]
 
 
 # -- the simulated side --------------------------------------------------------------------------------------
@@ -246,6 +246,8 @@ def fidelity_scenario(scenario: Scenario, req: Requests, folder: Path, settings:
     fid = replaying(scenario, trace, settings.duration_s)
     hard = settings.duration_s + settings.straggler_timeout_s
     update: dict[str, Any] = {"hard_stop_s": hard, **settings.sim_overrides}
+    if "steps" in type(fid.outputs).model_fields:  # the simulator's step log, to read beside serve's
+        update["outputs"] = fid.outputs.model_copy(update={"steps": True})
     return fid.model_copy(update=update)
 
 
@@ -335,10 +337,13 @@ def finish_load(run: LiveRun, settings: FidelitySettings, plots: Path, hooks: Ho
     """After its serve stopped: add serve's replica records to the live folder, simulate, compare, write the
     load's fidelity.csv and its plot (plots/<folder name>.png)."""
     live_dir = run.folder / "live"
-    replicas, events = live_replicas(run.serve_out, run.replay_zero - run.serve_zero)
+    replicas, events, steps = live_records(run.serve_out, run.replay_zero - run.serve_zero)
     replicas.to_parquet(live_dir / "replicas.parquet", index=False)
     events.to_parquet(live_dir / "events.parquet", index=False)
     live_tables = load_run(live_dir, "live")
+    if not steps.empty:  # the engine steps of this load's window (a shared serve logged every load's)
+        end = float(live_tables.requests["finish_s"].max()) if len(live_tables.requests) else 0.0
+        steps[(steps["time_s"] >= -1.0) & (steps["time_s"] <= end)].to_parquet(live_dir / "steps.parquet", index=False)
     hooks.stage(f"{run.folder.name}: simulating")
     fid, shift = aligned_faults(run.scenario, events)
     sim_tables = run_sim(fid, run.folder / "sim", settings)
