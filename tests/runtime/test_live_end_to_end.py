@@ -507,4 +507,9 @@ def test_shutdown_stops_every_process_and_writes_the_records(live: Live) -> None
     states = pd.read_parquet(live.out / "replicas.parquet")
     last = states.groupby("replica", observed=True)["state"].last()
     assert set(last) == {"gone"}
+    # every replica that served (each ran its readiness inference) left its engine steps, the killed one too
+    steps = pd.read_parquet(live.out / "steps.parquet")
+    assert list(steps.columns[:3]) == ["run_id", "seed", "scenario"] and (steps["duration_s"] > 0).all()
+    assert set(steps["replica"]) == set(states.loc[states["state"] == "ready", "replica"])
+    assert set(steps.loc[steps["kind"] == "fixed", "model"]) == {"clf"} and steps["decode_seqs"].sum() > 0
     assert "stopped:" in live.log.read_text()
