@@ -155,3 +155,29 @@ def test_off_writes_no_table_and_changes_nothing(tmp_path) -> None:
     assert not (tmp_path / "off" / "steps.parquet").exists() and "steps" not in load_results(tmp_path / "off")
     back = load_results(tmp_path / "on")["steps"]
     pd.testing.assert_frame_equal(back, on.steps, check_categorical=False)
+
+
+def test_a_dynamic_batcher_logs_one_row_per_batch() -> None:
+    import simpy
+
+    from odhsim.results.steps import StepLog
+    from odhsim.sim.fixed_replica import BatchingReplica
+    from odhsim.sim.request import SimRequest
+    from odhsim.sim.steps_hook import attach
+
+    env = simpy.Environment()
+    done: list[float] = []
+    replica = BatchingReplica(
+        env, 0, "clf-v1-0", "clf", 0.05, lambda req, now, status, reason: done.append(now),
+        service_s=lambda n: 0.1 + 0.01 * n, max_batch_size=4, max_delay_s=0.01,
+    )  # fmt: skip
+    log = StepLog()
+    attach(replica, log)
+    for row in range(10):
+        replica.submit(SimRequest(row, 0.0, 1, 1, 0, 2, 0, -1, None))
+    env.run()
+    steps = log.to_frame()
+    assert steps["batch_size"].tolist() == [4, 4, 2] and set(steps["kind"]) == {"fixed"}
+    np.testing.assert_allclose(steps["duration_s"], [0.14, 0.14, 0.12])
+    np.testing.assert_allclose(steps["time_s"], [0.0, 0.14, 0.29])  # the last two wait out max_delay_s
+    assert len(done) == 10
