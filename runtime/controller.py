@@ -276,6 +276,7 @@ class ModelController:
             r.attempt, delay = decision.attempt, decision.delay_s
             self._move(r, RESTARTING, decision.reason)
             await asyncio.sleep(delay)
+            self.log.event("restart", self.name, r.name, f"restart {r.attempt} after {delay:g} s back-off")
 
     async def _boot(self, r: LiveReplica) -> str | None:
         """pending/restarting -> loading -> testing -> ready (added to the gateway); None, or why it failed."""

@@ -111,8 +111,10 @@ TIMEOUT_REASONS = frozenset({"queue_ttl", "request_timeout"})
 """The gateway's reason slugs for a request that waited too long (the simulator's `timeout` status)."""
 
 
-def _error_outcome(status_code: int, body: bytes, headers: httpx.Headers) -> Outcome:
-    """A non-200 answer: its status class and reason (the gateway's reason slug and message)."""
+def _error_outcome(status_code: int, body: bytes, headers: httpx.Headers, model: str = "") -> Outcome:
+    """A non-200 answer: its status class and reason (the gateway's reason slug and message), the retries and
+    attempts it took, and whether it ended on the fallback model (`x-odhsim-model`, sent once a replica was
+    tried)."""
     slug = headers.get("x-odhsim-reason", "")
     message = body.decode("utf-8", "replace")[:300]
     try:
@@ -127,7 +129,10 @@ def _error_outcome(status_code: int, body: bytes, headers: httpx.Headers) -> Out
         pass
     reason = f"HTTP {status_code} {slug + ': ' if slug else ''}{message}"
     status = refusal_status(status_code, slug)
-    return Outcome(status, reason.strip()[:300], retries=_retries(headers), attempts=_attempts(headers))
+    out = Outcome(status, reason.strip()[:300], retries=_retries(headers), attempts=_attempts(headers))
+    held = headers.get("x-odhsim-model")
+    out.fallback = bool(model) and held is not None and held != model
+    return out
 
 
 def refusal_status(status_code: int, slug: str) -> str:
@@ -179,7 +184,7 @@ class Sender:
         out = Outcome(STATUS_FAILED, "stream ended without [DONE]")
         async with self.client.stream("POST", "/v1/completions", json=body, headers=headers) as resp:
             if resp.status_code != 200:
-                err = _error_outcome(resp.status_code, await resp.aread(), resp.headers)
+                err = _error_outcome(resp.status_code, await resp.aread(), resp.headers, body["model"])
                 err.finish_s = self.clock()
                 return err
             _headers_into(out, resp.headers, body["model"])
@@ -224,7 +229,7 @@ class Sender:
         resp = await self.client.post(f"/v2/models/{model}/infer", json=body, headers=headers)
         now = self.clock()
         if resp.status_code != 200:
-            err = _error_outcome(resp.status_code, resp.content, resp.headers)
+            err = _error_outcome(resp.status_code, resp.content, resp.headers, model)
             err.finish_s = now
             return err
         out = Outcome(STATUS_OK, first_token_s=now, finish_s=now)

@@ -38,11 +38,13 @@ from odhsim.scenario.model import Scenario
 from policies.autoscaling.config import build_autoscaler
 from policies.lifecycle.states import READY, RestartBackoff, RestartBackoffParams
 from runtime.capacity import live_capacity
-from runtime.controller import ControllerSettings, EventLog, LiveEvent, ModelController
+from runtime.controller import EVENT_COLUMNS, ControllerSettings, EventLog, LiveEvent, ModelController
 from runtime.readiness import HttpProber
 from runtime.replica_secret import new_secret, secret_headers
 from runtime.transport import uvicorn_options
 
+REACTION_RECORDS = frozenset({"retry", "fallback", "alert"})
+"""The gateway core's Records that become events (odhsim.sim.gateway logs the same kinds)."""
 SHUTDOWN_GRACE_S = 30.0
 """The most uvicorn waits for open requests once it stops accepting."""
 TRANSPORT_BACKSTOP_S = 1.0
@@ -237,6 +239,7 @@ class LiveStack:
                     sc, log=self.log, controllers=self.controllers, gateway=self.gateway, client=self._client
                 )
             self.gateway.on_cold_request = self._cold
+            self.gateway.on_record = self._reaction
             self.gateway.on_replica_failure = self._replica_failure
             transport = uvicorn_options(
                 sc.live.transport, backstop_s=TRANSPORT_BACKSTOP_S, on_refused=self.gateway.metrics.transport_refused
@@ -257,6 +260,23 @@ class LiveStack:
     def _shared_tier_changed(self, up: bool, detail: str) -> None:
         """The response cache's Redis tier went down or came back: an event (requests go on meanwhile)."""
         self.log.event("shared_tier_up" if up else "shared_tier_down", "", "", detail[:300])
+
+    def _reaction(self, record: Any) -> None:
+        """The gateway core's reactions to a failed attempt as events, as the simulator records them."""
+        if record.kind in REACTION_RECORDS:
+            self.log.event(record.kind, record.model, "", record.detail)
+
+    def outlier_events(self) -> list[LiveEvent]:
+        """The outlier detectors' ejections (`ejection`, detail: why) and returns (`ejection_end`), on the run's
+        clock (the gateway's), as the simulator reports them."""
+        if self.gateway is None:
+            return []
+        return [
+            LiveEvent(t, "ejection" if what == "ejected" else "ejection_end", route.name, host, reason)
+            for route in self.gateway.routes.values()
+            if route.core.outlier is not None
+            for t, host, what, reason in route.core.outlier.events
+        ]
 
     def _cold(self, model: str) -> None:
         c = self.controllers.get(model)
@@ -322,13 +342,18 @@ class LiveStack:
         empty = pd.DataFrame()
         tagged = RunResult.tag(
             scenario_name=self.scenario.name, run_id=self.run_id, seed=self.scenario.seed, summary={},
-            requests=empty, replicas=self.log.states_frame(), timeseries=empty, events=self.log.events_frame(),
+            requests=empty, replicas=self.log.states_frame(), timeseries=empty, events=self._events_frame(),
             steps=steps,
         )  # fmt: skip
         tagged.events.to_parquet(self.out_dir / "events.parquet", index=False)
         tagged.replicas.to_parquet(self.out_dir / "replicas.parquet", index=False)
         if tagged.steps is not None:
             write_steps(tagged.steps, self.out_dir / "steps.parquet")
+
+    def _events_frame(self) -> pd.DataFrame:
+        """Every event in time order, the outlier detectors' ejections and returns included."""
+        events = sorted([*self.log.events, *self.outlier_events()], key=lambda e: e.time_s)
+        return pd.DataFrame([dataclasses.asdict(e) for e in events], columns=EVENT_COLUMNS)
 
     def _read_steps(self) -> pd.DataFrame | None:
         """The replicas' spooled engine steps as one table (times since the run's start); an unreadable step file

@@ -26,6 +26,16 @@ def serve(
         float | None, typer.Option(help="Stop after this many seconds (default: until Ctrl-C).")
     ] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a field: path=value (repeatable).")] = None,
+    replay_source: Annotated[
+        Path | None,
+        typer.Option(
+            "--replay",
+            help="Replay this trace or scenario (the scenario itself: its workload) against "
+            "the stack, faults armed as it starts, then stop; results like `odhsim run --out`.",
+        ),
+    ] = None,
+    speed: Annotated[float, typer.Option(help="With --replay: replay at this multiple of the trace's rate.")] = 1.0,
+    limit: Annotated[int, typer.Option(help="With --replay: send at most this many requests.")] = 10_000,
 ) -> None:
     """Serve a scenario for real: gateway + replica processes, deploy flow, autoscaling, restarts (Ctrl-C stops)."""
     from odhsim.scenario.load import load_scenario
@@ -33,6 +43,15 @@ def serve(
 
     check_out_dir(out)
     sc = load_scenario(scenario, set_)
+    if replay_source is not None:
+        from runtime.serve_replay import serve_replay
+
+        if out is None or duration is not None:
+            raise typer.BadParameter("--replay needs --out DIR and stops when the replay ends (no --duration)")
+        result = serve_replay(sc, replay_source, out, device=device, speed=speed, limit=limit)
+        print_summary(result.summary, f"{result.scenario_name} served live, {replay_source} replayed")
+        console.print(escape(f"results written to {out}/ (the stack's own records in {out}/serve/)"), highlight=False)
+        return
     raise typer.Exit(serve_live(sc, port=port, device=device, out_dir=out, duration_s=duration, console=console))
 
 

@@ -90,6 +90,9 @@ class Gateway:
         self._forward = forward_fn
         self.on_cold_request: ColdCallback | None = None
         self.on_replica_failure: FailureCallback | None = None
+        self.on_record: Callable[[Record], None] | None = None
+        """Sees each of the core's Records (serve logs the reactions to failures as events: retry, fallback,
+        alert)."""
         self.replica_headers: dict[str, str] = {}
         """Sent on every request to a replica (forwards and scrapes): the run's replica secret, set by serve."""
         gw = scenario.gateway
@@ -403,6 +406,11 @@ class Gateway:
                 log.exception("on_cold_request(%s) failed", model)
 
     def _record(self, a: Record) -> None:
+        if self.on_record is not None:
+            try:
+                self.on_record(a)
+            except Exception:
+                log.exception("on_record(%s) failed", a.kind)
         if a.kind in ("retry", "fallback"):
             self.metrics.retries.labels(a.model).inc()
         elif a.kind == "excused":

@@ -89,7 +89,11 @@ def body_deadline(request: Request) -> float | None:
 
 
 def mark_retries(resp: Response, job: Job | None) -> Response:
-    """Add `x-odhsim-retries` to an answer (an error included) whose request reached a replica."""
+    """Add `x-odhsim-retries` to an answer (an error included) whose request reached a replica, and
+    `x-odhsim-model`: the model that held it last (the fallback's name when it went there, as on a served answer)."""
     if job is not None and job.attempts and RETRIES_HEADER not in resp.headers:
         resp.headers[RETRIES_HEADER] = str(job.retries)
+        route = job.ticket.route
+        if route is not None and "x-odhsim-model" not in resp.headers:
+            resp.headers["x-odhsim-model"] = route.name
     return resp
