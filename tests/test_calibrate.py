@@ -151,8 +151,9 @@ def test_a_missing_profile_file_or_one_of_the_wrong_kind_is_refused(tmp_path: Pa
 
 # -- the simulator with a profile file ----------------------------------------------------------------------------
 def test_the_simulator_uses_the_calibrated_latency_and_overheads(tmp_path: Path) -> None:
-    request_s, per_token_s = 0.004, 0.0005
-    write_json(tmp_path / "calib" / "chat.json", llm_profile({"request_s": request_s, "per_token_s": per_token_s}))
+    request_s, per_token_s, step_s, step_per_seq_s = 0.004, 0.0005, 0.001, 0.0001
+    overheads = {"request_s": request_s, "per_token_s": per_token_s, "step_s": step_s, "step_per_seq_s": step_per_seq_s}
+    write_json(tmp_path / "calib" / "chat.json", llm_profile(overheads))
     sc = load_scenario(scenario(tmp_path, [chat_model()], poisson(0.5, out_median=4), {"chat": 1.0}))
     assert sc.models[0].profile_file is not None and sc.models[0].profile == "calib/chat.json"
     req = simulate(sc).requests
@@ -165,11 +166,12 @@ def test_the_simulator_uses_the_calibrated_latency_and_overheads(tmp_path: Path)
     prefill = TRUE.prefill_base_s + TRUE.prefill_per_token_s * p + TRUE.prefill_per_token_sq_s * p * p
     ttft = (alone["first_token_s"] - alone["arrival_s"]).to_numpy()
     np.testing.assert_allclose(ttft, prefill + request_s, rtol=1e-9, atol=1e-12)
-    # and the end: (output - 1) decode steps at batch 1 (context: prompt + tokens so far), plus per_token_s each
+    # and the end: (output - 1) decode steps at batch 1 (context: prompt + tokens so far) with the live loop's
+    # step overhead, plus per_token_s each
     one = alone[alone["output_tokens"] >= 2].iloc[0]
     n, ctx = int(one["output_tokens"]) - 1, int(one["prompt_tokens"])
-    steps = sum(TRUE.decode_base_s + TRUE.decode_per_seq_s + TRUE.decode_per_context_token_s * (ctx + 1 + k)
-                for k in range(n))  # fmt: skip
+    step = TRUE.decode_base_s + step_s + TRUE.decode_per_seq_s + step_per_seq_s
+    steps = sum(step + TRUE.decode_per_context_token_s * (ctx + 1 + k) for k in range(n))
     e2e_after_first = one["finish_s"] - one["first_token_s"]
     assert e2e_after_first == pytest.approx(steps + per_token_s * n, rel=1e-6)
 

@@ -117,7 +117,8 @@ def calibrate_scenario(
         else:
             grids[m.name] = live_steps.fixed_grid(m.live.max_batch_size, opts.quick)
     total = sum(live_steps.grid_points(g) for g in grids.values())
-    total += len(live) * (per_model + 1) if opts.measure_overheads else 0
+    n_llm = sum(1 for m in live if m.kind == "llm")
+    total += len(live) * (per_model + 1) + n_llm * len(overheads.TOGETHER) if opts.measure_overheads else 0
     if plan:
         plan(total)
     tick = (lambda: advance(1)) if advance else (lambda: None)
@@ -144,12 +145,14 @@ def calibrate_scenario(
             fits[m.name] = {"batching": batching, "held": held}
             out.timings[m.name] = batches
     measured: dict[str, Any] = {}
+    probe_docs: dict[str, dict[str, Any]] = {}
     if opts.measure_overheads:
         data, _ = read_scenario_dict(src)
         probes = overheads.probe_live(data, {m.name: m.kind for m in live}, sc.base_dir, opts.device, per_model, tick)
         for m in live:
             mine = [p for p in probes if p.model == m.name]
             f = fits[m.name]
+            probe_docs[m.name] = overheads.probe_summary(mine, f.get("latency"))
             measured[m.name] = (
                 overheads.llm_overheads(mine, f["latency"])
                 if m.kind == "llm"
@@ -171,7 +174,7 @@ def calibrate_scenario(
         f = fits.pop(m.name)
         held = f.pop("held")
         prov = Provenance(machine=machine, device=device, date=now, command=command, torch=_torch_version(),
-                          grid=live_steps.grid_doc(grids[m.name]), held_out=held,
+                          grid=live_steps.grid_doc(grids[m.name]), held_out=held, probes=probe_docs.get(m.name, {}),
                           note=f"{threads} torch thread(s) per engine; median of repeats per grid point")  # fmt: skip
         extra: dict[str, Any] = {"overheads": measured[m.name]} if m.name in measured else {}
         if cpu is not None:

@@ -4,8 +4,10 @@ The scenario's live models are served by a `LiveStack` (the same gateway, contro
 `odhsim serve`; one replica each, no autoscaler, no response cache, anonymous requests allowed) and sent requests
 one at a time, so nothing queues: what a request takes beyond the fitted engine time (its prefill and decode steps
 at batch 1, or the batcher's delay and one pass of one row) is HTTP in and out, tokenising, authentication,
-routing and streaming. `request_s` is the median extra time to the first token; `per_token_s` the median extra
-time per later token. The live runtime is imported inside the functions (CLI layer).
+routing and streaming. `request_s` is the median extra time to the first token. Then 1, 4 and 8 identical
+requests are sent at once: their token cadence against the engine's decode step at that batch says what the live
+replica's loop adds per step (`step_s + step_per_seq_s * batch`); `per_token_s` is what is left per later token
+of the requests sent alone. The live runtime is imported inside the functions (CLI layer).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from scipy.optimize import nnls
+
 from odhsim.calibrate.profile_file import Batching, Overheads, StepCoefficients
 from odhsim.errors import OdhsimError
 from odhsim.profiles.coefficients import LatencyModel
@@ -26,6 +31,9 @@ from odhsim.scenario.load import scenario_from_dict
 
 LLM_REQUESTS = ((16, 8), (64, 16), (128, 32), (256, 8), (32, 32), (192, 16))
 """(prompt tokens, output tokens) of the probe requests, cycled."""
+TOGETHER = (1, 4, 8)
+"""Requests sent at once to read the live token cadence at these decode batch sizes."""
+TOGETHER_SHAPE = (64, 32)
 
 
 class OverheadError(OdhsimError):
@@ -39,6 +47,8 @@ class Probe:
     output_tokens: int
     ttft_s: float
     e2e_s: float
+    together: int = 0
+    """0: sent alone; k: one of k requests sent at once (their decode steps ran at batch k)."""
 
 
 def probe_scenario(data: dict[str, Any], models: list[str], base_dir: Path) -> Any:
@@ -94,12 +104,33 @@ async def _probe(
                     if i > 0:
                         out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0))
                     tick()
+                if kind == "llm":
+                    out += await _together(sender, name, clock, tick)
     except OdhsimError:
         raise
     except Exception as err:  # a replica that did not start, a refused request: say what failed
         raise OverheadError(f"the live stack for measuring overheads failed: {err!r}") from err
     finally:
         await stack.stop()
+    return out
+
+
+async def _together(sender: Any, name: str, clock: Callable[[], float], tick: Callable[[], None]) -> list[Probe]:
+    """k identical requests at once, for k in TOGETHER: admitted in one step, they decode as a batch of k."""
+    from runtime.replay_plan import synth_prompt
+
+    p, o = TOGETHER_SHAPE
+    out: list[Probe] = []
+    for k in TOGETHER:
+        t0 = clock()
+        bodies = [{"model": name, "prompt": synth_prompt(20_000 + 100 * k + j, p), "max_tokens": o,
+                   "temperature": 1.0, "seed": j, "ignore_eos": True, "stream": True} for j in range(k)]  # fmt: skip
+        results = await asyncio.gather(*(sender.completion({}, b) for b in bodies))
+        for res in results:
+            if res.status != "ok":
+                raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
+            out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0, together=k))
+        tick()
     return out
 
 
@@ -115,18 +146,56 @@ def probe_live(
     return asyncio.run(_probe(data, kinds, base_dir, device, per_model, tick))
 
 
+def probe_summary(probes: list[Probe], coef: StepCoefficients | None) -> dict[str, Any]:
+    """The probes in brief, for the profile's provenance: medians of the requests sent alone, and per batch k of
+    requests sent together their token cadence next to the engine's decode step."""
+    alone = [pr for pr in probes if pr.together == 0]
+    doc: dict[str, Any] = {
+        "alone": len(alone),
+        "alone_ttft_median_s": round(statistics.median(pr.ttft_s for pr in alone), 6) if alone else None,
+        "alone_e2e_median_s": round(statistics.median(pr.e2e_s for pr in alone), 6) if alone else None,
+    }
+    if coef is not None:
+        lm = LatencyModel(model="probe", gpu="cpu", tp=1, source="calibrated", **coef.model_dump())
+        for k in sorted({pr.together for pr in probes if pr.together}):
+            mine = [pr for pr in probes if pr.together == k]
+            p, o = mine[0].prompt_tokens, mine[0].output_tokens
+            cadence = statistics.median((pr.e2e_s - pr.ttft_s) / (o - 1) for pr in mine)
+            engine = lm.decode_span_s(k, k * (p + 1), o - 1) / (o - 1)
+            doc[f"together_{k}"] = {"live_token_cadence_s": round(cadence, 6), "engine_decode_step_s": round(engine, 6)}
+    return doc
+
+
 def llm_overheads(probes: list[Probe], coef: StepCoefficients) -> Overheads:
-    """Median time beyond the engine's batch-1 prefill (to the first token) and decode steps (per later token)."""
+    """request_s: median time to the first token beyond the engine's batch-1 prefill (requests sent alone).
+    step_s + step_per_seq_s * k: the live token cadence of k requests decoding together beyond the engine's
+    decode step at batch k (non-negative least squares over TOGETHER). per_token_s: what is left per later
+    token of the requests sent alone once the step overhead at batch 1 is counted."""
     lm = LatencyModel(model="probe", gpu="cpu", tp=1, source="calibrated", **coef.model_dump())
-    first, later = [], []
-    for pr in probes:
-        first.append(pr.ttft_s - lm.prefill_s(pr.prompt_tokens))
+    alone = [pr for pr in probes if pr.together == 0]
+    first = [pr.ttft_s - lm.prefill_s(pr.prompt_tokens) for pr in alone]
+    step_s = per_seq_s = 0.0
+    rows = []
+    for k in sorted({pr.together for pr in probes if pr.together}):
+        mine = [pr for pr in probes if pr.together == k]
+        p, o = mine[0].prompt_tokens, mine[0].output_tokens
+        cadence = statistics.median((pr.e2e_s - pr.ttft_s) / (o - 1) for pr in mine)
+        engine = lm.decode_span_s(k, k * (p + 1), o - 1) / (o - 1)
+        rows.append((k, cadence - engine))
+    if len(rows) >= 2:
+        x = np.array([[1.0, k] for k, _ in rows])
+        (step_s, per_seq_s), _ = nnls(x, np.array([extra for _, extra in rows]))
+    later = []
+    for pr in alone:
         if pr.output_tokens > 1:
-            decode = lm.decode_span_s(1, pr.prompt_tokens, pr.output_tokens - 1)
-            later.append((pr.e2e_s - pr.ttft_s - decode) / (pr.output_tokens - 1))
+            steps = pr.output_tokens - 1
+            decode = lm.decode_span_s(1, pr.prompt_tokens + 1, steps) + steps * (step_s + per_seq_s)
+            later.append((pr.e2e_s - pr.ttft_s - decode) / steps)
     return Overheads(
         request_s=round(max(0.0, statistics.median(first)), 6),
         per_token_s=round(max(0.0, statistics.median(later)), 7) if later else 0.0,
+        step_s=round(float(step_s), 7),
+        step_per_seq_s=round(float(per_seq_s), 7),
     )
 
 

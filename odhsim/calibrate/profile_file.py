@@ -93,12 +93,17 @@ class Batching(_Frozen):
 
 
 class Overheads(_Frozen):
-    """Time outside the engine, measured against a real gateway and replica on 127.0.0.1 at low load: request_s
-    is added to every answer's first token (HTTP in and out, tokenising, authentication, routing), per_token_s
-    to its end for each output token after the first (streaming through the replica and the gateway)."""
+    """Time outside the engine, measured against a real gateway and replica on 127.0.0.1: request_s is added to
+    every answer's first token (HTTP in and out, tokenising, authentication, routing), per_token_s to its end for
+    each output token after the first. step_s + step_per_seq_s * batch is what the live replica adds to each decode
+    step beyond the engine's own pass (its event loop streaming the tokens and handing the next step to the worker
+    thread), measured from the token cadence of 1, 4 and 8 requests decoding together; the simulator adds it to
+    every decode step (`CalibratedProfile.latency_model`), so it slows the engine as it does live."""
 
     request_s: NonNeg = 0.0
     per_token_s: NonNeg = 0.0
+    step_s: NonNeg = 0.0
+    step_per_seq_s: NonNeg = 0.0
 
     @property
     def active(self) -> bool:
@@ -134,6 +139,8 @@ class Provenance(_Frozen):
     torch: str = ""
     grid: dict[str, Any] = Field(default_factory=dict)
     held_out: HeldOut | None = None
+    probes: dict[str, Any] = Field(default_factory=dict)
+    """What the overheads were read from (requests sent alone; the cadence of k requests decoding together)."""
     note: str = ""
 
 
@@ -165,9 +172,13 @@ class CalibratedProfile(_Frozen):
         return self
 
     def latency_model(self, gpu: str) -> LatencyModel:
-        """The simulator's per-iteration latency of this profile (source "calibrated")."""
+        """The simulator's per-iteration latency of this profile (source "calibrated"): the engine's fitted steps
+        plus what the live replica's loop adds to each decode step (Overheads)."""
         assert self.latency is not None, "an llm profile"
-        return LatencyModel(model=self.model, gpu=gpu, tp=1, source="calibrated", **self.latency.model_dump())
+        coef = self.latency.model_dump()
+        coef["decode_base_s"] += self.overheads.step_s
+        coef["decode_per_seq_s"] += self.overheads.step_per_seq_s
+        return LatencyModel(model=self.model, gpu=gpu, tp=1, source="calibrated", **coef)
 
 
 def _field(loc: tuple[Any, ...]) -> str:
