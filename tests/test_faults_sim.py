@@ -248,7 +248,14 @@ def write_repeats(path: Path) -> Path:
     return path
 
 
-def test_a_shared_cache_tier_down_turns_its_hits_into_counted_misses(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "windows",
+    [[(25.0, 30.0)], [(25.0, 15.0), (35.0, 20.0)]],  # one outage, or two overlapping ones covering the same time
+    ids=["one", "overlapping"],
+)
+def test_a_shared_cache_tier_down_turns_its_hits_into_counted_misses(
+    tmp_path: Path, windows: list[tuple[float, float]]
+) -> None:
     trace = write_repeats(tmp_path / "trace.jsonl")
 
     def doc(faults: list[dict[str, Any]]) -> dict[str, Any]:
@@ -258,9 +265,10 @@ def test_a_shared_cache_tier_down_turns_its_hits_into_counted_misses(tmp_path: P
         d["gateway"]["response_cache"] = {"type": "tiered", "params": {"local_max_entries": 1, "shared": True}}
         return d
 
-    fault = {"kind": "cache_down", "name": "redis", "at_s": 25.0, "duration_s": 30.0}
+    faults = [{"kind": "cache_down", "name": f"redis-{i}", "at_s": at, "duration_s": d} for i, (at, d) in
+              enumerate(windows)]  # fmt: skip
     base = simulate(scenario_from_dict(doc([]), base_dir=tmp_path))
-    res = simulate(scenario_from_dict(doc([fault]), base_dir=tmp_path))
+    res = simulate(scenario_from_dict(doc(faults), base_dir=tmp_path))
     assert_conserved(res, ["redis"])
     r, b = res.requests, base.requests
     repeats = r["prompt_tokens"] == 1000
@@ -349,6 +357,20 @@ def test_a_crashed_replica_is_back_after_its_backoff_and_readiness_test() -> Non
     assert len(served_after) > 10 and (served_after["status"] == "ok").all()
     none_while_down = r[(r["replica"].astype(str) == "chat-v1-0") & r["arrival_s"].between(20.01, times["ready"])]
     assert none_while_down.empty
+
+
+def test_requests_wait_for_a_crashed_only_replica_and_are_served_when_it_is_back() -> None:
+    # A model whose one replica is restarting has a replica coming: arrivals wait for it (the core's activator
+    # hold) instead of failing as a model with no replicas would.
+    fault = {"kind": "replica_crash", "name": "boom", "model": "chat", "replica": 0, "at_s": 20.0}
+    res = run(scenario([fault], replicas=1, resilience={"retry": LADDER}, output_median=300))
+    assert_conserved(res, ["boom"])
+    r = res.requests
+    ready = res.replicas[(res.replicas["time_s"] > 20.0) & (res.replicas["state"] == "ready")]["time_s"].iloc[0]
+    waited = r[r["arrival_s"].between(20.0, ready)]
+    assert len(waited) > 20 and (waited["status"] == "ok").all() and (waited["first_token_s"] >= ready).all()
+    failed = r[r["status"] == "failed"]
+    assert (failed["arrival_s"] < 20.0).all() and failed["reason"].str.endswith("(mid-stream: not retried)").all()
 
 
 # -- reproducibility and the cost of the hooks -----------------------------------------------------------------------

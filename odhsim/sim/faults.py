@@ -198,8 +198,8 @@ class FaultInjector:
         self.horizon_s = horizon_s
         self.model_index = {m.name: i for i, m in enumerate(scenario.models)}
         self._replicas: dict[int, _ReplicaFaults] = {}
-        self._cache_down: list[Any] = []  # the shared tier saved by the first cache_down (one per fault holding)
-        self.injected = 0
+        self._shared_tier: Any = None  # the cache's shared tier while cache_down faults hold
+        self._cache_down = 0  # cache_down faults holding now
 
     def start(self) -> None:
         for index, spec in enumerate(self.scenario.faults):
@@ -219,7 +219,6 @@ class FaultInjector:
             undo, target = self._begin(label, spec, target_rng, draws)
             if undo is None:
                 continue  # nothing to hit (recorded)
-            self.injected += 1
             if end == start:
                 continue  # an instant: a crash
             if math.isinf(end):
@@ -297,18 +296,14 @@ class FaultInjector:
             self._event(spec, label, "shared cache tier", "skipped", "the gateway has no shared cache tier")
             return None, ""
         self._event(spec, label, "shared cache tier", "start")
-        if not self._cache_down:
-            self._cache_down.append(cache.shared)
-            cache.shared = _DownTier(label)
-        else:
-            self._cache_down.append(None)
+        if self._cache_down == 0:
+            self._shared_tier, cache.shared = cache.shared, _DownTier(label)
+        self._cache_down += 1
 
         def undo() -> None:
-            saved = self._cache_down.pop()
-            if not self._cache_down:
-                cache.shared = saved if saved is not None else cache.shared
-            elif saved is not None:  # the first to start ends before a later one: hand the saved tier on
-                self._cache_down[0] = saved
+            self._cache_down -= 1
+            if self._cache_down == 0:  # the last one holding ends: the tier is back, with what it held
+                cache.shared = self._shared_tier
 
         return undo, "shared cache tier"
 
