@@ -203,8 +203,7 @@ def test_steps_done_equals_the_latency_models_decode_steps_within() -> None:
         )  # fmt: skip
         batch, context = int(rng.integers(1, 257)), int(rng.integers(1, 500_000))
         rep.latency = lat
-        rep._span_first = lat.decode_step_s(batch, context)
-        rep._span_growth_s = lat.decode_per_context_token_s * batch
+        rep._set_span_terms(batch, context)
         boundaries = [lat.decode_span_s(batch, context, k) for k in range(1, 40)]
         for elapsed in [0.0, -1.0, *boundaries, *(math.nextafter(b, 0.0) for b in boundaries), *rng.uniform(0, 2, 20)]:
             assert rep._steps_done(float(elapsed)) == lat.decode_steps_within(batch, context, float(elapsed))

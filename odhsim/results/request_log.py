@@ -2,6 +2,10 @@
 
 Rows are appended a whole arriving chunk at a time; the engine writes a request's outcome into its row when the
 request reaches a final status. Arrays grow by doubling, so memory is about 60 bytes per request.
+
+Speed: `finish` keeps an outcome as one tuple and writes `_FLUSH_ROWS` of them at a time, one array store per
+column, instead of a dozen numpy scalar stores per request (a measurable share of the simulator's cost per request).
+Every reader (`column`, `to_frame`) writes the pending ones first.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ _COLUMNS: dict[str, tuple[type, object]] = {
     "version": (np.int16, -1),
 }
 
+_FINISH_COLUMNS = (
+    "start_s", "first_token_s", "finish_s", "status", "reason", "replica", "retries", "attempts", "cached_tokens",
+    "cache_hit", "fallback", "version",
+)  # fmt: skip
+"""The columns `finish` writes, in the order of its tuples (after the row)."""
+_STATUS_CODE = {status: code for code, status in enumerate(STATUSES)}
+_FLUSH_ROWS = 4096
+
 
 class RequestLog:
     def __init__(self, capacity: int = 1024) -> None:
@@ -42,6 +54,7 @@ class RequestLog:
         self.reasons: list[str] = [""]
         self._reason_codes: dict[str, int] = {"": 0}
         self.versions: list[str] = []  # model version labels ("v1", "v2", ...), coded in the `version` column
+        self._pending: list[tuple] = []  # outcomes not yet written: (row, *_FINISH_COLUMNS values)
 
     def _grow(self, need: int) -> None:
         cap = len(self._cols["arrival_s"])
@@ -85,26 +98,39 @@ class RequestLog:
     def finish(self, req: FinishedRequest, now: float, status: str, reason: str = "", version: int = -1) -> None:
         """Write a request's final outcome into its row; `version` is the code of the model version that served
         it (or that it was routed to), -1 for none."""
-        c = self._cols
-        r = req.row
-        c["start_s"][r] = req.start_s
-        c["first_token_s"][r] = req.first_token_s
-        c["finish_s"][r] = now
-        c["status"][r] = STATUSES.index(status)
-        c["reason"][r] = self.reason_code(reason) if reason else 0
-        c["replica"][r] = req.replica
-        c["retries"][r] = req.retries
-        c["attempts"][r] = req.attempts
-        c["cached_tokens"][r] = req.cached_tokens
-        c["cache_hit"][r] = req.cache_hit
-        c["fallback"][r] = req.fallback
-        c["version"][r] = version
+        pending = self._pending
+        pending.append((
+            req.row, req.start_s, req.first_token_s, now, _STATUS_CODE[status],
+            self.reason_code(reason) if reason else 0, req.replica, req.retries, req.attempts, req.cached_tokens,
+            req.cache_hit, req.fallback, version,
+        ))  # fmt: skip
+        if len(pending) >= _FLUSH_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Write the pending outcomes into their rows, one store per column (in finish order: a row finished
+        twice keeps its last outcome, as scalar stores would)."""
+        pending = self._pending
+        if not pending:
+            return
+        self._pending = []
+        values = list(zip(*pending, strict=True))
+        rows = np.array(values[0], dtype=np.int64)
+        if len(np.unique(rows)) < len(rows):  # never in the engines; keep finish order exactly if it happens
+            for row in pending:
+                for name, value in zip(_FINISH_COLUMNS, row[1:], strict=True):
+                    self._cols[name][row[0]] = value
+            return
+        for name, column in zip(_FINISH_COLUMNS, values[1:], strict=True):
+            self._cols[name][rows] = column
 
     def column(self, name: str) -> np.ndarray:
+        self._flush()
         return self._cols[name][: self.n]
 
     def to_frame(self, model_names: list[str], tenant_names: list[str], replica_names: list[str]) -> pd.DataFrame:
         """The tidy requests table (one row per request)."""
+        self._flush()
         c = {k: v[: self.n] for k, v in self._cols.items()}
         replica = c["replica"]
         replica_cat = pd.Categorical.from_codes(np.where(replica >= 0, replica, -1), categories=replica_names)

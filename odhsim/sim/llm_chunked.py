@@ -30,12 +30,25 @@ class ChunkedPrefill:
         chunks (in-progress prompts first, then new ones FCFS unless this step preempted); a pure decode span
         when no prompt is scheduled."""
         while True:
-            preempted = self._ensure_decode_room()
-            if preempted is None:
-                return
-            decode_blocks = self.batch.new_blocks(1) if self.batch.requests else 0
-            self.pool.take(decode_blocks)
+            running = self.batch
+            decode_blocks = running.new_blocks(1) if running.requests else 0
+            if decode_blocks > self.pool.free:  # the test `_ensure_decode_room` starts with, done once here
+                preempted = self._ensure_decode_room()
+                if preempted is None:
+                    return
+                decode_blocks = running.new_blocks(1) if running.requests else 0
+            else:
+                preempted = False
+            if decode_blocks:
+                self.pool.take(decode_blocks)
             self._taken = decode_blocks
+            if not self._prefilling and not self.waiting_q:  # no prompt to plan (so none was preempted either)
+                if running.requests:
+                    self._start_span(ensured=True)
+                else:
+                    self._state = IDLE
+                    self._mark_idle()
+                return
             chunks, tokens, attention, host_tokens, chunk_preempted = self._plan_chunks(preempted)
             if chunks or self.batch.requests or not (preempted or chunk_preempted) or not self.waiting_q:
                 break
@@ -79,7 +92,6 @@ class ChunkedPrefill:
             done = req.ctx - req.prefill_left
             need = ceil_div(done + chunk, self.bs) - ceil_div(held.tokens, self.bs)
             while need > self.pool.free:  # preempt the newest running request: the last prompt in progress
-                self._before_change()
                 preempted = True
                 victim = self._prefilling.pop()
                 self._preempt(victim)
@@ -95,13 +107,10 @@ class ChunkedPrefill:
             budget -= chunk
             i += 1
         if preempted:  # vLLM: a step that preempted schedules no waiting request
-            if chunks:
-                self._before_change()
             return chunks, tokens, attention, host_tokens, True
         free_seqs = self.engine.max_num_seqs - len(self.batch.requests) - len(self._prefilling)
         while self.waiting_q and budget > 0 and free_seqs > 0:
             req = self.waiting_q[0]
-            self._before_change()
             got = self._try_admit(req, budget, self.pool.free)
             if got is None:
                 break
@@ -116,12 +125,10 @@ class ChunkedPrefill:
             host_tokens += from_host
             budget -= chunk
             free_seqs -= 1
-        if chunks:
-            self._before_change()
         return chunks, tokens, attention, host_tokens, False
 
     def _on_chunked_step_end(self: LlmReplica, _event: simpy.Event) -> None:
-        now = self.env.now
+        now = self.env._now
         self._before_change()
         if self._step_decodes:
             self._advance_decodes(1, now)
@@ -134,4 +141,4 @@ class ChunkedPrefill:
         if finished_prompts:
             self._prefilling = [r for r in self._prefilling if r.prefill_left > 0]
         self._step_chunks = []
-        self._schedule()
+        self._plan_next()

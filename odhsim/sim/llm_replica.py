@@ -110,6 +110,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         # the span's first step time and per-step context growth cost, so `_steps_done` needs no model calls
         self._span_first = 0.0
         self._span_growth_s = 0.0
+        self._span_roots = (0.0, 0.0, 0.0, 0.0)
         self._taken = 0  # blocks already allocated for the decode step(s) in flight
         self._span_growth = 0  # blocks the span in flight allocates after its first step (0: usage is flat)
         self._span_blocks: int | None = None  # new_blocks(steps) of the span in flight; None after shortening
@@ -146,6 +147,16 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
             used += self.batch.new_blocks(min(done + 1, k)) - self._taken  # vLLM allocates at each step's start
         return used
 
+    def _set_span_terms(self, batch: int, context: int) -> tuple[float, float]:
+        """A span starts: keep its first step's time, its per-step growth and `_steps_done`'s quadratic terms
+        (c / 2, first - c / 2, their square, 4 x c / 2), fixed until it ends; returns (first, growth)."""
+        first = self._span_first = self.latency.decode_step_s(batch, context)
+        growth_s = self._span_growth_s = self.latency.decode_per_context_token_s * batch
+        a = growth_s / 2.0
+        b = first - a
+        self._span_roots = (a, b, b * b, 4.0 * a)
+        return first, growth_s
+
     def _steps_done(self, elapsed: float) -> int:
         """`latency.decode_steps_within(batch, context, elapsed)` for the span in flight, without its calls (kv
         usage asks this at every scrape): the largest k whose span time k * first + c * k(k-1)/2, computed with
@@ -154,12 +165,11 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
             return 0
         first = self._span_first
         c = self._span_growth_s
-        a = c / 2.0
-        b = first - a
+        a, b, b2, a4 = self._span_roots  # c / 2, first - a, b * b, 4 * a: the span's constants
         if a == 0.0:
             k_real = elapsed / b
         else:
-            root = math.sqrt(b * b + 4.0 * a * elapsed)
+            root = math.sqrt(b2 + a4 * elapsed)
             k_real = 2.0 * elapsed / (b + root) if b > 0.0 else (root - b) / (2.0 * a)
         k = max(0, math.floor(k_real))
         while (k + 1) * first + c * ((k + 1) * k / 2) <= elapsed:
@@ -174,9 +184,10 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         total = self.total_blocks
         if not total:
             return 1.0
-        used = self.pool.used
+        pool = self.pool
+        used = pool.num_blocks - pool.free  # pool.used
         if self._state == DECODE and self._span_growth:
-            done = self._steps_done(self.env.now - self._span[0])
+            done = self._steps_done(self.env._now - self._span[0])
             used += self.batch.new_blocks(min(done + 1, self._span[3])) - self._taken
         return used / total
 
@@ -214,21 +225,23 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
             return
         self.waiting_q.append(req)
         if self._state == IDLE:
-            self._schedule()
+            self._plan_next()
         elif self._state == DECODE and len(self.batch.requests) < self.engine.max_num_seqs:
             self._shorten_span()
 
     def _shorten_span(self) -> None:
         """A request arrived mid-span: end the span after the decode step now in flight."""
         start, batch, context, k = self._span
-        done = self._steps_done(self.env.now - start)
+        now = self.env._now
+        done = self._steps_done(now - start)
         if done + 1 >= k:
             return
         self._token += 1
-        end = start + self.latency.decode_span_s(batch, context, done + 1)
-        self._span = (start, batch, context, done + 1)
+        k = done + 1  # decode_span_s(batch, context, k) from the span's cached terms, the same float operations
+        end = start + (k * self._span_first + self._span_growth_s * (k * (k - 1) / 2))
+        self._span = (start, batch, context, k)
         self._span_blocks = None
-        ev = self.env.timeout(max(0.0, end - self.env.now), self._token)
+        ev = self.env.timeout(max(0.0, end - now), self._token)
         ev.callbacks.append(self._on_span_end)
 
     # -- KV blocks ------------------------------------------------------------------------------------------
@@ -250,14 +263,24 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         cached blocks it reuses from the free queue count against `room` too."""
         ctx = req.prompt_tokens + req.generated  # a preempted request recomputes what it had generated
         held = self._blocks(req)
-        on_gpu, hit = self.pool.lookup(held.keys, (ctx - 1) // self.bs, held.unique)
-        cached = hit * self.bs
-        chunk = ctx - cached if budget is None else self._chunk_cap(ctx - cached, budget)
-        new = ceil_div(cached + chunk, self.bs) - len(on_gpu)
-        if new + self.pool.idle_among(on_gpu) > room:
-            return None
-        self.pool.touch(on_gpu, held.unique)
-        self.pool.take(new)
+        pool = self.pool
+        bs = self.bs
+        if len(held.keys):
+            on_gpu, hit = pool.lookup(held.keys, (ctx - 1) // bs, held.unique)
+            cached = hit * bs
+            chunk = ctx - cached if budget is None else self._chunk_cap(ctx - cached, budget)
+            new = ceil_div(cached + chunk, bs) - len(on_gpu)
+            if new + pool.idle_among(on_gpu) > room:
+                return None
+            pool.touch(on_gpu, held.unique)
+        else:  # names no blocks (no trace ids, or caching off): no hit, and the pool's array operations are no-ops
+            on_gpu, hit, cached = _NO_BLOCKS, 0, 0
+            chunk = ctx if budget is None else self._chunk_cap(ctx, budget)
+            new = -(-chunk // bs)
+            if new > room:
+                return None
+        if new > 0:
+            pool.take(new)
         held.named = [on_gpu]
         held.n_named = len(on_gpu)
         self._held[req.row] = held
@@ -272,10 +295,11 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         if self.pool.caching:
             full = min(tokens, req.prompt_tokens) // self.bs
             if full > held.hashed:
-                mine = self.pool.register(held.keys[held.hashed : min(full, len(held.keys))])
-                if len(mine):
-                    held.named.append(mine)
-                    held.n_named += len(mine)
+                if held.hashed < len(held.keys):  # else the slice below is empty: nothing to register
+                    mine = self.pool.register(held.keys[held.hashed : min(full, len(held.keys))])
+                    if len(mine):
+                        held.named.append(mine)
+                        held.n_named += len(mine)
                 held.hashed = full
 
     def _release(self, req: SimRequest, tokens: int | None = None) -> None:
@@ -296,7 +320,13 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
 
     # -- scheduling -----------------------------------------------------------------------------------------
     def _schedule(self) -> None:
+        """Plan the next engine step. Announces the change here, so nothing it calls at this instant (admission,
+        chunk planning, preemption) needs to: `_before_change` is a no-op until the next scrape tick."""
         self._before_change()
+        self._plan_next()
+
+    def _plan_next(self) -> None:
+        """`_schedule` for a caller that has just called `_before_change` at this instant (an event handler)."""
         if self._chunked:
             self._schedule_chunked()
             return
@@ -328,7 +358,6 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
             req = self.waiting_q[0]
             if batch and tokens + req.prompt_tokens + req.generated > budget:
                 break  # V0 refuses max_num_batched_tokens < max_model_len, so every prompt fits one step
-            self._before_change()
             got = self._try_admit(req, None, self.pool.free - self.watermark_blocks)
             if got is None:
                 break
@@ -342,17 +371,17 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         return batch, tokens, sum_sq, host_tokens
 
     def _started(self, req: SimRequest, cached: int) -> None:
-        if math.isnan(req.start_s):  # first admission (vLLM counts num_cached_tokens once)
+        if req.start_s != req.start_s:  # NaN: first admission (vLLM counts num_cached_tokens once)
             req.cached_tokens = cached
-            req.start_s = self.env.now
+            req.start_s = self.env._now
 
     def _on_prefill_end(self, _event: simpy.Event) -> None:
-        now = self.env.now
+        now = self.env._now
         self._before_change()
         batch, self._prefill_batch = self._prefill_batch, []
         for req in batch:
             self._first_token(req, now)
-        self._schedule()
+        self._plan_next()
 
     def _first_token(self, req: SimRequest, now: float) -> None:
         """The prompt is computed: emit a token, then finish or join the running batch."""
@@ -371,7 +400,6 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         after a request that can never fit failed)."""
         preempted = False
         while self.batch.requests and self.batch.new_blocks(1) > self.pool.free:
-            self._before_change()
             if len(self.batch.requests) == 1 and not self._prefilling:
                 req = self.batch.only()
                 self.batch.leave(req)
@@ -399,24 +427,25 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
     def _start_span(self, ensured: bool = False, one_step: bool = False) -> None:
         if not ensured and self._ensure_decode_room() is None:
             return
-        if not self.batch.requests:  # all were preempted: their prompts wait to be recomputed
+        running = self.batch
+        if not running.requests:  # all were preempted: their prompts wait to be recomputed
             self._schedule()
             return
         # blocks for k steps fit in the free pool plus what this step already took (V1 took it in _schedule)
-        room = self.pool.free + self._taken
-        steps = 1 if one_step else self.batch.steps_to_next_finish()
-        limit = self.batch.step_limit(steps, room)  # >= 1 once one step fits
-        batch = len(self.batch.requests)
-        context = self.batch.context_tokens()
+        taken = self._taken
+        steps = 1 if one_step else running.steps_to_next_finish()
+        limit = running.step_limit(steps, self.pool.free + taken)  # >= 1 once one step fits
+        batch = len(running.requests)
+        context = running.context_tokens()
         self._state = DECODE
         self._mark_busy()
         self._token += 1
-        self._span = (self.env.now, batch, context, limit)
-        self._span_first = self.latency.decode_step_s(batch, context)
-        self._span_growth_s = self.latency.decode_per_context_token_s * batch
-        self._span_blocks = self.batch.new_blocks(limit)  # the batch cannot change until the span ends
-        self._span_growth = self._span_blocks - self._taken
-        ev = self.env.timeout(self.latency.decode_span_s(batch, context, limit), self._token)
+        self._span = (self.env._now, batch, context, limit)
+        first, growth_s = self._set_span_terms(batch, context)
+        blocks = self._span_blocks = running.new_blocks(limit)  # the batch cannot change until the span ends
+        self._span_growth = blocks - taken
+        # latency.decode_span_s(batch, context, limit), its float operations on the terms just computed
+        ev = self.env.timeout(limit * first + growth_s * (limit * (limit - 1) / 2), self._token)
         ev.callbacks.append(self._on_span_end)
 
     def _on_span_end(self, event: simpy.Event) -> None:
@@ -428,10 +457,11 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         k = self._span[3]
         self._state = PREFILL  # the span is over: its blocks are booked below, not read in closed form
         blocks = self._span_blocks
-        self.pool.take((self.batch.new_blocks(k) if blocks is None else blocks) - self._taken)
-        self._taken = 0
-        self._advance_decodes(k, self.env.now)
-        self._schedule()
+        new = (self.batch.new_blocks(k) if blocks is None else blocks) - self._taken
+        if new > 0:
+            self.pool.take(new)
+        self._advance_decodes(k, self.env._now)
+        self._plan_next()
 
     def _advance_decodes(self, k: int, now: float) -> None:
         """The running batch did k decode steps (their blocks are taken): finish whoever produced its last

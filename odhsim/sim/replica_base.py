@@ -101,12 +101,12 @@ class ReplicaBase:
 
     # -- busy-time accounting (for gpu_busy) ------------------------------------------------------------------
     def _mark_busy(self) -> None:
-        if math.isnan(self._busy_since):
-            self._busy_since = self.env.now
+        if self._busy_since != self._busy_since:  # NaN: idle until now
+            self._busy_since = self.env._now
 
     def _mark_idle(self) -> None:
-        if not math.isnan(self._busy_since):
-            self.busy_s += self.env.now - self._busy_since
+        if self._busy_since == self._busy_since:  # not NaN: busy until now
+            self.busy_s += self.env._now - self._busy_since
             self._busy_since = math.nan
 
     def busy_time(self) -> float:
