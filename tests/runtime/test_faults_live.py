@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,20 +147,48 @@ def _at(events: list[dict[str, Any]], text: str) -> float:
     return next(e["time_s"] for e in events if e["kind"] == "fault" and text in e["detail"]) - armed
 
 
-@pytest.mark.timeout(240)
-def test_crash_error_rate_and_slow_replica_injected_for_real(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def serving(tmp_path: Path, doc: dict[str, Any]) -> Iterator[tuple[subprocess.Popen[bytes], Path, Path]]:
+    """`odhsim serve` of `doc` in a subprocess (stops by itself after 150 s); (process, out dir, log) once its faults
+    are armed. Serve and every replica it started are stopped at the end, whatever happened."""
     scenario = tmp_path / "faults.yaml"
-    scenario.write_text(yaml.safe_dump(SCENARIO, sort_keys=False))
+    scenario.write_text(yaml.safe_dump(doc, sort_keys=False))
     out, log = tmp_path / "out", tmp_path / "serve.log"
     exe = Path(sys.executable).with_name("odhsim")
     cmd = [str(exe), "serve", str(scenario), "--port", "0", "--out", str(out), "--device", "cpu", "--duration", "150"]
     env = {**os.environ, "ODHSIM_API_KEYS": KEYS, "ODHSIM_TORCH_THREADS": "1"}
     with log.open("wb") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    pids: set[int] = set()
-    client: Client | None = None
     try:
         _wait(proc, log, "faults armed", lambda: any(e["kind"] == "faults_armed" for e in _events(out)), 120)
+        yield proc, out, log
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    finally:
+        pids = {int(m.group(1)) for e in _events(out) for m in [re.search(r"pid (\d+)", e["detail"])] if m}
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _check_answered(answers: list[dict[str, Any]]) -> None:
+    """Every request answered: 200, or 429 / 5xx with a JSON error body."""
+    for a in answers:
+        assert a["status"] == 200 or a["status"] == 429 or a["status"] >= 500, a
+        if a["status"] != 200:
+            assert isinstance(a["json"], dict) and "error" in a["json"], a
+
+
+@pytest.mark.timeout(240)
+def test_crash_error_rate_and_slow_replica_injected_for_real(tmp_path: Path) -> None:
+    with serving(tmp_path, SCENARIO) as (proc, out, log):
         client = Client(_status(out)["url"])
         client.start()
         crashed = "chat-v1-0"
@@ -181,37 +210,21 @@ def test_crash_error_rate_and_slow_replica_injected_for_real(tmp_path: Path) -> 
                 for a in list(client.answers)
             )
 
-        _wait(proc, log, "a 200 from the crashed replica after its restart", served_after_restart, 90)
-        slow_one = next(r for m in _status(out)["models"] for r in m["replicas"] if r["name"] == "chat-v1-1")
-        switch = httpx.get(f"{slow_one['url']}/odhsim/faults", headers=_replica_headers(slow_one["pid"]), timeout=10)
-        slowed_steps = switch.json()["slowed_steps"]
-        client.stop.set()
-        client.join(60)
-        assert not client.is_alive()
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(60)
-    finally:
-        if client is not None:
+        try:
+            _wait(proc, log, "a 200 from the crashed replica after its restart", served_after_restart, 90)
+            slow_one = next(r for m in _status(out)["models"] for r in m["replicas"] if r["name"] == "chat-v1-1")
+            headers = _replica_headers(slow_one["pid"])
+            slowed_steps = httpx.get(f"{slow_one['url']}/odhsim/faults", headers=headers, timeout=10).json()[
+                "slowed_steps"
+            ]
+        finally:
             client.stop.set()
-        pids |= {int(m.group(1)) for e in _events(out) for m in [re.search(r"pid (\d+)", e["detail"])] if m}
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            client.join(60)
+        assert not client.is_alive()
 
     answers = client.answers
     assert len(answers) >= 20
-    # every request answered: 200, or 429 / 5xx with a JSON error body
-    for a in answers:
-        assert a["status"] == 200 or a["status"] == 429 or a["status"] >= 500, a
-        if a["status"] != 200:
-            assert isinstance(a["json"], dict) and "error" in a["json"], a
+    _check_answered(answers)
     events = _events(out)
     # the faults at the scenario's times after arming (the event loop may be a little late, never early)
     for text, t in (
@@ -316,3 +329,117 @@ def test_live_requests_get_attempts_and_the_summary_availability_and_retry_ampli
     assert summary["availability"] == pytest.approx(ok / 30)
     dispatched = [(0, 0, 3, 2)[i % 4] for i in range(30) if i % 4 in (2, 3)]  # 8 x 3 and 7 x 2 attempts
     assert summary["retry_amplification"] == pytest.approx(sum(dispatched) / len(dispatched))
+
+
+LATENCY_AT, LATENCY_FOR, LATENCY_S = 1.0, 3.0, 0.25
+PARTITION_AT, PARTITION_FOR = 5.0, 3.0
+CACHE_AT, CACHE_FOR = 1.0, 3.0
+CONNECT_S = 2.0  # request_timeout_s 2: the gateway's connect timeout, min(request timeout, 5 s)
+
+
+@pytest.mark.timeout(240)
+def test_network_latency_partition_and_cache_down_injected_for_real(tmp_path: Path) -> None:
+    """Latency on one replica's link, then a partition of the other, and the Redis tier (a redis-server of this
+    test's own) cut off, at the scenario's times: answers through the slow link are late by both ways, attempts
+    into the partition fail as connect failures after the connect timeout and are retried on the other replica,
+    and the tier goes down naming the fault and comes back after it."""
+    from tests.runtime.test_redis_tier import redis_server
+
+    doc = {
+        **SCENARIO,
+        "gateway": {**SCENARIO["gateway"], "response_cache": {"type": "tiered", "params": {"shared": True}}},
+        "faults": [
+            {"kind": "network", "model": "chat", "replica": 0, "at_s": LATENCY_AT, "duration_s": LATENCY_FOR,
+             "latency_s": LATENCY_S},
+            {"kind": "network", "model": "chat", "replica": 1, "at_s": PARTITION_AT, "duration_s": PARTITION_FOR,
+             "partition": True},
+            {"kind": "cache_down", "at_s": CACHE_AT, "duration_s": CACHE_FOR},
+        ],
+    }  # fmt: skip
+    with redis_server() as (url, _redis):
+        doc["live"] = {**SCENARIO["live"], "request_timeout_s": CONNECT_S, "redis_url": url}
+        with serving(tmp_path, doc) as (proc, out, log):
+            client = Client(_status(out)["url"])
+            client.start()
+            armed_wall = time.monotonic()
+            try:
+                came_back = lambda: any(e["kind"] == "shared_tier_up" for e in _events(out))  # noqa: E731
+                _wait(proc, log, "the shared tier back", came_back, 60)
+                time.sleep(max(0.0, PARTITION_AT + PARTITION_FOR + 1.0 - (time.monotonic() - armed_wall)))
+            finally:
+                client.stop.set()
+                client.join(60)
+    answers = client.answers
+    _check_answered(answers)
+    assert all(a["status"] == 200 for a in answers), [a for a in answers if a["status"] != 200]
+    events = _events(out)
+    for text, t in (
+        ("network-0: network on chat-v1-0: start (latency 0.25 s + jitter 0 s)", LATENCY_AT),
+        ("network-0: network on chat-v1-0: end", LATENCY_AT + LATENCY_FOR),
+        ("network-1: network on chat-v1-1: start (partition)", PARTITION_AT),
+        ("network-1: network on chat-v1-1: end", PARTITION_AT + PARTITION_FOR),
+        ("cache_down-2: cache_down on shared cache tier: start", CACHE_AT),
+        ("cache_down-2: cache_down on shared cache tier: end", CACHE_AT + CACHE_FOR),
+    ):
+        assert t - 0.01 <= _at(events, text) <= t + 0.5, (text, _at(events, text))
+    rel = [{**a, "t": a["sent"] - armed_wall} for a in answers]
+    # latency: an answer through the slow link waited both ways
+    slow = [a for a in rel if a["replica"] == "chat-v1-0" and LATENCY_AT + 0.3 < a["t"] < LATENCY_AT + LATENCY_FOR - 1]
+    assert len(slow) >= 2 and all(a["latency"] >= 2 * LATENCY_S for a in slow), slow
+    # partition: attempts into it failed after the connect timeout and were retried on the other replica
+    window = [a for a in rel if PARTITION_AT + 0.3 < a["t"] < PARTITION_AT + PARTITION_FOR - 0.3]
+    retried = [a for a in window if a["retries"] > 0]
+    assert retried and all(a["replica"] == "chat-v1-0" and a["latency"] >= CONNECT_S for a in retried), window
+    assert not [
+        a for a in window if a["replica"] == "chat-v1-1" and a["t"] + a["latency"] < PARTITION_AT + PARTITION_FOR
+    ]
+    assert any(e["kind"] == "retry" and "connect-failure" in e["detail"] for e in events)
+    # cache_down: the tier went down naming the fault, and came back once it ended (after its back-off)
+    down = next(e for e in events if e["kind"] == "shared_tier_down")
+    assert "connection blocked by fault cache_down-2" in down["detail"]
+    armed = next(e["time_s"] for e in events if e["kind"] == "faults_armed")
+    assert CACHE_AT - 0.01 <= down["time_s"] - armed <= CACHE_AT + 0.5
+    up = next(e for e in events if e["kind"] == "shared_tier_up")
+    assert up["time_s"] - armed >= CACHE_AT + CACHE_FOR
+
+
+@pytest.mark.timeout(30)
+def test_stale_metrics_and_a_partition_lose_scrapes_and_the_router_keeps_the_last_numbers() -> None:
+    """The gateway's scrape loop of a replica (runtime.gateway.upstream): while its model is stale no scrape is
+    sent and the last numbers stay; a partitioned link loses its scrapes too; afterwards scraping resumes."""
+    import numpy as np
+
+    from runtime.gateway.upstream import LinkFault, Upstream
+
+    sent: list[str] = []
+    waiting = [3]
+
+    def metrics(request: httpx.Request) -> httpx.Response:
+        sent.append(str(request.url))
+        return httpx.Response(200, text=f'vllm:num_requests_waiting{{model_name="chat"}} {waiting[0]}\n')
+
+    async def run() -> None:
+        u = Upstream("chat", "chat-v1-0", "http://replica", 0.0)
+        stale: set[str] = set()
+        async with httpx.AsyncClient(transport=httpx.MockTransport(metrics)) as client:
+            task = asyncio.create_task(u.scrape_forever(client, 0.01, time.monotonic, lambda _: None, stale))
+            await asyncio.sleep(0.1)
+            assert sent and u.metrics.waiting == 3
+            stale.add("chat")
+            await asyncio.sleep(0.02)
+            n, errors = len(sent), u.scrape_errors
+            waiting[0] = 9
+            await asyncio.sleep(0.15)
+            assert len(sent) == n and u.metrics.waiting == 3 and u.scrape_errors >= errors + 5
+            stale.discard("chat")
+            u.link = LinkFault("net", 0.0, 0.0, True, np.random.default_rng(0))
+            await asyncio.sleep(0.1)
+            assert len(sent) == n and u.metrics.waiting == 3
+            u.link = None
+            await asyncio.sleep(0.1)
+            assert len(sent) > n and u.metrics.waiting == 9
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(run())
