@@ -114,6 +114,8 @@ class FakeRoute:
     rejection: str = ""
     fallback: Any = None
     concurrency: ConcurrencyIntegral = field(default_factory=ConcurrencyIntegral)  # as an autoscaled revision's
+    autoscaled: bool = True
+    core: Any = field(default_factory=lambda: SimpleNamespace(scales=True))  # the gateway core's RouteState
 
     def queued(self) -> int:
         return 0
