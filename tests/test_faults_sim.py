@@ -181,6 +181,20 @@ def test_a_slow_replica_takes_factor_times_longer_only_in_its_window() -> None:
     pd.testing.assert_frame_equal(res.requests[before], base.requests[before])  # nothing changed before it
 
 
+def test_a_slow_fixed_replica_serves_what_starts_in_its_window_factor_times_slower() -> None:
+    doc = scenario([{"kind": "slow_replica", "name": "hot", "model": "chat", "replica": 0, "factor": 3.0,
+                     "at_s": 10.0, "duration_s": 10.0}])  # fmt: skip
+    doc["gpu_pool"] = [{"gpu": "T4", "count": 2}]
+    doc["models"] = [{"name": "chat", "kind": "fixed", "gpu": "T4", "replicas": 2, "concurrency": 64,
+                      "service_time": {"dist": "deterministic", "mean_s": 0.1}}]  # fmt: skip
+    res = run(doc)
+    assert_conserved(res, ["hot"])
+    r = res.requests
+    took = (r["finish_s"] - r["start_s"]).round(9)
+    slow = (r["replica"].astype(str) == "chat-v1-0") & r["start_s"].between(10.0, 20.0, inclusive="left")
+    assert slow.sum() > 10 and (took[slow] == 0.3).all() and (took[~slow] == 0.1).all()
+
+
 def test_network_latency_delays_each_way_of_each_attempt() -> None:
     fault = {"kind": "network", "name": "wan", "model": "chat", "replica": 0, "latency_s": 0.4,
              "at_s": 10.0, "duration_s": 30.0}  # fmt: skip
