@@ -95,9 +95,10 @@ def _lm_sizes(m: ModelDeployment) -> tuple[int, EngineSize]:
 
 def calibrate_scenario(
     path: str | Path, opts: CalibrateOptions, out_dir: str | Path, *, advance: Callable[[int], None] | None = None,
-    plan: Callable[[int], None] | None = None,
+    plan: Callable[[int], None] | None = None, scenario_out: str | Path | None = None,
 ) -> Calibration:  # fmt: skip
-    """Calibrate every model of the scenario that has a `live:` section (module doc)."""
+    """Calibrate every model of the scenario that has a `live:` section (module doc); the calibrated scenario goes
+    to `scenario_out` (default OUT_DIR/<scenario>-calibrated.yaml)."""
     from runtime.replica.backends import default_threads
 
     src = Path(path)
@@ -107,7 +108,7 @@ def calibrate_scenario(
         raise CalibrateError(f"{src}: no model has a `live:` section, so there is no engine to calibrate")
     device = device_name(opts.device)
     threads = opts.threads or default_threads()
-    per_model = opts.probes_per_model or (4 if opts.quick else 12)
+    per_model = opts.probes_per_model or (4 if opts.quick else 24)
     grids: dict[str, live_steps.LlmGrid | live_steps.FixedGrid] = {}
     for m in live:
         assert m.live is not None
@@ -118,7 +119,8 @@ def calibrate_scenario(
             grids[m.name] = live_steps.fixed_grid(m.live.max_batch_size, opts.quick)
     total = sum(live_steps.grid_points(g) for g in grids.values())
     n_llm = sum(1 for m in live if m.kind == "llm")
-    total += len(live) * (per_model + 1) + n_llm * len(overheads.TOGETHER) if opts.measure_overheads else 0
+    rounds = 1 if per_model < 8 else 3  # rounds of requests sent together (odhsim.calibrate.overheads)
+    total += len(live) * (per_model + 1) + n_llm * rounds * len(overheads.TOGETHER) if opts.measure_overheads else 0
     if plan:
         plan(total)
     tick = (lambda: advance(1)) if advance else (lambda: None)
@@ -167,7 +169,8 @@ def calibrate_scenario(
         cpu = measure_cpu_share(lms[0].live, max_len=_lm_sizes(lms[0])[0], threads=threads)
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     flags = (" --quick" if opts.quick else "") + (" --cpu-share" if opts.measure_cpu else "")
-    command = f"odhsim calibrate {src} --device {opts.device}{flags}"
+    where = f" --out {out_dir}" + (f" --scenario-out {scenario_out}" if scenario_out is not None else "")
+    command = f"odhsim calibrate {src} --device {opts.device}{flags}{where}"
     machine = machine_name()
     for m in live:
         assert m.live is not None
@@ -186,7 +189,8 @@ def calibrate_scenario(
     dest = Path(out_dir)
     for name, prof in out.profiles.items():
         out.files.append(str(write_profile(prof, dest / f"{name}.json")))
-    out.files.append(str(write_calibrated_scenario(src, sc.live.scrape_interval_s, out.profiles, dest)))
+    target = Path(scenario_out) if scenario_out is not None else dest / f"{src.stem}-calibrated.yaml"
+    out.files.append(str(write_calibrated_scenario(src, sc.live.scrape_interval_s, out.profiles, dest, target)))
     return out
 
 
@@ -204,12 +208,13 @@ def _relocate(value: str, old_base: Path, new_base: Path) -> str:
 
 
 def write_calibrated_scenario(
-    src: Path, scrape_interval_s: float, profiles: dict[str, CalibratedProfile], dest: Path
+    src: Path, scrape_interval_s: float, profiles: dict[str, CalibratedProfile], dest: Path, path: Path
 ) -> Path:
-    """The scenario with each calibrated model naming its profile file and the live engine's settings (module doc)."""
+    """The scenario at `path`, each calibrated model naming its profile file in `dest` and the live engine's
+    settings (module doc)."""
     data, _ = read_scenario_dict(src)
-    old_base = src.resolve().parent
-    dest.mkdir(parents=True, exist_ok=True)
+    old_base, new_base = src.resolve().parent, path.resolve().parent
+    new_base.mkdir(parents=True, exist_ok=True)
     models = data.get("models", [])
     for i, m in enumerate(models):
         prof = profiles.get(m.get("name"))
@@ -217,11 +222,12 @@ def write_calibrated_scenario(
             continue
         fields = [(k, v) for k, v in m.items() if k != "profile"]
         at = next((j + 1 for j, (k, _) in enumerate(fields) if k == "kind"), 1)
-        m = models[i] = dict([*fields[:at], ("profile", {"file": f"{prof.model}.json"}), *fields[at:]])
+        ref = os.path.relpath((dest / f"{prof.model}.json").resolve(), new_base)
+        m = models[i] = dict([*fields[:at], ("profile", {"file": ref}), *fields[at:]])
         live = m.get("live", {})
         for arch in ("lm", "mlp", "cnn"):
             if isinstance(live.get(arch), dict) and live[arch].get("weights"):
-                live[arch]["weights"] = _relocate(live[arch]["weights"], old_base, dest)
+                live[arch]["weights"] = _relocate(live[arch]["weights"], old_base, new_base)
         if prof.engine is not None:
             seqs = int(live.get("max_num_seqs", 16))
             m["engine"] = {**m.get("engine", {}), "max_num_seqs": seqs, "max_model_len": prof.engine.max_context,
@@ -232,11 +238,15 @@ def write_calibrated_scenario(
     data.setdefault("gateway", {})["scrape_interval_s"] = scrape_interval_s
     for s in data.get("workload", {}).get("sources", []) or []:
         if isinstance(s, dict) and isinstance(s.get("path"), str):
-            s["path"] = _relocate(s["path"], old_base, dest)
+            s["path"] = _relocate(s["path"], old_base, new_base)
     live_cfg = data.get("live")
     if isinstance(live_cfg, dict) and isinstance(live_cfg.get("api_keys_file"), str):
-        live_cfg["api_keys_file"] = _relocate(live_cfg["api_keys_file"], old_base, dest)
-    data["name"] = f"{data.get('name', src.stem)}-calibrated"
+        live_cfg["api_keys_file"] = _relocate(live_cfg["api_keys_file"], old_base, new_base)
+    data["description"] = (
+        f"{src.name}'s services simulated with the profiles `odhsim calibrate` measured on the live engine of this "
+        "machine (gpu stays a nominal slot: cost and GPU-hours are its; the latency is the calibrated engine's)"
+    )
+    data["name"] = path.stem if path.stem != f"{src.stem}-calibrated" else f"{data.get('name', src.stem)}-calibrated"
     first = next(iter(profiles.values())).provenance
     head = (
         f"# {src.name} calibrated by `{first.command}` on {first.date}\n"
@@ -244,7 +254,6 @@ def write_calibrated_scenario(
         "# Each calibrated model names its profile file (fitted engine steps, batching, overheads outside the\n"
         "# engine); its engine settings are the live replica's (odhsim/calibrate/instrumented.py says which).\n"
     )
-    path = dest / f"{src.stem}-calibrated.yaml"
     path.write_text(head + yaml.safe_dump(data, sort_keys=False, width=120))
     load_scenario(path)  # the file it wrote must load: fail here, naming it, rather than at the user's next run
     return path

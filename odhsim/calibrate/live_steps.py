@@ -50,7 +50,7 @@ def llm_grid(max_len: int, max_seqs: int, quick: bool) -> LlmGrid:
     else:
         prompts = (8, 16, 32, 48, 64, 96, 128, 192, 256, 320, 384, 448)
         batches, contexts = (1, 2, 3, 4, 6, 8, 10, 12, 16, 24, 32), (16, 64, 128, 256, 384, 480)
-        hp, hb, reps = (48, 192, 320), (3, 10), 7
+        hp, hb, reps = (48, 192, 320), (3, 10), 15
     prompts = tuple(p for p in prompts if p < max_len)
     batches = tuple(b for b in batches if b <= max_seqs)
     contexts = tuple(c for c in contexts if c < max_len)
@@ -64,12 +64,23 @@ def fixed_grid(max_batch: int, quick: bool) -> FixedGrid:
     batches = tuple(b for b in sizes if b <= max_batch)
     if max_batch not in batches:
         batches = (*batches, max_batch)
-    return FixedGrid(batches, tuple(b for b in held if b in batches and b != max_batch), 3 if quick else 9)
+    return FixedGrid(batches, tuple(b for b in held if b in batches and b != max_batch), 5 if quick else 31)
 
 
-def _median_time(fn: Callable[[], Any], repeats: int, run: Callable[[Callable[[], Any]], float]) -> float:
-    run(fn)  # warm-up (allocations, kernel choice)
-    return statistics.median(run(fn) for _ in range(repeats))
+def _median_times(
+    fns: list[Callable[[], Any]], repeats: int, run: Callable[[Callable[[], Any]], float], tick: Tick | None
+) -> list[float]:
+    """Median time of each fn over `repeats` rounds; each round visits every point, so a burst of load elsewhere
+    on the machine spreads over the grid instead of skewing the points timed while it lasted."""
+    for fn in fns:
+        run(fn)  # warm-up (allocations, kernel choice)
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            times[i].append(run(fn))
+        if tick:
+            tick()
+    return [statistics.median(t) for t in times]
 
 
 class _Worker:
@@ -121,24 +132,19 @@ def time_llm_steps(
     sampled = (SamplingParams(max_tokens=1, temperature=1.0), request_generator(0))  # as `odhsim replay` asks
     worker = _Worker(threads)
     rows: list[dict[str, Any]] = []
+    fns: list[Callable[[], Any]] = []
+    for p in grid.prompts:
+        ids = [i % 256 for i in range(p)]
+        fns.append(lambda ids=ids: engine._step([], ([], []), [(0, ids)], [sampled]))
+        rows.append({"prefill_tokens": p, "prefill_sum_sq": p * p, "decode_batch": 0, "decode_context": 0})
+    for b in grid.batches:
+        for c in grid.contexts:
+            inputs = ([65] * b, [c] * b)
+            fns.append(lambda inputs=inputs, b=b: engine._step([], inputs, [], [sampled] * b))
+            rows.append({"prefill_tokens": 0, "prefill_sum_sq": 0, "decode_batch": b, "decode_context": b * c})
     try:
-        for p in grid.prompts:
-            ids = [i % 256 for i in range(p)]
-            fn = lambda ids=ids: engine._step([], ([], []), [(0, ids)], [sampled])  # noqa: E731
-            dt = _median_time(fn, grid.repeats, worker.time)
-            rows.append({"prefill_tokens": p, "prefill_sum_sq": p * p, "decode_batch": 0, "decode_context": 0,
-                         "duration_s": dt})  # fmt: skip
-            if tick:
-                tick()
-        for b in grid.batches:
-            for c in grid.contexts:
-                inputs = ([65] * b, [c] * b)
-                fn = lambda inputs=inputs, b=b: engine._step([], inputs, [], [sampled] * b)  # noqa: E731
-                dt = _median_time(fn, grid.repeats, worker.time)
-                rows.append({"prefill_tokens": 0, "prefill_sum_sq": 0, "decode_batch": b, "decode_context": b * c,
-                             "duration_s": dt})  # fmt: skip
-                if tick:
-                    tick()
+        for row, dt in zip(rows, _median_times(fns, grid.repeats, worker.time, tick), strict=True):
+            row["duration_s"] = dt
     finally:
         worker.close()
         if device.startswith("cuda"):
@@ -159,23 +165,19 @@ def time_fixed_batches(
     model = build_classifier(arch, base_dir=base_dir, device=device)
     gen = torch.Generator().manual_seed(0)
     worker = _Worker(threads)
-    rows: list[dict[str, Any]] = []
+    xs = [torch.rand((b, *model.input_shape), generator=gen) for b in grid.batches]
     try:
-        for b in grid.batches:
-            x = torch.rand((b, *model.input_shape), generator=gen)
-            dt = _median_time(lambda x=x: predict(model, x), grid.repeats, worker.time)
-            rows.append({"batch": b, "duration_s": dt})
-            if tick:
-                tick()
+        fns: list[Callable[[], Any]] = [lambda x=x: predict(model, x) for x in xs]
+        times = _median_times(fns, grid.repeats, worker.time, tick)
+        rows = [{"batch": b, "duration_s": t} for b, t in zip(grid.batches, times, strict=True)]
     finally:
         worker.close()
     return pd.DataFrame(rows)
 
 
 def grid_points(grid: LlmGrid | FixedGrid) -> int:
-    if isinstance(grid, LlmGrid):
-        return len(grid.prompts) + len(grid.batches) * len(grid.contexts)
-    return len(grid.batches)
+    """Progress ticks of timing this grid: one per round."""
+    return grid.repeats
 
 
 def grid_doc(grid: LlmGrid | FixedGrid) -> dict[str, Sequence[int] | int]:

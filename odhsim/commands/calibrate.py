@@ -29,6 +29,9 @@ def calibrate(
     no_overheads: Annotated[
         bool, typer.Option("--no-overheads", help="Skip the live gateway probes (overheads stay 0).")
     ] = False,
+    scenario_out: Annotated[
+        Path | None, typer.Option(help="Where the calibrated scenario goes (default OUT/<scenario>-calibrated.yaml).")
+    ] = None,
     cpu_share: Annotated[
         bool,
         typer.Option(
@@ -67,7 +70,12 @@ def calibrate(
     ) as bar:
         task = bar.add_task("steps", total=None)
         result = calibrate_scenario(
-            scenario, opts, out, plan=lambda n: bar.update(task, total=n), advance=lambda k: bar.advance(task, k)
+            scenario,
+            opts,
+            out,
+            plan=lambda n: bar.update(task, total=n),
+            advance=lambda k: bar.advance(task, k),
+            scenario_out=scenario_out,
         )
     docs = {name: p.model_dump(mode="json", exclude_none=True, exclude={"live"}) for name, p in result.profiles.items()}
     if json_:
