@@ -50,6 +50,7 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "odhsim.calibrate.live_steps": "cli",  # time the live engine in-process (runtime imported lazily)
     "odhsim.calibrate.overheads": "cli",  # probe a live gateway
     "odhsim.calibrate.instrumented": "cli",
+    "odhsim.calibrate.cpu_share": "cli",  # times the live engine in several processes
     "odhsim.cli": "cli",
     "odhsim.commands": "cli",
 }
