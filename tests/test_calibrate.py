@@ -269,3 +269,15 @@ def test_replicas_sharing_too_few_cores_stretch_their_steps(tmp_path: Path) -> N
     # one core, +50% per busy replica beyond it: the second replica starts its step while the first computes
     cpu = {"cores": 1, "slowdown_per_extra_busy": 0.5, "measured": {"1": 1.0, "2": 1.5}}
     assert ttfts(cpu) == pytest.approx([prefill, 1.5 * prefill], rel=1e-12)
+
+
+def test_device_cuda_without_a_gpu_says_so_and_runs_on_one_when_present(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    args = ["calibrate", str(ROOT / "scenarios" / "live.yaml"), "--device", "cuda", "--quick", "--out", str(tmp_path)]
+    out = CliRunner().invoke(app, args)
+    if not torch.cuda.is_available():
+        assert out.exit_code == 2 and "--device cuda: torch sees no CUDA device on this machine" in out.output
+        return
+    assert out.exit_code == 0, out.output  # a GPU machine: the same quick calibrate, timed on the GPU
+    prof = load_profile(tmp_path / "chat.json")
+    assert prof.provenance.device.startswith("cuda: ") and prof.provenance.held_out is not None
