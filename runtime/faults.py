@@ -21,8 +21,13 @@ How each kind is made real (and why there):
   to it is blocked (runtime.gateway.shared_tier: every call fails as a refused connection); the tier goes down and
   comes back as it would for a dead server (`shared_tier_down` / `shared_tier_up` events).
 - stale_metrics: the gateway's scrapes of the model's replicas are lost; the router keeps the last numbers.
-- node_failure and the deploy kinds are refused by `odhsim validate --engine live` and `odhsim serve`
-  (odhsim.scenario.checks.LIVE_FAULT_REFUSALS says why for each).
+- readiness_failure / load_oom: every replica start (a restart in place or a scale-up) that begins inside a window
+  gets `$ODHSIM_FAULT_START` (runtime.replica.faults): its model load fails as an out-of-memory error (the
+  process exits), or it answers every inference 503 so its readiness test fails; either way the controller fails
+  it and restarts it after its CrashLoopBackOff; the first start after the window succeeds. A window with no
+  length arms one failure (the model's next start), as in the simulator (odhsim.sim.faults_infra).
+- node_failure and download_failure / download_timeout are refused by `odhsim validate --engine live` and
+  `odhsim serve` (odhsim.scenario.checks.LIVE_FAULT_REFUSALS says why for each).
 
 Streams and targets as the simulator's (odhsim.sim.faults): windows from `faults/<index>` alone, a replica fault
 with `replica: null` picks from `faults/<index>/target`, `replica: k` is the k-th ready replica of the model by name
@@ -91,6 +96,7 @@ class LiveFaults:
         self._undo: dict[int, Callable[[], Awaitable[None]]] = {}  # the faults in force, by index
         self._switches: dict[tuple[str, str], _Switch] = {}
         self._stale_by: dict[str, set[str]] = {}
+        self._starts: dict[str, list[list[Any]]] = {}  # deploy faults by model: [kind, label, active, armed]
         for name, c in controllers.items():
             c.before_ready = self._reapplier(name)
 
@@ -116,6 +122,9 @@ class LiveFaults:
         label = spec.label(index)
         for start, end in fault_windows(spec, streams.get(f"faults/{index}")):
             await self._sleep_until(start)
+            if end == start and spec.kind in ("readiness_failure", "load_oom"):
+                self._deploy(spec, label, instant=True)
+                continue
             try:
                 undo = await self._begin(spec, label, target, draws)
             except Exception as err:  # the fault could not be injected: said, and the schedule goes on
@@ -182,6 +191,8 @@ class LiveFaults:
             return self._cache_down(spec, label)
         if kind == "stale_metrics":
             return self._stale(spec, label)
+        if kind in ("readiness_failure", "load_oom"):
+            return self._deploy(spec, label)
         raise ValueError(f"{kind} cannot be injected live (odhsim.scenario.checks.LIVE_FAULT_REFUSALS)")
 
     def _crash(self, spec: FaultSpec, label: str, r: Any) -> None:
@@ -299,3 +310,40 @@ class LiveFaults:
             self._event(spec, label, f"{model}'s scrapes", "end")
 
         return end
+
+    # -- deploy faults: the starts inside a window fail ----------------------------------------------------------
+    def _deploy(self, spec: FaultSpec, label: str, instant: bool = False) -> Callable[[], Awaitable[None]] | None:
+        """A window of a readiness_failure / load_oom fault: starts inside it fail (an instant one: the next)."""
+        model = spec.model or ""
+        entries = self._starts.setdefault(model, [])
+        entry = next((e for e in entries if e[1] == label), None)
+        if entry is None:
+            entry = [spec.kind, label, False, False]
+            entries.append(entry)
+        if instant:
+            note = "already armed" if entry[3] else "the next replica start fails"
+            entry[3] = True
+            self._event(spec, label, model, "start", note)
+            return None
+        entry[2] = True
+        self._event(spec, label, model, "start", "replica starts fail until its end")
+
+        async def end() -> None:
+            entry[2] = False
+            self._event(spec, label, model, "end", "replica starts succeed again")
+
+        return end
+
+    def start_env(self, model: str, replica: str) -> dict[str, str]:
+        """The environment of a replica start under the model's first deploy fault that holds (scenario order):
+        `$ODHSIM_FAULT_START` (runtime.replica.faults); {} when none does. Each failed start is an event."""
+        from runtime.replica.faults import START_FAULT_ENV
+
+        for entry in self._starts.get(model, ()):
+            kind, label, active, armed = entry
+            if active or armed:
+                entry[3] = False
+                what = "its load runs out of GPU memory" if kind == "load_oom" else "its readiness test fails"
+                self.log.event(FAULT_EVENT, model, replica, f"{label}: {kind} on {replica}: start fails ({what})")
+                return {START_FAULT_ENV: f"{kind}:{label}"}
+        return {}

@@ -98,8 +98,14 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def _spawner(
-    scenario: Scenario, device: str, log_dir: Path | None, secret: str, steps_dir: Path | None = None
+    scenario: Scenario,
+    device: str,
+    log_dir: Path | None,
+    secret: str,
+    steps_dir: Path | None = None,
+    start_env: Callable[[str, str], dict[str, str]] | None = None,
 ) -> Callable[[ModelDeployment, str], Any]:
+    """`start_env(model, replica)`: more environment for one start (a deploy fault's switch, runtime.faults)."""
     from runtime.processes import ReplicaProcess
     from runtime.replica.config import ReplicaConfig
     from runtime.replica.steps_spool import STEPS_FILE_ENV
@@ -117,6 +123,8 @@ def _spawner(
             env = None if placed == "cpu" else {"CUDA_VISIBLE_DEVICES": placed.removeprefix("cuda:")}
         if steps_dir is not None:
             env = {**(env or {}), STEPS_FILE_ENV: str(steps_dir / f"{name}.csv")}
+        if start_env is not None and (extra := start_env(model.name, name)):
+            env = {**(env or {}), **extra}
         return ReplicaProcess.start(config, name=name, device=run_on, log_path=log_path, secret=secret, env=env)
 
     return spawn
@@ -218,7 +226,9 @@ class LiveStack:
             prober = HttpProber(self._client, test_timeout_s=60.0)
             log_dir = None if self.out_dir is None else self.out_dir / "logs"
             steps_dir = None if self.out_dir is None else self.out_dir / "steps"
-            spawn = self._spawn or _spawner(sc, self.device, log_dir, self.replica_secret, steps_dir)
+            spawn = self._spawn or _spawner(
+                sc, self.device, log_dir, self.replica_secret, steps_dir, start_env=self._start_env
+            )
             streams = RngStreams(sc.seed)
             capacity = live_capacity(sc, streams)
             for m in sc.models:
@@ -260,6 +270,10 @@ class LiveStack:
     def _shared_tier_changed(self, up: bool, detail: str) -> None:
         """The response cache's Redis tier went down or came back: an event (requests go on meanwhile)."""
         self.log.event("shared_tier_up" if up else "shared_tier_down", "", "", detail[:300])
+
+    def _start_env(self, model: str, replica: str) -> dict[str, str]:
+        """A replica start's deploy-fault switch, when a readiness_failure / load_oom fault holds (runtime.faults)."""
+        return {} if self.faults is None else self.faults.start_env(model, replica)
 
     def _reaction(self, record: Any) -> None:
         """The gateway core's reactions to a failed attempt as events, as the simulator records them."""

@@ -133,8 +133,6 @@ LIVE_FAULT_REFUSALS = {
     "(live.devices groups could stand for nodes, but taking a group's slots out is not built); use replica_crash",
     "download_failure": "live replicas build or read their weights locally (live: lm/mlp/cnn): no storage download",
     "download_timeout": "live replicas build or read their weights locally (live: lm/mlp/cnn): no storage download",
-    "readiness_failure": "not injected live yet (the readiness test would have to fail in the window)",
-    "load_oom": "not injected live yet (the replica process would have to fail its load in the window)",
 }
 """Fault kinds `odhsim serve` cannot inject for real (runtime.faults injects the others), and why."""
 

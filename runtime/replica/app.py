@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -160,12 +161,13 @@ def create_app(
     on_fatal: Callable[[BaseException], None] | None = None,
 ) -> FastAPI:
     """The replica app for `config`. `on_fatal(err)` is called if the model fails to load (the CLI then exits 1)."""
-    faults = ReplicaFaults()  # the scenario's error_rate / slow_replica faults, switched by `odhsim serve`
+    faults = ReplicaFaults.from_env(os.environ)  # the scenario's faults on this replica, switched by `odhsim serve`
     state = ReplicaState(config, replica_name, make_backend(config, device, threads, faults))
     spool = StepSpool.from_env(config, replica_name)  # engine steps to $ODHSIM_STEPS_FILE (odhsim serve --out)
 
     async def load() -> None:
         try:
+            faults.check_load()  # a start under a load_oom fault fails here
             await state.backend.start()
             if spool is not None:
                 spool.start(state.backend)

@@ -9,6 +9,10 @@
   on the same worker thread, by a sleep of (factor - 1) times its measured duration, so the step takes `factor`
   times as long and everything behind it (the batch's tokens, the queue, /metrics) sees a straggler.
 
+A start under a deploy fault gets `$ODHSIM_FAULT_START` = `<kind>:<label>` from `odhsim serve`: `load_oom` fails
+the model's load as CUDA's allocator does (the process exits 1, the controller restarts it with its back-off),
+`readiness_failure` answers every inference 503, the readiness test's included, so the test fails for real.
+
 With no fault the request path pays one attribute test per request and the step one per step.
 """
 
@@ -17,7 +21,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -25,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 CONTROL_PATH = "/odhsim/faults"
+START_FAULT_ENV = "ODHSIM_FAULT_START"
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -61,6 +66,27 @@ class ReplicaFaults:
         self.injected_errors = 0
         self.slowed_steps = 0
         self._lock = threading.Lock()
+        self.note = ""  # names the deploy fault that fails this start (its error answers say it)
+        self.load_fault = ""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> ReplicaFaults:
+        """The faults a start begins with (`$ODHSIM_FAULT_START`, see the module doc)."""
+        faults = cls()
+        kind, _, label = environ.get(START_FAULT_ENV, "").partition(":")
+        if kind == "readiness_failure":
+            faults.note = f"{label}: readiness_failure"
+            faults.apply(FaultControl(error=ErrorFault(share=1.0, status=503)), {"error"})
+        elif kind == "load_oom":
+            faults.load_fault = label
+        return faults
+
+    def check_load(self) -> None:
+        """Fail the model's load when this start is under a load_oom fault."""
+        if self.load_fault:
+            raise RuntimeError(
+                f"CUDA out of memory while allocating the KV cache (injected fault {self.load_fault}: load_oom)"
+            )
 
     def apply(self, control: FaultControl, fields: set[str]) -> None:
         if "error" in fields:
@@ -107,8 +133,8 @@ def _json(status: int, doc: object) -> tuple[int, bytes]:
     return status, json.dumps(doc).encode()
 
 
-def _error_doc(path: str, status: int) -> object:
-    message = f"injected fault: this replica answers a share of requests with {status}"
+def _error_doc(path: str, status: int, note: str = "") -> object:
+    message = f"injected fault{' ' + note if note else ''}: this replica answers a share of requests with {status}"
     if path.startswith("/v1"):
         return {"error": {"message": message, "type": "server_error", "param": None, "code": "injected_fault"}}
     return {"error": message}
@@ -136,7 +162,7 @@ class FaultSwitch:
         if path == CONTROL_PATH:
             status, body = await self._control(method, receive)
         elif self.faults.error is not None and _is_inference(method, path) and (code := self.faults.draw_error()):
-            status, body = _json(code, _error_doc(path, code))
+            status, body = _json(code, _error_doc(path, code, self.faults.note))
         else:
             await self.app(scope, receive, send)
             return

@@ -443,3 +443,57 @@ def test_stale_metrics_and_a_partition_lose_scrapes_and_the_router_keeps_the_las
                 await task
 
     asyncio.run(run())
+
+
+@pytest.mark.timeout(240)
+def test_deploy_faults_fail_the_starts_inside_their_window_for_real(tmp_path: Path) -> None:
+    """A crash makes each model restart inside a deploy fault's window: chat's restart fails its readiness test
+    (the new process answers 503), chat2's runs out of memory at load (the process exits); the controller backs
+    off and the first start after the window serves."""
+    chat2 = {**SCENARIO["models"][0], "name": "chat2", "replicas": 1}
+    doc = {
+        **SCENARIO,
+        "models": [{**SCENARIO["models"][0], "replicas": 1}, chat2],
+        "faults": [
+            {"kind": "replica_crash", "model": "chat", "replica": 0, "at_s": 1.0},
+            {"kind": "replica_crash", "model": "chat2", "replica": 0, "at_s": 1.0},
+            {"kind": "readiness_failure", "model": "chat", "at_s": 0.5, "duration_s": 5.0},
+            {"kind": "load_oom", "model": "chat2", "at_s": 0.5, "duration_s": 5.0},
+        ],
+    }
+
+    def ready_again(events: list[dict[str, Any]], name: str) -> bool:
+        crash = [e["time_s"] for e in events if e["kind"] == "crash" and e["replica"] == name]
+        return bool(crash) and any(
+            e["replica"] == name and e["detail"].startswith("testing -> ready") and e["time_s"] > crash[0]
+            for e in events
+        )
+
+    with serving(tmp_path, doc) as (proc, out, log):
+        both = lambda: all(ready_again(_events(out), n) for n in ("chat-v1-0", "chat2-v1-0"))  # noqa: E731
+        _wait(proc, log, "both models' replicas back", both, 150)
+        url = _status(out)["url"]
+        answers = {}
+        for model in ("chat", "chat2"):
+            body = {"model": model, "prompt": "after", "max_tokens": 4, "temperature": 0}
+            answers[model] = httpx.post(f"{url}/v1/completions", json=body, headers=AUTH, timeout=30)
+    for model, resp in answers.items():
+        assert resp.status_code == 200 and resp.headers["x-odhsim-replica"] == f"{model}-v1-0", resp.text
+    events = _events(out)
+    armed = next(e["time_s"] for e in events if e["kind"] == "faults_armed")
+    for name, label, kind, why in (
+        ("chat-v1-0", "readiness_failure-2", "readiness_failure", "test completion answered 503: injected fault"),
+        ("chat2-v1-0", "load_oom-3", "load_oom", "process exited before it was ready"),
+    ):
+        mine = [e for e in events if e["replica"] == name]
+        failed_starts = [e for e in mine if e["kind"] == "fault" and e["detail"].startswith(f"{label}: {kind} on")]
+        assert failed_starts and all(0.5 <= e["time_s"] - armed <= 5.5 for e in failed_starts), failed_starts
+        # each start in the window failed, and the controller said why before backing off
+        failures = [e["detail"] for e in mine if (e["kind"] == "state" and e["detail"].startswith("loading -> failed"))
+                    or e["detail"].startswith("testing -> failed")]  # fmt: skip
+        assert len(failures) == len(failed_starts) and all(why in d for d in failures), (failures, failed_starts)
+        # the start that served began after the window
+        last_start = max(e["time_s"] for e in mine if e["detail"].startswith("restarting -> loading"))
+        assert last_start - armed > 5.5
+    oom_log = (out / "logs" / "chat2-v1-0.log").read_text()
+    assert "CUDA out of memory while allocating the KV cache (injected fault load_oom-3: load_oom)" in oom_log
