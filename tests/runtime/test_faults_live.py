@@ -459,6 +459,7 @@ def test_deploy_faults_fail_the_starts_inside_their_window_for_real(tmp_path: Pa
             {"kind": "replica_crash", "model": "chat2", "replica": 0, "at_s": 1.0},
             {"kind": "readiness_failure", "model": "chat", "at_s": 0.5, "duration_s": 5.0},
             {"kind": "load_oom", "model": "chat2", "at_s": 0.5, "duration_s": 5.0},
+            {"kind": "error_rate", "model": "chat2", "replica": 0, "at_s": 0.2, "duration_s": 100.0, "share": 0.01},
         ],
     }
 
@@ -473,6 +474,8 @@ def test_deploy_faults_fail_the_starts_inside_their_window_for_real(tmp_path: Pa
         both = lambda: all(ready_again(_events(out), n) for n in ("chat-v1-0", "chat2-v1-0"))  # noqa: E731
         _wait(proc, log, "both models' replicas back", both, 150)
         url = _status(out)["url"]
+        back = next(r for m in _status(out)["models"] for r in m["replicas"] if r["name"] == "chat2-v1-0")
+        switch = httpx.get(f"{back['url']}/odhsim/faults", headers=_replica_headers(back["pid"]), timeout=10).json()
         answers = {}
         for model in ("chat", "chat2"):
             body = {"model": model, "prompt": "after", "max_tokens": 4, "temperature": 0}
@@ -495,5 +498,10 @@ def test_deploy_faults_fail_the_starts_inside_their_window_for_real(tmp_path: Pa
         # the start that served began after the window
         last_start = max(e["time_s"] for e in mine if e["detail"].startswith("restarting -> loading"))
         assert last_start - armed > 5.5
+    # an error_rate fault that held across chat2's restart was switched on in its new process before traffic
+    assert switch["error"]["share"] == 0.01
+    reapplied = [e for e in events if e["kind"] == "fault_reapplied" and e["replica"] == "chat2-v1-0"]
+    ready_at = max(e["time_s"] for e in events if e["replica"] == "chat2-v1-0" and e["detail"] == "testing -> ready")
+    assert len(reapplied) == 1 and reapplied[0]["time_s"] <= ready_at
     oom_log = (out / "logs" / "chat2-v1-0.log").read_text()
     assert "CUDA out of memory while allocating the KV cache (injected fault load_oom-3: load_oom)" in oom_log
