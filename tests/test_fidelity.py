@@ -196,4 +196,53 @@ def test_a_short_real_fidelity_run_finishes_and_its_throughput_matches(tmp_path:
     assert live["prompt_tokens"].tolist() == sim["prompt_tokens"].tolist()
     ready = table[table["metric"] == "ready_replicas"]
     assert ready["live"].iloc[0] == 1.0 and ready["sim"].iloc[0] == 1.0  # one replica ready throughout, both engines
-    assert (out / "plots" / "fidelity-load-2.png").stat().st_size > 10_000
+    assert (out / "plots" / "load-2.png").stat().st_size > 10_000
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+@pytest.mark.skipif(not _cuda(), reason="needs a CUDA GPU and a CUDA build of torch (never required by CI)")
+@pytest.mark.timeout(400)
+def test_fidelity_runs_its_replicas_on_cuda(tmp_path: Path) -> None:
+    out = tmp_path / "fid"
+    args = ["fidelity", str(_tiny_scenario(tmp_path)), "--rates", "2", "--absolute", "--duration", "8",
+            "--device", "cuda", "--out", str(out)]  # fmt: skip
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    table = pd.read_csv(out / "fidelity.csv")
+    assert abs(table.loc[table["metric"] == "throughput_rps", "error_pct"].iloc[0]) < THROUGHPUT_BOUND_PCT
+    assert table.loc[table["metric"] == "ok_fraction", "live"].iloc[0] == 1.0
+
+
+def test_capacity_figures_of_a_burst_and_of_a_sustained_overload() -> None:
+    from odhsim.fidelity.loop import burst_throughput, sustained_throughput
+
+    req = pd.DataFrame(
+        {
+            "arrival_s": [0.0, 0.0, 0.5, 1.0] * 5,
+            "finish_s": np.linspace(1.0, 10.0, 20),
+            "status": ["ok"] * 19 + ["failed"],
+        }
+    )
+    assert burst_throughput(req) == pytest.approx(19 / np.linspace(1.0, 10.0, 20)[18])  # 19 ok, last ok answer
+    finish = req["finish_s"].to_numpy()
+    inside = int(((finish >= 3.0) & (finish < 7.0))[:19].sum())
+    assert sustained_throughput(req, 3.0, 7.0) == pytest.approx(inside / 4.0)
+
+
+def test_measured_startup_reads_the_deploy_before_the_replay() -> None:
+    from odhsim.fidelity.loop import measured_startup
+
+    rows = [(-9.0, "a", "pending"), (-8.9, "a", "loading"), (-2.9, "a", "testing"), (-2.5, "a", "ready"),
+            (-9.0, "b", "pending"), (-8.8, "b", "loading"), (-0.8, "b", "testing"), (-0.2, "b", "ready"),
+            (5.0, "a", "failed"), (15.0, "a", "loading")]  # fmt: skip
+    reps = pd.DataFrame(rows, columns=["time_s", "replica", "state"]).assign(model="chat")
+    load_s, test_s = measured_startup(reps)
+    assert load_s == pytest.approx((6.0 + 8.0) / 2) and test_s == pytest.approx((0.4 + 0.6) / 2)
+    assert measured_startup(reps[reps["time_s"] > 0]) is None

@@ -32,3 +32,7 @@ def test_quickstart_exists() -> None:
 
 def test_capacity_planning_exists() -> None:
     assert (REPO_ROOT / "notebooks" / "capacity_planning.ipynb") in NOTEBOOKS
+
+
+def test_fidelity_exists() -> None:
+    assert (REPO_ROOT / "notebooks" / "fidelity.ipynb") in NOTEBOOKS

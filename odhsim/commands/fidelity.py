@@ -111,6 +111,10 @@ def bench_fidelity(
     case: Annotated[
         list[str] | None, typer.Option(help="Run only these cases: poisson, bursty, azure, kpa-rush, crash.")
     ] = None,
+    calibrate: Annotated[
+        bool | None,
+        typer.Option(help="Calibrate first (odhsim calibrate --quick); default: when the base has no profile file."),
+    ] = None,
 ) -> None:
     """Simulator vs live engine at 0.3/0.6/0.9 of capacity (Poisson, bursty, Azure slice), a KPA rush and a replica
     crash, against issue 11's targets; prints the table and writes bench-fidelity.csv."""
@@ -130,7 +134,7 @@ def bench_fidelity(
         raise FidelityError(f"--duration must be > 0, got {duration}")
     check_out_dir(out)
     bench = BenchSettings(duration_s=duration, rush_duration_s=1.5 * duration, device=device, scenario=scenario,
-                          cases=cases)  # fmt: skip
+                          cases=cases, calibrate=calibrate)  # fmt: skip
     with Progress(
         SpinnerColumn(), TextColumn("[bold]bench-fidelity[/] {task.description}"), TextColumn("{task.fields[count]}"),
         TimeElapsedColumn(), console=err_console, transient=True,

@@ -56,6 +56,8 @@ class BenchSettings:
     device: str = "cpu"
     scenario: Path | None = None
     cases: tuple[str, ...] = ("poisson", "bursty", "azure", "kpa-rush", "crash")
+    calibrate: bool | None = None
+    """None: run `odhsim calibrate --quick` first when the base scenario's LLM has no calibrated profile file."""
 
 
 def base_doc(path: Path) -> dict[str, Any]:
@@ -121,11 +123,26 @@ def _write(doc: dict[str, Any], path: Path) -> Path:
     return path
 
 
+def calibrated(base: dict[str, Any], out: Path, bench: BenchSettings, hooks: Hooks) -> Path:
+    """`odhsim calibrate --quick` of the base scenario's LLM on this machine: the calibrated scenario's path."""
+    from odhsim.calibrate.instrumented import CalibrateOptions, calibrate_scenario
+
+    path = _write(base, out / "scenarios" / "base.yaml")
+    hooks.stage("calibrating the live model on this machine (odhsim calibrate --quick)")
+    calibrate_scenario(path, CalibrateOptions(device=bench.device, quick=True), out / "calib")
+    return out / "calib" / "base-calibrated.yaml"
+
+
 def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = None) -> pd.DataFrame:
     """Run the cases; returns (and writes OUT/bench-fidelity.csv) the long table with a `case` column."""
     hooks = hooks or Hooks()
     base_path = bench.scenario or (FIDELITY_SCENARIO if FIDELITY_SCENARIO.is_file() else LIVE_SCENARIO)
-    docs = case_docs(base_doc(base_path), bench)
+    base = base_doc(base_path)
+    has_file = isinstance(base["models"][0].get("profile"), dict)
+    if bench.calibrate or (bench.calibrate is None and not has_file):
+        base_path = calibrated(base, out, bench, hooks)
+        base = base_doc(base_path)
+    docs = case_docs(base, bench)
     paths = {case: _write(doc, out / "scenarios" / f"{case}.yaml") for case, doc in docs.items()}
     settings = FidelitySettings(rates=LOADS, duration_s=bench.duration_s, device=bench.device)
     fixed = [c for c in ("poisson", "bursty", "azure") if c in bench.cases]
@@ -152,7 +169,7 @@ def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = No
         # steady at 0.2 x capacity, the rush adds 1.0 x capacity: absolute rates, replayed as generated
         rush = copy.deepcopy(docs["kpa-rush"])
         steady, extra = rush["workload"]["sources"]
-        steady["rate"], extra["rate"] = round(0.2 * capacity, 3), round(1.0 * capacity, 3)
+        steady["rate"], extra["rate"] = round(float(0.2 * capacity), 3), round(float(capacity), 3)
         rush_path = _write(rush, paths["kpa-rush"])
         rush_sc = load_scenario(rush_path)
         rush_settings = replace(settings, absolute=True, duration_s=bench.rush_duration_s)

@@ -18,6 +18,7 @@ import pandas as pd
 
 from odhsim.errors import OdhsimError
 from odhsim.fidelity.series import ready_replicas, time_grid, waiting_for_first_token
+from odhsim.fidelity.steps import step_metrics
 from odhsim.results.status import STATUS_OK
 from odhsim.results.summary import latency_columns
 
@@ -47,6 +48,8 @@ class RunTables:
     label: str
     requests: pd.DataFrame
     replicas: pd.DataFrame
+    steps: pd.DataFrame | None = None
+    """steps.parquet (odhsim/results/steps.py) when the folder has one."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -74,6 +77,7 @@ def load_run(folder: str | Path, label: str) -> RunTables:
         requests = pd.read_parquet(req)
         rep = path / "replicas.parquet"
         replicas = pd.read_parquet(rep) if rep.is_file() else pd.DataFrame()
+        steps = pd.read_parquet(path / "steps.parquet") if (path / "steps.parquet").is_file() else None
     except Exception as err:  # a truncated or foreign file: name it
         raise FidelityError(f"--{label} {path}: cannot read its tables: {type(err).__name__}: {err}") from None
     missing = {"arrival_s", "first_token_s", "finish_s", "status", "output_tokens"} - set(requests.columns)
@@ -81,7 +85,7 @@ def load_run(folder: str | Path, label: str) -> RunTables:
         raise FidelityError(f"--{label} {req}: missing column(s) {sorted(missing)}")
     if not replicas.empty and not {"time_s", "model", "replica", "state"} <= set(replicas.columns):
         replicas = pd.DataFrame()
-    return RunTables(label, requests, replicas)
+    return RunTables(label, requests, replicas, steps)
 
 
 def _pct(values: np.ndarray, q: float) -> float:
@@ -166,7 +170,15 @@ def compare_runs(
         diff = float(np.abs(s - v).max())
         row.update(abs_diff=diff, target=READY_TARGET_REPLICAS, passed=bool(diff <= READY_TARGET_REPLICAS))
         rows.append(row)
+    if sim.steps is not None and live.steps is not None and len(sim.steps) and len(live.steps):
+        ss, sl = step_metrics(sim.steps, _span(sim.requests)), step_metrics(live.steps, _span(live.requests))
+        rows += [_row(k, load, ss[k], sl[k]) for k in ss]
     return pd.DataFrame(rows, columns=COLUMNS), series
+
+
+def _span(requests: pd.DataFrame) -> float:
+    """First arrival to last answer."""
+    return float(requests["finish_s"].max() - requests["arrival_s"].min()) if len(requests) else math.nan
 
 
 def compare_folders(

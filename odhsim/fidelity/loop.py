@@ -253,7 +253,7 @@ def fidelity_scenario(scenario: Scenario, req: Requests, folder: Path, settings:
 
 def aligned_faults(fid: Scenario, live_events: pd.DataFrame) -> tuple[Scenario, float]:
     """The scenario with its timed faults moved to when the live ones started (serve arms its faults once the
-    replicas settled, a little before the replay's first request): (scenario, shift in s, >= 0)."""
+    replicas settled, around the replay's first request): (scenario, shift in s; a time never goes below 0)."""
     faults = list(getattr(fid, "faults", None) or [])
     timed = [f.at_s for f in faults if f.at_s is not None]
     if not timed or live_events.empty or "detail" not in live_events.columns:
@@ -262,9 +262,37 @@ def aligned_faults(fid: Scenario, live_events: pd.DataFrame) -> tuple[Scenario, 
     starts = live_events.loc[(kind == "fault") & detail.str.endswith(": start"), "time_s"]
     if starts.empty:
         return fid, 0.0
-    shift = max(0.0, float(starts.min()) - min(timed))
-    moved = [f.model_copy(update={"at_s": f.at_s + shift}) if f.at_s is not None else f for f in faults]
+    shift = float(starts.min()) - min(timed)
+    moved = [f.model_copy(update={"at_s": max(0.0, f.at_s + shift)}) if f.at_s is not None else f for f in faults]
     return fid.model_copy(update={"faults": moved}), shift
+
+
+def measured_startup(replicas: pd.DataFrame) -> tuple[float, float] | None:
+    """(loading, testing) seconds of the live replicas' starts before the replay (serve's deploy), medians: how
+    long a replica process takes here to import torch, build and warm its model, then pass its real inference
+    test. None when serve recorded no whole start."""
+    if replicas.empty:
+        return None
+    before = replicas[replicas["time_s"] < 0].sort_values("time_s", kind="stable")
+    loads, tests = [], []
+    for _, rep in before.groupby("replica", sort=False):
+        at = {state: t for t, state in zip(rep["time_s"], rep["state"].astype(str), strict=True)}
+        if {"loading", "testing", "ready"} <= set(at):
+            loads.append(at["testing"] - at["loading"])
+            tests.append(at["ready"] - at["testing"])
+    if not loads:
+        return None
+    return float(np.median(loads)), float(np.median(tests))
+
+
+def with_startup(fid: Scenario, startup: tuple[float, float] | None) -> Scenario:
+    """The simulator's start-up costs set to the measured ones (engine_init_s: the load phase; the weights of a
+    tiny model load in no time), so restarts and scale-ups take as long as serve's."""
+    if startup is None:
+        return fid
+    load_s, test_s = startup
+    params = fid.startup.model_copy(update={"engine_init_s": max(0.0, load_s), "readiness_test_s": max(0.0, test_s)})
+    return fid.model_copy(update={"startup": params})
 
 
 # -- capacity ------------------------------------------------------------------------------------------------
@@ -279,32 +307,55 @@ def probe_size(scenario: Scenario, settings: FidelitySettings) -> int:
     return int(min(400, max(48, 4 * seqs)))
 
 
-def saturated_throughput(requests: pd.DataFrame) -> float:
-    """ok answers per second between the 10th and 90th percentile of their finish times: the queue is full then,
-    so this is what the system serves flat out (the ramp-up and the drain are left out)."""
+def burst_throughput(requests: pd.DataFrame) -> float:
+    """ok answers per second from the first arrival to the last answer of a burst: a first, rough capacity (a
+    burst keeps every batch full, which open-loop arrivals do not; the drain's tail pulls it down a little)."""
     ok = requests[requests["status"].astype(str) == "ok"]
-    finish = np.sort(ok["finish_s"].to_numpy(dtype=float))
-    if len(finish) < 10:
+    if len(ok) < 10:
         return math.nan
-    lo, hi = int(0.1 * len(finish)), int(0.9 * len(finish))
-    span = finish[hi] - finish[lo]
-    return (hi - lo) / span if span > 0 else math.nan
+    span = float(ok["finish_s"].max() - requests["arrival_s"].min())
+    return len(ok) / span if span > 0 else math.nan
+
+
+def sustained_throughput(requests: pd.DataFrame, start_s: float, end_s: float) -> float:
+    """ok answers per second finishing within [start_s, end_s) of an open-loop overload: the queue never empties
+    there, so this is the rate the system keeps up with."""
+    finish = requests.loc[requests["status"].astype(str) == "ok", "finish_s"].to_numpy(dtype=float)
+    inside = int(((finish >= start_s) & (finish < end_s)).sum())
+    return inside / (end_s - start_s) if end_s > start_s else math.nan
+
+
+SUSTAIN_S, SUSTAIN_WARMUP_S, OVERLOAD = 10.0, 3.0, 1.3
 
 
 def measure_capacity(
     scenario: Scenario, base: Requests, server: LiveServer, folder: Path, settings: FidelitySettings, hooks: Hooks
 ) -> float:
-    """Live capacity in req/s: a burst of requests (all sent within a second) and the saturated throughput."""
+    """Live capacity in req/s, what open-loop arrivals can be served at: a burst gives a first estimate c0; then
+    Poisson-like arrivals of the workload at 1.3 x c0 for 10 s, and the ok answers per second between 3 s and 10 s
+    (the queue full all along) are the capacity. Both probes and their figures are kept in `folder`."""
     n = min(probe_size(scenario, settings), len(base))
     burst = Requests(np.linspace(0.0, 1.0, n), base.prompt_tokens[:n], base.output_tokens[:n], base.source)
-    probe = fidelity_scenario(scenario, burst, folder, settings)
-    probe = probe.model_copy(update={"duration_s": 2.0})
+    probe = fidelity_scenario(scenario, burst, folder / "burst", settings).model_copy(update={"duration_s": 2.0})
     hooks.stage(f"capacity: {n} requests at once")
-    tables, _ = run_live(probe, server, folder / "live", settings, hooks)
-    cap = saturated_throughput(tables.requests)
+    tables, _ = run_live(probe, server, folder / "burst" / "live", settings, hooks)
+    rough = burst_throughput(tables.requests)
+    if not rough > 0:
+        raise FidelityError(f"capacity probe: too few requests answered ok (see {folder / 'burst' / 'live'})")
+    time.sleep(PAUSE_BETWEEN_LOADS_S)
+    offered = OVERLOAD * rough
+    over = at_rate(repeated(base, offered, SUSTAIN_S), offered, SUSTAIN_S)
+    probe = fidelity_scenario(scenario, over, folder / "sustained", settings).model_copy(
+        update={"duration_s": SUSTAIN_S}
+    )
+    hooks.stage(f"capacity: {len(over)} requests at {offered:.3g} req/s (1.3 x the burst's {rough:.3g})")
+    tables, _ = run_live(probe, server, folder / "sustained" / "live", settings, hooks)
+    cap = sustained_throughput(tables.requests, SUSTAIN_WARMUP_S, SUSTAIN_S)
     if not cap > 0:
-        raise FidelityError(f"capacity probe: too few requests answered ok (see {folder / 'live'})")
-    (folder / "capacity.json").write_text(json.dumps({"capacity_rps": cap, "requests": n}) + "\n")
+        raise FidelityError(f"capacity probe: no answers while overloaded (see {folder / 'sustained' / 'live'})")
+    doc = {"capacity_rps": cap, "burst_rps": rough, "burst_requests": n, "offered_rps": over.rate_rps,
+           "sustained_requests": len(over), "window_s": [SUSTAIN_WARMUP_S, SUSTAIN_S]}  # fmt: skip
+    (folder / "capacity.json").write_text(json.dumps(doc) + "\n")
     return cap
 
 
@@ -344,12 +395,15 @@ def finish_load(run: LiveRun, settings: FidelitySettings, plots: Path, hooks: Ho
     if not steps.empty:  # the engine steps of this load's window (a shared serve logged every load's)
         end = float(live_tables.requests["finish_s"].max()) if len(live_tables.requests) else 0.0
         steps[(steps["time_s"] >= -1.0) & (steps["time_s"] <= end)].to_parquet(live_dir / "steps.parquet", index=False)
+        live_tables = load_run(live_dir, "live")
     hooks.stage(f"{run.folder.name}: simulating")
-    fid, shift = aligned_faults(run.scenario, events)
+    startup = measured_startup(replicas)
+    fid, shift = aligned_faults(with_startup(run.scenario, startup), events)
     sim_tables = run_sim(fid, run.folder / "sim", settings)
     table, series = compare_runs(sim_tables, live_tables, load=run.load, step_s=settings.step_s)
     table["rate_rps"] = run.requests.rate_rps
     table["fault_shift_s"] = shift
+    table["startup_load_s"], table["startup_test_s"] = startup if startup is not None else (math.nan, math.nan)
     write_csv(table, run.folder)
     title = f"{run.scenario.name}: load {run.load:g} ({run.requests.rate_rps:.3g} req/s), {run.requests.source}"
     plot_fidelity(sim_tables, live_tables, series, plots / f"{run.folder.name}.png", title=title)
