@@ -121,8 +121,10 @@ class RequestLog:
                 for name, value in zip(_FINISH_COLUMNS, row[1:], strict=True):
                     self._cols[name][row[0]] = value
             return
+        n = len(rows)
         for name, column in zip(_FINISH_COLUMNS, values[1:], strict=True):
-            self._cols[name][rows] = column
+            target = self._cols[name]
+            target[rows] = np.fromiter(column, dtype=target.dtype, count=n)
 
     def column(self, name: str) -> np.ndarray:
         self._flush()

@@ -113,7 +113,8 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         self._span_roots = (0.0, 0.0, 0.0, 0.0)
         self._taken = 0  # blocks already allocated for the decode step(s) in flight
         self._span_growth = 0  # blocks the span in flight allocates after its first step (0: usage is flat)
-        self._span_blocks: int | None = None  # new_blocks(steps) of the span in flight; None after shortening
+        self._span_blocks = 0  # new_blocks(steps) of the span in flight (the batch cannot change until it ends)
+        self._span_end = 0.0  # when the span in flight ends (its end event's time)
         self._held: dict[int, _Held] = {}
         self.prefix_block_tokens = prefix_block_tokens
         self._offload_s_per_token = 0.0
@@ -187,8 +188,12 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         pool = self.pool
         used = pool.num_blocks - pool.free  # pool.used
         if self._state == DECODE and self._span_growth:
-            done = self._steps_done(self.env._now - self._span[0])
-            used += self.batch.new_blocks(min(done + 1, self._span[3])) - self._taken
+            now = self.env._now
+            if now >= self._span_end:  # its end is due: every step's blocks (what the general case gives then)
+                used += self._span_blocks - self._taken
+            else:
+                done = self._steps_done(now - self._span[0])
+                used += self.batch.new_blocks(min(done + 1, self._span[3])) - self._taken
         return used / total
 
     def abort_all(self) -> list[SimRequest]:
@@ -240,8 +245,10 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         k = done + 1  # decode_span_s(batch, context, k) from the span's cached terms, the same float operations
         end = start + (k * self._span_first + self._span_growth_s * (k * (k - 1) / 2))
         self._span = (start, batch, context, k)
-        self._span_blocks = None
-        ev = self.env.timeout(max(0.0, end - now), self._token)
+        self._span_blocks = self.batch.new_blocks(k)
+        delay = max(0.0, end - now)
+        self._span_end = now + delay  # as simpy times the event
+        ev = self.env.timeout(delay, self._token)
         ev.callbacks.append(self._on_span_end)
 
     # -- KV blocks ------------------------------------------------------------------------------------------
@@ -445,7 +452,9 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         blocks = self._span_blocks = running.new_blocks(limit)  # the batch cannot change until the span ends
         self._span_growth = blocks - taken
         # latency.decode_span_s(batch, context, limit), its float operations on the terms just computed
-        ev = self.env.timeout(limit * first + growth_s * (limit * (limit - 1) / 2), self._token)
+        delay = limit * first + growth_s * (limit * (limit - 1) / 2)
+        self._span_end = self._span[0] + delay  # as simpy times the event
+        ev = self.env.timeout(delay, self._token)
         ev.callbacks.append(self._on_span_end)
 
     def _on_span_end(self, event: simpy.Event) -> None:
@@ -456,8 +465,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         self._before_change()
         k = self._span[3]
         self._state = PREFILL  # the span is over: its blocks are booked below, not read in closed form
-        blocks = self._span_blocks
-        new = (self.batch.new_blocks(k) if blocks is None else blocks) - self._taken
+        new = self._span_blocks - self._taken
         if new > 0:
             self.pool.take(new)
         self._advance_decodes(k, self.env._now)

@@ -409,9 +409,12 @@ class GatewayCore(Retrying):
     def _route_request(self, route: RouteState, t: Ticket) -> RouteRequest:
         rr = t.rr
         if rr is None:
+            cls = t.priority  # a class index (int) in both engines: one tuple read instead of the checked call
+            priority = _PRIORITY_OF_INDEX[cls] if cls.__class__ is int and 0 <= cls < _N_CLASSES else None
             rr = t.rr = new_route_request(
                 t.id, route.name, t.prompt_tokens, t.blocks if t.blocks is not None else _NO_BLOCKS,
-                self.block_tokens, t.session, class_to_priority(t.priority), t.tenant, t.adapter,
+                self.block_tokens, t.session, class_to_priority(cls) if priority is None else priority, t.tenant,
+                t.adapter,
             )  # fmt: skip
         return rr
 
@@ -477,3 +480,5 @@ class GatewayCore(Retrying):
 
 
 _NO_BLOCKS = RouteRequest(0, "", 0).block_ids
+_PRIORITY_OF_INDEX = tuple(class_to_priority(i) for i in range(len(PRIORITY_CLASSES)))
+_N_CLASSES = len(PRIORITY_CLASSES)
