@@ -20,6 +20,7 @@ cells = [
     ),
     nbf.v4.new_code_cell(
         "import tempfile\n"
+        "from concurrent.futures import ThreadPoolExecutor\n"
         "from pathlib import Path\n\n"
         "import matplotlib.pyplot as plt\n"
         "import numpy as np\n"
@@ -48,7 +49,10 @@ cells = [
         "writes a profile file and a calibrated copy of the scenario that names it."
     ),
     nbf.v4.new_code_cell(
-        "cal = calibrate_scenario(work / 'tiny.yaml', CalibrateOptions(quick=True), work / 'calib')\n"
+        "# calibrate_scenario runs its own event loop: in a thread, since the notebook's kernel runs one\n"
+        "with ThreadPoolExecutor(1) as pool:\n"
+        "    job = pool.submit(calibrate_scenario, work / 'tiny.yaml', CalibrateOptions(quick=True), work / 'calib')\n"
+        "    cal = job.result()\n"
         "calibrated = work / 'calib' / 'tiny-calibrated.yaml'\n"
         "profile = cal.profiles['chat']\n"
         "pd.Series(profile.latency.model_dump()).to_frame('seconds')"

@@ -18,10 +18,11 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,7 @@ from odhsim.fidelity.workloads import (
 )
 from odhsim.scenario.model import Scenario
 
+T = TypeVar("T")
 STARTING_STATES = frozenset({"pending", "downloading", "loading", "testing"})
 PAUSE_BETWEEN_LOADS_S = 2.0
 FIDELITY_KEYS_PREFIX = "fidelity-key"
@@ -194,8 +196,6 @@ def run_live(
 ) -> tuple[RunTables, float]:
     """Replay the fidelity scenario's requests against `server`; (the live tables, replay clock zero in epoch s).
     Writes requests.parquet and summary.json to `out` (replicas and events are added when serve stops)."""
-    import asyncio
-
     from runtime.replay import replay_async
 
     first: list[float] = []
@@ -207,8 +207,8 @@ def run_live(
             hooks.replay(sent, done, total)
 
     env = {"ODHSIM_API_KEYS": server.keys}
-    result = asyncio.run(
-        replay_async(
+    result = _run_async(
+        lambda: replay_async(
             fid, server.url, limit=None, max_duration_s=None, env=env, progress=progress,
             straggler_timeout_s=settings.straggler_timeout_s, request_timeout_s=settings.duration_s + 60.0,
         )
@@ -217,6 +217,18 @@ def run_live(
     zero = first[0] - first_arrival if first else math.nan
     result.write(out)
     return RunTables("live", result.requests, pd.DataFrame()), zero
+
+
+def _run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    """asyncio.run(make()), in a thread of its own when this thread already runs a loop (a notebook's kernel)."""
+    import asyncio
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make())
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(make())).result()
 
 
 def live_records(serve_out: Path, shift_s: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
