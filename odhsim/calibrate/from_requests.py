@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from odhsim.calibrate.fit import COEFS, FitError, nnls_relative
-from odhsim.calibrate.profile_file import StepCoefficients
+from odhsim.calibrate.profile_file import Overheads, StepCoefficients
 from odhsim.errors import OdhsimError
 
 NEEDED = ("arrival_s", "first_token_s", "finish_s", "prompt_tokens", "output_tokens")
@@ -152,6 +152,18 @@ def step_s(c: StepCoefficients, tokens: int, batch: int, context: int) -> float:
     t = c.prefill_base_s + c.prefill_per_token_s * tokens + c.prefill_per_token_sq_s * tokens**2 if tokens else 0.0
     d = c.decode_base_s + c.decode_per_seq_s * batch + c.decode_per_context_token_s * context if batch else 0.0
     return t + d
+
+
+def client_view(latency: StepCoefficients, overheads: Overheads) -> StepCoefficients:
+    """An engine fit as a client-side request log sees it: the request overhead in every first token (the prefill
+    base) and the per-step and per-token overheads in every later one (the decode base and per-sequence terms)."""
+    return latency.model_copy(
+        update={
+            "prefill_base_s": latency.prefill_base_s + overheads.request_s,
+            "decode_base_s": latency.decode_base_s + overheads.step_s + overheads.per_token_s,
+            "decode_per_seq_s": latency.decode_per_seq_s + overheads.step_per_seq_s,
+        }
+    )
 
 
 def compare_fits(a: StepCoefficients, b: StepCoefficients) -> pd.DataFrame:

@@ -119,7 +119,7 @@ def calibrate_scenario(
             grids[m.name] = live_steps.fixed_grid(m.live.max_batch_size, opts.quick)
     total = sum(live_steps.grid_points(g) for g in grids.values())
     n_llm = sum(1 for m in live if m.kind == "llm")
-    rounds = 1 if per_model < 8 else 3  # rounds of requests sent together (odhsim.calibrate.overheads)
+    rounds = overheads.together_rounds(per_model)
     total += len(live) * (per_model + 1) + n_llm * rounds * len(overheads.TOGETHER) if opts.measure_overheads else 0
     if plan:
         plan(total)

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
+import multiprocessing as mp
 import statistics
 import time
 from collections.abc import Callable
@@ -73,50 +75,85 @@ def probe_scenario(data: dict[str, Any], models: list[str], base_dir: Path) -> A
 async def _probe(
     data: dict[str, Any], kinds: dict[str, str], base_dir: Path, device: str, per_model: int, tick: Callable[[], None]
 ) -> list[Probe]:
-    import httpx
-
-    from runtime.replay import Sender
-    from runtime.replay_plan import ReplayOptions, synth_prompt
+    """Serve the models here; send the probes from a client process of its own, as `odhsim replay` does (a client
+    sharing the gateway's event loop and process measures that sharing too: v2 infer took 45 ms more so)."""
     from runtime.serve import LiveStack
 
     sc = probe_scenario(data, list(kinds), base_dir)
     stack = LiveStack(sc, port=0, device=device)
-    out: list[Probe] = []
     try:
         await stack.start()
         await stack.wait_deployed(180)
-        clock = time.perf_counter
-        async with httpx.AsyncClient(base_url=stack.url, timeout=60.0, trust_env=False) as client:
-            sender = Sender(client, clock, ReplayOptions())
-            for name, kind in kinds.items():
-                for i in range(per_model + 1):  # the first one warms the path up and is not kept
-                    p, o = LLM_REQUESTS[i % len(LLM_REQUESTS)]
-                    t0 = clock()
-                    if kind == "llm":
-                        body = {"model": name, "prompt": synth_prompt(10_000 + i, p), "max_tokens": o,
-                                "temperature": 1.0, "seed": i, "ignore_eos": True, "stream": True}  # fmt: skip
-                        res = await sender.completion({}, body)
-                    else:
-                        p, o = 0, 1
-                        res = await sender.infer({}, name, i)
-                    if res.status != "ok":
-                        raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
-                    if i > 0:
-                        out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0))
-                    tick()
-                if kind == "llm":
-                    for _ in range(1 if per_model < 8 else 3):
-                        out += await _together(sender, name, clock, tick)
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_client_main, args=(stack.url, kinds, per_model, queue), name="calibrate-probes")
+        proc.start()
+        try:
+            result = await asyncio.to_thread(queue.get, True, 900)
+        finally:
+            proc.join(timeout=30)
+            if proc.is_alive():
+                proc.kill()
     except OdhsimError:
         raise
-    except Exception as err:  # a replica that did not start, a refused request: say what failed
+    except Exception as err:  # a replica that did not start, a client that died: say what failed
         raise OverheadError(f"the live stack for measuring overheads failed: {err!r}") from err
     finally:
         await stack.stop()
+    if isinstance(result, str):
+        raise OverheadError(result)
+    out = [Probe(**row) for row in result]
+    n_llm = sum(1 for k in kinds.values() if k == "llm")
+    for _ in range(len(kinds) * (per_model + 1) + n_llm * together_rounds(per_model) * len(TOGETHER)):
+        tick()
     return out
 
 
-async def _together(sender: Any, name: str, clock: Callable[[], float], tick: Callable[[], None]) -> list[Probe]:
+def _client_main(url: str, kinds: dict[str, str], per_model: int, queue: Any) -> None:
+    """The probe client process: its probes as dicts on `queue`, or the error as text."""
+    try:
+        queue.put([dataclasses.asdict(p) for p in asyncio.run(_client(url, kinds, per_model))])
+    except Exception as err:
+        queue.put(f"probe client: {err}")
+
+
+async def _client(url: str, kinds: dict[str, str], per_model: int) -> list[Probe]:
+    import httpx
+
+    from runtime.replay import Sender
+    from runtime.replay_plan import ReplayOptions, synth_prompt
+
+    out: list[Probe] = []
+    clock = time.perf_counter
+    async with httpx.AsyncClient(base_url=url, timeout=60.0, trust_env=False) as client:
+        sender = Sender(client, clock, ReplayOptions())
+        for name, kind in kinds.items():
+            for i in range(per_model + 1):  # the first one warms the path up and is not kept
+                p, o = LLM_REQUESTS[i % len(LLM_REQUESTS)]
+                t0 = clock()
+                if kind == "llm":
+                    body = {"model": name, "prompt": synth_prompt(10_000 + i, p), "max_tokens": o,
+                            "temperature": 1.0, "seed": i, "ignore_eos": True, "stream": True}  # fmt: skip
+                    res = await sender.completion({}, body)
+                else:
+                    p, o = 0, 1
+                    res = await sender.infer({}, name, i)
+                if res.status != "ok":
+                    raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
+                if i > 0:
+                    out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0))
+            if kind == "llm":
+                for _ in range(together_rounds(per_model)):
+                    out += await _together(sender, name, clock)
+    return out
+
+
+def together_rounds(per_model: int) -> int:
+    """Rounds of requests sent together: one in a quick calibration, three otherwise."""
+    return 1 if per_model < 8 else 3
+
+
+async def _together(sender: Any, name: str, clock: Callable[[], float]) -> list[Probe]:
     """k identical requests at once, for k in TOGETHER: admitted in one step, they decode as a batch of k."""
     from runtime.replay_plan import synth_prompt
 
@@ -131,7 +168,6 @@ async def _together(sender: Any, name: str, clock: Callable[[], float], tick: Ca
             if res.status != "ok":
                 raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
             out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0, together=k))
-        tick()
     return out
 
 
@@ -144,7 +180,14 @@ def probe_live(
     tick: Callable[[], None] = lambda: None,
 ) -> list[Probe]:
     """Serve the scenario's live models (`kinds`: name -> llm/fixed) and time `per_model` requests to each."""
-    return asyncio.run(_probe(data, kinds, base_dir, device, per_model, tick))
+    try:  # the event loop `odhsim serve` runs the gateway on (uvloop when installed), so its costs are the ones paid
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_probe(data, kinds, base_dir, device, per_model, tick))
 
 
 def probe_summary(probes: list[Probe], coef: StepCoefficients | None) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def _profile_table(name: str, doc: dict[str, Any]) -> Table:
 
 def _from_requests(path: Path, model: str | None, instrumented: Path | None, out: Path, json_: bool) -> None:
     from odhsim.calibrate.fit import FitError
-    from odhsim.calibrate.from_requests import compare_fits, fit_from_requests, read_requests
+    from odhsim.calibrate.from_requests import client_view, compare_fits, fit_from_requests, read_requests
     from odhsim.calibrate.profile_file import load_profile
 
     df = read_requests(path, model)
@@ -123,13 +123,13 @@ def _from_requests(path: Path, model: str | None, instrumented: Path | None, out
         prof = load_profile(instrumented)
         if prof.latency is None:
             raise CalibrateUsageError(f"{instrumented}: not an llm profile (no latency section)")
-        ref = prof.latency
+        ref = client_view(prof.latency, prof.overheads)  # what a client-side log holds: engine + overheads
     out.mkdir(parents=True, exist_ok=True)
     dest = out / f"{model or 'model'}-from-requests.json"
     doc: dict[str, Any] = {"source": str(path), "model": model, "rows": counts, "latency": coef.model_dump()}
     cmp = compare_fits(coef, ref) if ref is not None else None
     if cmp is not None:
-        doc["instrumented"] = {"file": str(instrumented), "latency": ref.model_dump() if ref else None}
+        doc["instrumented"] = {"file": str(instrumented), "latency_with_overheads": ref.model_dump() if ref else None}
         doc["comparison"] = cmp.to_dict(orient="records")
     import json
 
@@ -141,7 +141,7 @@ def _from_requests(path: Path, model: str | None, instrumented: Path | None, out
     table.add_column("coefficient")
     table.add_column("from requests", justify="right")
     if ref is not None:
-        table.add_column("instrumented", justify="right")
+        table.add_column("instrumented + overheads", justify="right")
         table.add_column("diff %", justify="right")
     for key, value in coef.model_dump().items():
         cells = [fmt(value)]
