@@ -4,8 +4,8 @@ Rows are appended a whole arriving chunk at a time; the engine writes a request'
 request reaches a final status. Arrays grow by doubling, so memory is about 60 bytes per request.
 
 Speed: `finish` keeps an outcome as one tuple and writes `_FLUSH_ROWS` of them at a time, one array store per
-column, instead of a dozen numpy scalar stores per request (a measurable share of the simulator's cost per request).
-Every reader (`column`, `to_frame`) writes the pending ones first.
+column, instead of a dozen numpy scalar stores per request. The batch is small (256) so that it stays in cache: a
+4096-row batch measured slower than the scalar stores. Every reader (`column`, `to_frame`) writes the pending first.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ _FINISH_COLUMNS = (
 )  # fmt: skip
 """The columns `finish` writes, in the order of its tuples (after the row)."""
 _STATUS_CODE = {status: code for code, status in enumerate(STATUSES)}
-_FLUSH_ROWS = 4096
+_FLUSH_ROWS = 256
 
 
 class RequestLog:
