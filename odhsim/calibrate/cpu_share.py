@@ -1,11 +1,12 @@
 """Measure what replica processes sharing this machine's cores cost each other.
 
 k processes (k = 1 .. cores + 2, at most 4) each build the model's engine and run the same decode step (batch 8,
-128 tokens of context each) in a loop for a few seconds, all started together; the median step time with k busy
-over the one with one busy is the slowdown. Beyond the core count each extra busy process should add about one
-core's worth of waiting; the fitted `slowdown_per_extra_busy` is the least-squares slope of (ratio - 1) over the
-busy processes beyond `cores`, through the origin. Processes are spawned (not forked: torch threads) and imported
-the live runtime inside the worker (CLI layer).
+128 tokens of context each) in a loop for a few seconds, all started together; the mean step time (preempted
+steps count with their wait) with k busy over the one with one busy is the slowdown. Beyond the core count each
+extra busy process should add about one core's worth of waiting; the fitted `slowdown_per_extra_busy` is the
+least-squares slope of (ratio - 1) over the busy processes beyond `cores`, through the origin. Processes are
+spawned (not forked: torch threads) and import the live runtime inside the worker (CLI layer). Other work on the
+machine shows up as slowdown too: measure on a quiet machine (`--cpu-share` is opt-in for that reason).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _worker(spec_json: str, max_len: int, threads: int, seconds: float, barrier:
         t0 = time.perf_counter()
         engine._step([], inputs, [], params)
         times.append(time.perf_counter() - t0)
-    out.put(statistics.median(times))
+    out.put(sum(times) / len(times))  # the mean: a step the scheduler preempted counts with its wait
 
 
 def _run(k: int, spec: LiveModelSpec, max_len: int, threads: int, seconds: float) -> float:
