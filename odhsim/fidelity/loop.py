@@ -271,7 +271,9 @@ def aligned_faults(fid: Scenario, live_events: pd.DataFrame) -> tuple[Scenario, 
     if not timed or live_events.empty or "detail" not in live_events.columns:
         return fid, 0.0
     kind, detail = live_events["kind"].astype(str), live_events["detail"].astype(str)
-    starts = live_events.loc[(kind == "fault") & detail.str.endswith(": start"), "time_s"]
+    starts = live_events.loc[
+        (kind == "fault") & detail.str.contains(r": start(?: \(|$)"), "time_s"
+    ]  # "start (SIGKILL ..)"
     if starts.empty:
         return fid, 0.0
     shift = float(starts.min()) - min(timed)
