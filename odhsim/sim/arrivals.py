@@ -18,6 +18,7 @@ from odhsim.scenario.model import Scenario
 from odhsim.sim.cluster import draw_service_times
 from odhsim.sim.gateway import Gateway
 from odhsim.sim.request import SimRequest
+from odhsim.sim.wakeup import wake
 from odhsim.workload.schema import RequestBatch
 
 
@@ -78,9 +79,8 @@ class ArrivalFeeder:
         self._n, self._i = n, 0
 
     def _schedule(self) -> None:
-        delay = self._arrival[self._i] - self.env.now
-        event = self.env.timeout(delay if delay > 0 else 0.0)
-        event.callbacks.append(self._on_arrival)
+        delay = self._arrival[self._i] - self.env._now
+        wake(self.env, delay if delay > 0 else 0.0, self._on_arrival)
 
     def _on_arrival(self, _event: simpy.Event) -> None:
         now = self.env.now

@@ -15,6 +15,7 @@ import simpy
 from odhsim.sim import steps_hook
 from odhsim.sim.decode_batch import ceil_div
 from odhsim.sim.request import SimRequest
+from odhsim.sim.wakeup import wake
 
 if TYPE_CHECKING:
     from odhsim.sim.llm_replica import LlmReplica
@@ -70,8 +71,7 @@ class ChunkedPrefill:
         self._step_chunks = chunks
         self._step_decodes = batch > 0
         self._mark_busy()
-        ev = self.env.timeout(duration)
-        ev.callbacks.append(self._on_chunked_step_end)
+        wake(self.env, duration, self._on_chunked_step_end)
 
     def _chunk_cap(self: LlmReplica, left: int, budget: int) -> int:
         chunk = min(left, budget)

@@ -43,6 +43,7 @@ from odhsim.sim.llm_chunked import DECODE, IDLE, PREFILL, ChunkedPrefill
 from odhsim.sim.prefix_cache import BlockPool, block_keys
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
+from odhsim.sim.wakeup import wake
 
 V0_WATERMARK = 0.01  # vLLM V0 BlockSpaceManager's default watermark (V1 has none)
 _NO_BLOCKS = np.zeros(0, dtype=np.int64)
@@ -248,8 +249,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         self._span_blocks = self.batch.new_blocks(k)
         delay = max(0.0, end - now)
         self._span_end = now + delay  # as simpy times the event
-        ev = self.env.timeout(delay, self._token)
-        ev.callbacks.append(self._on_span_end)
+        wake(self.env, delay, self._on_span_end, self._token)
 
     # -- KV blocks ------------------------------------------------------------------------------------------
     def _keys(self, req: SimRequest) -> list[int]:
@@ -346,8 +346,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
             duration = self.latency.prefill_s(tokens, sum_sq) + load_s
             if self.step_log is not None:
                 steps_hook.llm_step(self, duration, tokens, len(batch), sum_sq, host_tokens, 0)
-            ev = self.env.timeout(duration)
-            ev.callbacks.append(self._on_prefill_end)
+            wake(self.env, duration, self._on_prefill_end)
         elif self.batch.requests:
             self._start_span()
         else:
@@ -454,8 +453,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         # latency.decode_span_s(batch, context, limit), its float operations on the terms just computed
         delay = limit * first + growth_s * (limit * (limit - 1) / 2)
         self._span_end = self._span[0] + delay  # as simpy times the event
-        ev = self.env.timeout(delay, self._token)
-        ev.callbacks.append(self._on_span_end)
+        wake(self.env, delay, self._on_span_end, self._token)
 
     def _on_span_end(self, event: simpy.Event) -> None:
         if event.value != self._token:
