@@ -221,7 +221,7 @@ def test_fidelity_runs_its_replicas_on_cuda(tmp_path: Path) -> None:
 
 
 def test_capacity_figures_of_a_burst_and_of_a_sustained_overload() -> None:
-    from odhsim.fidelity.loop import burst_throughput, sustained_throughput
+    from odhsim.fidelity.capacity import burst_throughput, sustained_throughput
 
     req = pd.DataFrame(
         {

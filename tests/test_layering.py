@@ -45,6 +45,8 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "odhsim.cli_support": "tools",
     "odhsim.fidelity": "tools",
     "odhsim.fidelity.loop": "cli",  # drives both engines: serve + replay, then simulate
+    "odhsim.fidelity.live": "cli",
+    "odhsim.fidelity.capacity": "cli",
     "odhsim.fidelity.bench": "cli",
     "odhsim.calibrate": "base",  # the profile file the scenario loads, and the fits (numpy/scipy)
     "odhsim.calibrate.live_steps": "cli",  # time the live engine in-process (runtime imported lazily)

@@ -5,7 +5,9 @@ Cases (each short, the whole bench about 5 minutes on 2 cores):
   divided by 8 for the tiny LM) at 0.3, 0.6 and 0.9 of the live capacity, measured first; fixed replicas, one
   `odhsim serve` for all nine runs;
 - kpa-rush: the model autoscaled by KPA (1 to 3 replicas), a quiet start and then a rush at 1.2 x capacity;
-- crash: fixed replicas at 0.5 x capacity, one replica SIGKILLed (`faults: replica_crash`) and restarted.
+- crash: fixed replicas at 0.5 x capacity, one replica SIGKILLed (`faults: replica_crash`) and restarted;
+- noise: poisson at 0.6 served a second time and compared with the first run: the live engine against itself, the
+  floor under any simulator's error on this machine.
 Every run is compared with its simulation (`odhsim.fidelity.loop`) against issue 11's targets: E2E p50 within 5%,
 TTFT p50 / p99 and E2E p99 within 10%, throughput within 2%, ready replicas within one replica at all times.
 
@@ -25,7 +27,7 @@ import pandas as pd
 import yaml
 from rich.table import Table
 
-from odhsim.fidelity.compare import PCT_TARGETS, READY_TARGET_REPLICAS
+from odhsim.fidelity.compare import PCT_TARGETS, READY_TARGET_REPLICAS, RunTables, compare_runs
 from odhsim.fidelity.loop import (
     FidelitySettings,
     Hooks,
@@ -33,6 +35,7 @@ from odhsim.fidelity.loop import (
     LiveServer,
     base_requests,
     check_live,
+    finish_live,
     finish_load,
     live_loads,
     measure_capacity,
@@ -46,6 +49,8 @@ LIVE_SCENARIO = REPO_ROOT / "scenarios" / "live.yaml"
 AZURE_CONV = REPO_ROOT / "traces" / "azure_llm_2023" / "AzureLLMInferenceTrace_conv.csv"
 LOADS = (0.3, 0.6, 0.9)
 AZURE_TOKEN_SCALE = 8.0
+NOISE_LOAD = 0.6
+NOISE_CASE = "noise: live vs live"
 SHOWN = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s", "throughput_rps")
 
 
@@ -133,6 +138,18 @@ def calibrated(base: dict[str, Any], out: Path, bench: BenchSettings, hooks: Hoo
     return out / "calib" / "base-calibrated.yaml"
 
 
+def noise_floor(first: LiveRun, again: LiveRun) -> pd.DataFrame:
+    """The same requests served twice on one serve, compared as if the first run were the simulation: what the
+    live engine's own run-to-run noise is on this machine (no simulator can be held closer than that)."""
+    a, _, _ = finish_live(first)
+    b, _, _ = finish_live(again)
+    table, _ = compare_runs(RunTables("sim", a.requests, a.replicas, a.steps), b, load=first.load)
+    table.insert(0, "case", NOISE_CASE)
+    table["rate_rps"] = again.requests.rate_rps
+    write_csv(table, again.folder)
+    return table
+
+
 def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = None) -> pd.DataFrame:
     """Run the cases; returns (and writes OUT/bench-fidelity.csv) the long table with a `case` column."""
     hooks = hooks or Hooks()
@@ -147,6 +164,7 @@ def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = No
     settings = FidelitySettings(rates=LOADS, duration_s=bench.duration_s, device=bench.device)
     fixed = [c for c in ("poisson", "bursty", "azure") if c in bench.cases]
     runs: list[tuple[str, LiveRun]] = []
+    noise: list[LiveRun] = []
     sc = load_scenario(paths["poisson"])
     check_live(sc, paths["poisson"])
     hooks.stage("capacity: starting odhsim serve")
@@ -163,6 +181,11 @@ def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = No
             for run in live_loads(paths[case], case_sc, base, case_settings, out / case, hooks, capacity_rps=capacity,
                                   server=server):  # fmt: skip
                 runs.append((case, run))
+        if "poisson" in fixed:  # the noise floor: poisson at 0.6 served again, the live engine against itself
+            poisson_sc = load_scenario(paths["poisson"])
+            again = replace(settings, rates=(NOISE_LOAD,))
+            noise = live_loads(paths["poisson"], poisson_sc, base_requests(poisson_sc, again), again, out / "noise",
+                               hooks, capacity_rps=capacity, server=server)  # fmt: skip
     finally:
         server.stop()
     if "kpa-rush" in bench.cases:
@@ -184,6 +207,9 @@ def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = No
         runs += [("crash", r) for r in live_loads(paths["crash"], crash_sc, base, crash_settings, out / "crash",
                                                    hooks, capacity_rps=capacity)]  # fmt: skip
     tables = []
+    if noise:
+        first = next(r for c, r in runs if c == "poisson" and r.load == NOISE_LOAD)
+        tables.append(noise_floor(first, noise[0]))
     for case, run in runs:
         table = finish_load(run, settings, out / "plots" / case, hooks)
         table.insert(0, "case", case)
