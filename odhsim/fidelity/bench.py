@@ -1,6 +1,6 @@
 """`odhsim bench-fidelity`: how far the simulator is from the live engine it ships with, on this machine.
 
-Cases (each short, the whole bench about 5 minutes on 2 cores):
+Cases (each short, the whole bench about 6 minutes on 2 cores):
 - poisson, bursty (gamma arrivals, cv 3) and azure (a slice of the Azure LLM 2023 conversation trace, token counts
   divided by 8 for the tiny LM) at 0.3, 0.6 and 0.9 of the live capacity, measured first; fixed replicas, one
   `odhsim serve` for all nine runs;
