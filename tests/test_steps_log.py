@@ -163,7 +163,7 @@ def test_a_dynamic_batcher_logs_one_row_per_batch() -> None:
     from odhsim.results.steps import StepLog
     from odhsim.sim.fixed_replica import BatchingReplica
     from odhsim.sim.request import SimRequest
-    from odhsim.sim.steps_hook import attach
+    from odhsim.sim.replica_factory import attach
 
     env = simpy.Environment()
     done: list[float] = []

@@ -18,7 +18,17 @@ from odhsim.sim.llm_replica import LlmReplica
 from odhsim.sim.pipeline_replica import PipelineReplica
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_OK, SimRequest
-from odhsim.sim.steps_hook import attach
+
+
+def attach(replica: ReplicaBase, log: StepLog) -> None:
+    """Give a new replica the run's step log (its model, name and KV geometry registered once)."""
+    if isinstance(replica, LlmReplica):
+        replica.step_src = log.source(replica.model_name, replica.name, "llm", replica.total_blocks, replica.bs)
+    elif isinstance(replica, FixedReplica):
+        replica.step_src = log.source(replica.model_name, replica.name, "fixed")
+    else:
+        return
+    replica.step_log = log
 
 
 class ReplicaFactory:

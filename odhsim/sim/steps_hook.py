@@ -13,26 +13,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from odhsim.results.steps import StepLog
-
 if TYPE_CHECKING:
     from odhsim.sim.fixed_replica import FixedReplica
     from odhsim.sim.llm_replica import LlmReplica
-    from odhsim.sim.replica_base import ReplicaBase
-
-
-def attach(replica: ReplicaBase, log: StepLog) -> None:
-    """Give a new replica the run's step log (its model, name and KV geometry registered once)."""
-    from odhsim.sim.fixed_replica import FixedReplica
-    from odhsim.sim.llm_replica import LlmReplica
-
-    if isinstance(replica, LlmReplica):
-        replica.step_src = log.source(replica.model_name, replica.name, "llm", replica.total_blocks, replica.bs)
-    elif isinstance(replica, FixedReplica):
-        replica.step_src = log.source(replica.model_name, replica.name, "fixed")
-    else:
-        return
-    replica.step_log = log
 
 
 def _new_preemptions(r: LlmReplica) -> int:
