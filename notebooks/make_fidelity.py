@@ -79,7 +79,7 @@ cells = [
         "sim, live = load_run(load_dir / 'sim', 'sim'), load_run(load_dir / 'live', 'live')\n"
         "_, series = compare_folders(load_dir / 'sim', load_dir / 'live')\n"
         "fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))\n"
-        "for ax, col in zip(axes, ('ttft_s', 'e2e_s')):\n"
+        "for ax, col in zip(axes, ('ttft_s', 'e2e_s'), strict=True):\n"
         "    for run, color in ((sim, 'C0'), (live, 'C1')):\n"
         "        v = np.sort(latency_columns(run.requests)[col].dropna().to_numpy())\n"
         "        ax.step(v, np.arange(1, len(v) + 1) / len(v), where='post', color=color, label=run.label)\n"

@@ -162,8 +162,8 @@ def test_a_dynamic_batcher_logs_one_row_per_batch() -> None:
 
     from odhsim.results.steps import StepLog
     from odhsim.sim.fixed_replica import BatchingReplica
-    from odhsim.sim.request import SimRequest
     from odhsim.sim.replica_factory import attach
+    from odhsim.sim.request import SimRequest
 
     env = simpy.Environment()
     done: list[float] = []
