@@ -36,3 +36,7 @@ def test_capacity_planning_exists() -> None:
 
 def test_fidelity_exists() -> None:
     assert (REPO_ROOT / "notebooks" / "fidelity.ipynb") in NOTEBOOKS
+
+
+def test_resilience_exists() -> None:
+    assert (REPO_ROOT / "notebooks" / "resilience.ipynb") in NOTEBOOKS
