@@ -60,11 +60,11 @@ cells = [
         import numpy as np
         import pandas as pd
         import yaml
+        from IPython.display import display
 
         from odhsim.analysis import run_comparison
         from odhsim.analysis.report import fmt_diff, fmt_number
         from odhsim.analysis.variants import Variant
-        from IPython.display import Markdown, display
 
         NOTEBOOK_T0 = time.perf_counter()
         SCENARIO = Path('..') / 'scenarios' / 'faults.yaml'
