@@ -50,7 +50,7 @@ import httpx
 import numpy as np
 
 from odhsim.rng import RngStreams
-from odhsim.scenario.faults import FaultSpec, fault_windows
+from odhsim.scenario.faults import FaultSpec, fault_windows, pick_target
 from odhsim.scenario.model import Scenario
 from runtime.controller import EventLog, ModelController
 from runtime.gateway.upstream import LinkFault
@@ -155,13 +155,7 @@ class LiveFaults:
         """The ready replica a replica fault hits now (see the module doc), or None and why."""
         assert spec.model is not None
         ready = sorted(self.controllers[spec.model].ready(), key=lambda r: r.name)
-        if not ready:
-            return None, f"model {spec.model} has no ready replica"
-        if spec.replica is None:
-            return ready[int(rng.integers(len(ready)))], ""
-        if spec.replica >= len(ready):
-            return None, f"model {spec.model} has {len(ready)} ready replica(s), no replica {spec.replica}"
-        return ready[spec.replica], ""
+        return pick_target(spec, ready, rng)
 
     def _event(self, spec: FaultSpec, label: str, target: str, phase: str, note: str = "") -> None:
         """A `fault` row in the simulator's format: `<label>: <kind> on <target>: <phase> (note)`."""

@@ -23,14 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar, get_args
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from odhsim.scenario.deployment import FieldPathError, Frozen
 
-FAULT_KINDS = (
+FaultKind = Literal[
     "replica_crash",
     "node_failure",
     "error_rate",
@@ -42,7 +42,8 @@ FAULT_KINDS = (
     "download_timeout",
     "readiness_failure",
     "load_oom",
-)
+]
+FAULT_KINDS: tuple[str, ...] = get_args(FaultKind)
 LASTING_KINDS = frozenset({"node_failure", "error_rate", "slow_replica", "network", "cache_down", "stale_metrics"})
 """Faults that hold for a while and then end (`duration_s` or `repair_time`); the others are an instant (a crash)
 or apply to the replica starts of their window (deploy faults: `duration_s` is the window, default the whole run)."""
@@ -72,19 +73,7 @@ class Distribution(Frozen):
 class FaultSpec(Frozen):
     """One fault. Fields that do not apply to its kind are refused, so a typo cannot silently do nothing."""
 
-    kind: Literal[
-        "replica_crash",
-        "node_failure",
-        "error_rate",
-        "slow_replica",
-        "network",
-        "cache_down",
-        "stale_metrics",
-        "download_failure",
-        "download_timeout",
-        "readiness_failure",
-        "load_oom",
-    ]
+    kind: FaultKind
     name: str | None = None
     """A label for events and results (default: `<kind>-<index>`)."""
     model: str | None = None
@@ -213,3 +202,18 @@ def fault_windows(spec: FaultSpec, rng: np.random.Generator) -> Iterator[tuple[f
             end = start
         yield start, end
         t = end
+
+
+T = TypeVar("T")
+
+
+def pick_target(spec: FaultSpec, ready: list[T], rng: np.random.Generator) -> tuple[T | None, str]:
+    """The ready replica a replica fault hits now, the same rule in both engines: `ready` sorted by name, `replica`
+    its index, or one drawn from the fault's target stream when `replica` is null; None and why when none fits."""
+    if not ready:
+        return None, f"model {spec.model} has no ready replica"
+    if spec.replica is None:
+        return ready[int(rng.integers(len(ready)))], ""
+    if spec.replica >= len(ready):
+        return None, f"model {spec.model} has {len(ready)} ready replica(s), no replica {spec.replica}"
+    return ready[spec.replica], ""

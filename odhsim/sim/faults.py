@@ -46,7 +46,7 @@ import simpy
 
 from odhsim.profiles.coefficients import COEFFICIENT_FIELDS, CPU_FIELDS, LatencyModel
 from odhsim.rng import RngStreams
-from odhsim.scenario.faults import FaultSpec, fault_windows
+from odhsim.scenario.faults import FaultSpec, fault_windows, pick_target
 from odhsim.scenario.model import Scenario
 from odhsim.sim.gateway import Gateway
 from odhsim.sim.replica_base import ReplicaBase
@@ -242,13 +242,7 @@ class FaultInjector:
     def _pick(self, spec: FaultSpec, rng: np.random.Generator) -> tuple[ReplicaBase | None, str]:
         assert spec.model is not None  # checked by FaultSpec for replica faults
         ready = self._ready(spec.model)
-        if not ready:
-            return None, f"model {spec.model} has no ready replica"
-        if spec.replica is None:
-            return ready[int(rng.integers(len(ready)))], ""
-        if spec.replica >= len(ready):
-            return None, f"model {spec.model} has {len(ready)} ready replica(s), no replica {spec.replica}"
-        return ready[spec.replica], ""
+        return pick_target(spec, ready, rng)
 
     def _begin(
         self, label: str, spec: FaultSpec, rng: np.random.Generator, draws: np.random.Generator
