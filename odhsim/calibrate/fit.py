@@ -17,16 +17,11 @@ import pandas as pd
 from scipy.optimize import nnls
 
 from odhsim.calibrate.profile_file import HeldOut, StepCoefficients
+from odhsim.profiles.coefficients import COEFFICIENT_FIELDS
 
 STEP_COLUMNS = ("prefill_tokens", "prefill_sum_sq", "decode_batch", "decode_context", "duration_s")
-COEFS = (
-    "prefill_base_s",
-    "prefill_per_token_s",
-    "prefill_per_token_sq_s",
-    "decode_base_s",
-    "decode_per_seq_s",
-    "decode_per_context_token_s",
-)
+COEFS = COEFFICIENT_FIELDS[:6]
+"""The linear step coefficients a fit solves for (the latency family's first six; no prefill knee)."""
 
 
 class FitError(ValueError):

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -65,3 +68,18 @@ def running_replicas(*named: tuple[str, ReplicaConfig], timeout_s: float = 60.0)
         yield procs
     finally:
         terminate_all(procs.values(), grace_s=5.0)
+
+
+def stop_serve(proc: subprocess.Popen, replica_pids: set[int] | list[int]) -> None:
+    """Stop an `odhsim serve` subprocess (SIGTERM, then SIGKILL after 60 s) and SIGKILL the replica processes it
+    started, so a failed test never leaves a replica behind, even if serve itself was killed."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    for pid in replica_pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)

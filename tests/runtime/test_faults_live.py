@@ -28,6 +28,7 @@ import yaml
 from odhsim.scenario.checks import live_refusals
 from odhsim.scenario.load import scenario_from_dict
 from runtime.replay import replay_async
+from tests.runtime.replica_helpers import stop_serve
 from tests.runtime.test_replay import FakeTarget, write_scenario
 
 KEYS = "faults-key:team-a:critical"
@@ -166,16 +167,7 @@ def serving(tmp_path: Path, doc: dict[str, Any]) -> Iterator[tuple[subprocess.Po
         proc.wait(60)
     finally:
         pids = {int(m.group(1)) for e in _events(out) for m in [re.search(r"pid (\d+)", e["detail"])] if m}
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_serve(proc, pids)
 
 
 def _check_answered(answers: list[dict[str, Any]]) -> None:

@@ -25,6 +25,7 @@ import yaml
 
 from odhsim.results.run_result import load_results
 from runtime.replay import replay_async
+from tests.runtime.replica_helpers import stop_serve
 
 KEYS = "e2e-key:team-a:critical,e2e-key-b:team-b:high,e2e-key-clf:team-c:low:clf"
 AUTH = {"Authorization": "Bearer e2e-key"}
@@ -178,16 +179,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         yield handle
     finally:
         pids = handle.pids()
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        for pid in pids:  # never leave a replica behind, even if serve itself was killed
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+        stop_serve(proc, pids)
 
 
 def _replica_headers(pid: int) -> dict[str, str]:
