@@ -13,6 +13,7 @@ budget's refusal spell and the metrics accumulator; nothing about processes, tim
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from policies.controlplane.metrics import LoadSnapshot, MetricsAccumulator
 from policies.controlplane.restart import RestartPolicy
 from policies.controlplane.schedule import TickSchedule
 from policies.controlplane.victims import ReplicaView, choose_victims
+from policies.decisions import DecisionRecorder, ScaleInputs, ScaleRecord
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,7 @@ class ControllerCore:
         self.usd_per_replica_hour = usd_per_replica_hour
         self.last_desired = desired
         self._gate = BudgetGate()
+        self.recorder: DecisionRecorder | None = None  # decision tracing (policies.decisions); None: off
 
     def begin(self, now: float, arrivals: int) -> None:
         """The autoscaler loop starts at `now` (t = 0, or a canary's start): both grids and the rates start here."""
@@ -94,6 +97,8 @@ class ControllerCore:
         if not self.schedule.tick(now):
             return TickResult(metrics)
         decision = self.autoscaler.decide(now)
+        if self.recorder is not None:
+            self.recorder.record(scale_record(now, self.name, len(replicas), decision, metrics))
         return TickResult(metrics, decision, self.plan(decision.desired, decision.reason, replicas))
 
     def plan(self, desired: int, reason: str, replicas: Sequence[ReplicaView]) -> ScalePlan:
@@ -116,3 +121,11 @@ class ControllerCore:
             start += 1
         victims = tuple(choose_victims(replicas, current - desired))
         return ScalePlan(desired, event, start, victims, refusal)
+
+
+def scale_record(now: float, model: str, current: int, decision: ScaleDecision, m: ScalingMetrics) -> ScaleRecord:
+    """An autoscaler decision with the snapshot it was made on (`current`: the replicas that count)."""
+    avg = m.avg_concurrency if m.avg_concurrency is not None else math.nan
+    inputs = ScaleInputs(m.ready_replicas, m.pending_replicas, m.in_flight, avg, m.arrivals_per_s, m.queue_len,
+                         m.kv_usage, m.waiting_per_replica, m.seconds_since_last_request)  # fmt: skip
+    return ScaleRecord(now, model, current, decision.desired, decision.reason, decision.panic, inputs)

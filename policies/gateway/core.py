@@ -31,7 +31,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
+from policies.decisions import DecisionRecorder
 from policies.flowcontrol.priority import PRIORITY_CLASSES, class_to_priority
+from policies.gateway.recording import record_admission, record_arrival_fallback, record_queue, record_route
 from policies.gateway.retrying import NO_REPLICAS, Retrying
 from policies.gateway.route import RouteState
 from policies.gateway.types import (
@@ -88,6 +90,7 @@ class GatewayCore(Retrying):
         self.cache_key = cache_key
         self.activator_timeout_s = activator_timeout_s
         self.next_cache_sweep = 0.0
+        self.recorder: DecisionRecorder | None = None  # decision tracing (policies.decisions); None: off, free
 
     def start(self, now: float) -> list[Action]:
         """Arm the outlier detectors' sweeps."""
@@ -314,6 +317,9 @@ class GatewayCore(Retrying):
                 self._respond(now, t, FAILED, "breaker_open", detail, out)
                 return
             route = self._split(now, backup, t)
+            if self.recorder is not None:
+                why = "breaker_open" if breaker_open else "unserved"
+                record_arrival_fallback(self.recorder, now, t, model, route, why)
         elif breaker_open:
             self._respond(now, t, FAILED, "breaker_open", "circuit breaker open and no fallback", out)
             return
@@ -342,7 +348,10 @@ class GatewayCore(Retrying):
         states = route.states()
         saturation = flow.saturation.saturation(now, states)
         verdict = flow.admission.admit(now, class_to_priority(t.priority), saturation, states)
+        rec = self.recorder
         if not verdict.admitted:
+            if rec is not None:
+                record_admission(rec, now, t, route, False, verdict.reason or "shed at admission", saturation)
             self._respond(now, t, SHED, "admission", verdict.reason or "shed at admission", out)
             return
         target = route.ttft_targets[t.priority] if route.ttft_targets else None
@@ -351,7 +360,11 @@ class GatewayCore(Retrying):
         for evicted in pushed.evicted:
             victim = route.held.pop(evicted.request_id)
             victim.waiting = False
+            if rec is not None:
+                record_queue(rec, now, route, evicted, "evict")
             self._respond(now, victim, SHED, "evicted", "evicted from a full queue", out)
+        if rec is not None:
+            record_admission(rec, now, t, route, pushed.accepted, "" if pushed.accepted else "queue_full", saturation)
         if not pushed.accepted:
             self._respond(now, t, SHED, "queue_full", pushed.reason or "queue full", out)
             return
@@ -373,6 +386,8 @@ class GatewayCore(Retrying):
             t = route.held.pop(item.request_id, None)
             if t is not None:
                 t.waiting = False
+                if self.recorder is not None:
+                    record_queue(self.recorder, now, route, item, "expire")
                 waited = now - item.enqueued_at
                 self._respond(now, t, TIMEOUT, "queue_ttl", f"queued {waited:.1f} s > TTL", out)
 
@@ -398,6 +413,8 @@ class GatewayCore(Retrying):
                 item = flow.queue.pop(now)
                 if item is None:
                     return
+                if self.recorder is not None:
+                    record_queue(self.recorder, now, route, item, "pop")
                 self._dispatch(now, route, route.held.pop(item.request_id), out)
             elif route.fifo:
                 if not self._dispatch(now, route, route.fifo[0], out):
@@ -437,7 +454,11 @@ class GatewayCore(Retrying):
             if ejected and any(s.name not in ejected for s in states):
                 states = [replace(s, healthy=False) if s.name in ejected else s for s in states]
         rr = self._route_request(route, t)
-        decision = route.router.pick(now, rr, states)
+        rec = self.recorder
+        if rec is not None and rec.wants(t.id):
+            decision = record_route(rec, now, route, t, rr, states)
+        else:
+            decision = route.router.pick(now, rr, states)
         name = decision.endpoint
         if name is None:
             self._respond(now, t, FAILED, "no_endpoint", decision.reason or "no endpoint", out)

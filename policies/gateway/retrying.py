@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from policies.decisions import DecisionRecorder
+from policies.gateway.recording import record_retry
 from policies.gateway.route import RouteState
 from policies.gateway.types import BACKOFF, FAILED, Action, Record, Ticket, WakeAt
 
@@ -16,6 +18,7 @@ class Retrying:
     """What GatewayCore does when an attempt failed with a retry failure kind."""
 
     if TYPE_CHECKING:
+        recorder: DecisionRecorder | None
 
         def _respond(self, now: float, t: Ticket, status: str, reason: str, detail: str, out: list[Action]) -> None: ...
         def _pump(self, now: float, route: RouteState, out: list[Action]) -> None: ...
@@ -31,6 +34,8 @@ class Retrying:
             out.append(Record("excused", route.name, kind))
             if t.excused == 0:  # one free retry: the replica may well have answered in time
                 t.excused += 1
+                if self.recorder is not None:
+                    record_retry(self.recorder, now, t, route, "excused", kind, route.name, 0.0, "gateway stall")
                 self._requeue(now, route, t, out)
                 return
         t.failures += 1
@@ -41,6 +46,8 @@ class Retrying:
         policy = primary.retry
         what = f"replica {replica} failed ({kind}: {detail})" if detail else f"replica {replica} failed ({kind})"
         if policy is None:
+            if self.recorder is not None:
+                record_retry(self.recorder, now, t, route, "fail", kind, "", 0.0, "no retry policy")
             self._respond(now, t, FAILED, "upstream_failed", what, out)
             return
         fallback = primary.fallback
@@ -48,6 +55,8 @@ class Retrying:
             t.failures, kind, fallback is not None, route.in_flight(), route.queued(), route.retries_in_flight
         )
         if decision.action == "fail" or (decision.action == "fallback" and fallback is None):
+            if self.recorder is not None:
+                record_retry(self.recorder, now, t, route, "fail", kind, "", 0.0, decision.reason)
             if t.failures == getattr(policy, "open_breaker_after", 0):  # the ladder's last rung: tell the operator
                 out.append(Record("alert", route.name, f"request {t.id}: {what}; {decision.reason}"))
             self._respond(now, t, FAILED, "upstream_failed", f"{what}; {decision.reason}", out)
@@ -61,6 +70,9 @@ class Retrying:
         t.retrying = True
         target.retries_in_flight += 1
         out.append(Record(decision.action, route.name, f"{what}; {decision.reason}"))
+        if self.recorder is not None:
+            record_retry(self.recorder, now, t, route, decision.action, kind, target.name, decision.backoff_s,
+                         decision.reason)  # fmt: skip
         if decision.backoff_s > 0:
             out.append(WakeAt(decision.backoff_s, BACKOFF, t))
         else:

@@ -6,9 +6,11 @@ than dicts keyed by endpoint, because `pick` runs for every request over a handf
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
+from policies.decisions import NO_PREFIX, UNHEALTHY, Candidate, ScorerScore
 from policies.errors import PolicyConfigError
 from policies.routing.types import EndpointState, RouteRequest, RoutingDecision
 
@@ -56,7 +58,7 @@ class SchedulerProfile:
     0), so a misbehaving scorer cannot dominate the total; total(e) = sum_i weight_i * score_i(e).
     """
 
-    __slots__ = ("_complete", "_dispatch", "_pick_reason", "filters", "picker", "scorers")
+    __slots__ = ("_complete", "_dispatch", "_pick_reason", "_prefix", "filters", "picker", "scorers")
 
     def __init__(
         self,
@@ -77,6 +79,7 @@ class SchedulerProfile:
         # Plugins reading another plugin's prefix index (token-load's uncached tokens, the prefix-cache affinity
         # filter's scores, AIBrix's picker) are wired here.
         prefix = next((p for p in plugins if hasattr(p, "matched_blocks")), None)
+        self._prefix: Any = prefix  # the prefix index explain_pick reads each candidate's matched blocks from
         for plugin in plugins:
             bind = getattr(plugin, "bind_prefix", None)
             if bind is not None and prefix is not None and prefix is not plugin:
@@ -94,6 +97,60 @@ class SchedulerProfile:
         totals = self._weighted_totals(now, request, candidates)
         index = self.picker.pick(now, request, candidates, totals)
         return RoutingDecision(candidates[index].name, self._pick_reason)
+
+    def explain_pick(
+        self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]
+    ) -> tuple[RoutingDecision, tuple[Candidate, ...]]:
+        """`pick`, plus why: every endpoint with the filter that removed it, or each scorer's raw and clamped score
+        and weight and its total. The plugins are called exactly as `pick` calls them (same order, same
+        arguments), so the pick and every plugin's state after it are the ones `pick` would have left; used only
+        when decisions are recorded."""
+        removed: dict[str, str] = {}
+        candidates = [e for e in endpoints if e.healthy]
+        for e in endpoints:
+            if not e.healthy:
+                removed[e.name] = UNHEALTHY
+        reason = "no healthy endpoint" if not candidates else ""
+        for flt in self.filters if candidates else ():
+            kept = flt.filter(now, request, candidates)
+            kept_names = {e.name for e in kept}
+            for e in candidates:
+                if e.name not in kept_names:
+                    removed[e.name] = plugin_name(flt)
+            candidates = kept
+            if not candidates:
+                reason = f"no endpoint passed filter {plugin_name(flt)}"
+                break
+        n = len(candidates)
+        totals = [0.0] * n
+        per: list[list[ScorerScore]] = [[] for _ in range(n)]
+        for scorer, weight in self.scorers if candidates else ():
+            scores = scorer.score(now, request, candidates)
+            if len(scores) != n:
+                raise RuntimeError(f"scorer '{plugin_name(scorer)}' returned {len(scores)} scores for {n} endpoints")
+            name = plugin_name(scorer)
+            clamped = [v if 0.0 <= v <= 1.0 else (1.0 if v > 1.0 else 0.0) for v in scores]
+            totals = [t + weight * c for t, c in zip(totals, clamped, strict=True)]  # as _weighted_totals adds
+            for i, (v, c) in enumerate(zip(scores, clamped, strict=True)):
+                per[i].append(ScorerScore(name, weight, float(v), c))
+        if candidates:
+            index = self.picker.pick(now, request, candidates, totals)
+            decision = RoutingDecision(candidates[index].name, self._pick_reason)
+        else:
+            decision = RoutingDecision(None, reason)
+        prefix = self._prefix if candidates else None  # (no pick: leave the prefix index's request memo alone)
+        scored = {e.name: i for i, e in enumerate(candidates)}
+        explained = []
+        for e in endpoints:
+            i = scored.get(e.name)
+            blocks = NO_PREFIX if prefix is None else int(prefix.matched_blocks(request, e.name))
+            if i is None:
+                explained.append(Candidate(e.name, removed.get(e.name, ""), e.waiting, e.running, e.kv_usage,
+                                           now - e.scraped_at, blocks, (), math.nan))  # fmt: skip
+            else:
+                explained.append(Candidate(e.name, "", e.waiting, e.running, e.kv_usage, now - e.scraped_at, blocks,
+                                           tuple(per[i]), totals[i]))  # fmt: skip
+        return decision, tuple(explained)
 
     def _filter(
         self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]
