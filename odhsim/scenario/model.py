@@ -58,12 +58,31 @@ def default_slos() -> dict[str, Slo]:
 
 
 class OutputConfig(Frozen):
-    """What a run writes besides its requests: the timeseries bucket, and `steps` (steps.parquet: a row per engine
+    """What a run writes besides its requests: the timeseries bucket, `steps` (steps.parquet: a row per engine
     step of every LLM replica and per batch of every fixed one, the table `odhsim serve --out` writes; off by
-    default, since a long run has millions of steps)."""
+    default, since a long run has millions of steps) and `decisions` (decisions.parquet)."""
 
     timeseries_bucket_s: Annotated[float, Field(gt=0.0)] = 10.0
     steps: bool = False
+    decisions: str = "none"
+    """decisions.parquet (odhsim.results.decisions): `all` records every decision of the gateway and controller
+    cores, `sample:<share>` those of a share of the requests (chosen by a hash of the request id, so a sampled
+    request's whole life is recorded; transitions and scale decisions are always kept), `none` (default) nothing."""
+
+    @field_validator("decisions")
+    @classmethod
+    def _decisions(cls, v: str) -> str:
+        from policies.decisions import parse_decisions
+
+        parse_decisions(v)  # raises ValueError naming what is accepted
+        return v.strip().lower()
+
+    @property
+    def decisions_share(self) -> float:
+        """The share of requests whose decisions are recorded (0.0: none)."""
+        from policies.decisions import parse_decisions
+
+        return parse_decisions(self.decisions)
 
 
 class RolloutAction(Frozen):

@@ -22,8 +22,10 @@ from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
 from policies.caching.key import response_key
 from policies.caching.response_cache import TieredResponseCache
 from policies.controlplane.metrics import ConcurrencyIntegral
+from policies.decisions import DecisionRecorder, Transition
 from policies.flowcontrol.config import FlowControl
 from policies.gateway.core import ACTIVATOR_TIMEOUT_S, NO_REPLICAS, GatewayCore
+from policies.gateway.recording import transition_records
 from policies.gateway.route import RouteState
 from policies.gateway.types import ABORTED, DONE, Activate, CacheWait, Dispatch, Record, Respond, Ticket, WakeAt
 from policies.resilience.breaker import CircuitBreaker
@@ -253,6 +255,18 @@ class Gateway:
 
     def queued(self, model: int) -> int:
         return sum(route.queued() for route in self.routes[model].revisions)
+
+    def record_decisions(self, recorder: DecisionRecorder) -> None:
+        """Trace the gateway core's and every revision controller's decisions into `recorder` (outputs.decisions)."""
+        self.core.recorder = recorder
+        for model in self.routes:
+            for rev in model.revisions:
+                if rev.controller is not None:
+                    rev.controller.core.recorder = recorder
+
+    def transitions(self) -> list[Transition]:
+        """The breakers' state changes and the outlier detectors' ejections so far, as decision records."""
+        return transition_records(self.core.models)
 
     def serving_route(self, req: SimRequest) -> ModelRoute:
         """The revision route that holds `req` (of its model, or of the fallback it went to)."""

@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import simpy
 
+from odhsim.results.decisions import decisions_frame, merge_in_time
 from odhsim.results.request_log import RequestLog
 from odhsim.results.run_result import RunResult
 from odhsim.results.summary import summarize, unserved_models
@@ -23,6 +24,7 @@ from odhsim.sim.gateway import Gateway
 from odhsim.sim.run_warnings import run_warnings
 from odhsim.sim.sampler import TimeseriesSampler
 from odhsim.workload.build import build_workload
+from policies.decisions import ListRecorder
 
 ProgressFn = Callable[[float, float | None, int], None]
 """progress(simulated_now_s, simulated_horizon_s or None, requests_arrived)."""
@@ -83,6 +85,10 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         start_infra_faults(env, scenario, gateway, streams, events_log)
         start_faults(env, scenario, gateway, streams, events_log, horizon)  # replica, network, cache, metrics
     gateway.events = events_log  # the core's retries, fallbacks and alerts (there are none without failures)
+    share = scenario.outputs.decisions_share
+    recorder = ListRecorder(share) if share > 0 else None
+    if recorder is not None:
+        gateway.record_decisions(recorder)
     for route in gateway.routes:
         if route.autoscaled:
             env.process(route.controller.run())
@@ -155,4 +161,5 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         events=events,
         summary=summary,
         steps=None if gateway.step_log is None else gateway.step_log.to_frame(),
+        decisions=None if recorder is None else decisions_frame(merge_in_time(recorder.records, gateway.transitions())),
     )
