@@ -6,8 +6,9 @@ the simulator builds them: `build_autoscaler(section, RngStreams(seed).get("auto
 socket, uvicorn, then every model's deploy flow. Stop (SIGINT / SIGTERM / `duration_s`): uvicorn stops accepting and
 lets the requests it holds finish (bounded), the controllers drain and terminate every replica (SIGTERM, then
 SIGKILL), and, with `out_dir`, events.parquet, replicas.parquet and steps.parquet (every replica's engine steps,
-spooled by the replicas to out_dir/steps/, runtime.replica.steps_spool) are written (events.jsonl and serve.json are
-kept current while it runs, so tests and tools can follow it). Every process is stopped on every way out.
+spooled by the replicas to out_dir/steps/, runtime.replica.steps_spool) are written, and decisions.parquet with
+`outputs.decisions` (events.jsonl and serve.json are kept current while it runs, so tests and tools can follow
+it). Every process is stopped on every way out.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from odhsim.errors import OdhsimError
+from odhsim.results.decisions import decisions_frame, merge_in_time, write_decisions
 from odhsim.results.run_result import RunResult
 from odhsim.results.steps import write_steps
 from odhsim.rng import RngStreams
@@ -36,6 +38,7 @@ from odhsim.scenario.checks import live_refusals
 from odhsim.scenario.deployment import ModelDeployment
 from odhsim.scenario.model import Scenario
 from policies.autoscaling.config import build_autoscaler
+from policies.decisions import ListRecorder
 from policies.lifecycle.states import READY, RestartBackoff, RestartBackoffParams
 from runtime.capacity import live_capacity
 from runtime.controller import EVENT_COLUMNS, ControllerSettings, EventLog, LiveEvent, ModelController
@@ -163,6 +166,7 @@ class LiveStack:
         self._server_task: asyncio.Task[None] | None = None
         self._stopped = False
         self.faults: Any = None  # runtime.faults.LiveFaults when the scenario has faults: armed by arm_faults()
+        self.recorder: ListRecorder | None = None  # outputs.decisions, with out_dir
 
     # -- records ---------------------------------------------------------------------------------------------
     def _sink(self, ev: LiveEvent) -> None:
@@ -248,6 +252,12 @@ class LiveStack:
                 self.faults = LiveFaults(
                     sc, log=self.log, controllers=self.controllers, gateway=self.gateway, client=self._client
                 )
+            share = sc.outputs.decisions_share
+            if self.out_dir is not None and share > 0:  # decisions.parquet: the gateway core's and controllers'
+                self.recorder = ListRecorder(share)
+                self.gateway.record_decisions(self.recorder)
+                for c in self.controllers.values():
+                    c.core.recorder = self.recorder
             self.gateway.on_cold_request = self._cold
             self.gateway.on_record = self._reaction
             self.gateway.on_replica_failure = self._replica_failure
@@ -357,12 +367,20 @@ class LiveStack:
         tagged = RunResult.tag(
             scenario_name=self.scenario.name, run_id=self.run_id, seed=self.scenario.seed, summary={},
             requests=empty, replicas=self.log.states_frame(), timeseries=empty, events=self._events_frame(),
-            steps=steps,
+            steps=steps, decisions=self._decisions(),
         )  # fmt: skip
         tagged.events.to_parquet(self.out_dir / "events.parquet", index=False)
         tagged.replicas.to_parquet(self.out_dir / "replicas.parquet", index=False)
         if tagged.steps is not None:
             write_steps(tagged.steps, self.out_dir / "steps.parquet")
+        if tagged.decisions is not None:
+            write_decisions(tagged.decisions, self.out_dir / "decisions.parquet")
+
+    def _decisions(self) -> pd.DataFrame | None:
+        """The cores' decision records (outputs.decisions), breaker and ejection transitions placed among them."""
+        if self.recorder is None:
+            return None
+        return decisions_frame(merge_in_time(self.recorder.records, self.gateway.transitions()))
 
     def _events_frame(self) -> pd.DataFrame:
         """Every event in time order, the outlier detectors' ejections and returns included."""

@@ -33,7 +33,9 @@ from policies.caching.config import build_response_cache
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
 from policies.caching.tiers import SharedTier
 from policies.controlplane.metrics import LoadSnapshot
+from policies.decisions import DecisionRecorder, Transition
 from policies.gateway.core import GatewayCore
+from policies.gateway.recording import transition_records
 from policies.gateway.route import RouteState
 from policies.gateway.types import (
     ABANDONED,
@@ -245,6 +247,14 @@ class Gateway:
 
     def model_ready(self, model: str) -> bool:
         return bool(self._route(model).ready)
+
+    def record_decisions(self, recorder: DecisionRecorder) -> None:
+        """Trace the gateway core's decisions into `recorder` (outputs.decisions; serve adds the controllers')."""
+        self.core.recorder = recorder
+
+    def transitions(self) -> list[Transition]:
+        """The breakers' state changes and the outlier detectors' ejections so far, as decision records."""
+        return transition_records(self.core.models)
 
     def _route(self, model: str) -> ModelRoute:
         route = self.routes.get(model)
