@@ -31,6 +31,7 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "odhsim.scenario": "base",
     "odhsim.workload": "base",
     "odhsim.results": "base",
+    "odhsim.explain": "base",  # anomalies and routing regret from a run's tables, whichever engine wrote them
     "odhsim.catalog": "base",
     "odhsim.rng": "base",
     "odhsim.errors": "base",

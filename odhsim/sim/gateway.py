@@ -186,6 +186,8 @@ class Gateway:
         self.arrivals = [0] * len(routes)
         self.completed = 0
         self.events: list[dict[str, Any]] | None = None  # events.parquet's rows, where retries and alerts go
+        # (time, key, hit, row) per response-cache lookup when set (odhsim.explain looks for stampedes in it)
+        self.cache_lookups: list[tuple[float, int, bool, int]] | None = None
         for mi, model in enumerate(routes):
             model.core.revisions = [rev.core for rev in model.revisions]
             for rev in model.revisions:
@@ -331,4 +333,6 @@ class Gateway:
 
     def _after_lookup(self, event: simpy.Event) -> None:
         t: Ticket = event.value
+        if self.cache_lookups is not None:
+            self.cache_lookups.append((self.env.now, t.cache_key, t.cache_hit, t.id))
         self._run(self.core.cache_done(self.env.now, t))

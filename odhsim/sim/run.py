@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import simpy
 
+from odhsim.explain.anomalies import anomaly_counts, find_anomalies, with_anomaly_events
 from odhsim.results.decisions import decisions_frame, merge_in_time
 from odhsim.results.request_log import RequestLog
 from odhsim.results.run_result import RunResult
@@ -85,6 +86,8 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         start_infra_faults(env, scenario, gateway, streams, events_log)
         start_faults(env, scenario, gateway, streams, events_log, horizon)  # replica, network, cache, metrics
     gateway.events = events_log  # the core's retries, fallbacks and alerts (there are none without failures)
+    if gateway.cache is not None:  # the response cache's lookups, where odhsim.explain finds stampedes
+        gateway.cache_lookups = []
     share = scenario.outputs.decisions_share
     recorder = ListRecorder(share) if share > 0 else None
     if recorder is not None:
@@ -134,6 +137,8 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         events = pd.concat([events, pd.DataFrame(reactions)], ignore_index=True)
         events = events.sort_values("time_s", kind="stable", ignore_index=True)
     timeseries = pd.DataFrame(sampler.rows)
+    anomalies = find_anomalies(scenario, requests, events, timeseries, replicas, end_s, gateway.cache_lookups)
+    events = with_anomaly_events(events, anomalies)
     preemptions = sum(getattr(r, "preemptions", 0) for r in gateway.replicas)
     summary = summarize(
         requests,
@@ -147,6 +152,7 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
             "seed": seed,
             "run_id": run_id,
             "unserved_models": unserved_models(scenario, requests, replicas, events),
+            "anomalies": anomaly_counts(anomalies),
             **({"response_cache": gateway.cache.stats()} if gateway.cache is not None else {}),
         },
     )

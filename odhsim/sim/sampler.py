@@ -18,6 +18,7 @@ class TimeseriesSampler:
     the fraction of the bucket the model's replicas spent computing; `gpus` is what the model holds at the bucket's
     end. gpu_hours, cost and energy integrate over the bucket (the controllers' GPU-seconds from grant to release),
     so a replica that starts and stops inside one bucket is charged, and the column sums to the lifecycle's total.
+    `preemptions` counts the model's recompute preemptions in the bucket (preemption storms are judged on it).
     """
 
     def __init__(self, env: simpy.Environment, scenario: Scenario, gateway: Gateway, done: Callable[[], bool]) -> None:
@@ -30,11 +31,12 @@ class TimeseriesSampler:
             k: []
             for k in (
                 "time_s", "model", "arrivals", "queue_len", "running", "ready_replicas", "kv_usage",
-                "gpu_busy", "gpus", "gpu_hours", "cost_usd", "energy_kwh",
+                "gpu_busy", "gpus", "gpu_hours", "cost_usd", "energy_kwh", "preemptions",
             )
         }  # fmt: skip
         self._last_arrivals = [0] * len(scenario.models)
         self._last_busy = [0.0] * len(gateway.replicas)
+        self._last_preempted = [0] * len(gateway.replicas)  # per replica: recompute preemptions so far
         self._last_gpu_s: dict[tuple[int, int, str], float] = {}  # (model, revision, GPU) -> GPU-seconds so far
         self._last_t = 0.0
         self.stopped = False
@@ -57,10 +59,16 @@ class TimeseriesSampler:
         rows = self.rows
         busy: dict[tuple[int, int, str], float] = {}  # (model, revision, GPU type) -> seconds computed in this bucket
         last = self._last_busy
+        preempted = [0] * len(self.scenario.models)  # per model: preemptions in this bucket
+        last_pre = self._last_preempted
         for r in self.gateway.replicas:  # every replica ever made: draining ones still compute
             b = r.busy_time()
             if r.index >= len(last):
                 last.extend([0.0] * (r.index + 1 - len(last)))
+                last_pre.extend([0] * (r.index + 1 - len(last_pre)))
+            p = getattr(r, "preemptions", 0)
+            preempted[r.model_index] += p - last_pre[r.index]
+            last_pre[r.index] = p
             key = (r.model_index, r.revision, r.gpu)
             busy[key] = busy.get(key, 0.0) + (b - last[r.index])
             last[r.index] = b
@@ -98,5 +106,6 @@ class TimeseriesSampler:
             rows["gpu_hours"].append(gpu_hours)
             rows["cost_usd"].append(cost)
             rows["energy_kwh"].append(energy_wh / 1000.0)
+            rows["preemptions"].append(preempted[mi])
             self._last_arrivals[mi] = self.gateway.arrivals[mi]
         self._last_t = now
