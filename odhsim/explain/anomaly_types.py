@@ -56,7 +56,7 @@ class AnomalySettings:
     herding_min_requests: int = 8
     herding_min_share: float = 0.75
     herding_p_value: float = 1e-4
-    storm_min_preemptions: int = 10
+    storm_min_rate_s: float = 1.0
     storm_per_completion: float = 0.5
     flap_window_s: float = 60.0
     stampede_min_concurrent: int = 3

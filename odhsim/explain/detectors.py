@@ -217,8 +217,8 @@ def herding(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
 
 
 def preemption_storm(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
-    """KV thrashing: in a timeseries bucket a model's replicas preempted (recompute) at least
-    `storm_min_preemptions` (10) requests and at least `storm_per_completion` (0.5) per request completed in the
+    """KV thrashing: in a timeseries bucket a model's replicas preempted (recompute) at least `storm_min_rate_s`
+    (1) requests per second of the bucket and at least `storm_per_completion` (0.5) per request completed in the
     bucket, i.e. recomputed work rivals finished work. vLLM logs every recompute preemption as a warning that
     end-to-end performance suffers; the numbers are choices. Adjacent buckets form one episode. Needs the
     timeseries' `preemptions` column (results without it report none)."""
@@ -234,7 +234,7 @@ def preemption_storm(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
         fin = np.sort(c.finish[c.ok & (c.model == mi)])
         lows = np.concatenate(([0.0], times[:-1]))
         done = np.searchsorted(fin, times, side="right") - np.searchsorted(fin, lows, side="right")
-        flags = (pre >= s.storm_min_preemptions) & (pre >= s.storm_per_completion * done)
+        flags = (pre >= s.storm_min_rate_s * (times - lows)) & (pre > 0) & (pre >= s.storm_per_completion * done)
         for i, j in runs(flags):
             n = int(pre[i:j].sum())
             out.append(Anomaly("preemption_storm", model, "", float(lows[i]), float(times[j - 1]), n,
