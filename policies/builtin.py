@@ -12,7 +12,7 @@ from policies.routing import filters, pickers, scorers
 def _register_routing(reg: Registry) -> None:
     """llm-d's plugin types, spelled as llm-d spells them, plus the classic baselines and AIBrix's prefix router,
     and the canary traffic split between a model's revisions (kind "traffic-split")."""
-    from policies.routing import aibrix, canary, prefix_affinity
+    from policies.routing import aibrix, canary, latency_estimate, prefix_affinity
 
     canary.register(reg)
 
@@ -46,6 +46,7 @@ def _register_routing(reg: Registry) -> None:
         pickers.PowerOfTwoPicker,
         pickers.LeastLatencyPicker,
         aibrix.AibrixPrefixCachePicker,
+        latency_estimate.LatencyEstimatePicker,
     ):
         reg.register("picker", cls.TYPE, cls.from_params, cls.Params)
 

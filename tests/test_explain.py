@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -238,3 +239,71 @@ def test_autoscaler_flapping_under_on_off_bursts(tmp_path: Path) -> None:
     i = int(scale.index[scale["time_s"] == ep["time_s"]][0])
     assert scale["time_s"].iloc[i + 1] - scale["time_s"].iloc[i] <= 60.0
     assert "then" in ep["detail"]
+
+
+# -- counterfactual regret -------------------------------------------------------------------------------------------
+
+PROMPT, OUTPUT = 800, 120
+
+
+def regret_scenario(router: dict[str, Any]) -> dict[str, Any]:
+    """Four replicas under a load that builds queues on some of them, every decision recorded."""
+    return scenario(
+        [llm(replicas=4, max_num_seqs=4)],
+        [{"kind": "poisson", "rate": 12.0, "duration_s": 40,
+          "prompt_tokens": {"dist": "fixed", "value": PROMPT}, "output_tokens": {"dist": "fixed", "value": OUTPUT}}],
+        gateway={"router": router, "scrape_interval_s": 0.05},
+        outputs={"decisions": "all"},
+    )  # fmt: skip
+
+
+def hindsight_router() -> dict[str, Any]:
+    """latency-estimate-picker given the yardstick regret uses: the model's coefficients and the workload's sizes."""
+    from odhsim.explain.regret import estimate_params
+    from odhsim.profiles.latency import latency_model
+
+    params = estimate_params(latency_model("llama3-8b", "A100-80GB", 1), np.array([PROMPT]), np.array([OUTPUT]))
+    picker = {"name": "hindsight", "type": "latency-estimate-picker", "params": params.model_dump()}
+    return {"plugins": [picker], "filters": [], "scorers": [], "picker": "hindsight"}
+
+
+def test_regret_is_zero_for_the_hindsight_picker_and_positive_for_random(tmp_path: Path) -> None:
+    hindsight = run(regret_scenario(hindsight_router()), tmp_path)
+    rand = run(regret_scenario({"profile": "random"}), tmp_path)
+    for res in (hindsight, rand):
+        assert res.decisions is not None
+        routed = int((res.decisions["kind"] == "route").sum())
+        assert res.summary["regret"]["chat"]["decisions"] == routed > 300
+    h, r = hindsight.summary["regret"]["chat"], rand.summary["regret"]["chat"]
+    assert h["mean_s"] == h["p90_s"] == h["share_positive"] == 0.0
+    assert hindsight.summary["regret_mean_s"] == 0.0
+    assert r["policy"] == "random" and h["policy"] == "custom"
+    assert r["share_positive"] > 0.3 and r["mean_s"] > 0.0 and r["p90_s"] > 0.0
+    assert rand.summary["regret_mean_s"] == pytest.approx(r["mean_s"])
+    worst = r["worst"][0]
+    assert worst["regret_s"] == pytest.approx(r["worst"][0]["regret_s"]) and worst["regret_s"] >= r["p90_s"]
+    picked, best = worst["candidates"][worst["pick"]], worst["candidates"][worst["best"]]
+    assert picked["estimate_s"] - best["estimate_s"] == pytest.approx(worst["regret_s"])
+    assert picked["waiting"] + picked["running"] > best["waiting"] + best["running"]
+
+
+def test_no_regret_without_decisions(tmp_path: Path) -> None:
+    d = regret_scenario({"profile": "random"})
+    d["outputs"] = {"decisions": "none"}
+    res = run(d, tmp_path)
+    assert "regret" not in res.summary and res.decisions is None
+
+
+def test_array_estimate_equals_the_scalar_one_bit_for_bit() -> None:
+    """Regret scores whole runs with the array form; the picker uses the scalar one: they must agree exactly."""
+    from policies.routing.latency_estimate import EstimateCoefficients, estimate_ttft_array, estimate_ttft_s
+
+    c = EstimateCoefficients(0.011, 7.3e-5, 1.1e-9, 0.0071, 1.3e-4, 2.9e-7, 4096, 3.1e-5, 812.5, 901.25, 177.0)
+    rng = np.random.default_rng(5)
+    n = 2000
+    prompt, cached = rng.integers(1, 9000, n), rng.integers(-1, 9000, n)
+    waiting, running, kv = rng.integers(0, 40, n), rng.integers(0, 300, n), rng.uniform(0.8, 1.0, n)
+    got = estimate_ttft_array(c, prompt, cached, waiting, running, kv)
+    want = [estimate_ttft_s(c, int(p), int(h), int(w), int(r), float(k))
+            for p, h, w, r, k in zip(prompt, cached, waiting, running, kv, strict=True)]  # fmt: skip
+    assert got.tolist() == want

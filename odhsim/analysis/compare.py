@@ -31,6 +31,8 @@ from odhsim.scenario.load import load_scenario
 PRIMARY_METRICS = ("ttft_p50_s", "ttft_p99_s", "e2e_p50_s", "e2e_p99_s", "goodput_rps", "slo_attainment", "cost_usd")
 EXTRA_METRICS = ("throughput_rps", "prefix_cache_hit_rate", "availability", "retry_amplification")
 METRICS = PRIMARY_METRICS + EXTRA_METRICS
+REGRET_METRICS = ("regret_mean_s", "regret_p90_s", "regret_share_positive")
+"""Counterfactual routing regret (odhsim.explain.regret): compared when the runs recorded decisions."""
 TABLE_COLUMNS = ("metric", "variant", "value", "diff", "ci_low", "ci_high", "p_value")
 ALPHA = 0.05
 
@@ -174,11 +176,12 @@ def run_comparison(
             results[(name, seed)] = output.result
         if progress is not None:
             progress(name, seed, done, total)
+    metrics = METRICS + tuple(m for m in REGRET_METRICS if any(m in s for s in summaries.values()))
     records = {
         name: [
-            {"variant": name, "seed": seed, "metric": m, "value": _as_float(summaries[(name, seed)][m])}
+            {"variant": name, "seed": seed, "metric": m, "value": _as_float(summaries[(name, seed)].get(m))}
             for seed in seed_list
-            for m in METRICS
+            for m in metrics
         ]
         for name in names
     }

@@ -69,6 +69,9 @@ def run(
         print_warnings(err_console, result.summary.get("warnings"))
     else:
         print_summary(result.summary, f"{sc.name} (seed {result.seed})")
+        from odhsim.commands.explain import print_anomalies
+
+        print_anomalies(result.summary, result.events)
         if any(m.canary is not None for m in sc.models):
             from odhsim.results.summary import by_version
 

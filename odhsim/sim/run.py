@@ -11,6 +11,7 @@ import pandas as pd
 import simpy
 
 from odhsim.explain.anomalies import anomaly_counts, find_anomalies, with_anomaly_events
+from odhsim.explain.regret import run_regret
 from odhsim.results.decisions import decisions_frame, merge_in_time
 from odhsim.results.request_log import RequestLog
 from odhsim.results.run_result import RunResult
@@ -140,6 +141,13 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
     anomalies = find_anomalies(scenario, requests, events, timeseries, replicas, end_s, gateway.cache_lookups)
     events = with_anomaly_events(events, anomalies)
     preemptions = sum(getattr(r, "preemptions", 0) for r in gateway.replicas)
+    decisions = None if recorder is None else decisions_frame(merge_in_time(recorder.records, gateway.transitions()))
+    latency = {
+        r.model_name: r.latency
+        for r in reversed(gateway.replicas)
+        if hasattr(getattr(r, "latency", None), "prefill_base_s")
+    }
+    router = scenario.gateway.router.profile or "custom"
     summary = summarize(
         requests,
         timeseries,
@@ -153,6 +161,7 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
             "run_id": run_id,
             "unserved_models": unserved_models(scenario, requests, replicas, events),
             "anomalies": anomaly_counts(anomalies),
+            **run_regret(decisions, requests, latency, workload.block_tokens, dict.fromkeys(latency, router)),
             **({"response_cache": gateway.cache.stats()} if gateway.cache is not None else {}),
         },
     )
@@ -167,5 +176,5 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         events=events,
         summary=summary,
         steps=None if gateway.step_log is None else gateway.step_log.to_frame(),
-        decisions=None if recorder is None else decisions_frame(merge_in_time(recorder.records, gateway.transitions())),
+        decisions=decisions,
     )
