@@ -42,20 +42,13 @@ NO_PREFIX = -1
 _NAN = math.nan
 
 
-class ScorerScore(NamedTuple):
-    """One scorer's view of one candidate: weight x clamped adds to the candidate's total."""
-
-    scorer: str
-    weight: float
-    raw: float
-    clamped: float
-
-
 class Candidate(NamedTuple):
     """One replica the router considered. `filtered_by`: "" when it reached the scorers, else the filter that
-    removed it (UNHEALTHY before the filters); `scores` and `total` are empty / NaN then. The scraped state
-    (waiting, running, kv_usage, age of the metrics, prefix blocks the router's index credits it with) is what a
-    latency model needs to estimate the request's latency on it."""
+    removed it (UNHEALTHY before the filters); `raw` and `total` are empty / NaN then. `raw`: each scorer's score
+    as it returned it, in the order of the record's `scorers` (its weight there; the clamped score, `clamp`, is
+    what the total adds: total = sum of weight x clamp(raw)). The scraped state (waiting, running, kv_usage, age of
+    the metrics, prefix blocks the router's index credits it with) is what a latency model needs to estimate the
+    request's latency on it."""
 
     name: str
     filtered_by: str
@@ -64,13 +57,14 @@ class Candidate(NamedTuple):
     kv_usage: float
     metrics_age_s: float
     prefix_blocks: int
-    scores: tuple[ScorerScore, ...]
+    raw: tuple[float, ...]
     total: float
 
 
 class RouteRecord(NamedTuple):
     """A routing pick for attempt `attempt` of request `request_id` (`pick` "" when no candidate passed; `reason`
-    says why, or names the picker). `metrics_age_s`: how old the picked replica's metrics were."""
+    says why, or names the picker). `metrics_age_s`: how old the picked replica's metrics were. `scorers`: the
+    profile's (scorer name, weight) pairs, which every scored candidate's `raw` follows."""
 
     time_s: float
     request_id: int
@@ -80,8 +74,14 @@ class RouteRecord(NamedTuple):
     pick: str
     reason: str
     metrics_age_s: float
+    scorers: tuple[tuple[str, float], ...]
     candidates: tuple[Candidate, ...]
     kind: str = ROUTE
+
+
+def clamp(score: float) -> float:
+    """A score as SchedulerProfile adds it: clamped to [0, 1], NaN counted as 0."""
+    return score if 0.0 <= score <= 1.0 else (1.0 if score > 1.0 else 0.0)
 
 
 class AdmissionRecord(NamedTuple):

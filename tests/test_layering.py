@@ -42,6 +42,7 @@ LAYER_OF_PREFIX: dict[str, str] = {
     "odhsim.analysis": "tools",
     "odhsim.experiments": "tools",
     "odhsim.bench": "tools",
+    "odhsim.bench_decisions": "tools",
     "odhsim.listing": "tools",
     "odhsim.cli_support": "tools",
     "odhsim.fidelity": "tools",

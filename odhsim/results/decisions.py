@@ -40,6 +40,7 @@ from policies.decisions import (
     ROUTE,
     SCALE,
     AdmissionRecord,
+    Candidate,
     Decision,
     QueueRecord,
     RetryRecord,
@@ -63,6 +64,8 @@ CANDIDATE_FIELDS = (
     ("total", pa.float64()),
 )
 CANDIDATE_TYPE = pa.struct([*CANDIDATE_FIELDS, ("scores", pa.list_(SCORE_TYPE))])
+_CANDIDATE_AT = tuple((Candidate._fields.index(name), typ) for name, typ in CANDIDATE_FIELDS)
+"""Where each struct field of a candidate sits in the Candidate record."""
 INPUTS_TYPE = pa.struct(
     [(name, pa.int64() if name in ("ready_replicas", "pending_replicas", "queue_len") else pa.float64())
      for name in ScaleInputs._fields]
@@ -96,12 +99,7 @@ _NAN = math.nan
 
 
 def _scalar_row(r: Decision) -> tuple:
-    """The common columns of one record, in SCALARS order."""
-    if r.kind == ROUTE:
-        assert isinstance(r, RouteRecord)
-        action = "pick" if r.pick else "none"
-        return (r.time_s, ROUTE, r.request_id, r.model, r.attempt, r.priority, action, r.pick, r.reason, _NAN, _NAN,
-                -1, r.metrics_age_s, _NAN, "", "", "", -1, -1)  # fmt: skip
+    """The common columns of one record other than a route, in SCALARS order."""
     if r.kind == QUEUE:
         assert isinstance(r, QueueRecord)
         return (r.time_s, QUEUE, r.request_id, r.model, -1, r.priority, r.action, "", "", _NAN, r.waited_s,
@@ -125,53 +123,81 @@ def _scalar_row(r: Decision) -> tuple:
             r.from_state, r.to_state, -1, -1)  # fmt: skip
 
 
-def _candidates_array(records: Sequence[Decision]) -> pa.Array:
-    """The `candidates` column built column-wise (offsets + flat child arrays), null for non-route rows."""
-    offsets, valid = [0], []
-    cols: list[list] = [[] for _ in CANDIDATE_FIELDS]
-    score_offsets = [0]
-    s_name, s_weight, s_raw, s_clamped = [], [], [], []
-    for r in records:
-        if r.kind == ROUTE:
-            for c in r.candidates:  # type: ignore[union-attr]
-                for col, v in zip(cols, (c.name, c.filtered_by, c.waiting, c.running, c.kv_usage, c.metrics_age_s,
-                                         c.prefix_blocks, c.total), strict=True):  # fmt: skip
-                    col.append(v)
-                for s in c.scores:
-                    s_name.append(s.scorer)
-                    s_weight.append(s.weight)
-                    s_raw.append(s.raw)
-                    s_clamped.append(s.clamped)
-                score_offsets.append(len(s_name))
-            valid.append(True)
+def _route_columns(routes: Sequence[RouteRecord]) -> list[pa.Array]:
+    """The common columns of route records, column by column (they are most of the rows: one per attempt)."""
+    n = len(routes)
+    by_field = {
+        "time_s": [r.time_s for r in routes],
+        "kind": [ROUTE] * n,
+        "request_id": [r.request_id for r in routes],
+        "model": [r.model for r in routes],
+        "attempt": [r.attempt for r in routes],
+        "priority": [r.priority for r in routes],
+        "action": ["pick" if r.pick else "none" for r in routes],
+        "replica": [r.pick for r in routes],
+        "reason": [r.reason for r in routes],
+        "metrics_age_s": [r.metrics_age_s for r in routes],
+    }
+    out = []
+    for name, typ in SCALARS:
+        values = by_field.get(name)
+        if values is None:  # a column routes leave empty
+            if pa.types.is_floating(typ):
+                out.append(pa.array(np.full(n, np.nan), typ))
+            elif pa.types.is_integer(typ):
+                out.append(pa.array(np.full(n, -1, np.int64), typ))
+            else:
+                out.append(pa.array([""] * n, typ))
         else:
-            valid.append(False)
-        offsets.append(len(cols[0]))
+            out.append(pa.array(values, typ))
+    return out
+
+
+def _candidates_array(routes: Sequence[RouteRecord]) -> pa.Array:
+    """The `candidates` column of route records, built column-wise (offsets + flat child arrays)."""
+    cands = [c for r in routes for c in r.candidates]
+    offsets = np.zeros(len(routes) + 1, np.int32)
+    np.cumsum([len(r.candidates) for r in routes], out=offsets[1:])
+    children = [pa.array([c[i] for c in cands], typ) for i, typ in _CANDIDATE_AT]
+    # each scored candidate's raw scores follow its decision's (scorer, weight) pairs
+    meta = [m for r in routes for c in r.candidates if c.raw for m in r.scorers]
+    raw = np.array([v for c in cands for v in c.raw], np.float64)
+    score_offsets = np.zeros(len(cands) + 1, np.int32)
+    np.cumsum([len(c.raw) for c in cands], out=score_offsets[1:])
+    clamped = np.nan_to_num(np.clip(raw, 0.0, 1.0), nan=0.0)  # policies.decisions.clamp, vectorised
     scores = pa.StructArray.from_arrays(
-        [pa.array(s_name, pa.string()), pa.array(s_weight, pa.float64()), pa.array(s_raw, pa.float64()),
-         pa.array(s_clamped, pa.float64())],
+        [pa.array([m[0] for m in meta], pa.string()), pa.array([m[1] for m in meta], pa.float64()),
+         pa.array(raw, pa.float64()), pa.array(clamped, pa.float64())],
         fields=list(SCORE_TYPE),
     )  # fmt: skip
-    score_lists = pa.ListArray.from_arrays(pa.array(score_offsets, pa.int32()), scores)
-    children = [pa.array(col, typ) for col, (_, typ) in zip(cols, CANDIDATE_FIELDS, strict=True)]
+    score_lists = pa.ListArray.from_arrays(pa.array(score_offsets), scores)
     candidates = pa.StructArray.from_arrays([*children, score_lists], fields=list(CANDIDATE_TYPE))
-    mask = pa.array([not v for v in valid], pa.bool_())
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), candidates, type=SCHEMA.field("candidates").type,
-                                    mask=mask)  # fmt: skip
-
-
-def _inputs_array(records: Sequence[Decision]) -> pa.Array:
-    rows = [r.inputs._asdict() if r.kind == SCALE else None for r in records]  # type: ignore[union-attr]
-    return pa.array(rows, INPUTS_TYPE)
+    return pa.ListArray.from_arrays(pa.array(offsets), candidates, type=SCHEMA.field("candidates").type)
 
 
 def decisions_table(records: Sequence[Decision]) -> pa.Table:
-    """The records as an Arrow table with SCHEMA."""
-    rows = [_scalar_row(r) for r in records]
+    """The records as an Arrow table with SCHEMA, in their order."""
+    is_route = np.fromiter((r.kind == ROUTE for r in records), bool, len(records))
+    routes: list[RouteRecord] = [r for r in records if r.kind == ROUTE]  # type: ignore[misc]
+    others = [r for r in records if r.kind != ROUTE]
+    route_table = pa.Table.from_arrays(
+        [*_route_columns(routes), pa.nulls(len(routes), INPUTS_TYPE), _candidates_array(routes)], schema=SCHEMA
+    )
+    rows = [_scalar_row(r) for r in others]
     columns = list(zip(*rows, strict=True)) if rows else [() for _ in SCALARS]
     arrays = [pa.array(col, typ) for col, (_, typ) in zip(columns, SCALARS, strict=True)]
-    arrays += [_inputs_array(records), _candidates_array(records)]
-    return pa.Table.from_arrays(arrays, schema=SCHEMA)
+    inputs = pa.array([r.inputs._asdict() if r.kind == SCALE else None for r in others], INPUTS_TYPE)  # type: ignore[union-attr]
+    arrays += [inputs, pa.nulls(len(others), SCHEMA.field("candidates").type)]
+    other_table = pa.Table.from_arrays(arrays, schema=SCHEMA)
+    if not others:
+        return route_table
+    if not routes:
+        return other_table
+    # back into the records' order: routes first, then the others, taken by position
+    order = np.empty(len(records), np.int64)
+    order[is_route] = np.arange(len(routes))
+    order[~is_route] = len(routes) + np.arange(len(others))
+    return pa.concat_tables([route_table, other_table]).take(pa.array(order))
 
 
 def _nested(t: pa.DataType) -> pd.ArrowDtype | None:

@@ -39,20 +39,23 @@ def record_route(
     router that is not a filter/scorer/picker pipeline is recorded with its candidates' state only."""
     explain = getattr(route.router, "explain_pick", None)
     if explain is not None:
-        decision, candidates = explain(now, rr, states)
+        decision, scorers, candidates = explain(now, rr, states)
     else:
-        decision = route.router.pick(now, rr, states)
+        decision, scorers = route.router.pick(now, rr, states), ()
         candidates = tuple(
-            Candidate(s.name, "" if s.healthy else UNHEALTHY, s.waiting, s.running, s.kv_usage, now - s.scraped_at,
-                      NO_PREFIX, (), math.nan)
+            Candidate(s.name, NOT_SCORED if s.healthy else UNHEALTHY, s.waiting, s.running, s.kv_usage,
+                      now - s.scraped_at, NO_PREFIX, (), math.nan)
             for s in states
         )  # fmt: skip
-        if not any(c.filtered_by for c in candidates):
-            candidates = tuple(c._replace(filtered_by=NOT_SCORED) for c in candidates)
     pick = decision.endpoint or ""
-    age = next((c.metrics_age_s for c in candidates if c.name == pick), math.nan) if pick else math.nan
+    age = math.nan
+    if pick:
+        for c in candidates:
+            if c.name == pick:
+                age = c.metrics_age_s
+                break
     rec.record(
-        RouteRecord(now, t.id, route.name, t.attempt + 1, class_name(t.priority), pick, decision.reason, age,
+        RouteRecord(now, t.id, route.name, t.attempt + 1, class_name(t.priority), pick, decision.reason, age, scorers,
                     candidates)
     )  # fmt: skip
     return decision

@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from policies.decisions import NO_PREFIX, UNHEALTHY, Candidate, ScorerScore
+from policies.decisions import NO_PREFIX, UNHEALTHY, Candidate
 from policies.errors import PolicyConfigError
 from policies.routing.types import EndpointState, RouteRequest, RoutingDecision
 
@@ -58,7 +58,7 @@ class SchedulerProfile:
     0), so a misbehaving scorer cannot dominate the total; total(e) = sum_i weight_i * score_i(e).
     """
 
-    __slots__ = ("_complete", "_dispatch", "_pick_reason", "_prefix", "filters", "picker", "scorers")
+    __slots__ = ("_complete", "_dispatch", "_pick_reason", "_prefix", "_scorer_meta", "filters", "picker", "scorers")
 
     def __init__(
         self,
@@ -89,6 +89,7 @@ class SchedulerProfile:
         self._dispatch = tuple(p.on_dispatch for p in ordered if hasattr(p, "on_dispatch"))
         self._complete = tuple(p.on_complete for p in plugins if hasattr(p, "on_complete"))
         self._pick_reason = f"picked by {plugin_name(picker)}"
+        self._scorer_meta = tuple((plugin_name(s), w) for s, w in self.scorers)  # explain_pick's (scorer, weight)
 
     def pick(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> RoutingDecision:
         candidates = self._filter(now, request, endpoints)
@@ -100,57 +101,65 @@ class SchedulerProfile:
 
     def explain_pick(
         self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]
-    ) -> tuple[RoutingDecision, tuple[Candidate, ...]]:
-        """`pick`, plus why: every endpoint with the filter that removed it, or each scorer's raw and clamped score
-        and weight and its total. The plugins are called exactly as `pick` calls them (same order, same
-        arguments), so the pick and every plugin's state after it are the ones `pick` would have left; used only
-        when decisions are recorded."""
+    ) -> tuple[RoutingDecision, tuple[tuple[str, float], ...], tuple[Candidate, ...]]:
+        """`pick`, plus why: the (scorer, weight) pairs, and every endpoint with the filter that removed it, or each
+        scorer's raw score (in that order) and its total. The plugins are called exactly as `pick` calls them (same
+        order, same arguments), so the pick and every plugin's state after it are the ones `pick` would have left;
+        used only when decisions are recorded."""
         removed: dict[str, str] = {}
         candidates = [e for e in endpoints if e.healthy]
-        for e in endpoints:
-            if not e.healthy:
-                removed[e.name] = UNHEALTHY
-        reason = "no healthy endpoint" if not candidates else ""
+        if len(candidates) < len(endpoints):
+            for e in endpoints:
+                if not e.healthy:
+                    removed[e.name] = UNHEALTHY
+        reason = "" if candidates else "no healthy endpoint"
         for flt in self.filters if candidates else ():
             kept = flt.filter(now, request, candidates)
-            kept_names = {e.name for e in kept}
-            for e in candidates:
-                if e.name not in kept_names:
-                    removed[e.name] = plugin_name(flt)
+            if len(kept) < len(candidates):
+                kept_names = {e.name for e in kept}
+                for e in candidates:
+                    if e.name not in kept_names:
+                        removed[e.name] = plugin_name(flt)
             candidates = kept
             if not candidates:
                 reason = f"no endpoint passed filter {plugin_name(flt)}"
                 break
         n = len(candidates)
         totals = [0.0] * n
-        per: list[list[ScorerScore]] = [[] for _ in range(n)]
+        raws: list[Sequence[float]] = []
         for scorer, weight in self.scorers if candidates else ():
             scores = scorer.score(now, request, candidates)
             if len(scores) != n:
                 raise RuntimeError(f"scorer '{plugin_name(scorer)}' returned {len(scores)} scores for {n} endpoints")
-            name = plugin_name(scorer)
-            clamped = [v if 0.0 <= v <= 1.0 else (1.0 if v > 1.0 else 0.0) for v in scores]
-            totals = [t + weight * c for t, c in zip(totals, clamped, strict=True)]  # as _weighted_totals adds
-            for i, (v, c) in enumerate(zip(scores, clamped, strict=True)):
-                per[i].append(ScorerScore(name, weight, float(v), c))
+            raws.append(scores)
+            totals = [  # the additions of _weighted_totals, in its order: the same totals, bit for bit
+                t + weight * (v if 0.0 <= v <= 1.0 else (1.0 if v > 1.0 else 0.0))
+                for t, v in zip(totals, scores, strict=True)
+            ]
         if candidates:
-            index = self.picker.pick(now, request, candidates, totals)
-            decision = RoutingDecision(candidates[index].name, self._pick_reason)
+            decision = RoutingDecision(candidates[self.picker.pick(now, request, candidates, totals)].name,
+                                       self._pick_reason)  # fmt: skip
         else:
             decision = RoutingDecision(None, reason)
+        per = list(zip(*raws, strict=True)) if raws else [()] * n
         prefix = self._prefix if candidates else None  # (no pick: leave the prefix index's request memo alone)
+        if prefix is None:
+            blocks = [NO_PREFIX] * len(endpoints)
+        elif hasattr(prefix, "match_lengths"):
+            blocks = prefix.match_lengths(request, endpoints)
+        else:
+            blocks = [prefix.matched_blocks(request, e.name) for e in endpoints]
         scored = {e.name: i for i, e in enumerate(candidates)}
         explained = []
-        for e in endpoints:
+        for e, b in zip(endpoints, blocks, strict=True):
             i = scored.get(e.name)
-            blocks = NO_PREFIX if prefix is None else int(prefix.matched_blocks(request, e.name))
             if i is None:
                 explained.append(Candidate(e.name, removed.get(e.name, ""), e.waiting, e.running, e.kv_usage,
-                                           now - e.scraped_at, blocks, (), math.nan))  # fmt: skip
+                                           now - e.scraped_at, b, (), math.nan))  # fmt: skip
             else:
-                explained.append(Candidate(e.name, "", e.waiting, e.running, e.kv_usage, now - e.scraped_at, blocks,
-                                           tuple(per[i]), totals[i]))  # fmt: skip
-        return decision, tuple(explained)
+                explained.append(Candidate(e.name, "", e.waiting, e.running, e.kv_usage, now - e.scraped_at, b,
+                                           per[i], totals[i]))  # fmt: skip
+        return decision, self._scorer_meta, tuple(explained)
 
     def _filter(
         self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]
