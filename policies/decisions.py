@@ -11,7 +11,7 @@ Kinds (the `kind` of each record, the `kind` column of decisions.parquet):
              and weight, its total, its scraped state and the age of those metrics; the pick
 - admission  the flow-control admission verdict (admitted or shed, with the reason and the pool's saturation), and
              a full queue refusing a request
-- queue      a request leaving the flow-control queue: popped for dispatch, evicted, or expired (TTL)
+- queue      a request leaving the flow-control queue (popped for dispatch, evicted, or expired: TTL) or the FIFO
 - retry      what followed a failed attempt (retry, fallback, fail, excused) or a breaker sending an arrival to its
              fallback
 - breaker / ejection   a circuit breaker's state change; an outlier detector ejecting or returning a replica
@@ -101,7 +101,8 @@ class AdmissionRecord(NamedTuple):
 
 class QueueRecord(NamedTuple):
     """Request `request_id` left the flow-control queue: `action` pop (to be dispatched), evict or expire, after
-    `waited_s` in it; `queue_len` is what is left."""
+    `waited_s` in it; `queue_len` is what is left. Without flow control, a pop from the gateway's FIFO (when
+    `max_in_flight_per_replica` holds requests back), with `waited_s` counted from the request's arrival."""
 
     time_s: float
     request_id: int

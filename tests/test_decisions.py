@@ -271,6 +271,24 @@ def test_flow_control_run_records_agree_with_results(flow_runs: dict[str, RunRes
     assert (inputs["ready_replicas"] >= 1).all() and (inputs["in_flight"] >= 0).all()
 
 
+def test_fifo_pops_are_recorded_without_flow_control() -> None:
+    data = {**FLOW_SCENARIO, "gateway": {"max_in_flight_per_replica": 8}, "outputs": {"decisions": "all"}}
+    res = simulate(scenario_from_dict(data))
+    dec, req = res.decisions, res.requests
+    assert dec is not None
+    check_attempts_routed(res)
+    pops = dec[(dec["kind"] == "queue") & (dec["action"] == "pop")]
+    nxt = dec.shift(-1).loc[pops.index]
+    assert (nxt["kind"] == ROUTE).all() and (nxt["request_id"].to_numpy() == pops["request_id"].to_numpy()).all()
+    # exactly the requests routed after they arrived waited in the FIFO, for as long as the records say
+    first = dec[dec["kind"] == ROUTE].drop_duplicates("request_id").set_index("request_id")["time_s"]
+    arrival = req.set_index("request_id")["arrival_s"]
+    late = first[first > arrival.reindex(first.index)]
+    assert len(late) > 0 and set(pops["request_id"]) == set(late.index)
+    waited = pops.set_index("request_id")["waited_s"]
+    assert np.allclose(waited.loc[late.index], (late - arrival.loc[late.index]).to_numpy())
+
+
 # -- sampling -------------------------------------------------------------------------------------------------------
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("runs", ["faults_runs", "flow_runs"])

@@ -33,7 +33,13 @@ from dataclasses import replace
 from policies.caching.response_cache import NullResponseCache, TieredResponseCache
 from policies.decisions import DecisionRecorder
 from policies.flowcontrol.priority import PRIORITY_CLASSES, class_to_priority
-from policies.gateway.recording import record_admission, record_arrival_fallback, record_queue, record_route
+from policies.gateway.recording import (
+    record_admission,
+    record_arrival_fallback,
+    record_fifo_pop,
+    record_queue,
+    record_route,
+)
 from policies.gateway.retrying import NO_REPLICAS, Retrying
 from policies.gateway.route import RouteState
 from policies.gateway.types import (
@@ -417,6 +423,8 @@ class GatewayCore(Retrying):
                     record_queue(self.recorder, now, route, item, "pop")
                 self._dispatch(now, route, route.held.pop(item.request_id), out)
             elif route.fifo:
+                if self.recorder is not None and route.has_room():  # (has_room: _dispatch will send it)
+                    record_fifo_pop(self.recorder, now, route, route.fifo[0])
                 if not self._dispatch(now, route, route.fifo[0], out):
                     return
                 route.fifo.popleft()

@@ -76,6 +76,14 @@ def record_queue(rec: DecisionRecorder, now: float, route: RouteState, item: Que
         rec.record(QueueRecord(now, item.request_id, route.name, item.priority_class, action, waited, queued))
 
 
+def record_fifo_pop(rec: DecisionRecorder, now: float, route: RouteState, t: Ticket) -> None:
+    """The head of a FIFO (no flow control) leaves for a replica; it entered at arrival (the FIFO keeps no time of
+    its own), so `waited_s` counts from the request's arrival at the gateway."""
+    if rec.wants(t.id):
+        rec.record(QueueRecord(now, t.id, route.name, class_name(t.priority), "pop", now - t.arrival,
+                               len(route.fifo) - 1))  # fmt: skip
+
+
 def record_arrival_fallback(
     rec: DecisionRecorder, now: float, t: Ticket, model: RouteState, target: RouteState, why: str
 ) -> None:
