@@ -407,3 +407,29 @@ def test_bad_decisions_option_is_a_clear_error(value: str, tmp_path: Path) -> No
     text = str(err.value)
     assert "line 6" in text and "outputs.decisions" in text
     assert "sample:<share>" in text or "(0, 1]" in text
+
+
+# -- the live engine ------------------------------------------------------------------------------------------------
+@pytest.mark.timeout(300)
+def test_odhsim_serve_writes_decisions_parquet_from_the_asyncio_adapter(tmp_path: Path) -> None:
+    """`odhsim serve --replay ... --out` (real gateway, real replica processes) with `decisions: all`: the stack's
+    decisions.parquet has the simulator's columns, one admission, one pop and one routing pick per request, each
+    pick one of the model's replicas with its scraped metrics' age."""
+    pytest.importorskip("torch")
+    from runtime.serve_replay import serve_replay
+
+    sc = load_scenario(REPO / "scenarios" / "live.yaml", ["outputs.decisions=all"])
+    res = serve_replay(sc, REPO / "scenarios" / "live.yaml", tmp_path, limit=12, speed=4.0)
+    n = int(res.summary["requests"])
+    assert n == 12 and res.summary["completed"] == n
+    dec = read_decisions(tmp_path / "serve" / "decisions.parquet")
+    assert list(dec.columns) == ["run_id", "seed", "scenario", *COLUMNS]
+    picks = dec[(dec["kind"] == ROUTE) & (dec["action"] == "pick")]
+    assert len(picks) == n and picks["request_id"].is_unique
+    assert (dec["kind"] == "admission").sum() == n and ((dec["kind"] == "queue") & (dec["action"] == "pop")).sum() == n
+    replicas = pd.read_parquet(tmp_path / "serve" / "replicas.parquet")
+    by_model = replicas.groupby("model", observed=True)["replica"].agg(lambda s: set(s.astype(str)))
+    assert all(p in by_model[m] for m, p in zip(picks["model"], picks["replica"], strict=True))
+    assert ((picks["metrics_age_s"] >= 0) & (picks["metrics_age_s"] < 5)).all()
+    cands = candidates_frame(picks)
+    assert cands.loc[cands["picked"], "scorer"].notna().all()  # llm-d-default's scorers, per picked candidate
