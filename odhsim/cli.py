@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 import typer
 from rich.markup import escape
 
-from odhsim.commands import analysis, calibrate, fidelity, live, reports
+from odhsim.commands import analysis, calibrate, explain, fidelity, live, reports
 from odhsim.commands import run as run_commands
 from odhsim.commands.output import err_console
 from odhsim.errors import OdhsimError
@@ -75,6 +75,7 @@ app.command("bench-live")(user_errors(live.bench_live))
 app.command("fidelity")(user_errors(fidelity.fidelity))
 app.command("bench-fidelity")(user_errors(fidelity.bench_fidelity))
 app.command("calibrate")(user_errors(calibrate.calibrate))
+app.command("explain")(user_errors(explain.explain))
 app.command("list")(user_errors(reports.list_))
 traces_app.command("info")(user_errors(reports.traces_info))
 traces_app.command("list")(user_errors(reports.traces_list))

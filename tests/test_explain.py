@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from odhsim.explain.anomalies import KINDS
+from odhsim.results.decisions import read_decisions
 from odhsim.results.run_result import RunResult
 from odhsim.scenario.load import scenario_from_dict
 from odhsim.sim.run import simulate
@@ -307,3 +308,78 @@ def test_array_estimate_equals_the_scalar_one_bit_for_bit() -> None:
     want = [estimate_ttft_s(c, int(p), int(h), int(w), int(r), float(k))
             for p, h, w, r, k in zip(prompt, cached, waiting, running, kv, strict=True)]  # fmt: skip
     assert got.tolist() == want
+
+
+# -- odhsim explain --------------------------------------------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def faults_results(tmp_path: Path, decisions: str) -> Path:
+    """scenarios/faults.yaml's first 20 s (a chat replica crashes at 15 s: what it held is retried), written."""
+    from odhsim.scenario.load import load_scenario
+
+    sc = load_scenario(ROOT / "scenarios" / "faults.yaml", ["duration_s=20", f"outputs.decisions={decisions}"])
+    out = tmp_path / decisions
+    simulate(sc).write(out)
+    return out
+
+
+def explain_cli(*args: str) -> Any:
+    from typer.testing import CliRunner
+
+    from odhsim.cli import app
+
+    return CliRunner().invoke(app, ["explain", *args], env={"COLUMNS": "200"})
+
+
+def test_explain_request_prints_every_attempt_of_a_retried_request(tmp_path: Path) -> None:
+    out = faults_results(tmp_path, "all")
+    requests = pd.read_parquet(out / "requests.parquet")
+    retried = requests[(requests["attempts"] >= 2) & (requests["status"] == "ok")].iloc[0]
+    rid = int(retried["request_id"])
+    decisions = read_decisions(out / "decisions.parquet")
+    routes = decisions[(decisions["request_id"] == rid) & (decisions["kind"] == "route")].sort_values("time_s")
+    assert routes["attempt"].tolist() == list(range(1, int(retried["attempts"]) + 1))
+    assert routes["replica"].iloc[-1] == retried["replica"]
+
+    res = explain_cli(str(out), "--request", str(rid))
+    assert res.exit_code == 0, res.output
+    assert f"request {rid} (chat, normal, tenant team-a): {int(retried['prompt_tokens'])} prompt tokens" in res.output
+    for attempt, pick in zip(routes["attempt"], routes["replica"], strict=True):
+        assert f"route: attempt {attempt} -> {pick} (picked by max-score-picker" in res.output
+    assert "retry: attempt 1 failed (reset): retry on chat" in res.output
+    assert f"{'served by':<15} {retried['replica']}" in res.output
+    assert "active-request-scorer" in res.output  # the candidates' scores
+
+    res = explain_cli(str(out), "--request", str(rid), "--json")
+    life = json.loads(res.output)
+    steps = life["decisions"]
+    assert [s["attempt"] for s in steps if s["kind"] == "route"] == routes["attempt"].tolist()
+    first = next(s for s in steps if s["kind"] == "route")
+    assert {c["name"] for c in first["candidates"]} >= {routes["replica"].iloc[0]}
+    assert sum(c["picked"] for c in first["candidates"]) == 1
+    assert all(c["estimate_s"] > 0 for c in first["candidates"] if not c["filtered_by"])
+
+    res = explain_cli(str(out), "--json")
+    overview = json.loads(res.output)
+    assert overview["anomalies"] == dict.fromkeys(KINDS, 0) and overview["decisions_recorded"]
+    assert overview["regret"]["chat"]["decisions"] == int(((decisions["kind"] == "route")
+                                                            & (decisions["model"] == "chat")).sum())  # fmt: skip
+
+
+def test_explain_errors_name_the_problem(tmp_path: Path) -> None:
+    res = explain_cli(str(tmp_path / "nowhere"))
+    assert res.exit_code == 2 and "no such results folder" in res.output
+    (tmp_path / "empty").mkdir()
+    res = explain_cli(str(tmp_path / "empty"))
+    assert res.exit_code == 2 and "not a run's results folder (missing requests.parquet" in res.output
+    out = faults_results(tmp_path, "none")
+    n = len(pd.read_parquet(out / "requests.parquet"))
+    res = explain_cli(str(out), "--request", str(n + 5))
+    assert res.exit_code == 2 and f"request {n + 5} is not in requests.parquet (ids run 0..{n - 1})" in res.output
+    res = explain_cli(str(out), "--request", "0")
+    assert res.exit_code == 2 and "no decisions.parquet" in res.output and "outputs.decisions=all" in res.output
+    res = explain_cli(str(out))  # the overview still works, and says why there is no regret
+    assert res.exit_code == 0 and "no routing regret: decisions were not recorded" in res.output
+    assert "Traceback" not in res.output

@@ -122,13 +122,14 @@ def per_decision(rows: pd.DataFrame) -> pd.DataFrame:
 
 def regret_summary(rows: pd.DataFrame, policy: dict[str, str]) -> dict[str, Any]:
     """`summary["regret"]`: per model its policy, decisions scored, p50 / p90 / mean regret, the share of
-    decisions with regret > 0, and the WORST decisions with their context (state of the pick and of the best)."""
+    decisions with regret > 0, and the WORST decisions with regret > 0 with their context (every candidate's state
+    and estimate)."""
     out: dict[str, Any] = {}
     decisions = per_decision(rows)
     for model, d in decisions.groupby("model", sort=True, observed=True):
         r = d["regret_s"].to_numpy(dtype=np.float64)
         worst = []
-        for _, w in d.nlargest(WORST, "regret_s").iterrows():
+        for _, w in d[d["regret_s"] > 0].nlargest(WORST, "regret_s").iterrows():
             mine = rows[(rows["time_s"] == w["time_s"]) & (rows["request_id"] == w["request_id"])
                         & (rows["attempt"] == w["attempt"])]  # fmt: skip
             state = {c["name"]: {"waiting": int(c["waiting"]), "running": int(c["running"]),
