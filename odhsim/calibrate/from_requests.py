@@ -159,7 +159,7 @@ def client_view(latency: StepCoefficients, overheads: Overheads) -> StepCoeffici
     base) and the per-step and per-token overheads in every later one (the decode base and per-sequence terms)."""
     return latency.model_copy(
         update={
-            "prefill_base_s": latency.prefill_base_s + overheads.request_s,
+            "prefill_base_s": latency.prefill_base_s + overheads.request_s + overheads.prefill_step_s,
             "decode_base_s": latency.decode_base_s + overheads.step_s + overheads.per_token_s,
             "decode_per_seq_s": latency.decode_per_seq_s + overheads.step_per_seq_s,
         }

@@ -150,13 +150,13 @@ def calibrate_scenario(
     probe_docs: dict[str, dict[str, Any]] = {}
     if opts.measure_overheads:
         data, _ = read_scenario_dict(src)
-        probes = overheads.probe_live(data, {m.name: m.kind for m in live}, sc.base_dir, opts.device, per_model, tick)
+        run = overheads.probe_live(data, {m.name: m.kind for m in live}, sc.base_dir, opts.device, per_model, tick)
         for m in live:
-            mine = [p for p in probes if p.model == m.name]
+            mine = [p for p in run.probes if p.model == m.name]
             f = fits[m.name]
-            probe_docs[m.name] = overheads.probe_summary(mine, f.get("latency"))
+            probe_docs[m.name] = overheads.probe_summary(mine, f.get("latency"), run.steps)
             measured[m.name] = (
-                overheads.llm_overheads(mine, f["latency"])
+                overheads.llm_overheads(mine, f["latency"], run.steps)
                 if m.kind == "llm"
                 else overheads.fixed_overheads(mine, f["batching"])
             )

@@ -4,9 +4,12 @@ The scenario's live models are served by a `LiveStack` (the same gateway, contro
 `odhsim serve`; one replica each, no autoscaler, no response cache, anonymous requests allowed) and sent requests
 one at a time, so nothing queues: what a request takes beyond the fitted engine time (its prefill and decode steps
 at batch 1, or the batcher's delay and one pass of one row) is HTTP in and out, tokenising, authentication,
-routing and streaming. `request_s` is the median extra time to the first token. Then 1, 4 and 8 identical
-requests are sent at once: their token cadence against the engine's decode step at that batch says what the live
-replica's loop adds per step (`step_s + step_per_seq_s * batch`); `per_token_s` is what is left per later token
+routing and streaming. Then 1, 4 and 8 identical requests are sent at once, to read the decode step at those
+batch sizes. The probe stack's replicas log their steps and the client times its requests on the same monotonic
+clock, so each probe splits exactly into its phases (odhsim.calibrate.served): the overheads come from the steps
+as the serving replica ran them. Without a step log (a spool that could not be read) the client-side estimate is
+kept: `request_s` the median extra time to the first token, the token cadence of k requests together against the
+engine's decode step at batch k for `step_s + step_per_seq_s * batch`, `per_token_s` what is left per later token
 of the requests sent alone. The live runtime is imported inside the functions (CLI layer).
 """
 
@@ -15,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import math
 import multiprocessing as mp
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,9 +29,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from scipy.optimize import nnls
 
 from odhsim.calibrate.profile_file import Batching, Overheads, StepCoefficients
+from odhsim.calibrate.served import ProbeTimes, decomposition, served_overheads
 from odhsim.errors import OdhsimError
 from odhsim.profiles.coefficients import LatencyModel
 from odhsim.scenario.load import scenario_from_dict
@@ -51,6 +58,21 @@ class Probe:
     e2e_s: float
     together: int = 0
     """0: sent alone; k: one of k requests sent at once (their decode steps ran at batch k)."""
+    sent_s: float = math.nan
+    """When it was sent, on the replicas' step-log clock (the monotonic clock); NaN when unknown."""
+
+    def times(self) -> ProbeTimes:
+        return ProbeTimes(self.prompt_tokens, self.output_tokens, self.sent_s, self.sent_s + self.ttft_s,
+                          self.sent_s + self.e2e_s, self.together)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """The probes and the engine steps the probe stack's replicas logged meanwhile (time_s on the same clock as
+    the probes' sent_s; None when the step log could not be read)."""
+
+    probes: list[Probe]
+    steps: pd.DataFrame | None
 
 
 def probe_scenario(data: dict[str, Any], models: list[str], base_dir: Path) -> Any:
@@ -74,13 +96,27 @@ def probe_scenario(data: dict[str, Any], models: list[str], base_dir: Path) -> A
 
 async def _probe(
     data: dict[str, Any], kinds: dict[str, str], base_dir: Path, device: str, per_model: int, tick: Callable[[], None]
-) -> list[Probe]:
+) -> ProbeRun:
     """Serve the models here; send the probes from a client process of its own, as `odhsim replay` does (a client
     sharing the gateway's event loop and process measures that sharing too: v2 infer took 45 ms more so)."""
+    with tempfile.TemporaryDirectory(prefix="odhsim-probe-") as tmp:
+        return await _probe_in(data, kinds, base_dir, device, per_model, tick, Path(tmp))
+
+
+async def _probe_in(
+    data: dict[str, Any],
+    kinds: dict[str, str],
+    base_dir: Path,
+    device: str,
+    per_model: int,
+    tick: Callable[[], None],
+    out_dir: Path,
+) -> ProbeRun:
+    from runtime.replica.steps_spool import SpoolError, read_spools
     from runtime.serve import LiveStack
 
     sc = probe_scenario(data, list(kinds), base_dir)
-    stack = LiveStack(sc, port=0, device=device)
+    stack = LiveStack(sc, port=0, device=device, out_dir=out_dir)  # out_dir: the replicas spool their steps there
     try:
         await stack.start()
         await stack.wait_deployed(180)
@@ -103,10 +139,14 @@ async def _probe(
     if isinstance(result, str):
         raise OverheadError(result)
     out = [Probe(**row) for row in result]
+    try:  # absolute monotonic times (t0 = 0), the clock the client timed its probes on
+        steps: pd.DataFrame | None = read_spools(out_dir / "steps", 0.0)
+    except (OSError, SpoolError):
+        steps = None
     n_llm = sum(1 for k in kinds.values() if k == "llm")
     for _ in range(len(kinds) * (per_model + 1) + n_llm * together_rounds(per_model) * len(TOGETHER)):
         tick()
-    return out
+    return ProbeRun(out, steps)
 
 
 def _client_main(url: str, kinds: dict[str, str], per_model: int, queue: Any) -> None:
@@ -124,7 +164,7 @@ async def _client(url: str, kinds: dict[str, str], per_model: int) -> list[Probe
     from runtime.replay_plan import ReplayOptions, synth_prompt
 
     out: list[Probe] = []
-    clock = time.perf_counter
+    clock = time.monotonic  # the replicas' step log's clock (one clock for every process of the machine)
     async with httpx.AsyncClient(base_url=url, timeout=60.0, trust_env=False) as client:
         sender = Sender(client, clock, ReplayOptions())
         for name, kind in kinds.items():
@@ -141,7 +181,7 @@ async def _client(url: str, kinds: dict[str, str], per_model: int) -> list[Probe
                 if res.status != "ok":
                     raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
                 if i > 0:
-                    out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0))
+                    out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0, sent_s=t0))
             if kind == "llm":
                 for _ in range(together_rounds(per_model)):
                     out += await _together(sender, name, clock)
@@ -167,7 +207,7 @@ async def _together(sender: Any, name: str, clock: Callable[[], float]) -> list[
         for res in results:
             if res.status != "ok":
                 raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
-            out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0, together=k))
+            out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0, together=k, sent_s=t0))
     return out
 
 
@@ -178,7 +218,7 @@ def probe_live(
     device: str,
     per_model: int,
     tick: Callable[[], None] = lambda: None,
-) -> list[Probe]:
+) -> ProbeRun:
     """Serve the scenario's live models (`kinds`: name -> llm/fixed) and time `per_model` requests to each."""
     try:  # the event loop `odhsim serve` runs the gateway on (uvloop when installed), so its costs are the ones paid
         import uvloop
@@ -190,9 +230,19 @@ def probe_live(
         return runner.run(_probe(data, kinds, base_dir, device, per_model, tick))
 
 
-def probe_summary(probes: list[Probe], coef: StepCoefficients | None) -> dict[str, Any]:
-    """The probes in brief, for the profile's provenance: medians of the requests sent alone, and per batch k of
-    requests sent together their token cadence next to the engine's decode step."""
+def _timed(probes: list[Probe], steps: pd.DataFrame | None, model: str) -> tuple[list[ProbeTimes], pd.DataFrame]:
+    """The probes on the step log's clock and that model's steps (none when the log or the send times are missing)."""
+    if steps is None or not probes or any(pr.sent_s != pr.sent_s for pr in probes):
+        return [], pd.DataFrame()
+    return [pr.times() for pr in probes], steps[steps["model"] == model]
+
+
+def probe_summary(
+    probes: list[Probe], coef: StepCoefficients | None, steps: pd.DataFrame | None = None
+) -> dict[str, Any]:
+    """The probes in brief, for the profile's provenance: medians of the requests sent alone, per batch k of
+    requests sent together their token cadence next to the engine's decode step, and with the step log each
+    phase of a request on one clock (`served`: odhsim.calibrate.served.decomposition)."""
     alone = [pr for pr in probes if pr.together == 0]
     doc: dict[str, Any] = {
         "alone": len(alone),
@@ -207,14 +257,24 @@ def probe_summary(probes: list[Probe], coef: StepCoefficients | None) -> dict[st
             cadence = statistics.median((pr.e2e_s - pr.ttft_s) / (o - 1) for pr in mine)
             engine = lm.decode_span_s(k, k * (p + 1), o - 1) / (o - 1)
             doc[f"together_{k}"] = {"live_token_cadence_s": round(cadence, 6), "engine_decode_step_s": round(engine, 6)}
+        timed, mine = _timed(probes, steps, probes[0].model if probes else "")
+        if timed and len(mine):
+            doc["served"] = decomposition(timed, mine, coef)
     return doc
 
 
-def llm_overheads(probes: list[Probe], coef: StepCoefficients) -> Overheads:
-    """request_s: median time to the first token beyond the engine's batch-1 prefill (requests sent alone).
+def llm_overheads(probes: list[Probe], coef: StepCoefficients, steps: pd.DataFrame | None = None) -> Overheads:
+    """From the served steps when the probe stack's step log has them (odhsim.calibrate.served.served_overheads);
+    else the client-side estimate:
+    request_s: median time to the first token beyond the engine's batch-1 prefill (requests sent alone).
     step_s + step_per_seq_s * k: the live token cadence of k requests decoding together beyond the engine's
     decode step at batch k (non-negative least squares over TOGETHER). per_token_s: what is left per later
     token of the requests sent alone once the step overhead at batch 1 is counted."""
+    timed, mine = _timed(probes, steps, probes[0].model if probes else "")
+    if timed and len(mine):
+        served = served_overheads(timed, mine, coef)
+        if served is not None:
+            return served
     lm = LatencyModel(model="probe", gpu="cpu", tp=1, source="calibrated", **coef.model_dump())
     alone = [pr for pr in probes if pr.together == 0]
     first = [pr.ttft_s - lm.prefill_s(pr.prompt_tokens) for pr in alone]

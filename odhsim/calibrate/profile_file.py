@@ -98,12 +98,16 @@ class Overheads(_Frozen):
     each output token after the first. step_s + step_per_seq_s * batch is what the live replica adds to each decode
     step beyond the engine's own pass (its event loop streaming the tokens and handing the next step to the worker
     thread), measured from the token cadence of 1, 4 and 8 requests decoding together; the simulator adds it to
-    every decode step (`CalibratedProfile.latency_model`), so it slows the engine as it does live."""
+    every decode step (`CalibratedProfile.latency_model`), so it slows the engine as it does live. prefill_step_s
+    is what the serving replica's prefill step takes beyond the in-process grid's (its event loop receiving,
+    tokenising and answering the new request while the step runs, measured from the probes' served steps:
+    odhsim.calibrate.served); the simulator adds it to every prefill step. Files written before it read it as 0."""
 
     request_s: NonNeg = 0.0
     per_token_s: NonNeg = 0.0
     step_s: NonNeg = 0.0
     step_per_seq_s: NonNeg = 0.0
+    prefill_step_s: NonNeg = 0.0
 
     @property
     def active(self) -> bool:
@@ -173,9 +177,10 @@ class CalibratedProfile(_Frozen):
 
     def latency_model(self, gpu: str) -> LatencyModel:
         """The simulator's per-iteration latency of this profile (source "calibrated"): the engine's fitted steps
-        plus what the live replica's loop adds to each decode step (Overheads)."""
+        plus what the serving replica adds to each prefill and decode step (Overheads)."""
         assert self.latency is not None, "an llm profile"
         coef = self.latency.model_dump()
+        coef["prefill_base_s"] += self.overheads.prefill_step_s
         coef["decode_base_s"] += self.overheads.step_s
         coef["decode_per_seq_s"] += self.overheads.step_per_seq_s
         return LatencyModel(model=self.model, gpu=gpu, tp=1, source="calibrated", **coef)
