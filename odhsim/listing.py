@@ -92,10 +92,11 @@ def _profiles() -> list[dict[str, Any]]:
     from odhsim import catalog
     from odhsim.profiles.latency import load_coefficients
 
-    fitted: dict[str, list[str]] = {}
-    for key in load_coefficients().get("profiles", {}):
+    tps: dict[str, dict[str, list[int]]] = {}
+    for key in load_coefficients():  # already the "profiles" mapping, keyed "model|GPU|tp"
         model, gpu, tp = key.split("|")
-        fitted.setdefault(model, []).append(f"{gpu} tp{tp}")
+        tps.setdefault(model, {}).setdefault(gpu, []).append(int(tp))
+    fitted = {m: [f"{g} tp{','.join(map(str, sorted(t)))}" for g, t in by.items()] for m, by in tps.items()}
     return [
         {
             "name": m.name,

@@ -205,3 +205,14 @@ def test_run_fit_returns_tables() -> None:
     errors, coefficients = run_fit(PERF_CSV, write=False)
     assert {"prefill_mdape_pct", "decode_mdape_pct"} <= set(errors.columns)
     assert len(coefficients) == 12 and (coefficients["prefill_base_s"] > 0).all()
+
+
+def test_list_profiles_names_the_fitted_groups_of_each_model() -> None:
+    """`odhsim list profiles` read the coefficients file's groups one level too deep and called every model
+    "roofline"; a model with fitted groups lists them by GPU, the others stay roofline."""
+    from odhsim.listing import _profiles
+
+    rows = {r["name"]: r["latency"] for r in _profiles()}
+    assert rows["llama2-7b"] == "fitted: A100-80GB tp1,2,4,8, H100-80GB tp1,2,4,8"
+    assert rows["llama3-70b"] == "fitted: A100-80GB tp2,4,8"
+    assert rows["llama2-13b"] == "roofline"
