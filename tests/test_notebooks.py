@@ -40,3 +40,7 @@ def test_fidelity_exists() -> None:
 
 def test_resilience_exists() -> None:
     assert (REPO_ROOT / "notebooks" / "resilience.ipynb") in NOTEBOOKS
+
+
+def test_explain_exists() -> None:
+    assert (REPO_ROOT / "notebooks" / "explain.ipynb") in NOTEBOOKS

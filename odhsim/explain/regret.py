@@ -189,3 +189,13 @@ def run_regret(
         **pooled(rows),
         "regret_params": {"block_tokens": block_tokens, "models": {m: p.model_dump() for m, p in params.items()}},
     }
+
+
+def decision_regrets(decisions: pd.DataFrame, requests: pd.DataFrame, summary: dict[str, Any]) -> pd.DataFrame:
+    """Per routing decision of a finished run (`per_decision`), scored with the yardstick the run kept in
+    `summary["regret_params"]`; empty when the run recorded no decisions."""
+    kept = summary.get("regret_params") or {}
+    if decisions is None or not kept.get("models"):
+        return per_decision(pd.DataFrame())
+    params = {m: LatencyEstimateParams(**p) for m, p in kept["models"].items()}
+    return per_decision(regret_frame(decisions, requests, params, int(kept["block_tokens"])))
