@@ -19,6 +19,8 @@ from odhsim.profiles.latency import COEFFICIENTS_PATH, latency_model
 from odhsim.profiles.roofline import roofline_model
 from odhsim.profiles.vidur import LAYER_OPS, Group, VidurComposer, load_vidur, round_kv
 from odhsim.profiles.vidur_fit import evaluate_vidur_holdout, example_check, fit_vidur_profiles
+from odhsim.scenario.load import scenario_from_dict
+from odhsim.sim.run import simulate
 from odhsim.workload.catalog import sha256_file
 from tests.conftest import data_file
 from tests.test_repository_data import readme_table
@@ -193,3 +195,28 @@ def test_vidur_composition_agrees_with_splitwise_measurements_where_both_exist()
     assert len(table) == 6 and set(table["model"]) == {"llama2-70b"}
     assert table["prefill_ratio_median"].between(0.75, 1.10).all(), table
     assert table["decode_ratio_median"].between(0.65, 1.20).all(), table
+
+
+def test_a_mixed_chunked_step_pays_the_cpu_step_term_once(tmp_path: Path) -> None:
+    """A V1 step that prefills a prompt while decoding the running batch is one engine iteration: the Vidur
+    profile's CPU step term (scheduling, sampling, input preparation) is paid once, not once in prefill_s and
+    again in decode_step_s."""
+    lm = latency_model("llama3-8b", "A100-80GB", 1)
+    assert lm.source == "fitted-vidur" and lm.cpu_step_s > 0
+    sc = {
+        "name": "mixed", "seed": 1, "duration_s": 1, "gpu_pool": [{"gpu": "A100-80GB", "count": 1}],
+        "models": [{"name": "chat", "profile": "llama3-8b", "gpu": "A100-80GB", "replicas": 1,
+                    "engine": {"max_num_seqs": 16, "max_num_batched_tokens": 8192, "enable_prefix_caching": False}}],
+        "workload": {"sources": [{"kind": "trace", "path": "t.csv", "format": "csv"}], "models": {"chat": 1.0}},
+        "outputs": {"steps": True},
+    }  # fmt: skip
+    (tmp_path / "t.csv").write_text("arrival_s,prompt_tokens,output_tokens\n0.0,100,200\n0.5,300,1\n")
+    res = simulate(scenario_from_dict(sc, base_dir=tmp_path))
+    steps = res.steps
+    assert steps is not None
+    mixed = steps[(steps["prefill_tokens"] > 0) & (steps["decode_seqs"] > 0)]
+    assert len(mixed) == 1
+    row = mixed.iloc[0]
+    assert int(row["prefill_tokens"]) == 300 and int(row["decode_seqs"]) == 1
+    expect = lm.prefill_s(300, 300 * 300) + lm.decode_step_s(1, int(row["context_tokens"])) - lm.cpu_step_s
+    assert row["duration_s"] == pytest.approx(expect, rel=1e-12)

@@ -63,8 +63,8 @@ class ChunkedPrefill:
             return
         batch = len(self.batch.requests)
         duration = self.latency.prefill_s(tokens, attention) + host_tokens * self._offload_s_per_token
-        if batch:
-            duration += self.latency.decode_step_s(batch, self.batch.context_tokens())
+        if batch:  # one iteration: its CPU step term (in both forms) once; bit-identical when it is 0
+            duration += self.latency.decode_step_s(batch, self.batch.context_tokens()) - self.latency.cpu_step_s
         if self.step_log is not None:
             steps_hook.llm_step(self, duration, tokens, len(chunks), attention, host_tokens, batch)
         self._state = PREFILL
