@@ -14,10 +14,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy.stats import binom
 
 from odhsim.explain.anomaly_types import Anomaly, AnomalySettings, Detector, RunTables
-from odhsim.explain.spans import count_open, episodes, inside, ready_intervals, ready_mask, runs, union
+from odhsim.explain.spans import count_on_grid, count_open, episodes, inside, ready_intervals, ready_mask, runs, union
 from odhsim.workload.schema import PRIORITY_CLASSES
 
 
@@ -130,6 +129,8 @@ def head_of_line_blocking(tables: RunTables, s: AnomalySettings) -> list[Anomaly
     started = ~np.isnan(c.start)
     for ri in np.unique(c.replica[started & (c.replica >= 0)]):
         mine = np.flatnonzero(started & (c.replica == ri))
+        if len(mine) < s.hol_min_blocked + 1 or c.prompt[mine].max() < s.hol_size_ratio * c.prompt[mine].min():
+            continue  # no prompt here is hol_size_ratio times another: nothing can block smaller ones
         arr, st, first, pr, fin = c.arrival[mine], c.start[mine], c.first[mine], c.prompt[mine], c.finish[mine]
         order = np.argsort(st, kind="stable")
         st_sorted = st[order]
@@ -184,7 +185,13 @@ def herding(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
             continue
         spans = [sp for m, sp in ready.values() if m == model]
         tick = np.floor(c.arrival[sel] / window).astype(np.int64)
-        keys, per = np.unique(tick * n_rep + c.replica[sel], return_counts=True)
+        combined = tick * n_rep + c.replica[sel]
+        if len(combined) and combined.min() >= 0 and combined.max() < 8 * len(combined) + 1024:  # dense: no sort
+            counted = np.bincount(combined)
+            keys = np.flatnonzero(counted)
+            per = counted[keys]
+        else:
+            keys, per = np.unique(combined, return_counts=True)
         ticks, first = np.unique(keys // n_rep, return_index=True)
         totals = np.add.reduceat(per, first)
         top = np.maximum.reduceat(per, first)
@@ -195,7 +202,7 @@ def herding(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
             n_ready = sum(1 for sp in spans if any(lo <= at < hi for lo, hi in sp))
             if n_ready < 2:
                 continue
-            p = min(1.0, n_ready * float(binom.sf(k - 1, n, 1.0 / n_ready)))
+            p = min(1.0, n_ready * _binomial_tail(k, n, 1.0 / n_ready))
             if p < s.herding_p_value:
                 end = first[i + 1] if i + 1 < len(first) else len(keys)
                 j = first[i] + int(np.argmax(per[first[i] : end]))
@@ -214,6 +221,15 @@ def herding(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
                                f"of {window:g} s"))  # fmt: skip
             i = j + 1
     return out
+
+
+def _binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p), summed in log space (scipy.stats would cost its import on every run)."""
+    lp, lq = math.log(p), math.log1p(-p)
+    lgn = math.lgamma(n + 1)
+    return math.fsum(
+        math.exp(lgn - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq) for i in range(k, n + 1)
+    )
 
 
 def preemption_storm(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
@@ -345,8 +361,8 @@ def replica_starved(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
         for name in names:
             sel = c.replica == code.get(name, -2)
             st = sel & ~np.isnan(c.start)
-            running = count_open(c.start[st], busy_end[st], grid)
-            waiting = count_open(c.arrival[sel], end_wait[sel], grid)
+            running = count_on_grid(c.start[st], busy_end[st], step, len(grid))
+            waiting = count_on_grid(c.arrival[sel], end_wait[sel], step, len(grid))
             empty[name] = ready_mask(ready[name][1], grid) & (running <= 0) & (waiting <= 0)
             queued[name] = waiting
         for name in names:
