@@ -190,6 +190,7 @@ def test_a_short_real_fidelity_run_finishes_and_its_throughput_matches(tmp_path:
     err = table.loc[table["metric"] == "throughput_rps", "error_pct"].iloc[0]
     assert abs(err) < THROUGHPUT_BOUND_PCT, table.to_string()
     assert table.loc[table["metric"] == "ok_fraction", "live"].iloc[0] == 1.0
+    assert (table["others_cpu_cores"] >= 0).all()  # the machine's other load during the live run, measured
     live = pd.read_parquet(out / "load-2" / "live" / "requests.parquet")
     sim = pd.read_parquet(out / "load-2" / "sim" / "requests.parquet")
     assert len(live) == len(sim) > 8  # the same requests on both sides

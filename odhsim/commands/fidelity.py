@@ -112,9 +112,9 @@ def bench_fidelity(
         list[str] | None, typer.Option(help="Run only these cases: poisson, bursty, azure, kpa-rush, crash.")
     ] = None,
     calibrate: Annotated[
-        bool | None,
-        typer.Option(help="Calibrate first (odhsim calibrate --quick); default: when the base has no profile file."),
-    ] = None,
+        bool,
+        typer.Option(help="Calibrate on this machine right before the runs (--no-calibrate: the base's profile file)."),
+    ] = True,
 ) -> None:
     """Simulator vs live engine at 0.3/0.6/0.9 of capacity (Poisson, bursty, Azure slice), a KPA rush and a replica
     crash, against issue 11's targets; prints the table and writes bench-fidelity.csv."""

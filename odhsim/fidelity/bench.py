@@ -61,8 +61,10 @@ class BenchSettings:
     device: str = "cpu"
     scenario: Path | None = None
     cases: tuple[str, ...] = ("poisson", "bursty", "azure", "kpa-rush", "crash")
-    calibrate: bool | None = None
-    """None: run `odhsim calibrate --quick` first when the base scenario's LLM has no calibrated profile file."""
+    calibrate: bool = True
+    """Calibrate the base scenario's LLM on this machine right before the runs (`odhsim calibrate`, about 15 s), so
+    the profile holds the machine's current cost per token; False: use the base's profile file as it is (a base
+    without one is calibrated anyway)."""
 
 
 def base_doc(path: Path) -> dict[str, Any]:
@@ -129,12 +131,12 @@ def _write(doc: dict[str, Any], path: Path) -> Path:
 
 
 def calibrated(base: dict[str, Any], out: Path, bench: BenchSettings, hooks: Hooks) -> Path:
-    """`odhsim calibrate --quick` of the base scenario's LLM on this machine: the calibrated scenario's path."""
+    """`odhsim calibrate` of the base scenario's LLM on this machine: the calibrated scenario's path."""
     from odhsim.calibrate.instrumented import CalibrateOptions, calibrate_scenario
 
     path = _write(base, out / "scenarios" / "base.yaml")
-    hooks.stage("calibrating the live model on this machine (odhsim calibrate --quick)")
-    calibrate_scenario(path, CalibrateOptions(device=bench.device, quick=True), out / "calib")
+    hooks.stage("calibrating the live model on this machine (odhsim calibrate)")
+    calibrate_scenario(path, CalibrateOptions(device=bench.device), out / "calib")
     return out / "calib" / "base-calibrated.yaml"
 
 
@@ -146,6 +148,7 @@ def noise_floor(first: LiveRun, again: LiveRun) -> pd.DataFrame:
     table, _ = compare_runs(RunTables("sim", a.requests, a.replicas, a.steps), b, load=first.load)
     table.insert(0, "case", NOISE_CASE)
     table["rate_rps"] = again.requests.rate_rps
+    table["others_cpu_cores"] = again.others_cpu_cores
     write_csv(table, again.folder)
     return table
 
@@ -156,7 +159,7 @@ def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = No
     base_path = bench.scenario or (FIDELITY_SCENARIO if FIDELITY_SCENARIO.is_file() else LIVE_SCENARIO)
     base = base_doc(base_path)
     has_file = isinstance(base["models"][0].get("profile"), dict)
-    if bench.calibrate or (bench.calibrate is None and not has_file):
+    if bench.calibrate or not has_file:
         base_path = calibrated(base, out, bench, hooks)
         base = base_doc(base_path)
     docs = case_docs(base, bench)
@@ -245,16 +248,18 @@ def bench_table(result: pd.DataFrame) -> Table:
     title = (f"bench-fidelity: simulator error vs live (capacity {cap:.3g} req/s; targets: E2E p50 5%, TTFT p50/p99 "
              f"and E2E p99 10%, throughput 2%, ready replicas {READY_TARGET_REPLICAS:g})")  # fmt: skip
     table = Table(title=title, header_style="bold")
-    for col in ("case", "load", "req/s", *SHOWN, "ready max |diff|", "passed"):
+    for col in ("case", "load", "req/s", *SHOWN, "ready max |diff|", "passed", "others' cores"):
         table.add_column(col, justify="left" if col == "case" else "right")
     for (case, load), rows in result.groupby(["case", "load"], sort=False):
         by_metric = {r["metric"]: r for _, r in rows.iterrows() if r["model"] == "all"}
         ready = rows[rows["metric"] == "ready_replicas"]
         judged = rows[rows["metric"].isin([*PCT_TARGETS, "ready_replicas"])]
         n_pass = int(judged["passed"].astype(bool).sum())
+        others = float(rows["others_cpu_cores"].iloc[0]) if "others_cpu_cores" in rows else math.nan
         table.add_row(
             str(case), f"{load:.2f}", f"{rows['rate_rps'].iloc[0]:.3g}",
             *(_cell(by_metric.get(m)) for m in SHOWN),
             _cell(ready.iloc[0]) if len(ready) else "-", f"{n_pass}/{len(judged)}",
+            "-" if others != others else f"{others:.2f}",
         )  # fmt: skip
     return table

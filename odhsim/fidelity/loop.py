@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ import pandas as pd
 from odhsim.fidelity.capacity import PAUSE_BETWEEN_LOADS_S, measure_capacity
 from odhsim.fidelity.compare import RunTables, compare_runs, load_run
 from odhsim.fidelity.live import LiveServer, live_records, run_live
+from odhsim.fidelity.machine import CpuMeter
 from odhsim.fidelity.plots import plot_fidelity
 from odhsim.fidelity.report import write_csv
 from odhsim.fidelity.settings import (
@@ -117,6 +119,8 @@ class LiveRun:
     replay_zero: float
     serve_zero: float
     serve_out: Path
+    others_cpu_cores: float = math.nan
+    """Cores the rest of the machine used meanwhile (odhsim.fidelity.machine): other tenants' load."""
 
 
 def _serve(scenario_path: Path, scenario: Scenario, out: Path, settings: FidelitySettings) -> LiveServer:
@@ -150,6 +154,7 @@ def finish_load(run: LiveRun, settings: FidelitySettings, plots: Path, hooks: Ho
     sim_tables = run_sim(fid, run.folder / "sim", settings)
     table, series = compare_runs(sim_tables, live_tables, load=run.load, step_s=settings.step_s)
     table["rate_rps"] = run.requests.rate_rps
+    table["others_cpu_cores"] = run.others_cpu_cores
     table["fault_shift_s"] = shift
     table["startup_load_s"], table["startup_test_s"] = startup if startup is not None else (math.nan, math.nan)
     write_csv(table, run.folder)
@@ -186,8 +191,11 @@ def live_loads(
             elif runs or not own:
                 time.sleep(PAUSE_BETWEEN_LOADS_S)  # the previous run's stragglers are gone; let the scrapes settle
             hooks.stage(f"{folder.name}: {len(req)} requests at {rate:.3g} req/s, live")
+            meter = CpuMeter([os.getpid()])  # this process, the replay's, and serve's tree under it
+            meter.start()
             _, zero = run_live(fid, server, folder / "live", settings, hooks)
-            runs.append(LiveRun(load, folder, fid, req, zero, server.t0_epoch, server.out))
+            others = meter.others_cores()
+            runs.append(LiveRun(load, folder, fid, req, zero, server.t0_epoch, server.out, others))
             if fresh:
                 server.stop()
                 server = None
