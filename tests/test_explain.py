@@ -383,3 +383,27 @@ def test_explain_errors_name_the_problem(tmp_path: Path) -> None:
     res = explain_cli(str(out))  # the overview still works, and says why there is no regret
     assert res.exit_code == 0 and "no routing regret: decisions were not recorded" in res.output
     assert "Traceback" not in res.output
+
+
+def test_explain_detects_anomalies_in_results_without_counts(tmp_path: Path) -> None:
+    """Results whose summary.json has no anomaly counts (odhsim serve's, an older run's) are examined on the spot,
+    with the SLOs the run kept, and find what the simulator found while running."""
+    d = scenario(
+        [{"name": "clf", "kind": "fixed", "gpu": "T4", "replicas": 1, "concurrency": 1,
+          "service_time": {"dist": "exponential", "mean_s": 0.5}}],
+        [{"kind": "poisson", "rate": 3.0, "duration_s": 30,
+          "prompt_tokens": {"dist": "fixed", "value": 10}, "output_tokens": {"dist": "fixed", "value": 1}}],
+        outputs={"timeseries_bucket_s": 10.0},
+    )  # fmt: skip
+    d["workload"]["priorities"] = {"critical": 0.3, "low": 0.7}
+    res = run(d, tmp_path)
+    out = res.write(tmp_path / "run")
+    summary = json.loads((out / "summary.json").read_text())
+    expected = summary.pop("anomalies")
+    (out / "summary.json").write_text(json.dumps(summary))
+    events = pd.read_parquet(out / "events.parquet")
+    events[events["kind"] != "anomaly"].to_parquet(out / "events.parquet", index=False)
+    overview = json.loads(explain_cli(str(out), "--json").output)
+    assert overview["anomalies"] == expected and expected["priority_inversion"] >= 1
+    assert "detected now" in overview["note"]
+    assert [e["detail"] for e in overview["episodes"]] == events.loc[events["kind"] == "anomaly", "detail"].tolist()

@@ -17,7 +17,19 @@ import pandas as pd
 from odhsim.explain.anomaly_types import KINDS, Anomaly, AnomalySettings, RunTables
 from odhsim.explain.detectors import DETECTORS
 
-__all__ = ["KINDS", "Anomaly", "AnomalySettings", "RunTables", "anomaly_counts", "detect", "find_anomalies"]
+__all__ = [
+    "KINDS",
+    "Anomaly",
+    "AnomalySettings",
+    "RunTables",
+    "anomaly_counts",
+    "anomaly_events",
+    "anomaly_frame",
+    "describe",
+    "detect",
+    "find_anomalies",
+    "with_anomaly_events",
+]
 
 
 def detect(tables: RunTables, settings: AnomalySettings) -> list[Anomaly]:

@@ -15,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from odhsim.errors import OdhsimError
+from odhsim.explain.anomalies import Anomaly, AnomalySettings, RunTables, anomaly_counts, anomaly_events, detect
 from odhsim.explain.regret import regret_frame
 from policies.routing.latency_estimate import LatencyEstimateParams
 
@@ -166,12 +167,17 @@ def run_overview(loaded: dict[str, Any], folder: Path) -> dict[str, Any]:
     """Anomaly counts and episodes, regret per model (with its worst decisions), and whether decisions exist."""
     summary = loaded["summary"]
     events = loaded["events"]
+    counts = summary.get("anomalies")
+    if counts is None:  # results written without detection (odhsim serve, an older odhsim): detect now
+        found = detect_from_tables(loaded)
+        counts = anomaly_counts(found)
+        events = pd.DataFrame(anomaly_events(found), columns=["time_s", "kind", "model", "replica", "detail"])
     episodes = events[events["kind"].astype(str) == "anomaly"]
     out: dict[str, Any] = {
         "results": str(folder),
         "run_id": summary.get("run_id"),
         "requests": summary.get("requests"),
-        "anomalies": summary.get("anomalies"),
+        "anomalies": counts,
         "episodes": [
             {"time_s": _num(t), "model": str(m), "replica": str(r), "detail": str(d)}
             for t, m, r, d in episodes[["time_s", "model", "replica", "detail"]].itertuples(index=False)
@@ -179,13 +185,25 @@ def run_overview(loaded: dict[str, Any], folder: Path) -> dict[str, Any]:
         "decisions_recorded": loaded.get("decisions") is not None,
         "regret": summary.get("regret"),
     }
-    if out["anomalies"] is None:
-        out["note"] = "these results predate anomaly detection (no anomalies in summary.json)"
+    if summary.get("anomalies") is None:
+        out["note"] = "summary.json holds no anomaly counts: detected now from the tables, with the run's SLOs"
     if loaded.get("decisions") is None:
         out["regret_note"] = f"no routing regret: decisions were not recorded; {HOW_TO_RECORD}"
     elif not out["regret"]:
         out["regret_note"] = "no routing decision of an LLM model was recorded, so there is no regret to score"
     return out
+
+
+def detect_from_tables(loaded: dict[str, Any]) -> list[Anomaly]:
+    """The detectors over a loaded folder's tables, thresholds from its summary's SLOs (the scrape interval and
+    bucket are not in a results folder: the defaults apply). Cache stampedes need the engine's lookup log, which
+    only a running simulation has, so none are found here."""
+    summary = loaded["summary"]
+    r = loaded["requests"]
+    ends = [summary.get("sim_end_s"), r["finish_s"].max() if len(r) else 0.0, r["arrival_s"].max() if len(r) else 0.0]
+    end_s = float(next(v for v in ends if v is not None and v == v))
+    tables = RunTables(r, loaded["events"], loaded["timeseries"], loaded["replicas"], end_s)
+    return detect(tables, AnomalySettings.from_slos(summary.get("slos")))
 
 
 def worst_table(regret: dict[str, Any]) -> pd.DataFrame:
