@@ -4,6 +4,7 @@ reports none; counterfactual routing regret; `odhsim explain`."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -143,10 +144,15 @@ def stale_routing(router: str, scrape_s: float) -> dict[str, Any]:
 def test_herding_on_stale_kv_metrics(tmp_path: Path) -> None:
     """kv-aware routing on metrics scraped every 3 s (Mooncake's ticks): every request of a tick goes to the
     replica that looked emptiest at the last scrape."""
-    res = run(stale_routing("kv-aware", 3.0), tmp_path)
+    d = stale_routing("kv-aware", 3.0)
+    d["outputs"] = {"decisions": "all"}
+    res = run(d, tmp_path)
     counts = res.summary["anomalies"]
     assert counts["herding"] >= 1
     ep = episodes(res, "herding")
+    # with decisions recorded, the detail says how stale the metrics behind the picks were (a 3 s scrape)
+    ages = [float(x) for x in re.findall(r"picked on metrics ([0-9.]+)-([0-9.]+) s old", ep["detail"].iloc[0])[0]]
+    assert 0.0 <= ages[0] <= ages[1] < 3.0 + 1e-9
     assert (ep["time_s"] % 3.0 == 0).all()  # windows are the scrape ticks
     r = res.requests
     first = ep.iloc[0]

@@ -87,7 +87,8 @@ class AnomalySettings:
 class RunTables:
     """What the detectors read. `cache_lookups`: columns time_s, key, hit, row (the request's row) per
     response-cache lookup, only known to the engine while it runs (None: not recorded, so stampedes cannot be
-    looked for)."""
+    looked for). `decisions`: decisions.parquet when the run recorded it (herding then reports how old the metrics
+    behind its picks were)."""
 
     requests: pd.DataFrame
     events: pd.DataFrame
@@ -95,6 +96,7 @@ class RunTables:
     replicas: pd.DataFrame
     end_s: float
     cache_lookups: pd.DataFrame | None = None
+    decisions: pd.DataFrame | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

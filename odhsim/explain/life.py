@@ -202,7 +202,9 @@ def detect_from_tables(loaded: dict[str, Any]) -> list[Anomaly]:
     r = loaded["requests"]
     ends = [summary.get("sim_end_s"), r["finish_s"].max() if len(r) else 0.0, r["arrival_s"].max() if len(r) else 0.0]
     end_s = float(next(v for v in ends if v is not None and v == v))
-    tables = RunTables(r, loaded["events"], loaded["timeseries"], loaded["replicas"], end_s)
+    tables = RunTables(
+        r, loaded["events"], loaded["timeseries"], loaded["replicas"], end_s, decisions=loaded.get("decisions")
+    )
     return detect(tables, AnomalySettings.from_slos(summary.get("slos")))
 
 

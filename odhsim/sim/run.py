@@ -138,10 +138,12 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         events = pd.concat([events, pd.DataFrame(reactions)], ignore_index=True)
         events = events.sort_values("time_s", kind="stable", ignore_index=True)
     timeseries = pd.DataFrame(sampler.rows)
-    anomalies = find_anomalies(scenario, requests, events, timeseries, replicas, end_s, gateway.cache_lookups)
+    decisions = None if recorder is None else decisions_frame(merge_in_time(recorder.records, gateway.transitions()))
+    anomalies = find_anomalies(
+        scenario, requests, events, timeseries, replicas, end_s, gateway.cache_lookups, decisions=decisions
+    )
     events = with_anomaly_events(events, anomalies)
     preemptions = sum(getattr(r, "preemptions", 0) for r in gateway.replicas)
-    decisions = None if recorder is None else decisions_frame(merge_in_time(recorder.records, gateway.transitions()))
     latency = {
         r.model_name: r.latency
         for r in reversed(gateway.replicas)
