@@ -4,7 +4,6 @@ reports none; counterfactual routing regret; `odhsim explain`."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -150,9 +149,12 @@ def test_herding_on_stale_kv_metrics(tmp_path: Path) -> None:
     counts = res.summary["anomalies"]
     assert counts["herding"] >= 1
     ep = episodes(res, "herding")
-    # with decisions recorded, the detail says how stale the metrics behind the picks were (a 3 s scrape)
-    ages = [float(x) for x in re.findall(r"picked on metrics ([0-9.]+)-([0-9.]+) s old", ep["detail"].iloc[0])[0]]
-    assert 0.0 <= ages[0] <= ages[1] < 3.0 + 1e-9
+    # with decisions recorded, odhsim explain says how stale the metrics behind the herded picks were (3 s scrapes)
+    overview = json.loads(explain_cli(str(res.write(tmp_path / "herd")), "--json").output)
+    herd = [e for e in overview["episodes"] if e["detail"].startswith("herding ")]
+    assert len(herd) == counts["herding"]
+    lo, hi = herd[0]["picks_metrics_age_s"]
+    assert 0.0 <= lo <= hi < 3.0 + 1e-9 and hi > 0.5  # stale: well past the default 50 ms scrape
     assert (ep["time_s"] % 3.0 == 0).all()  # windows are the scrape ticks
     r = res.requests
     first = ep.iloc[0]

@@ -143,7 +143,9 @@ def print_overview(o: dict[str, Any]) -> None:
             table.add_row(escape(k), str(v))
         console.print(table)
         for ep in o["episodes"]:
-            console.print(f"  {escape(ep['detail'])}", highlight=False, soft_wrap=True)
+            ages = ep.get("picks_metrics_age_s")
+            seen = f" (picked on metrics {ages[0]:.2f}-{ages[1]:.2f} s old)" if ages else ""
+            console.print(f"  {escape(ep['detail'] + seen)}", highlight=False, soft_wrap=True)
     regret = o.get("regret") or {}
     if regret:
         from odhsim.explain.life import worst_table

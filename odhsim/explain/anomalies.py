@@ -76,13 +76,12 @@ def find_anomalies(
     replicas: pd.DataFrame,
     end_s: float,
     cache_lookups: list[tuple[float, int, bool, int]] | None = None,
-    decisions: pd.DataFrame | None = None,
 ) -> list[Anomaly]:
     """The simulator's hook (odhsim.sim.run): every detector over the run's tables, thresholds from `scenario`."""
     lookups = None
     if cache_lookups is not None:
         lookups = pd.DataFrame(cache_lookups, columns=["time_s", "key", "hit", "row"])
-    tables = RunTables(requests, events, timeseries, replicas, end_s, cache_lookups=lookups, decisions=decisions)
+    tables = RunTables(requests, events, timeseries, replicas, end_s, cache_lookups=lookups)
     return detect(tables, AnomalySettings.from_scenario(scenario))
 
 

@@ -87,8 +87,8 @@ class AnomalySettings:
 class RunTables:
     """What the detectors read. `cache_lookups`: columns time_s, key, hit, row (the request's row) per
     response-cache lookup, only known to the engine while it runs (None: not recorded, so stampedes cannot be
-    looked for). `decisions`: decisions.parquet when the run recorded it (herding then reports how old the metrics
-    behind its picks were)."""
+    looked for). Detection reads no decision records, so a run's results are the same whether it recorded them
+    or not; `odhsim explain` adds what the decisions tell about an episode."""
 
     requests: pd.DataFrame
     events: pd.DataFrame
@@ -96,7 +96,6 @@ class RunTables:
     replicas: pd.DataFrame
     end_s: float
     cache_lookups: pd.DataFrame | None = None
-    decisions: pd.DataFrame | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -218,7 +218,7 @@ def herding(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
             t0, t1 = group[0][0] * window, (group[-1][0] + 1) * window
             out.append(Anomaly("herding", model, names[0] if len(names) == 1 else "", t0, t1, len(group),
                                f"{k} of {n} dispatches went to {', '.join(names)} within {len(group)} window(s) "
-                               f"of {window:g} s" + _pick_ages(tables.decisions, model, names, t0, t1)))  # fmt: skip
+                               f"of {window:g} s"))  # fmt: skip
             i = j + 1
     return out
 
@@ -230,18 +230,6 @@ def _binomial_tail(k: int, n: int, p: float) -> float:
     return math.fsum(
         math.exp(lgn - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq) for i in range(k, n + 1)
     )
-
-
-def _pick_ages(decisions: pd.DataFrame | None, model: str, names: list[str], t0: float, t1: float) -> str:
-    """'; picked on metrics 0.4-2.9 s old': how stale the metrics behind the herded picks were (decisions only)."""
-    if decisions is None or "metrics_age_s" not in decisions:
-        return ""
-    d = decisions
-    picks = d[(d["kind"] == "route") & (d["model"] == model) & d["replica"].isin(names)
-              & (d["time_s"] >= t0) & (d["time_s"] < t1)]["metrics_age_s"].dropna()  # fmt: skip
-    if picks.empty:
-        return ""
-    return f"; picked on metrics {picks.min():.2f}-{picks.max():.2f} s old"
 
 
 def preemption_storm(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:

@@ -9,6 +9,7 @@ the run's regret yardstick (`summary["regret_params"]`) each candidate also gets
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,7 @@ def run_overview(loaded: dict[str, Any], folder: Path) -> dict[str, Any]:
         "anomalies": counts,
         "episodes": [
             {"time_s": _num(t), "model": str(m), "replica": str(r), "detail": str(d)}
+            | _from_decisions(loaded.get("decisions"), str(m), str(d))
             for t, m, r, d in episodes[["time_s", "model", "replica", "detail"]].itertuples(index=False)
         ],
         "decisions_recorded": loaded.get("decisions") is not None,
@@ -194,6 +196,22 @@ def run_overview(loaded: dict[str, Any], folder: Path) -> dict[str, Any]:
     return out
 
 
+_HERDING = re.compile(r"^herding ([0-9.]+)-([0-9.]+) s .*dispatches went to (.+) within ")
+
+
+def _from_decisions(decisions: pd.DataFrame | None, model: str, detail: str) -> dict[str, Any]:
+    """What the decision records add to an episode: for herding, how old the metrics behind the herded picks were
+    (`picks_metrics_age_s`: [min, max])."""
+    m = _HERDING.match(detail)
+    if decisions is None or m is None:
+        return {}
+    t0, t1, names = float(m.group(1)), float(m.group(2)), m.group(3).split(", ")
+    d = decisions
+    ages = d[(d["kind"] == "route") & (d["model"] == model) & d["replica"].isin(names)
+             & (d["time_s"] >= t0) & (d["time_s"] < t1)]["metrics_age_s"].dropna()  # fmt: skip
+    return {"picks_metrics_age_s": [float(ages.min()), float(ages.max())]} if len(ages) else {}
+
+
 def detect_from_tables(loaded: dict[str, Any]) -> list[Anomaly]:
     """The detectors over a loaded folder's tables, thresholds from its summary's SLOs (the scrape interval and
     bucket are not in a results folder: the defaults apply). Cache stampedes need the engine's lookup log, which
@@ -202,9 +220,7 @@ def detect_from_tables(loaded: dict[str, Any]) -> list[Anomaly]:
     r = loaded["requests"]
     ends = [summary.get("sim_end_s"), r["finish_s"].max() if len(r) else 0.0, r["arrival_s"].max() if len(r) else 0.0]
     end_s = float(next(v for v in ends if v is not None and v == v))
-    tables = RunTables(
-        r, loaded["events"], loaded["timeseries"], loaded["replicas"], end_s, decisions=loaded.get("decisions")
-    )
+    tables = RunTables(r, loaded["events"], loaded["timeseries"], loaded["replicas"], end_s)
     return detect(tables, AnomalySettings.from_slos(summary.get("slos")))
 
 

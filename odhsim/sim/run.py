@@ -139,9 +139,7 @@ def simulate(scenario: Scenario, *, seed: int | None = None, progress: ProgressF
         events = events.sort_values("time_s", kind="stable", ignore_index=True)
     timeseries = pd.DataFrame(sampler.rows)
     decisions = None if recorder is None else decisions_frame(merge_in_time(recorder.records, gateway.transitions()))
-    anomalies = find_anomalies(
-        scenario, requests, events, timeseries, replicas, end_s, gateway.cache_lookups, decisions=decisions
-    )
+    anomalies = find_anomalies(scenario, requests, events, timeseries, replicas, end_s, gateway.cache_lookups)
     events = with_anomaly_events(events, anomalies)
     preemptions = sum(getattr(r, "preemptions", 0) for r in gateway.replicas)
     latency = {
