@@ -23,6 +23,7 @@ def test_the_meter_counts_cpu_outside_the_measured_processes_as_others() -> None
             sum(i * i for i in range(2000))
         mine = (time.process_time() - c0) / (time.monotonic() - t0)
         a, b = only_sleeper.others_cores(), with_me.others_cores()
+        ours = with_me.read()[1]
     finally:
         sleeper.kill()
         sleeper.wait()
@@ -30,6 +31,7 @@ def test_the_meter_counts_cpu_outside_the_measured_processes_as_others() -> None
     # this process's burn is "others" to a meter of the sleeper, and its own to a meter of this process
     assert a >= mine - 0.05
     assert a - b == pytest.approx(mine, abs=0.1)
+    assert ours == pytest.approx(mine, abs=0.1)
 
 
 def test_an_unstarted_meter_says_nan() -> None:

@@ -149,6 +149,7 @@ def noise_floor(first: LiveRun, again: LiveRun) -> pd.DataFrame:
     table.insert(0, "case", NOISE_CASE)
     table["rate_rps"] = again.requests.rate_rps
     table["others_cpu_cores"] = again.others_cpu_cores
+    table["ours_cpu_cores"] = again.ours_cpu_cores
     write_csv(table, again.folder)
     return table
 
@@ -248,18 +249,18 @@ def bench_table(result: pd.DataFrame) -> Table:
     title = (f"bench-fidelity: simulator error vs live (capacity {cap:.3g} req/s; targets: E2E p50 5%, TTFT p50/p99 "
              f"and E2E p99 10%, throughput 2%, ready replicas {READY_TARGET_REPLICAS:g})")  # fmt: skip
     table = Table(title=title, header_style="bold")
-    for col in ("case", "load", "req/s", *SHOWN, "ready max |diff|", "passed", "others' cores"):
+    for col in ("case", "load", "req/s", *SHOWN, "ready max |diff|", "passed", "cores ours/others"):
         table.add_column(col, justify="left" if col == "case" else "right")
     for (case, load), rows in result.groupby(["case", "load"], sort=False):
         by_metric = {r["metric"]: r for _, r in rows.iterrows() if r["model"] == "all"}
         ready = rows[rows["metric"] == "ready_replicas"]
         judged = rows[rows["metric"].isin([*PCT_TARGETS, "ready_replicas"])]
         n_pass = int(judged["passed"].astype(bool).sum())
-        others = float(rows["others_cpu_cores"].iloc[0]) if "others_cpu_cores" in rows else math.nan
+        cores = [float(rows[c].iloc[0]) if c in rows else math.nan for c in ("ours_cpu_cores", "others_cpu_cores")]
         table.add_row(
             str(case), f"{load:.2f}", f"{rows['rate_rps'].iloc[0]:.3g}",
             *(_cell(by_metric.get(m)) for m in SHOWN),
             _cell(ready.iloc[0]) if len(ready) else "-", f"{n_pass}/{len(judged)}",
-            "-" if others != others else f"{others:.2f}",
+            "/".join("-" if c != c else f"{c:.2f}" for c in cores),
         )  # fmt: skip
     return table

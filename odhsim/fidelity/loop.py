@@ -121,6 +121,8 @@ class LiveRun:
     serve_out: Path
     others_cpu_cores: float = math.nan
     """Cores the rest of the machine used meanwhile (odhsim.fidelity.machine): other tenants' load."""
+    ours_cpu_cores: float = math.nan
+    """Cores the live run's own processes used (replay client, gateway, replicas)."""
 
 
 def _serve(scenario_path: Path, scenario: Scenario, out: Path, settings: FidelitySettings) -> LiveServer:
@@ -155,6 +157,7 @@ def finish_load(run: LiveRun, settings: FidelitySettings, plots: Path, hooks: Ho
     table, series = compare_runs(sim_tables, live_tables, load=run.load, step_s=settings.step_s)
     table["rate_rps"] = run.requests.rate_rps
     table["others_cpu_cores"] = run.others_cpu_cores
+    table["ours_cpu_cores"] = run.ours_cpu_cores
     table["fault_shift_s"] = shift
     table["startup_load_s"], table["startup_test_s"] = startup if startup is not None else (math.nan, math.nan)
     write_csv(table, run.folder)
@@ -194,8 +197,8 @@ def live_loads(
             meter = CpuMeter([os.getpid()])  # this process, the replay's, and serve's tree under it
             meter.start()
             _, zero = run_live(fid, server, folder / "live", settings, hooks)
-            others = meter.others_cores()
-            runs.append(LiveRun(load, folder, fid, req, zero, server.t0_epoch, server.out, others))
+            others, ours = meter.read()
+            runs.append(LiveRun(load, folder, fid, req, zero, server.t0_epoch, server.out, others, ours))
             if fresh:
                 server.stop()
                 server = None

@@ -48,7 +48,8 @@ def _busy_s() -> float:
 
 
 class CpuMeter:
-    """`start()` before the run, `others_cores()` after: the mean number of cores the rest of the machine used."""
+    """`start()` before the run, `others_cores()` after: the mean number of cores the rest of the machine used
+    (`ours_cores()`: the measured processes' own)."""
 
     def __init__(self, pids: list[int]) -> None:
         self.pids = pids
@@ -61,11 +62,17 @@ class CpuMeter:
         self._ours0 = {p.pid: _cpu_s(p) for p in self._procs}
         self._start = CpuReading(time.monotonic(), _busy_s(), sum(self._ours0.values()))
 
-    def others_cores(self) -> float:
+    def read(self) -> tuple[float, float]:
+        """(others' cores, ours) since `start()`; NaN before it."""
         if self._start is None:
-            return math.nan
+            return math.nan, math.nan
         wall = time.monotonic() - self._start.wall_s
         busy = _busy_s() - self._start.machine_busy_s
         ours = sum(_cpu_s(p) - self._ours0.get(p.pid, 0.0) for p in self._procs)
         ours += sum(_cpu_s(p) for p in _tree(self.pids) if p.pid not in self._ours0)  # processes started meanwhile
-        return max(0.0, (busy - ours) / wall) if wall > 0 else math.nan
+        if not wall > 0:
+            return math.nan, math.nan
+        return max(0.0, (busy - ours) / wall), ours / wall
+
+    def others_cores(self) -> float:
+        return self.read()[0]
