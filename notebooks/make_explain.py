@@ -221,9 +221,9 @@ cells = [
           outweighed the queue scorer (weight 2): the picked replica held 8 of the prompt's blocks against 1
           elsewhere, but it had 2 prompts waiting and the largest batch, which the latency model charges more for
           (1.64 s) than the prefill those blocks save; an idle-queued replica would have taken 0.58 s.
-        - **Anomalies follow the same order**: priority inversions (a low request starting while a higher class
-          was already past its TTFT target) 18 under llm-d, 39 round-robin, 57 random; random also starved a
-          replica 6 times. llm-d had one herding episode: the trace's arrivals come in bursts on its quantized
+        - **Anomalies follow the same order**: priority-inversion episodes (lower-class requests starting while
+          a higher class was already past its TTFT target) 7 under llm-d, 20 round-robin, 28 random; random also
+          starved a replica 6 times. llm-d had one herding episode: the trace's arrivals come in bursts on its quantized
           timestamps, and one burst landed on one replica before a scrape showed it loaded.
 
         The estimate sees what the router saw (metrics scraped every 50 ms), so this regret measures the scoring,

@@ -78,7 +78,7 @@ def priority_inversion(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
     """A request of a lower class starts service on a model while a request of a higher class for the same model
     has been waiting (arrived, not started) longer than its class's TTFT target: the system served the lower
     class first although the higher one was already late. The target is the run's SLO (`slos`); inverted starts
-    closer than `episode_gap_s` (5 s, a choice) form one episode. A request never started (shed, timed out,
+    of any class closer than `episode_gap_s` (5 s, a choice) form one episode. A request never started (shed, timed out,
     failed, unfinished) waits until it ended (or the run's end)."""
     c = _cols(tables)
     out: list[Anomaly] = []
@@ -87,27 +87,34 @@ def priority_inversion(tables: RunTables, s: AnomalySettings) -> list[Anomaly]:
         mine = c.model == mi
         prio = c.priority[mine]
         arrival, started, waited_until = c.arrival[mine], c.start[mine], end_of_wait[mine]
+        hit_t, hit_class = [], []
         for low in range(1, len(PRIORITY_CLASSES)):
             starts = started[prio == low]
             starts = starts[~np.isnan(starts)]
-            if len(starts) == 0:
-                continue
             lo_parts, hi_parts = [], []
             for high in range(low):
                 target = s.ttft_targets[high]
-                if target is None:
-                    continue
-                sel = prio == high
-                lo_parts.append(arrival[sel] + target)
-                hi_parts.append(waited_until[sel])
-            if not lo_parts:
+                if target is not None:
+                    sel = prio == high
+                    lo_parts.append(arrival[sel] + target)
+                    hi_parts.append(waited_until[sel])
+            if len(starts) == 0 or not lo_parts:
                 continue
             lo, hi = union(np.concatenate(lo_parts), np.concatenate(hi_parts))
             hit = starts[inside(starts, lo, hi)]
-            for t0, t1, n in episodes(hit, s.episode_gap_s):
-                out.append(Anomaly("priority_inversion", model, "", t0, t1, n,
-                                   f"{n} {PRIORITY_CLASSES[low]} request(s) started while a higher class waited "
-                                   "past its TTFT target"))  # fmt: skip
+            hit_t.append(hit)
+            hit_class.append(np.full(len(hit), low))
+        if not hit_t:
+            continue
+        times, classes = np.concatenate(hit_t), np.concatenate(hit_class)
+        order = np.argsort(times, kind="stable")
+        times, classes = times[order], classes[order]
+        for t0, t1, n in episodes(times, s.episode_gap_s):
+            sel = classes[(times >= t0) & (times <= t1)]
+            per = ", ".join(f"{PRIORITY_CLASSES[k]} {int((sel == k).sum())}" for k in np.unique(sel))
+            out.append(Anomaly("priority_inversion", model, "", t0, t1, n,
+                               f"{n} lower-class request(s) started ({per}) while a higher class waited past its "
+                               "TTFT target"))  # fmt: skip
     return out
 
 
