@@ -6,8 +6,8 @@ Cases (each short, the whole bench about 6 minutes on 2 cores):
   `odhsim serve` for all nine runs;
 - kpa-rush: the model autoscaled by KPA (1 to 3 replicas), a quiet start and then a rush at 1.2 x capacity;
 - crash: fixed replicas at 0.5 x capacity, one replica SIGKILLed (`faults: replica_crash`) and restarted;
-- noise: poisson at 0.6 served a second time and compared with the first run: the live engine against itself, the
-  floor under any simulator's error on this machine.
+- noise: poisson at 0.6 served again right after the poisson runs and compared with the first: the live engine
+  against itself, the floor under any simulator's error on this machine.
 Every run is compared with its simulation (`odhsim.fidelity.loop`) against issue 11's targets: E2E p50 within 5%,
 TTFT p50 / p99 and E2E p99 within 10%, throughput within 2%, ready replicas within one replica at all times.
 
@@ -185,11 +185,10 @@ def run_bench_fidelity(out: Path, bench: BenchSettings, hooks: Hooks | None = No
             for run in live_loads(paths[case], case_sc, base, case_settings, out / case, hooks, capacity_rps=capacity,
                                   server=server):  # fmt: skip
                 runs.append((case, run))
-        if "poisson" in fixed:  # the noise floor: poisson at 0.6 served again, the live engine against itself
-            poisson_sc = load_scenario(paths["poisson"])
-            again = replace(settings, rates=(NOISE_LOAD,))
-            noise = live_loads(paths["poisson"], poisson_sc, base_requests(poisson_sc, again), again, out / "noise",
-                               hooks, capacity_rps=capacity, server=server)  # fmt: skip
+            if case == "poisson":  # the noise floor: poisson at 0.6 served again at once, the engine against itself
+                again = replace(settings, rates=(NOISE_LOAD,))
+                noise = live_loads(paths[case], case_sc, base, again, out / "noise", hooks, capacity_rps=capacity,
+                                   server=server)  # fmt: skip
     finally:
         server.stop()
     if "kpa-rush" in bench.cases:
