@@ -1,6 +1,8 @@
 """The simulator's side of CPU sharing: replicas of calibrated models whose profile has a `cpu` section run on one
-machine, and each step they start takes `CpuShare.factor(busy)` times its calibrated time, busy counting the
-replicas computing at that moment (the one starting the step included).
+machine, and each step they start takes `CpuShare.factor(demand)` times its calibrated time, demand counting the
+replicas computing at that moment (the one starting the step included), one core each, plus the cores their token
+streams keep busy in the gateway and the client (batch x stream_cpu_per_token_s / step time, each replica's as
+of its last step start; 0 when the profile measured none, which leaves the demand the busy count).
 
 The factor is read when a step or a decode span starts and holds for it (a span already running keeps its
 length, as the simulator plans spans in closed form); only the small context-growth term of a decode span is not
@@ -23,26 +25,33 @@ class CpuMachine:
 
     def __init__(self, share: CpuShare) -> None:
         self.share = share
-        self.replicas: list[Any] = []
+        self.seats: list[CpuSeat] = []
 
-    def factor(self, me: Any) -> float:
-        busy = sum(1 for r in self.replicas if r is me or r._busy_since == r._busy_since)  # not NaN: computing
-        return self.share.factor(busy)
+    def factor(self, me: CpuSeat) -> float:
+        demand = 0.0
+        for seat in self.seats:
+            r = seat.replica
+            if seat is me or r._busy_since == r._busy_since:  # not NaN: computing
+                demand += 1.0 + seat.stream_cores
+        return self.share.factor(demand)
 
 
 class CpuSeat:
-    """One replica's place on the machine (set once the replica exists)."""
+    """One replica's place on the machine (set once the replica exists) and the cores its token stream keeps
+    busy outside it (as of its last step start)."""
 
     def __init__(self, machine: CpuMachine) -> None:
         self.machine = machine
         self.replica: Any = None
+        self.stream_cores = 0.0
+        self.per_token_s = machine.share.stream_cpu_per_token_s
 
     def take(self, replica: Any) -> None:
         self.replica = replica
-        self.machine.replicas.append(replica)
+        self.machine.seats.append(self)
 
     def factor(self) -> float:
-        return self.machine.factor(self.replica)
+        return self.machine.factor(self)
 
 
 @dataclass(frozen=True)
@@ -54,11 +63,19 @@ class SharedCpuLatency(LatencyModel):
 
     def prefill_s(self, tokens: int, sum_sq_tokens: int | None = None) -> float:
         t = LatencyModel.prefill_s(self, tokens, sum_sq_tokens)
-        return t * self.seat.factor() if self.seat is not None else t
+        if self.seat is None:
+            return t
+        self.seat.stream_cores = 0.0  # a prompt streams one token
+        return t * self.seat.factor()
 
     def decode_step_s(self, batch: int, context_tokens: int) -> float:
         t = LatencyModel.decode_step_s(self, batch, context_tokens)
-        return t * self.seat.factor() if self.seat is not None else t
+        seat = self.seat
+        if seat is None:
+            return t
+        if seat.per_token_s and t > 0.0:
+            seat.stream_cores = batch * seat.per_token_s / t
+        return t * seat.factor()
 
 
 def shared_latency(latency: LatencyModel, seat: CpuSeat) -> SharedCpuLatency:

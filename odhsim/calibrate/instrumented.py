@@ -167,6 +167,10 @@ def calibrate_scenario(
 
         assert lms[0].live is not None
         cpu = measure_cpu_share(lms[0].live, max_len=_lm_sizes(lms[0])[0], threads=threads)
+        stream = run.stream_cpu.get(lms[0].name) if opts.measure_overheads else None
+        if stream is not None:  # the gateway's and the client's CPU per request and per streamed token
+            cpu = cpu.model_copy(update={"request_cpu_s": round(stream[0], 6),
+                                         "stream_cpu_per_token_s": round(stream[1], 7)})  # fmt: skip
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     flags = (" --quick" if opts.quick else "") + (" --cpu-share" if opts.measure_cpu else "")
     where = f" --out {out_dir}" + (f" --scenario-out {scenario_out}" if scenario_out is not None else "")

@@ -34,6 +34,7 @@ from scipy.optimize import nnls
 
 from odhsim.calibrate.profile_file import Batching, Overheads, StepCoefficients
 from odhsim.calibrate.served import ProbeTimes, decomposition, served_overheads
+from odhsim.calibrate.stream_cpu import CpuPhase, PhaseMeter, stream_costs
 from odhsim.errors import OdhsimError
 from odhsim.profiles.coefficients import LatencyModel
 from odhsim.scenario.load import scenario_from_dict
@@ -73,6 +74,8 @@ class ProbeRun:
 
     probes: list[Probe]
     steps: pd.DataFrame | None
+    stream_cpu: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
+    """Per LLM: (request_cpu_s, stream_cpu_per_token_s) of the gateway and the client (odhsim.calibrate.stream_cpu)."""
 
 
 def probe_scenario(data: dict[str, Any], models: list[str], base_dir: Path) -> Any:
@@ -138,7 +141,10 @@ async def _probe_in(
         await stack.stop()
     if isinstance(result, str):
         raise OverheadError(result)
-    out = [Probe(**row) for row in result]
+    out = [Probe(**row) for row in result["probes"]]
+    background = float(result["background_cores"])
+    costs = {name: stream_costs([CpuPhase(**ph) for ph in phases], background)
+             for name, phases in result["phases"].items()}  # fmt: skip
     try:  # absolute monotonic times (t0 = 0), the clock the client timed its probes on
         steps: pd.DataFrame | None = read_spools(out_dir / "steps", 0.0)
     except (OSError, SpoolError):
@@ -146,28 +152,43 @@ async def _probe_in(
     n_llm = sum(1 for k in kinds.values() if k == "llm")
     for _ in range(len(kinds) * (per_model + 1) + n_llm * together_rounds(per_model) * len(TOGETHER)):
         tick()
-    return ProbeRun(out, steps)
+    return ProbeRun(out, steps, {name: c for name, c in costs.items() if c is not None})
 
 
 def _client_main(url: str, kinds: dict[str, str], per_model: int, queue: Any) -> None:
-    """The probe client process: its probes as dicts on `queue`, or the error as text."""
+    """The probe client process: its probes and CPU phases as dicts on `queue`, or the error as text."""
     try:
-        queue.put([dataclasses.asdict(p) for p in asyncio.run(_client(url, kinds, per_model))])
+        probes, phases, background = asyncio.run(_client(url, kinds, per_model))
+        queue.put({
+            "probes": [dataclasses.asdict(p) for p in probes],
+            "phases": {name: [dataclasses.asdict(ph) for ph in mine] for name, mine in phases.items()},
+            "background_cores": background,
+        })  # fmt: skip
     except Exception as err:
         queue.put(f"probe client: {err}")
 
 
-async def _client(url: str, kinds: dict[str, str], per_model: int) -> list[Probe]:
+async def _client(
+    url: str, kinds: dict[str, str], per_model: int
+) -> tuple[list[Probe], dict[str, list[CpuPhase]], float]:
     import httpx
 
     from runtime.replay import Sender
     from runtime.replay_plan import ReplayOptions, synth_prompt
 
     out: list[Probe] = []
+    phases: dict[str, list[CpuPhase]] = {}
     clock = time.monotonic  # the replicas' step log's clock (one clock for every process of the machine)
+    meter = PhaseMeter()
+    idle = meter.start()
+    await asyncio.sleep(0.5)
+    background = meter.phase(idle, 0, 0)
+    background_cores = max(0.0, background.cpu_s / background.wall_s)
     async with httpx.AsyncClient(base_url=url, timeout=60.0, trust_env=False) as client:
         sender = Sender(client, clock, ReplayOptions())
         for name, kind in kinds.items():
+            alone_at = meter.start()
+            tokens = 0
             for i in range(per_model + 1):  # the first one warms the path up and is not kept
                 p, o = LLM_REQUESTS[i % len(LLM_REQUESTS)]
                 t0 = clock()
@@ -180,12 +201,19 @@ async def _client(url: str, kinds: dict[str, str], per_model: int) -> list[Probe
                     res = await sender.infer({}, name, i)
                 if res.status != "ok":
                     raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
+                tokens += o
                 if i > 0:
                     out.append(Probe(name, p, o, res.first_token_s - t0, res.finish_s - t0, sent_s=t0))
             if kind == "llm":
+                mine = [meter.phase(alone_at, per_model + 1, tokens)]
+                together_at = meter.start()
+                sent = len(out)
                 for _ in range(together_rounds(per_model)):
                     out += await _together(sender, name, clock)
-    return out
+                together = out[sent:]
+                mine.append(meter.phase(together_at, len(together), sum(pr.output_tokens for pr in together)))
+                phases[name] = mine
+    return out, phases, background_cores
 
 
 def together_rounds(per_model: int) -> int:

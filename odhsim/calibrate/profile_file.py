@@ -117,14 +117,24 @@ class Overheads(_Frozen):
 class CpuShare(_Frozen):
     """What replica processes sharing a machine's cores cost each other, measured by timing the engine in 1..n
     processes at once: each busy replica beyond `cores` slows every busy one by `slowdown_per_extra_busy`
-    (relative). `measured` keeps the raw ratios (busy processes -> step time over the one-process time)."""
+    (relative). `measured` keeps the raw ratios (busy processes -> step time over the one-process time).
+
+    The cores are shared with more than the engines: the gateway and the client stream every token
+    (`stream_cpu_per_token_s`, CPU seconds per token, measured from the probes: odhsim.calibrate.overheads), so a
+    replica decoding a batch of b at step time t adds b x stream_cpu_per_token_s / t cores of demand; and other
+    work on the machine takes `others_cores` (0 unless a run knows it: `odhsim fidelity` sets what it measured
+    while the live run was served). `request_cpu_s` (CPU seconds per request) is recorded, not simulated."""
 
     cores: Annotated[int, Field(ge=1)]
     slowdown_per_extra_busy: NonNeg = 0.0
     measured: dict[int, Annotated[float, Field(gt=0.0)]] = Field(default_factory=dict)
+    stream_cpu_per_token_s: NonNeg = 0.0
+    request_cpu_s: NonNeg = 0.0
+    others_cores: NonNeg = 0.0
 
-    def factor(self, busy: int) -> float:
-        return 1.0 + self.slowdown_per_extra_busy * max(0, busy - self.cores)
+    def factor(self, busy: float) -> float:
+        """Step-time factor when `busy` cores of demand (engines computing, plus their streams) run at once."""
+        return 1.0 + self.slowdown_per_extra_busy * max(0.0, busy - (self.cores - self.others_cores))
 
 
 class HeldOut(_Frozen):

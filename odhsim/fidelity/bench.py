@@ -62,9 +62,9 @@ class BenchSettings:
     scenario: Path | None = None
     cases: tuple[str, ...] = ("poisson", "bursty", "azure", "kpa-rush", "crash")
     calibrate: bool = True
-    """Calibrate the base scenario's LLM on this machine right before the runs (`odhsim calibrate`, about 15 s), so
-    the profile holds the machine's current cost per token; False: use the base's profile file as it is (a base
-    without one is calibrated anyway)."""
+    """Calibrate the base scenario's LLM on this machine right before the runs (`odhsim calibrate --cpu-share`,
+    about 40 s), so the profile holds the machine's current cost per token and its CPU sharing; False: use the
+    base's profile file as it is (a base without one is calibrated anyway)."""
 
 
 def base_doc(path: Path) -> dict[str, Any]:
@@ -131,12 +131,13 @@ def _write(doc: dict[str, Any], path: Path) -> Path:
 
 
 def calibrated(base: dict[str, Any], out: Path, bench: BenchSettings, hooks: Hooks) -> Path:
-    """`odhsim calibrate` of the base scenario's LLM on this machine: the calibrated scenario's path."""
+    """`odhsim calibrate --cpu-share` of the base scenario's LLM on this machine (so the simulation can share the
+    cores with the other load each live run measured): the calibrated scenario's path."""
     from odhsim.calibrate.instrumented import CalibrateOptions, calibrate_scenario
 
     path = _write(base, out / "scenarios" / "base.yaml")
-    hooks.stage("calibrating the live model on this machine (odhsim calibrate)")
-    calibrate_scenario(path, CalibrateOptions(device=bench.device), out / "calib")
+    hooks.stage("calibrating the live model on this machine (odhsim calibrate --cpu-share)")
+    calibrate_scenario(path, CalibrateOptions(device=bench.device, measure_cpu=True), out / "calib")
     return out / "calib" / "base-calibrated.yaml"
 
 

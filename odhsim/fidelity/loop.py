@@ -102,6 +102,21 @@ def with_startup(fid: Scenario, startup: tuple[float, float] | None) -> Scenario
     return fid.model_copy(update={"startup": params})
 
 
+def with_machine_load(fid: Scenario, others_cores: float) -> Scenario:
+    """The scenario with the other load the live run's machine carried (measured while it was served) on every
+    calibrated profile that models CPU sharing (its `cpu` section: odhsim.calibrate.cpu_model); others as before."""
+    if others_cores != others_cores:  # NaN: not measured
+        return fid
+    models = []
+    for m in fid.models:
+        pf = m.profile_file
+        if pf is not None and pf.cpu is not None:
+            cpu = pf.cpu.model_copy(update={"others_cores": round(max(0.0, others_cores), 4)})
+            m = m.model_copy(update={"profile_file": pf.model_copy(update={"cpu": cpu})})
+        models.append(m)
+    return fid.model_copy(update={"models": models})
+
+
 # -- the loop ------------------------------------------------------------------------------------------------
 def _tenants(scenario: Scenario) -> list[str]:
     tenants = scenario.workload.tenants
@@ -152,7 +167,7 @@ def finish_load(run: LiveRun, settings: FidelitySettings, plots: Path, hooks: Ho
     live_tables, replicas, events = finish_live(run)
     hooks.stage(f"{run.folder.name}: simulating")
     startup = measured_startup(replicas)
-    fid, shift = aligned_faults(with_startup(run.scenario, startup), events)
+    fid, shift = aligned_faults(with_machine_load(with_startup(run.scenario, startup), run.others_cpu_cores), events)
     sim_tables = run_sim(fid, run.folder / "sim", settings)
     table, series = compare_runs(sim_tables, live_tables, load=run.load, step_s=settings.step_s)
     table["rate_rps"] = run.requests.rate_rps
