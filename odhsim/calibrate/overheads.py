@@ -2,9 +2,10 @@
 
 The scenario's live models are served by a `LiveStack` (the same gateway, controller and replica processes as
 `odhsim serve`; one replica each, no autoscaler, no response cache, anonymous requests allowed) and sent requests
-one at a time, so nothing queues: what a request takes beyond the fitted engine time (its prefill and decode steps
-at batch 1, or the batcher's delay and one pass of one row) is HTTP in and out, tokenising, authentication,
-routing and streaming. Then 1, 4 and 8 identical requests are sent at once, to read the decode step at those
+one at a time (ALONE_GAP_S apart, timed from when each was due, as the replay times them), so nothing queues: what
+a request takes beyond the fitted engine time (its prefill and decode steps at batch 1, or the batcher's delay and
+one pass of one row) is the client's scheduling, HTTP in and out, tokenising, authentication, routing and
+streaming. Then 1, 4 and 8 identical requests are sent at once, to read the decode step at those
 batch sizes. The probe stack's replicas log their steps and the client times its requests on the same monotonic
 clock, so each probe splits exactly into its phases (odhsim.calibrate.served): the overheads come from the steps
 as the serving replica ran them. Without a step log (a spool that could not be read) the client-side estimate is
@@ -44,6 +45,10 @@ LLM_REQUESTS = ((16, 8), (64, 16), (128, 32), (256, 8), (32, 32), (192, 16))
 TOGETHER = (1, 4, 8)
 """Requests sent at once to read the live token cadence at these decode batch sizes."""
 TOGETHER_SHAPE = (64, 32)
+ALONE_GAP_S = 0.1
+"""Idle time before each request sent alone: a replay at low load reaches an idle stack (cold caches, sleeping
+threads), which costs about a millisecond more than requests sent back to back (measured here: in + out 6.5 ms
+with 0.15 s between requests, 5.4 ms without)."""
 
 
 class OverheadError(OdhsimError):
@@ -191,14 +196,17 @@ async def _client(
             tokens = 0
             for i in range(per_model + 1):  # the first one warms the path up and is not kept
                 p, o = LLM_REQUESTS[i % len(LLM_REQUESTS)]
-                t0 = clock()
+                # sent as the replay sends: at a planned time, ALONE_GAP_S after the last answer, from a task of
+                # its own; times count from the plan, as the replay's do from each request's arrival
+                t0 = clock() + ALONE_GAP_S
+                await asyncio.sleep(t0 - clock())
                 if kind == "llm":
                     body = {"model": name, "prompt": synth_prompt(10_000 + i, p), "max_tokens": o,
                             "temperature": 1.0, "seed": i, "ignore_eos": True, "stream": True}  # fmt: skip
-                    res = await sender.completion({}, body)
+                    res = await asyncio.create_task(sender.completion({}, body))
                 else:
                     p, o = 0, 1
-                    res = await sender.infer({}, name, i)
+                    res = await asyncio.create_task(sender.infer({}, name, i))
                 if res.status != "ok":
                     raise OverheadError(f"probe request to model '{name}' failed: {res.status} {res.reason}")
                 tokens += o
