@@ -82,3 +82,23 @@ def test_fidelity_gives_the_simulation_the_live_runs_other_load(tmp_path: Path) 
     assert loaded.models[0].profile_file.cpu.others_cores == 0.25
     assert ttft(loaded) == pytest.approx(prefill * 1.25, rel=1e-12)
     assert with_machine_load(sc, math.nan) is sc  # not measured: unchanged
+
+
+def test_the_requests_of_the_last_second_add_their_gateway_and_client_cpu(tmp_path: Path) -> None:
+    """Two replicas (round robin) on two cores, 0.5 s of gateway + client CPU per request, 0.4 slowdown per core of
+    demand beyond the cores; replica 0 decodes a long answer all along. Demand at each prefill on replica 1:
+    busy replicas + arrivals of the last second x 0.5 s / 1 s."""
+    cpu: dict[str, Any] = {"cores": 2, "slowdown_per_extra_busy": 0.4, "request_cpu_s": 0.5}
+    write_json(tmp_path / "calib" / "chat.json", llm_profile() | {"cpu": cpu})
+    trace = tmp_path / "t.csv"
+    rows = ["0.0,100,400", "0.001,100,1", "0.002,100,1", "0.2,100,1"]  # replicas 0, 1, 0, 1
+    trace.write_text("arrival_s,prompt_tokens,output_tokens\n" + "\n".join(rows) + "\n")
+    src = {"kind": "trace", "path": "t.csv", "format": "csv"}
+    sc = load_scenario(scenario(tmp_path, [chat_model(replicas=2)], src, {"chat": 1.0}))
+    req = simulate(sc).requests.sort_values("arrival_s")
+    assert req["replica"].tolist() == ["chat-v1-0", "chat-v1-1", "chat-v1-0", "chat-v1-1"]
+    prefill = LM.prefill_s(100)
+    ttft = (req["first_token_s"] - req["arrival_s"]).to_numpy()
+    assert ttft[0] == pytest.approx(prefill, rel=1e-12)  # alone, 1 arrival: 1 + 0.5 <= 2 cores
+    assert ttft[1] == pytest.approx(prefill * (1 + 0.4 * 1.0), rel=1e-12)  # 2 busy + 2 x 0.5 = 3
+    assert ttft[3] == pytest.approx(prefill * (1 + 0.4 * 2.0), rel=1e-12)  # 2 busy + 4 x 0.5 = 4

@@ -2,7 +2,9 @@
 machine, and each step they start takes `CpuShare.factor(demand)` times its calibrated time, demand counting the
 replicas computing at that moment (the one starting the step included), one core each, plus the cores their token
 streams keep busy in the gateway and the client (batch x stream_cpu_per_token_s / step time, each replica's as
-of its last step start; 0 when the profile measured none, which leaves the demand the busy count).
+of its last step start; 0 when the profile measured none, which leaves the demand the busy count), plus the
+gateway's and the client's CPU for the requests that arrived at these replicas over the last WINDOW_S
+(arrivals x request_cpu_s / WINDOW_S).
 
 The factor is read when a step or a decode span starts and holds for it (a span already running keeps its
 length, as the simulator plans spans in closed form); only the small context-growth term of a decode span is not
@@ -12,12 +14,16 @@ stays in the base layer.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
 
 from odhsim.calibrate.profile_file import CpuShare
 from odhsim.profiles.coefficients import LatencyModel
+
+WINDOW_S = 1.0
+"""Arrivals over this past window set the request rate whose gateway and client CPU the machine carries."""
 
 
 class CpuMachine:
@@ -26,6 +32,12 @@ class CpuMachine:
     def __init__(self, share: CpuShare) -> None:
         self.share = share
         self.seats: list[CpuSeat] = []
+        self.arrivals: deque[float] = deque()
+        self._per_arrival = share.request_cpu_s / WINDOW_S
+
+    def arrival(self, now: float) -> None:
+        if self._per_arrival:
+            self.arrivals.append(now)
 
     def factor(self, me: CpuSeat) -> float:
         demand = 0.0
@@ -33,6 +45,11 @@ class CpuMachine:
             r = seat.replica
             if seat is me or r._busy_since == r._busy_since:  # not NaN: computing
                 demand += 1.0 + seat.stream_cores
+        if self.arrivals:
+            arrivals, since = self.arrivals, me.replica.env.now - WINDOW_S
+            while arrivals and arrivals[0] <= since:
+                arrivals.popleft()
+            demand += len(arrivals) * self._per_arrival
         return self.share.factor(demand)
 
 
@@ -49,6 +66,11 @@ class CpuSeat:
     def take(self, replica: Any) -> None:
         self.replica = replica
         self.machine.seats.append(self)
+        if hasattr(replica, "cpu_seat"):  # an LLM replica reports its arrivals (their gateway and client CPU)
+            replica.cpu_seat = self
+
+    def arrival(self, now: float) -> None:
+        self.machine.arrival(now)
 
     def factor(self) -> float:
         return self.machine.factor(self)

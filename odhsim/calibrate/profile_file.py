@@ -123,7 +123,8 @@ class CpuShare(_Frozen):
     (`stream_cpu_per_token_s`, CPU seconds per token, measured from the probes: odhsim.calibrate.overheads), so a
     replica decoding a batch of b at step time t adds b x stream_cpu_per_token_s / t cores of demand; and other
     work on the machine takes `others_cores` (0 unless a run knows it: `odhsim fidelity` sets what it measured
-    while the live run was served). `request_cpu_s` (CPU seconds per request) is recorded, not simulated."""
+    while the live run was served); each request adds `request_cpu_s` (CPU seconds per request) spread over the
+    second after it arrives (odhsim.calibrate.cpu_model)."""
 
     cores: Annotated[int, Field(ge=1)]
     slowdown_per_extra_busy: NonNeg = 0.0

@@ -72,6 +72,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
     step_log: StepLog | None = None  # outputs.steps: a row per engine step (odhsim.sim.steps_hook); None: off
     step_src = 0
     step_preemptions_seen = 0
+    cpu_seat = None  # a calibrated profile's place on a shared machine (odhsim.calibrate.cpu_model); None: off
 
     def __init__(
         self,
@@ -219,6 +220,8 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         self._before_change()
         self.in_flight += 1
         req.replica = self.index
+        if self.cpu_seat is not None:  # the gateway's and the client's CPU for this request, on the machine
+            self.cpu_seat.arrival(self.env._now)
         limit = self.max_model_len
         if limit is not None and req.prompt_tokens + req.output_tokens > limit:
             self.in_flight -= 1
