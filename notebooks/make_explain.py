@@ -179,10 +179,11 @@ cells = [
     ),
     code(
         """
+        from odhsim.explain.life import request_life
+
         base = regrets[regrets["variant"] == "llm-d"]
         worst = base.loc[base["regret_s"].idxmax()]
         res = ab.results[("llm-d", int(worst["seed"]))]
-        from odhsim.explain.life import request_life
 
         life = request_life(
             {"requests": res.requests, "decisions": res.decisions, "summary": res.summary},
