@@ -74,6 +74,17 @@ def test_every_scorer_scores_in_unit_interval(endpoints, history) -> None:
                 scorer.on_complete(float(t), request, healthy[t % len(healthy)].name, 0.1, True)
 
 
+# Pickers whose parameters have no defaults (a latency model's coefficients come from a profile): typical values.
+PICKER_PARAMS = {
+    "latency-estimate-picker": {
+        "prefill_base_s": 0.01,
+        "prefill_per_token_s": 1e-4,
+        "decode_base_s": 0.008,
+        "decode_per_seq_s": 2e-4,
+    },
+}
+
+
 @settings(max_examples=150, deadline=None)
 @given(
     endpoints=endpoints_st,
@@ -88,7 +99,8 @@ def test_every_filter_keeps_a_subset_and_every_picker_picks_a_candidate(
     g = np.random.default_rng(seed)
     flt = REGISTRY.build("filter", filter_name, {}, g)
     prefix = REGISTRY.build("scorer", "prefix-cache-scorer", {}, g)
-    profile = SchedulerProfile([flt], [(prefix, 1.0)], REGISTRY.build("picker", picker_name, {}, g))
+    picker = REGISTRY.build("picker", picker_name, PICKER_PARAMS.get(picker_name, {}), g)
+    profile = SchedulerProfile([flt], [(prefix, 1.0)], picker)
     healthy = [e for e in endpoints if e.healthy]
     names = {e.name for e in healthy}
     for t, (request, complete) in enumerate(history):
