@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.markup import escape
 
 from odhsim.errors import OdhsimError
@@ -19,15 +18,37 @@ PIPED_WIDTH = 1000
 """Console width when output is not a terminal (and $COLUMNS is unset): wide enough that no table is cut."""
 
 
+def _piped(stream: Any) -> bool:
+    try:
+        return not stream.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return True
+
+
+class _SizedAtPrint(Console):
+    """A console that takes its width when it prints, not when it is made: the commands' consoles are module-level,
+    so one made while another command (or test runner) had other $COLUMNS or another stdout would keep that width.
+    $COLUMNS wins; piped output gets PIPED_WIDTH; a terminal its own width."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        columns = os.environ.get("COLUMNS", "")
+        if columns.isdigit():
+            return ConsoleDimensions(int(columns), dims.height)
+        if _piped(self.file):
+            return ConsoleDimensions(PIPED_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
 def make_console(*, stderr: bool = False) -> Console:
     """A rich console; piped output gets PIPED_WIDTH columns instead of rich's 80, so tables and paths stay whole."""
-    stream = sys.stderr if stderr else sys.stdout
-    try:
-        piped = not stream.isatty()
-    except (AttributeError, ValueError):  # a closed or replaced stream
-        piped = True
-    wide = piped and "COLUMNS" not in os.environ
-    return Console(stderr=stderr, width=PIPED_WIDTH if wide else None)
+    environ = {k: v for k, v in os.environ.items() if k != "COLUMNS"}  # read at each print instead (size)
+    return _SizedAtPrint(stderr=stderr, _environ=environ)
 
 
 class OutPathError(OdhsimError):

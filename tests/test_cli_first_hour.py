@@ -240,6 +240,20 @@ def test_piped_tables_are_not_cut_at_80_columns() -> None:
     assert max(len(line) for line in out.splitlines()) > 80
 
 
+def test_a_console_takes_its_width_when_it_prints_not_when_it_is_made(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commands' consoles are module-level: one made under another command's $COLUMNS must not keep it
+    (under pytest-xdist an explain table was cut at 80 columns because of the test that imported it first)."""
+    from odhsim.cli_support import PIPED_WIDTH, make_console
+
+    monkeypatch.setenv("COLUMNS", "60")
+    console = make_console()
+    assert console.width == 60
+    monkeypatch.setenv("COLUMNS", "200")
+    assert console.width == 200
+    monkeypatch.delenv("COLUMNS")
+    assert console.width == PIPED_WIDTH  # pytest's stdout is not a terminal
+
+
 # --- reports as JSON -----------------------------------------------------------------------------------------------
 
 
