@@ -7,18 +7,9 @@ numbers it measured.
 """
 
 from pathlib import Path
-from textwrap import dedent
 
 import nbformat as nbf
-
-
-def md(text: str) -> nbf.NotebookNode:
-    return nbf.v4.new_markdown_cell(dedent(text).strip())
-
-
-def code(text: str) -> nbf.NotebookNode:
-    return nbf.v4.new_code_cell(dedent(text).strip())
-
+from nbcells import code, md
 
 cells = [
     md(
