@@ -310,7 +310,7 @@ async def run_replay(
                     if kinds.get(model) == "llm":
                         body = {
                             "model": model,
-                            "prompt": synth_prompt(i, prompt_tokens),
+                            "prompt": synth_prompt(i, prompt_tokens, opts.prompt_tag),
                             "max_tokens": output_tokens,
                             "stream": True,
                             "ignore_eos": True,

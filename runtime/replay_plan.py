@@ -37,7 +37,9 @@ class ReplayOptions:
     """speed: arrivals at `speed` x the trace's rate; limit / max_duration_s: stop sending after that many requests
     or that many (replay) seconds; concurrency: most requests outstanding (and connections); request_timeout_s:
     per request; straggler_timeout_s: the most the replay waits after its last send; model: where a trace file's
-    requests go (default: the target's first model)."""
+    requests go (default: the target's first model); prompt_tag: written before each prompt's row number, so two
+    replays with different tags share no prompt prefix (a gateway's prefix-cache index remembers earlier replays'
+    prompts, which are otherwise the same text row by row)."""
 
     speed: float = 1.0
     limit: int | None = DEFAULT_LIMIT
@@ -49,8 +51,12 @@ class ReplayOptions:
     straggler_timeout_s: float = 60.0
     model: str | None = None
     temperature: float = 1.0
+    prompt_tag: str = ""
 
     def __post_init__(self) -> None:
+        tag = self.prompt_tag
+        if len(tag) > 16 or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in tag):
+            raise ReplayError(f"prompt_tag: at most 16 ASCII letters, digits, '-', '_' or '.', got {tag[:40]!r}")
         if not self.speed > 0:
             raise ReplayError(f"--speed must be > 0, got {self.speed}")
         if self.limit is not None and self.limit < 1:
@@ -156,8 +162,10 @@ def load_plan(source: str | Path | Scenario, opts: ReplayOptions) -> ReplayPlan:
     )
 
 
-def synth_prompt(row: int, tokens: int) -> str:
-    """A deterministic ASCII prompt of exactly `tokens` tokens (BOS + tokens-1 bytes), unique per row."""
+def synth_prompt(row: int, tokens: int, tag: str = "") -> str:
+    """A deterministic ASCII prompt of exactly `tokens` tokens (BOS + tokens-1 bytes), unique per row (and per
+    `tag`: tag and row open the prompt, so another tag changes its first block and, ids being chained, every block)."""
     n = max(1, tokens - 1)
-    text = f"[{row}] " + FILLER * (n // len(FILLER) + 1)
+    text = f"[{tag}:{row}] " if tag else f"[{row}] "
+    text += FILLER * (n // len(FILLER) + 1)
     return text[:n]

@@ -4,6 +4,7 @@ and imports it only inside functions."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -71,11 +72,20 @@ class LiveServer:
         self.proc.stop()
 
 
+def replay_tag(out: Path) -> str:
+    """The prompt tag of the replay written to `out` (runtime.replay_plan.synth_prompt): one serve takes several
+    replays (capacity probes, loads, the noise run) whose prompts would otherwise be the same text row by row, and
+    the gateway's prefix-cache scorer, remembering which replica served each earlier one, would send every request
+    where its twin went (herding the simulation, which starts with an empty index, never sees)."""
+    return hashlib.blake2b(str(out.resolve()).encode(), digest_size=3).hexdigest()
+
+
 def run_live(
     fid: Scenario, server: LiveServer, out: Path, settings: FidelitySettings, hooks: Hooks
 ) -> tuple[RunTables, float]:
-    """Replay the fidelity scenario's requests against `server`; (the live tables, replay clock zero in epoch s).
-    Writes requests.parquet and summary.json to `out` (replicas and events are added when serve stops)."""
+    """Replay the fidelity scenario's requests against `server`, prompts tagged by `out` (replay_tag); (the live
+    tables, replay clock zero in epoch s). Writes requests.parquet and summary.json to `out` (replicas and events
+    are added when serve stops)."""
     from runtime.replay import replay_async
 
     first: list[float] = []
@@ -91,6 +101,7 @@ def run_live(
         lambda: replay_async(
             fid, server.url, limit=None, max_duration_s=None, env=env, progress=progress,
             straggler_timeout_s=settings.straggler_timeout_s, request_timeout_s=settings.duration_s + 60.0,
+            prompt_tag=replay_tag(out),
         )
     )  # fmt: skip
     first_arrival = float(result.requests["arrival_s"].min()) if len(result.requests) else 0.0
