@@ -58,7 +58,17 @@ class SchedulerProfile:
     0), so a misbehaving scorer cannot dominate the total; total(e) = sum_i weight_i * score_i(e).
     """
 
-    __slots__ = ("_complete", "_dispatch", "_pick_reason", "_prefix", "_scorer_meta", "filters", "picker", "scorers")
+    __slots__ = (
+        "_complete",
+        "_decisions",
+        "_dispatch",
+        "_pick_reason",
+        "_prefix",
+        "_scorer_meta",
+        "filters",
+        "picker",
+        "scorers",
+    )
 
     def __init__(
         self,
@@ -89,6 +99,9 @@ class SchedulerProfile:
         self._dispatch = tuple(p.on_dispatch for p in ordered if hasattr(p, "on_dispatch"))
         self._complete = tuple(p.on_complete for p in plugins if hasattr(p, "on_complete"))
         self._pick_reason = f"picked by {plugin_name(picker)}"
+        # A pick's decision depends only on the endpoint's name (the reason is the profile's): one frozen object per
+        # endpoint, shared by every pick of it, saves a dataclass __init__ per request.
+        self._decisions: dict[str, RoutingDecision] = {}
         self._scorer_meta = tuple((plugin_name(s), w) for s, w in self.scorers)  # explain_pick's (scorer, weight)
 
     def pick(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> RoutingDecision:
@@ -96,8 +109,11 @@ class SchedulerProfile:
         if isinstance(candidates, str):
             return RoutingDecision(None, candidates)
         totals = self._weighted_totals(now, request, candidates)
-        index = self.picker.pick(now, request, candidates, totals)
-        return RoutingDecision(candidates[index].name, self._pick_reason)
+        name = candidates[self.picker.pick(now, request, candidates, totals)].name
+        decision = self._decisions.get(name)
+        if decision is None:
+            decision = self._decisions[name] = RoutingDecision(name, self._pick_reason)
+        return decision
 
     def explain_pick(
         self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]
