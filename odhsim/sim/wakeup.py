@@ -4,7 +4,7 @@
 the append for every engine step, decode span and arrival, a few percent of a trace replay's CPU. `wake` pushes the
 very entry `Environment.schedule` would push, `(now + delay, NORMAL, next eid, event)`, so events fire in the same
 order as the Timeouts they replace and results do not change. The event carries what `Environment.step` reads
-(`callbacks`, `_ok`, `_value`) and the `value` handlers read; nothing can wait on it (no process yields it).
+(`callbacks`, `_ok`) and the `value` handlers read; nothing can wait on it (no process yields it).
 Written against simpy 4.1.2 (pinned): Environment keeps `_queue`, `_eid` and `_now`.
 """
 
@@ -19,18 +19,23 @@ from simpy.core import NORMAL
 
 
 class Wakeup:
-    """A triggered event with one callback (what `Environment.step` needs of an event)."""
+    """A triggered event with one callback (what `Environment.step` needs of an event).
 
-    __slots__ = ("_ok", "_value", "callbacks", "value")
+    Built by `wake` without an __init__ call (object.__new__ and two slot stores): `_ok` is a class attribute (a
+    wake-up never fails), `callbacks` a one-element tuple (step only iterates it), `value` what the handler reads."""
 
-    def __init__(self, callback: Callable[[Any], None], value: object) -> None:
-        self.callbacks: list[Callable[[Any], None]] | None = [callback]
-        self._ok = True
-        self._value = self.value = value
+    __slots__ = ("callbacks", "value")
+    _ok = True
+
+
+_new = object.__new__
 
 
 def wake(env: simpy.Environment, delay: float, callback: Callable[[Any], None], value: object = None) -> None:
     """Call `callback(event)` `delay` seconds from now, `event.value` being `value` (env.timeout's order)."""
     if delay < 0:
         raise ValueError(f"negative delay {delay}")
-    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), Wakeup(callback, value)))  # type: ignore[attr-defined]
+    event = _new(Wakeup)
+    event.callbacks = (callback,)
+    event.value = value
+    heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), event))  # type: ignore[attr-defined]
