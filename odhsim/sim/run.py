@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from heapq import heappop
 from typing import Any
 
 import pandas as pd
@@ -36,6 +37,26 @@ PROGRESS_WALL_S = (0.1, 0.4)
 """Each progress chunk aims at this much wall time: the bar moves whatever the horizon (1e9 s included)."""
 
 
+def _run_until(env: simpy.Environment, until: simpy.Event) -> None:
+    """`env.run(until=until)` with `Environment.step`'s body inlined (simpy 4.1.2, pinned): the same events in the
+    same order, without a method call per event."""
+    queue = env._queue  # type: ignore[attr-defined]
+    while until.callbacks is not None:  # None once the event has been processed
+        try:
+            env._now, _, _, event = heappop(queue)  # type: ignore[attr-defined]
+        except IndexError:
+            raise RuntimeError(f'No scheduled events left but "until" event was not triggered: {until}') from None
+        callbacks, event.callbacks = event.callbacks, None
+        for callback in callbacks:
+            callback(event)
+        if not event._ok and not hasattr(event, "_defused"):
+            if event is until:  # what env.run raises when its `until` failed
+                raise event._value
+            exc = type(event._value)(*event._value.args)  # Environment.step: a copy, caused by the original
+            exc.__cause__ = event._value
+            raise exc
+
+
 def _run_in_chunks(
     env: simpy.Environment,
     done: simpy.Event,
@@ -47,7 +68,7 @@ def _run_in_chunks(
     """Run until `done` fires or `stop`; with `report`, in chunks of simulated time sized so that one takes
     PROGRESS_WALL_S of wall time (doubling or halving the step), reporting after each."""
     if report is None:
-        env.run(until=done if math.isinf(stop) else done | env.timeout(stop))
+        _run_until(env, done if math.isinf(stop) else done | env.timeout(stop))
         return
     low, high = PROGRESS_WALL_S
     while not stopped() and env.now < stop:
