@@ -133,15 +133,23 @@ class Upstream:
         on_scraped: Callable[[Upstream], None],
         stale: Container[str] = (),
     ) -> None:
-        """Scrape every `interval_s` until cancelled; `on_scraped` runs after each refresh (the dispatch gate may
-        open when the numbers change). While the model is in `stale` (a stale_metrics fault) the scrapes are lost:
-        the router keeps seeing the last numbers, aging."""
+        """Scrape on a fixed grid of `interval_s` (event-loop time) until cancelled, as llm-d's ticker does and as
+        the simulator's view ages: a scrape's round trip does not stretch the period, and one that overran its tick
+        is followed by the next tick on the grid, not at once. `on_scraped` runs after each refresh (the dispatch
+        gate may open when the numbers change). While the model is in `stale` (a stale_metrics fault) the scrapes
+        are lost: the router keeps seeing the last numbers, aging."""
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         while True:
             if self.model in stale:
                 self.scrape_errors += 1
             elif await self.scrape(client, clock):
                 on_scraped(self)
-            await asyncio.sleep(interval_s)
+            due += interval_s
+            late = loop.time() - due
+            if late > 0.0:
+                due += math.ceil(late / interval_s) * interval_s
+            await asyncio.sleep(due - loop.time())
 
     async def stop(self) -> None:
         task, self.task = self.task, None
