@@ -74,8 +74,9 @@ class ChunkedPrefill:
         wake(self.env, duration, self._on_chunked_step_end)
 
     def _chunk_cap(self: LlmReplica, left: int, budget: int) -> int:
-        chunk = min(left, budget)
-        return min(chunk, self._threshold) if self._threshold else chunk
+        chunk = left if left < budget else budget  # (conditionals, not min(): a builtin call with two arguments
+        threshold = self._threshold  # parses them as a tuple, several times the cost of a comparison)
+        return threshold if threshold and threshold < chunk else chunk
 
     def _plan_chunks(self: LlmReplica, preempted: bool) -> tuple[list[tuple[SimRequest, int]], int, int, int, bool]:
         """(request, prompt tokens this step) pairs, their total, the attention term sum(chunk x context), the

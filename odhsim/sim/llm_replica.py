@@ -174,7 +174,9 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         else:
             root = math.sqrt(b2 + a4 * elapsed)
             k_real = 2.0 * elapsed / (b + root) if b > 0.0 else (root - b) / (2.0 * a)
-        k = max(0, math.floor(k_real))
+        k = math.floor(k_real)
+        if k < 0:  # (max(0, k) without the builtin call: min / max parse their arguments, a comparison does not)
+            k = 0
         while (k + 1) * first + c * ((k + 1) * k / 2) <= elapsed:
             k += 1
         while k > 0 and k * first + c * (k * (k - 1) / 2) > elapsed:
@@ -194,8 +196,9 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
             if now >= self._span_end:  # its end is due: every step's blocks (what the general case gives then)
                 used += self._span_blocks - self._taken
             else:
-                done = self._steps_done(now - self._span[0])
-                used += self.batch.new_blocks(min(done + 1, self._span[3])) - self._taken
+                steps = self._steps_done(now - self._span[0]) + 1  # the step in flight has its blocks
+                k = self._span[3]
+                used += self.batch.new_blocks(steps if steps < k else k) - self._taken
         return used / total
 
     def abort_all(self) -> list[SimRequest]:
@@ -250,7 +253,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         end = start + (k * self._span_first + self._span_growth_s * (k * (k - 1) / 2))
         self._span = (start, batch, context, k)
         self._span_blocks = self.batch.new_blocks(k)
-        delay = max(0.0, end - now)
+        delay = end - now if end > now else 0.0  # (a conditional, not max(): this runs per arrival mid-span)
         self._span_end = now + delay  # as simpy times the event
         wake(self.env, delay, self._on_span_end, self._token)
 
@@ -303,7 +306,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         them at allocation, before they are computed)."""
         held.tokens = tokens
         if self.pool.caching:
-            full = min(tokens, req.prompt_tokens) // self.bs
+            full = (tokens if tokens < req.prompt_tokens else req.prompt_tokens) // self.bs
             if full > held.hashed:
                 if held.hashed < len(held.keys):  # else the slice below is empty: nothing to register
                     mine = self.pool.register(held.keys[held.hashed : min(full, len(held.keys))])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from math import floor
 
 import simpy
 
@@ -67,7 +68,7 @@ class ReplicaBase:
         """Call before any change to waiting/running/kv: keeps the metrics of the current scrape tick."""
         if self.parent is not None:  # the pipeline replica publishes sums over its engines: it keeps them first
             self.parent._before_change()
-        tick = int(self.env._now / self.scrape_interval_s)
+        tick = floor(self.env._now / self.scrape_interval_s)  # (int() for a clock >= 0, without a type call)
         if tick != self._published_tick:
             self._published = None
             self._published_values = (self.waiting(), self.running(), self.kv_usage())
@@ -79,7 +80,7 @@ class ReplicaBase:
         Hot: called once per candidate replica per dispatch. The state built for a tick is kept until the next
         change or tick, so most calls are one division and one comparison (env._now: simpy's clock without the
         property call)."""
-        tick = int(self.env._now / self.scrape_interval_s)
+        tick = floor(self.env._now / self.scrape_interval_s)  # (int() for a clock >= 0, without a type call)
         if tick == self._published_tick:
             state = self._published
             if state is not None:

@@ -201,9 +201,10 @@ class SchedulerProfile:
             scores = scorer.score(now, request, candidates)
             if len(scores) != n:
                 raise RuntimeError(f"scorer '{plugin_name(scorer)}' returned {len(scores)} scores for {n} endpoints")
+            # zip without strict: the lengths were just checked, and any keyword makes zip() a slow call
             totals = [
                 t + weight * (v if 0.0 <= v <= 1.0 else (1.0 if v > 1.0 else 0.0))
-                for t, v in zip(totals, scores, strict=True)
+                for t, v in zip(totals, scores)  # noqa: B905
             ]
         return totals
 
