@@ -83,7 +83,7 @@ class ArrivalFeeder:
         wake(self.env, delay if delay > 0 else 0.0, self._on_arrival)
 
     def _on_arrival(self, _event: simpy.Event) -> None:
-        now = self.env.now
+        now = self.env._now  # (simpy's clock without the `now` property call)
         while True:
             i = self._i
             t = self._arrival[i]

@@ -208,8 +208,9 @@ class Gateway:
         self.in_flight += 1
         self.arrivals[req.model] += 1
         tenant = self.tenant_names[req.tenant] if self.tenant_names else ""
+        # every argument by position (session, output_tokens, adapter, ref): keywords cost a dict per request
         t = Ticket(req.row, req.model, req.priority, tenant, req.arrival_s, req.prompt_tokens, req.blocks,
-                   session=req.session, output_tokens=req.output_tokens, ref=req)  # fmt: skip
+                   req.session, req.output_tokens, None, req)  # fmt: skip
         req.ticket = t  # on the request rather than in a dict by row: one attribute store per request
         now = self.env._now
         actions = self.core.arrive(now, t)

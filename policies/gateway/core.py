@@ -59,11 +59,11 @@ from policies.gateway.types import (
     Action,
     Activate,
     CacheWait,
-    Dispatch,
-    Respond,
     ScrapedEndpoint,
     Ticket,
     WakeAt,
+    new_dispatch,
+    new_respond,
 )
 from policies.resilience.breaker import HALF_OPEN
 from policies.routing.types import RouteRequest, new_route_request
@@ -481,7 +481,7 @@ class GatewayCore(Retrying):
         t.attempt += 1
         if t.probes is not None and route.primary in t.probes:
             t.probes.remove(route.primary)  # it reached its model: the attempt's result is the probe's
-        out.append(Dispatch(t, name, t.attempt, route.name, route.model != t.model))
+        out.append(new_dispatch(t, name, t.attempt, route.name, route.model != t.model))
         return True
 
     # -- ends -------------------------------------------------------------------------------------------------------
@@ -505,7 +505,7 @@ class GatewayCore(Retrying):
                 if model.breaker is not None:
                     model.breaker.record(now, False)
             t.probes = None
-        out.append(Respond(t, status, reason, detail))
+        out.append(new_respond(t, status, reason, detail))
 
 
 _NO_BLOCKS = RouteRequest(0, "", 0).block_ids
