@@ -43,7 +43,7 @@ from odhsim.sim.llm_chunked import DECODE, IDLE, PREFILL, ChunkedPrefill
 from odhsim.sim.prefix_cache import BlockPool, block_keys
 from odhsim.sim.replica_base import FinishCallback, ReplicaBase
 from odhsim.sim.request import STATUS_FAILED, STATUS_OK, SimRequest
-from odhsim.sim.wakeup import wake
+from odhsim.sim.wakeup import Wakeup, wake
 
 V0_WATERMARK = 0.01  # vLLM V0 BlockSpaceManager's default watermark (V1 has none)
 _NO_BLOCKS = np.zeros(0, dtype=np.int64)
@@ -117,6 +117,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         self._span_growth = 0  # blocks the span in flight allocates after its first step (0: usage is flat)
         self._span_blocks = 0  # new_blocks(steps) of the span in flight (the batch cannot change until it ends)
         self._span_end = 0.0  # when the span in flight ends (its end event's time)
+        self._span_event: Wakeup | None = None  # that end event (a shortened span cancels it)
         self._held: dict[int, _Held] = {}
         self.prefix_block_tokens = prefix_block_tokens
         self._offload_s_per_token = 0.0
@@ -255,7 +256,9 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         self._span_blocks = self.batch.new_blocks(k)
         delay = end - now if end > now else 0.0  # (a conditional, not max(): this runs per arrival mid-span)
         self._span_end = now + delay  # as simpy times the event
-        wake(self.env, delay, self._on_span_end, self._token)
+        if self._span_event is not None:  # the original end: fired empty, not as a call that finds a stale token
+            self._span_event.callbacks = ()
+        self._span_event = wake(self.env, delay, self._on_span_end, self._token)
 
     # -- KV blocks ------------------------------------------------------------------------------------------
     def _keys(self, req: SimRequest) -> list[int]:
@@ -459,7 +462,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
         # latency.decode_span_s(batch, context, limit), its float operations on the terms just computed
         delay = limit * first + growth_s * (limit * (limit - 1) / 2)
         self._span_end = self._span[0] + delay  # as simpy times the event
-        wake(self.env, delay, self._on_span_end, self._token)
+        self._span_event = wake(self.env, delay, self._on_span_end, self._token)
 
     def _on_span_end(self, event: simpy.Event) -> None:
         if event.value != self._token:

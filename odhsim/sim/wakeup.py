@@ -31,11 +31,13 @@ class Wakeup:
 _new = object.__new__
 
 
-def wake(env: simpy.Environment, delay: float, callback: Callable[[Any], None], value: object = None) -> None:
-    """Call `callback(event)` `delay` seconds from now, `event.value` being `value` (env.timeout's order)."""
+def wake(env: simpy.Environment, delay: float, callback: Callable[[Any], None], value: object = None) -> Wakeup:
+    """Call `callback(event)` `delay` seconds from now, `event.value` being `value` (env.timeout's order). The
+    event is returned: setting its `callbacks` to () cancels the call (the entry stays queued, and fires empty)."""
     if delay < 0:
         raise ValueError(f"negative delay {delay}")
     event = _new(Wakeup)
     event.callbacks = (callback,)
     event.value = value
     heappush(env._queue, (env._now + delay, NORMAL, next(env._eid), event))  # type: ignore[attr-defined]
+    return event
