@@ -69,6 +69,16 @@ class LinkFault:
         return self.latency_s + (float(self.rng.uniform(0.0, self.jitter_s)) if self.jitter_s > 0.0 else 0.0)
 
 
+def next_tick(due: float, now: float, interval_s: float) -> float:
+    """The scrape tick after `due` on its grid of `interval_s`: the next one, or, when the scrape that started at
+    `due` overran it, the first tick not yet past (ticks are dropped, never run back to back)."""
+    due += interval_s
+    late = now - due
+    if late > 0.0:
+        due += math.ceil(late / interval_s) * interval_s
+    return due
+
+
 class Upstream:
     """One replica of one model behind the gateway."""
 
@@ -145,10 +155,7 @@ class Upstream:
                 self.scrape_errors += 1
             elif await self.scrape(client, clock):
                 on_scraped(self)
-            due += interval_s
-            late = loop.time() - due
-            if late > 0.0:
-                due += math.ceil(late / interval_s) * interval_s
+            due = next_tick(due, loop.time(), interval_s)
             await asyncio.sleep(due - loop.time())
 
     async def stop(self) -> None:

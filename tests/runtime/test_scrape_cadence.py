@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from runtime.gateway.upstream import Upstream
+from runtime.gateway.upstream import Upstream, next_tick
 
 METRICS = 'vllm:num_requests_waiting{model_name="chat"} 0\nvllm:num_requests_running{model_name="chat"} 1\n'
 
@@ -44,14 +44,21 @@ def _scrape_times(interval_s: float, scrape_s: float, run_s: float) -> np.ndarra
 def test_a_slow_scrape_does_not_stretch_the_scrape_period() -> None:
     landed = _scrape_times(0.1, 0.04, 1.23)
     gaps = np.diff(landed)
-    assert len(landed) >= 11  # on the grid: 12 ticks in 1.23 s (a sleep after each 40 ms scrape gave 9)
-    assert float(np.median(gaps)) == pytest.approx(0.1, abs=0.012)
+    # On the grid: 12 ticks in 1.23 s (a sleep after each 40 ms scrape gave 9); one tick may be dropped when a
+    # loaded machine delays the loop past it.
+    assert len(landed) >= 11
+    assert float(np.median(gaps)) == pytest.approx(0.1, abs=0.02)
 
 
-@pytest.mark.timeout(30)
-def test_a_scrape_longer_than_the_interval_skips_to_the_next_tick() -> None:
-    landed = _scrape_times(0.1, 0.15, 1.05)
-    gaps = np.diff(landed)
-    # Ticks 0, 0.2, 0.4, ...: each scrape starts on a tick (never back to back after an overrun), lands 0.15 s later.
-    assert len(landed) in (5, 6)
-    assert float(gaps.min()) > 0.17 and float(np.median(gaps)) == pytest.approx(0.2, abs=0.015)
+@pytest.mark.parametrize(
+    ("due", "now", "expected"),
+    [
+        (0.0, 0.04, 0.1),  # a 40 ms scrape: the next tick, not 0.14
+        (0.0, 0.1, 0.1),  # landed exactly on the next tick: that tick, at once
+        (0.0, 0.15, 0.2),  # overran one tick: it is dropped
+        (0.0, 0.35, 0.4),  # overran three ticks: all dropped, on the grid again
+        (1.0, 1.0, 1.1),
+    ],
+)
+def test_a_scrape_longer_than_the_interval_skips_to_the_next_tick(due: float, now: float, expected: float) -> None:
+    assert next_tick(due, now, 0.1) == pytest.approx(expected, abs=1e-12)
