@@ -301,7 +301,9 @@ async def run_replay(
             model, tenant = models[int(b.model[i])], plan.tenant_names[int(b.tenant[i])]
             prompt_tokens, output_tokens = int(b.prompt_tokens[i]), int(b.output_tokens[i])
             key = keys.key(tenant, model)
-            headers = {"x-odhsim-priority": PRIORITY_CLASSES[int(b.priority[i])]}
+            # x-request-id: the row's own id (requests.parquet's request_id), which the gateway adopts, so a live
+            # run's decisions.parquet joins this table by request_id
+            headers = {"x-odhsim-priority": PRIORITY_CLASSES[int(b.priority[i])], "x-request-id": str(i)}
             if key:
                 headers["Authorization"] = f"Bearer {key}"
             try:

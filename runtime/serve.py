@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -364,10 +365,11 @@ class LiveStack:
             self._events_file.close()
             self._events_file = None
         empty = pd.DataFrame()
+        decisions = self._decisions()  # before the events: it may log one (decision_ids)
         tagged = RunResult.tag(
             scenario_name=self.scenario.name, run_id=self.run_id, seed=self.scenario.seed, summary={},
             requests=empty, replicas=self.log.states_frame(), timeseries=empty, events=self._events_frame(),
-            steps=steps, decisions=self._decisions(),
+            steps=steps, decisions=decisions,
         )  # fmt: skip
         tagged.events.to_parquet(self.out_dir / "events.parquet", index=False)
         tagged.replicas.to_parquet(self.out_dir / "replicas.parquet", index=False)
@@ -377,10 +379,15 @@ class LiveStack:
             write_decisions(tagged.decisions, self.out_dir / "decisions.parquet")
 
     def _decisions(self) -> pd.DataFrame | None:
-        """The cores' decision records (outputs.decisions), breaker and ejection transitions placed among them."""
+        """The cores' decision records (outputs.decisions), breaker and ejection transitions placed among them, with
+        the clients' request ids (`with_client_ids`; an event `decision_ids` when the ticket ids were kept)."""
         if self.recorder is None:
             return None
-        return decisions_frame(merge_in_time(self.recorder.records, self.gateway.transitions()))
+        frame = decisions_frame(merge_in_time(self.recorder.records, self.gateway.transitions()))
+        frame, note = with_client_ids(frame, self.gateway.client_ids or {})
+        if note:
+            self.log.event("decision_ids", "", "", note)
+        return frame
 
     def _events_frame(self) -> pd.DataFrame:
         """Every event in time order, the outlier detectors' ejections and returns included."""
@@ -398,6 +405,38 @@ class LiveStack:
         except (SpoolError, OSError) as err:
             self.log.event("steps_unreadable", "", "", str(err)[:300])
             return None
+
+
+def client_request_id(value: str | None) -> int | None:
+    """A client's `x-request-id` as a request number when it is one (a non-negative decimal integer written
+    plainly, as the replay sends its rows' ids); None otherwise."""
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 18 or str(int(value)) != value:
+        return None
+    return int(value)
+
+
+def with_client_ids(frame: pd.DataFrame, client_ids: dict[int, str]) -> tuple[pd.DataFrame, str]:
+    """decisions.parquet's `request_id` as the clients numbered their requests, so a replay's requests.parquet
+    joins it as a simulated run's does; (frame, "") when done. The cores record the gateway's ticket ids: those are
+    replaced only when every recorded request came with an integer `x-request-id`. Otherwise every row keeps its
+    ticket id (never a mix of the two numberings) and the note says why. A client's ids repeat when several
+    replays share one serve; their time windows tell them apart (odhsim.fidelity.live.load_decisions)."""
+    ids = frame["request_id"].to_numpy()
+    tickets = np.unique(ids[ids >= 0])
+    if len(tickets) == 0:
+        return frame, ""
+    mapped = {int(t): client_request_id(client_ids.get(int(t))) for t in tickets}
+    odd = [int(t) for t, v in mapped.items() if v is None]
+    if odd:
+        example = client_ids.get(odd[0], "none")
+        note = (
+            f"decisions.parquet keeps the gateway's ticket ids in request_id: {len(odd)} of {len(tickets)} recorded "
+            f"requests had no integer x-request-id (e.g. {example[:40]!r})"
+        )
+        return frame, note
+    out = frame.copy()
+    out["request_id"] = np.array([mapped[int(t)] if t >= 0 else -1 for t in ids], np.int64)
+    return out, ""
 
 
 def ready_table(stack: LiveStack) -> Table:

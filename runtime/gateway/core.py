@@ -116,6 +116,9 @@ class Gateway:
         self.metrics = GatewayMetrics(lambda: gauges_of(self.routes, self.clock()), self._shared_tier_in_use)
         self.loop_monitor = LoopLagMonitor(observe=self.metrics.observe_loop_lag)
         self.jobs: dict[int, Job] = {}  # requests not answered yet, by ticket id
+        self.client_ids: dict[int, str] | None = None
+        """Ticket id -> the client's request id (`x-request-id`), kept only while decisions are recorded: the
+        cores number a request by its ticket, serve writes decisions.parquet with the client's id when it can."""
         self._ids = itertools.count(1)
         self.timers = TimerHeap(clock, self._fire_due)  # the core's WakeAt
         self.scrapers = Scrapers(self.live.scrape_interval_s, clock, self._on_scraped)
@@ -251,6 +254,7 @@ class Gateway:
     def record_decisions(self, recorder: DecisionRecorder) -> None:
         """Trace the gateway core's decisions into `recorder` (outputs.decisions; serve adds the controllers')."""
         self.core.recorder = recorder
+        self.client_ids = {}
 
     def transitions(self) -> list[Transition]:
         """The breakers' state changes and the outlier detectors' ejections so far, as decision records."""
@@ -276,6 +280,8 @@ class Gateway:
         job = Job(t, request_id, model, cache_key_for)
         t.ref = job
         self.jobs[t.id] = job
+        if self.client_ids is not None:
+            self.client_ids[t.id] = request_id
         actions = self.core.arrive(now, t)
         held = self._by_core.get(t.route) if t.route is not None else None  # the revision that took it (fallback)
         if held is not None and held.concurrency is not None:  # held there until its final answer (as the sim)
