@@ -5,7 +5,9 @@ no coordinated omission), so latencies include any queueing at the client too: `
 LM requests stream `/v1/completions` (TTFT = the first SSE chunk) with a prompt synthesized to the trace's prompt
 token count (byte tokenizer: n tokens = BOS + n-1 bytes) and `max_tokens` = its output tokens with `ignore_eos`;
 fixed models get a v2 infer of a tensor shaped as their metadata says. Every request sent ends in the table as ok,
-shed, failed or timeout with its reason, or unfinished when stragglers are cut off; none is dropped.
+shed, failed or timeout with its reason, or unfinished when stragglers are cut off; none is dropped. Each request
+carries its row's id (requests.parquet's request_id) as `x-request-id`: odhsim's gateway adopts it, so the decisions
+of a live run join this table as a simulated run's do.
 
 The source (`runtime.replay_plan`) is a trace file (odhsim's loaders) or a scenario (its workload built as the
 simulator builds it, same seed, same streams), so `odhsim run X.yaml` and `odhsim replay X.yaml --target ...` see
@@ -270,8 +272,11 @@ async def run_replay(
     keys: KeyChooser,
     progress: ProgressFn | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    on_clock_zero: Callable[[float], None] | None = None,
 ) -> tuple[pd.DataFrame, float, float, dict[str, Any]]:
-    """Send every planned request on time; returns (requests frame, end_s, wall_s, extra summary fields)."""
+    """Send every planned request on time; returns (requests frame, end_s, wall_s, extra summary fields).
+    `on_clock_zero` gets the replay clock's zero as a time.monotonic() reading (to put a server's records in the
+    same process on this clock)."""
     b = plan.requests
     n = len(b)
     log = RequestLog(capacity=max(16, n))
@@ -282,6 +287,8 @@ async def run_replay(
     wall0 = time.perf_counter()
     t0 = loop.time() + 0.2
     clock = lambda: loop.time() - t0  # noqa: E731
+    if on_clock_zero is not None:  # the loop's clock may be uvloop's (cached per iteration): convert at one moment
+        on_clock_zero(t0 + (time.monotonic() - loop.time()))
     replica_names: list[str] = []
     replica_index: dict[str, int] = {}
     sem = asyncio.Semaphore(opts.concurrency)
@@ -408,18 +415,19 @@ async def replay_async(
     progress: ProgressFn | None = None,
     env: Mapping[str, str] | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    on_clock_zero: Callable[[float], None] | None = None,
     **options: Any,
 ) -> RunResult:
     """Replay `source` against `target_url` (see the module docstring); writes the results to `out_dir` if given.
 
     `options` are the other `ReplayOptions` fields (max_prompt_tokens, max_output_tokens, concurrency,
-    request_timeout_s, straggler_timeout_s, model, temperature)."""
+    request_timeout_s, straggler_timeout_s, model, temperature); `on_clock_zero`: see `run_replay`."""
     if not target_url.startswith(("http://", "https://")):
         raise ReplayError(f"--target must be an http(s) URL, got {target_url!r}")
     opts = ReplayOptions(speed=speed, limit=limit, max_duration_s=max_duration_s, **options)
     plan = load_plan(source, opts)
     keys = KeyChooser(api_key, api_keys, os.environ if env is None else env)
-    requests, end_s, wall_s, extra = await run_replay(plan, target_url, opts, keys, progress, transport)
+    requests, end_s, wall_s, extra = await run_replay(plan, target_url, opts, keys, progress, transport, on_clock_zero)
     timeseries = pd.DataFrame({c: pd.Series(dtype="float64") for c in TIMESERIES_COLUMNS})
     view: Any = plan.scenario if plan.scenario is not None else _SloView(plan.name)
     run_id = f"{plan.name}-live-seed{plan.seed}"

@@ -9,9 +9,12 @@ the workload's time (the replay's first request is due ~0.2 s after arming, its 
 
 DIR then reads like `odhsim run --out DIR`: requests.parquet and summary.json from the replay (with `attempts`,
 `availability`, `retry_amplification`), events.parquet and replicas.parquet from the stack, their times shifted to
-count from the arming (the workload's time); DIR/serve/ keeps the stack's own records (times since serve started,
-events.jsonl, serve.json, replica logs). Without API keys in the scenario or $ODHSIM_API_KEYS, one random key per
-tenant is made for the run (priority critical; each request still asks for its own class).
+count from the arming (the workload's time); with `outputs.decisions`, decisions.parquet on the replay's own clock
+(that of requests.parquet's times, read in this process: exact to the event loop's resolution), its request_id the
+replay's (runtime.serve.with_client_ids), so `odhsim explain DIR --request N` joins them. DIR/serve/ keeps the
+stack's own records (times since serve started, events.jsonl, serve.json, replica logs, decisions.parquet).
+Without API keys in the scenario or $ODHSIM_API_KEYS, one random key per tenant is made for the run (priority
+critical; each request still asks for its own class).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import Any
 
 import pandas as pd
 
+from odhsim.results.decisions import read_decisions, write_decisions
 from odhsim.results.run_result import RunResult
 from odhsim.scenario.checks import live_refusals
 from odhsim.scenario.model import Scenario
@@ -57,7 +61,8 @@ def run_keys(scenario: Scenario) -> Iterator[dict[str, str]]:
 
 
 def _shifted(frame: pd.DataFrame, origin: float) -> pd.DataFrame:
-    """`frame` with time_s counted from `origin` (the faults' arming)."""
+    """`frame` with time_s counted from `origin` (serve's clock reading of the faults' arming, or of the replay's
+    zero)."""
     out = frame.copy()
     out["time_s"] = out["time_s"] - origin
     return out
@@ -84,14 +89,23 @@ async def serve_and_replay(
             await stack.wait_deployed(DEPLOY_TIMEOUT_S)
             stack.arm_faults()
             origin = stack.clock() if stack.faults is None else stack.faults.origin
-            result = await replay_async(source, stack.url, out_dir=out, progress=progress, env=env, **replay_options)
+            zero: list[float] = []  # the replay clock's zero, a time.monotonic() reading
+            result = await replay_async(
+                source, stack.url, out_dir=out, progress=progress, env=env, on_clock_zero=zero.append,
+                **replay_options,
+            )  # fmt: skip
         finally:
             await stack.stop()
     events = _shifted(pd.read_parquet(out / "serve" / "events.parquet"), origin)
     replicas = _shifted(pd.read_parquet(out / "serve" / "replicas.parquet"), origin)
     events.to_parquet(out / "events.parquet", index=False)
     replicas.to_parquet(out / "replicas.parquet", index=False)
-    return dataclasses.replace(result, events=events, replicas=replicas)
+    decisions = None
+    if (out / "serve" / "decisions.parquet").exists():
+        replay_zero = zero[0] - stack.t0 if zero else origin  # on serve's clock
+        decisions = _shifted(read_decisions(out / "serve" / "decisions.parquet"), replay_zero)
+        write_decisions(decisions, out / "decisions.parquet")
+    return dataclasses.replace(result, events=events, replicas=replicas, decisions=decisions)
 
 
 def serve_replay(scenario: Scenario, source: str | Path, out_dir: str | Path, **kw: Any) -> RunResult:
