@@ -454,7 +454,9 @@ class GatewayCore(Retrying):
         if t.exclude:
             preferred = [s for s in slots if s.name not in t.exclude]
             slots = preferred or slots
-        states = [s.source.scraped_state() for s in slots]
+        states = []  # (a loop, not a comprehension: for a handful of replicas, building one costs more than this)
+        for s in slots:
+            states.append(s.source.scraped_state())
         outlier = route.primary.outlier
         if outlier is not None:
             ejected = outlier.ejected(now)

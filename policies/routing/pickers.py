@@ -41,7 +41,10 @@ class MaxScorePicker(Plugin):
         self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState], totals: Sequence[float]
     ) -> int:
         floor = max(totals) - TIE_EPS
-        ties = [i for i, v in enumerate(totals) if v >= floor]
+        ties = []  # (a loop over indices: cheaper than a comprehension over enumerate() for a handful of totals)
+        for i in range(len(totals)):
+            if totals[i] >= floor:
+                ties.append(i)
         if len(ties) == 1:
             return ties[0]
         return ties[int(self.rng.integers(len(ties)))]
