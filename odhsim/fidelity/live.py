@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pandas as pd
 
 from odhsim.fidelity.compare import FidelityError, RunTables
@@ -120,6 +121,33 @@ def _run_async(make: Callable[[], Coroutine[Any, Any, T]]) -> T:
         return asyncio.run(make())
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(lambda: asyncio.run(make())).result()
+
+
+WINDOW_SLACK_S = 1.0
+"""How far before a load's first arrival and after its last answer its decisions are looked for (loads on one
+serve are PAUSE_BETWEEN_LOADS_S = 2 s apart; the clocks agree to a few ms)."""
+
+
+def live_decisions(serve_out: Path, shift_s: float, requests: pd.DataFrame) -> pd.DataFrame | None:
+    """The decisions (serve's decisions.parquet, `outputs.decisions`) of the replay that wrote `requests`, times
+    moved onto its clock (minus `shift_s`): those of its time window, from its first arrival to its last answer
+    (one serve takes several replays, each numbering its requests from 0), and of its requests or none (scale
+    decisions, transitions). None when serve recorded no decisions."""
+    from odhsim.results.decisions import read_decisions
+
+    path = serve_out / "decisions.parquet"
+    if not path.is_file():
+        return None
+    frame = read_decisions(path)
+    frame = frame.assign(time_s=frame["time_s"] - shift_s)
+    if requests.empty:
+        return frame.iloc[:0]
+    times = requests[[c for c in ("arrival_s", "start_s", "finish_s") if c in requests.columns]].to_numpy(float)
+    start, end = float(np.nanmin(times)) - WINDOW_SLACK_S, float(np.nanmax(times)) + WINDOW_SLACK_S
+    ids = requests["request_id"].to_numpy()
+    rid = frame["request_id"]
+    mine = (frame["time_s"] >= start) & (frame["time_s"] <= end) & ((rid < 0) | rid.isin(ids))
+    return frame[mine].reset_index(drop=True)
 
 
 def live_records(serve_out: Path, shift_s: float) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:

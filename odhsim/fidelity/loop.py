@@ -28,7 +28,7 @@ import pandas as pd
 
 from odhsim.fidelity.capacity import PAUSE_BETWEEN_LOADS_S, measure_capacity
 from odhsim.fidelity.compare import RunTables, compare_runs, load_run
-from odhsim.fidelity.live import LiveServer, live_records, run_live
+from odhsim.fidelity.live import LiveServer, live_decisions, live_records, run_live
 from odhsim.fidelity.machine import CpuMeter
 from odhsim.fidelity.plots import plot_fidelity
 from odhsim.fidelity.report import write_csv
@@ -41,6 +41,7 @@ from odhsim.fidelity.settings import (
     needs_fresh_serve,
 )
 from odhsim.fidelity.workloads import Requests, at_rate, repeated
+from odhsim.results.decisions import write_decisions
 from odhsim.scenario.model import Scenario
 
 __all__ = ["FidelitySettings", "Hooks", "LiveRun", "LiveServer", "base_requests", "check_live", "finish_live",
@@ -147,13 +148,17 @@ def _serve(scenario_path: Path, scenario: Scenario, out: Path, settings: Fidelit
 
 
 def finish_live(run: LiveRun) -> tuple[RunTables, pd.DataFrame, pd.DataFrame]:
-    """After its serve stopped: add serve's replica, event and step records of this load to its live folder;
-    (the live tables, serve's replica transitions and events on the replay's clock)."""
+    """After its serve stopped: add serve's replica, event and step records of this load to its live folder, and
+    the decisions of its own replay (outputs.decisions: `odhsim explain OUT/<load>/live --request N`); (the live
+    tables, serve's replica transitions and events on the replay's clock)."""
     live_dir = run.folder / "live"
     replicas, events, steps = live_records(run.serve_out, run.replay_zero - run.serve_zero)
     replicas.to_parquet(live_dir / "replicas.parquet", index=False)
     events.to_parquet(live_dir / "events.parquet", index=False)
     live_tables = load_run(live_dir, "live")
+    decisions = live_decisions(run.serve_out, run.replay_zero - run.serve_zero, live_tables.requests)
+    if decisions is not None:
+        write_decisions(decisions, live_dir / "decisions.parquet")
     if not steps.empty:  # the engine steps of this load's window (a shared serve logged every load's)
         end = float(live_tables.requests["finish_s"].max()) if len(live_tables.requests) else 0.0
         steps[(steps["time_s"] >= -1.0) & (steps["time_s"] <= end)].to_parquet(live_dir / "steps.parquet", index=False)
