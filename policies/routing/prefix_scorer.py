@@ -28,6 +28,7 @@ from policies.routing.prefix_index import (
 from policies.routing.types import EndpointState, RouteRequest
 
 _PENDING_CAP = 4096  # requests picked but not yet dispatched whose hashes are kept
+_NO_MATCH: tuple[object, object, list[int]] = (None, None, [])  # match_lengths' memo when it holds no pick
 DEFAULT_MAX_PREFIX_BLOCKS = 256  # llm-d's defaultMaxPrefixBlocks, in 16-token blocks
 
 
@@ -152,6 +153,8 @@ class PrefixCacheScorer(Plugin):
         return self.index.longest_prefix_counts(self.hashes(request)).get(endpoint, 0)
 
     def score(self, now: float, request: RouteRequest, endpoints: Sequence[EndpointState]) -> list[float]:
+        if not len(request.block_ids):  # no prompt blocks (a trace without hash ids): nothing to hash or match
+            return [0.0] * len(endpoints)
         total = len(self.hashes(request))
         if total == 0:
             return [0.0] * len(endpoints)
@@ -159,8 +162,11 @@ class PrefixCacheScorer(Plugin):
         return [m * inv for m in self.match_lengths(request, endpoints)]
 
     def on_dispatch(self, now: float, request: RouteRequest, endpoint: str) -> None:
+        if not len(request.block_ids) and request.request_id not in self._pending:  # nothing kept, nothing to add
+            self._last = _NO_MATCH
+            return
         hashes = self.hashes(request)
         del self._pending[request.request_id]
-        self._last = (None, None, [])
+        self._last = _NO_MATCH
         if hashes:
             self.index.add(endpoint, hashes, self.capacity_for(endpoint, request.block_tokens))
