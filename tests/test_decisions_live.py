@@ -160,3 +160,20 @@ def test_fidelity_gives_each_load_the_decisions_of_its_replay(tmp_path: Path) ->
     assert total == ((serve["kind"] == "route") & (serve["action"] == "pick")).sum()
     text = _explain(out / "load-3" / "live", 3)
     assert re.search(r"^request 3 \(chat", text, re.M) and "route: attempt 1 -> chat-v1-" in text
+
+
+def test_explain_says_when_a_live_run_kept_the_gateways_ticket_ids(tmp_path: Path) -> None:
+    """serve kept ticket ids (a client sent non-integer ids): a request without records names that reason."""
+    req = pd.DataFrame({"request_id": [0, 1], "model": "chat", "arrival_s": [0.1, 0.2], "finish_s": [0.3, 0.4]})
+    req.to_parquet(tmp_path / "requests.parquet")
+    for name in ("replicas", "timeseries"):
+        pd.DataFrame({"time_s": pd.Series(dtype=float)}).to_parquet(tmp_path / f"{name}.parquet")
+    note = "decisions.parquet keeps the gateway's ticket ids in request_id: 2 of 2 recorded requests had no integer"
+    events = pd.DataFrame({"time_s": [5.0], "kind": ["decision_ids"], "model": [""], "replica": [""], "detail": [note]})
+    events.to_parquet(tmp_path / "events.parquet")
+    (tmp_path / "summary.json").write_text("{}")
+    write_decisions(decisions_frame([_admit(0.1, 1), _route(0.1, 1), _admit(0.2, 2), _route(0.2, 2)]),
+                    tmp_path / "decisions.parquet")  # fmt: skip
+    res = CliRunner().invoke(app, ["explain", str(tmp_path), "--request", "0"], env={"COLUMNS": "200"})
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "request 0 has no decision records" in res.output and "keeps the gateway's ticket ids" in res.output

@@ -152,7 +152,8 @@ def request_life(loaded: dict[str, Any], request_id: int, folder: Path) -> dict[
     if mine.empty:
         raise ExplainError(
             f"{folder}: request {request_id} has no decision records (the run sampled decisions, or the request "
-            f"never reached the gateway's decisions); to record every request, {HOW_TO_RECORD}"
+            f"never reached the gateway's decisions){_ticket_ids_note(loaded)}; to record every request, "
+            f"{HOW_TO_RECORD}"
         )
     candidates = _candidates(mine, _estimates(loaded, mine))
     steps = []
@@ -162,6 +163,16 @@ def request_life(loaded: dict[str, Any], request_id: int, folder: Path) -> dict[
             step["candidates"] = candidates[int(idx)]
         steps.append(step)
     return {"request": req, "decisions": steps}
+
+
+def _ticket_ids_note(loaded: dict[str, Any]) -> str:
+    """Why a live run's decisions may not join its requests: serve kept the gateway's ticket ids (its
+    `decision_ids` event, runtime.serve.with_client_ids)."""
+    events = loaded.get("events")
+    if events is None or events.empty or "kind" not in events.columns:
+        return ""
+    found = events.loc[events["kind"].astype(str) == "decision_ids", "detail"]
+    return f"; {found.iloc[0]}" if len(found) else ""
 
 
 def run_overview(loaded: dict[str, Any], folder: Path) -> dict[str, Any]:
