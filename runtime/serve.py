@@ -7,8 +7,8 @@ socket, uvicorn, then every model's deploy flow. Stop (SIGINT / SIGTERM / `durat
 lets the requests it holds finish (bounded), the controllers drain and terminate every replica (SIGTERM, then
 SIGKILL), and, with `out_dir`, events.parquet, replicas.parquet and steps.parquet (every replica's engine steps,
 spooled by the replicas to out_dir/steps/, runtime.replica.steps_spool) are written, and decisions.parquet with
-`outputs.decisions` (events.jsonl and serve.json are kept current while it runs, so tests and tools can follow
-it). Every process is stopped on every way out.
+`outputs.decisions`, its request ids the clients' when they are integers (`with_client_ids`). events.jsonl and
+serve.json are kept current while it runs, so tests and tools can follow it. Every process is stopped on every way out.
 """
 
 from __future__ import annotations
