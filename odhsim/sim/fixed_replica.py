@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
+from math import floor
 from typing import Any
 
 import simpy
@@ -45,7 +46,7 @@ class FixedReplica(ReplicaBase):
         return self.busy_slots
 
     def submit(self, req: SimRequest) -> None:
-        if self.parent is not None or int(self.env._now / self.scrape_interval_s) != self._published_tick:
+        if self.parent is not None or floor(self.env._now / self.scrape_interval_s) != self._published_tick:
             self._before_change()  # the first change of this scrape tick (the check inlined: hot in M/M/c)
         self.in_flight += 1
         req.replica = self.index
@@ -72,7 +73,7 @@ class FixedReplica(ReplicaBase):
         if self.serving.pop(req.row, None) is None:
             return  # aborted when the replica's drain timed out
         now = self.env._now
-        if self.parent is not None or int(now / self.scrape_interval_s) != self._published_tick:
+        if self.parent is not None or floor(now / self.scrape_interval_s) != self._published_tick:
             self._before_change()
         self.busy_slots -= 1
         self.in_flight -= 1

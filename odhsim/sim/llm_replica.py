@@ -466,7 +466,7 @@ class LlmReplica(ChunkedPrefill, ReplicaBase):
 
     def _on_span_end(self, event: simpy.Event) -> None:
         if event.value != self._token:
-            return  # a shortened span's original end
+            return  # a voided span end (abort_all; a shortened span's original end is cancelled)
         if self.step_log is not None:
             steps_hook.llm_span(self)
         self._before_change()
