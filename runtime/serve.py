@@ -7,7 +7,7 @@ socket, uvicorn, then every model's deploy flow. Stop (SIGINT / SIGTERM / `durat
 lets the requests it holds finish (bounded), the controllers drain and terminate every replica (SIGTERM, then
 SIGKILL), and, with `out_dir`, events.parquet, replicas.parquet and steps.parquet (every replica's engine steps,
 spooled by the replicas to out_dir/steps/, runtime.replica.steps_spool) are written, and decisions.parquet with
-`outputs.decisions`, its request ids the clients' when they are integers (`with_client_ids`). events.jsonl and
+`outputs.decisions`, its request ids the clients' when they are integers (runtime.decision_ids). events.jsonl and
 serve.json are kept current while it runs, so tests and tools can follow it. Every process is stopped on every way out.
 """
 
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
@@ -43,6 +42,7 @@ from policies.decisions import ListRecorder
 from policies.lifecycle.states import READY, RestartBackoff, RestartBackoffParams
 from runtime.capacity import live_capacity
 from runtime.controller import EVENT_COLUMNS, ControllerSettings, EventLog, LiveEvent, ModelController
+from runtime.decision_ids import with_client_ids
 from runtime.readiness import HttpProber
 from runtime.replica_secret import new_secret, secret_headers
 from runtime.transport import uvicorn_options
@@ -405,38 +405,6 @@ class LiveStack:
         except (SpoolError, OSError) as err:
             self.log.event("steps_unreadable", "", "", str(err)[:300])
             return None
-
-
-def client_request_id(value: str | None) -> int | None:
-    """A client's `x-request-id` as a request number when it is one (a non-negative decimal integer written
-    plainly, as the replay sends its rows' ids); None otherwise."""
-    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 18 or str(int(value)) != value:
-        return None
-    return int(value)
-
-
-def with_client_ids(frame: pd.DataFrame, client_ids: dict[int, str]) -> tuple[pd.DataFrame, str]:
-    """decisions.parquet's `request_id` as the clients numbered their requests, so a replay's requests.parquet
-    joins it as a simulated run's does; (frame, "") when done. The cores record the gateway's ticket ids: those are
-    replaced only when every recorded request came with an integer `x-request-id`. Otherwise every row keeps its
-    ticket id (never a mix of the two numberings) and the note says why. A client's ids repeat when several
-    replays share one serve; their time windows tell them apart (odhsim.fidelity.live.load_decisions)."""
-    ids = frame["request_id"].to_numpy()
-    tickets = np.unique(ids[ids >= 0])
-    if len(tickets) == 0:
-        return frame, ""
-    mapped = {int(t): client_request_id(client_ids.get(int(t))) for t in tickets}
-    odd = [int(t) for t, v in mapped.items() if v is None]
-    if odd:
-        example = client_ids.get(odd[0], "none")
-        note = (
-            f"decisions.parquet keeps the gateway's ticket ids in request_id: {len(odd)} of {len(tickets)} recorded "
-            f"requests had no integer x-request-id (e.g. {example[:40]!r})"
-        )
-        return frame, note
-    out = frame.copy()
-    out["request_id"] = np.array([mapped[int(t)] if t >= 0 else -1 for t in ids], np.int64)
-    return out, ""
 
 
 def ready_table(stack: LiveStack) -> Table:

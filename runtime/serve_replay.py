@@ -11,7 +11,7 @@ DIR then reads like `odhsim run --out DIR`: requests.parquet and summary.json fr
 `availability`, `retry_amplification`), events.parquet and replicas.parquet from the stack, their times shifted to
 count from the arming (the workload's time); with `outputs.decisions`, decisions.parquet on the replay's own clock
 (that of requests.parquet's times, read in this process: exact to the event loop's resolution), its request_id the
-replay's (runtime.serve.with_client_ids), so `odhsim explain DIR --request N` joins them. DIR/serve/ keeps the
+replay's (runtime.decision_ids.with_client_ids), so `odhsim explain DIR --request N` joins them. DIR/serve/ keeps the
 stack's own records (times since serve started, events.jsonl, serve.json, replica logs, decisions.parquet).
 Without API keys in the scenario or $ODHSIM_API_KEYS, one random key per tenant is made for the run (priority
 critical; each request still asks for its own class).

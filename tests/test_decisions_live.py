@@ -1,5 +1,5 @@
 """Decision records of a live run, joined to the replay that drove it: the replay's request ids in decisions.parquet
-(runtime.serve.with_client_ids), serve_replay's DIR/decisions.parquet on the replay's clock, each fidelity load's
+(runtime.decision_ids.with_client_ids), serve_replay's DIR/decisions.parquet on the replay's clock, each fidelity load's
 own decisions (odhsim.fidelity.live.live_decisions), and `odhsim explain` telling a live request's routing."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from odhsim.fidelity.live import live_decisions
 from odhsim.results.decisions import decisions_frame, read_decisions, write_decisions
 from odhsim.scenario.load import load_scenario
 from policies.decisions import AdmissionRecord, Candidate, RouteRecord, ScaleInputs, ScaleRecord
-from runtime.serve import client_request_id, with_client_ids
+from runtime.decision_ids import client_request_id, with_client_ids
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -167,7 +167,7 @@ def request_life(loaded: dict[str, Any], request_id: int, folder: Path) -> dict[
 
 def _ticket_ids_note(loaded: dict[str, Any]) -> str:
     """Why a live run's decisions may not join its requests: serve kept the gateway's ticket ids (its
-    `decision_ids` event, runtime.serve.with_client_ids)."""
+    `decision_ids` event, runtime.decision_ids.with_client_ids)."""
     events = loaded.get("events")
     if events is None or events.empty or "kind" not in events.columns:
         return ""
